@@ -1,0 +1,1 @@
+"""Guest images: the built-in image assembled from Debian packages."""

@@ -1,0 +1,373 @@
+"""The built-in default image, assembled from Debian packages.
+
+Nothing is downloaded but .deb files through apt. The result is three
+files cached under a key made of the exact package versions and the
+recipe, so a rebuild happens only when either changes:
+
+* ``vmlinux``: the kernel's ELF image, booted through QEMU's PVH entry;
+* ``initrd``: an uncompressed initramfs that mounts the root disk;
+* ``base.qcow2``: the ext4 root file system every instance's disk is
+  copy-on-write over.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from roost.errors import RoostError
+from roost.image import kernel
+from roost.image.cpio import NewcWriter
+from roost.store.paths import cache_dir
+
+Progress = Callable[[str], None]
+
+RECIPE_VERSION = "1"
+KERNEL_META_PACKAGE = "linux-image-amd64"
+PACKAGES = [
+    "busybox-static",
+    "libc6",
+    "zlib1g",
+    "libgcc-s1",
+    "dropbear-bin",
+    "libtomcrypt1",
+    "libtommath1",
+    "libgmp10",
+    "libcrypt1",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libexpat1",
+    "libffi8",
+    "libuuid1",
+    "e2fsprogs",
+    "libext2fs2",
+    "libcom-err2",
+    "libss2",
+    "libblkid1",
+    "openssh-sftp-server",
+    "sshfs",
+    "fuse3",
+    "libfuse3-3",
+    "libglib2.0-0",
+    "libpcre2-8-0",
+    "libmount1",
+    "libselinux1",
+]
+# What the initramfs needs to mount the root disk (crc32c: ext4 checksums).
+BOOT_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"]
+# Everything the running guest may load: network, the agent's port, cidata,
+# ACPI power button, shared folders, overlay root, vsock, port discovery.
+GUEST_MODULES = [
+    *BOOT_MODULES,
+    "virtio_net", "virtio_console", "isofs", "button", "evdev", "virtio_rng",
+    "9p", "9pnet_virtio", "virtiofs", "fuse", "overlay", "squashfs", "loop",
+    "vsock", "vmw_vsock_virtio_transport", "inet_diag", "tcp_diag", "udp_diag",
+    "unix_diag",
+]
+_PRUNE = [
+    "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+    "usr/share/lintian", "usr/share/bug", "usr/share/gdb", "usr/share/i18n",
+    "usr/lib/x86_64-linux-gnu/gconv", "usr/share/glib-2.0", "boot",
+]
+_PY_PRUNE = [
+    "test", "idlelib", "tkinter", "turtledemo", "ensurepip", "lib2to3",
+    "pydoc_data", "distutils", "sqlite3", "dbm", "curses", "config-3.11-x86_64-linux-gnu",
+]
+ROOT_FS_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class BuiltinImage:
+    directory: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.directory / "vmlinux"
+
+    @property
+    def initrd(self) -> Path:
+        return self.directory / "initrd"
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "base.qcow2"
+
+    @property
+    def manifest(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.directory / "manifest.json").read_text())
+        return data
+
+
+def images_dir() -> Path:
+    return cache_dir() / "images"
+
+
+def _run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RoostError(
+            f"`{' '.join(argv[:3])} ...` failed (exit {proc.returncode}): "
+            f"{proc.stderr.strip()[-800:]}"
+        )
+    return proc.stdout
+
+
+def resolve_packages() -> list[tuple[str, str]]:
+    """(package, .deb file name) for every package, as apt would fetch it now."""
+    if shutil.which("apt-get") is None:
+        raise RoostError("the built-in image is assembled with apt; apt-get was not found")
+    depends = _run(["apt-cache", "depends", "--no-recommends", KERNEL_META_PACKAGE])
+    match = re.search(r"Depends: (linux-image-[0-9][^\s]*)", depends)
+    if not match:
+        raise RoostError(
+            f"cannot resolve {KERNEL_META_PACKAGE}; run `apt-get update` (scripts/setup.sh does)"
+        )
+    names = [match.group(1), *PACKAGES]
+    try:
+        out = _run(["apt-get", "download", "--print-uris", *names])
+    except RoostError as e:
+        raise RoostError(f"{e}\nhint: run `apt-get update` first (scripts/setup.sh does)") from e
+    files = re.findall(r"^'[^']+' (\S+\.deb) ", out, re.M)
+    if len(files) != len(names):
+        raise RoostError(f"apt resolved {len(files)} of {len(names)} packages: {files}")
+    return list(zip(names, files, strict=True))
+
+
+def _recipe_digest() -> str:
+    h = hashlib.sha256(RECIPE_VERSION.encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(json.dumps([PACKAGES, GUEST_MODULES, _PRUNE, _PY_PRUNE, ROOT_FS_BYTES]).encode())
+    guestfs = resources.files("roost.image") / "guestfs"
+    for path in sorted(_walk(guestfs)):
+        h.update(path.encode())
+        h.update((guestfs / path).read_bytes())
+    return h.hexdigest()
+
+
+def _walk(root: resources.abc.Traversable, prefix: str = "") -> Iterator[str]:
+    for child in root.iterdir():
+        rel = f"{prefix}{child.name}"
+        if child.is_dir():
+            yield from _walk(child, rel + "/")
+        else:
+            yield rel
+
+
+def cache_key(debs: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256(_recipe_digest().encode())
+    for _, filename in sorted(debs):
+        h.update(filename.encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def find_cached() -> BuiltinImage | None:
+    """The newest built image, without asking apt (for commands that must be fast)."""
+    built = sorted(images_dir().glob("builtin-*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    return BuiltinImage(built[-1].parent) if built else None
+
+
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    images_dir().mkdir(parents=True, exist_ok=True)
+    with open(images_dir() / ".build.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def ensure_builtin_image(progress: Progress = lambda _: None) -> BuiltinImage:
+    """Return the image for the current package versions, building it if needed."""
+    progress("resolving packages")
+    debs = resolve_packages()
+    key = cache_key(debs)
+    image = BuiltinImage(images_dir() / f"builtin-{key}")
+    if (image.directory / "manifest.json").exists():
+        return image
+    with _build_lock():
+        if (image.directory / "manifest.json").exists():
+            return image
+        tmp = Path(tempfile.mkdtemp(prefix=f".builtin-{key}.", dir=images_dir()))
+        try:
+            _build(tmp, debs, progress)
+            tmp.rename(image.directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return image
+
+
+def _download(debs: list[tuple[str, str]], progress: Progress) -> Path:
+    debdir = cache_dir() / "debs"
+    debdir.mkdir(parents=True, exist_ok=True)
+    missing = [name for name, filename in debs if not (debdir / filename).exists()]
+    if missing:
+        progress(f"downloading {len(missing)} Debian packages")
+        _run(["apt-get", "download", *missing], cwd=debdir)
+    return debdir
+
+
+def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
+    started = time.monotonic()
+    debdir = _download(debs, progress)
+    root = out / "rootfs"
+    root.mkdir()
+    progress("unpacking packages")
+    for _, filename in debs:
+        _run(["dpkg-deb", "-x", str(debdir / filename), str(root)])
+    kernel_release = _kernel_release(root)
+
+    progress("extracting the PVH kernel")
+    (out / "vmlinux").write_bytes(
+        kernel.extract_vmlinux((root / "boot" / f"vmlinuz-{kernel_release}").read_bytes())
+    )
+    progress("selecting kernel modules")
+    boot_order, kept_modules = _prune_modules(root, kernel_release)
+    progress("building the initramfs")
+    _write_initrd(out / "initrd", root, kernel_release, boot_order)
+
+    progress("assembling the root file system")
+    for rel in _PRUNE:
+        shutil.rmtree(root / rel, ignore_errors=True)
+    _install_busybox(root)
+    _install_guestfs(root)
+    _write_etc(root)
+    _prepare_python(root)
+    _run([str(root / "bin" / "busybox"), "depmod", "-b", str(root), kernel_release])
+
+    progress("writing the base disk")
+    raw = out / "root.raw"
+    _run(["mkfs.ext4", "-q", "-F", "-L", "roost-root", "-d", str(root),
+          "-E", "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
+          str(raw), f"{ROOT_FS_BYTES // 1024**2}M"])
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")])
+    raw.unlink()
+    root_bytes = sum(p.lstat().st_size for p in root.rglob("*") if p.is_file())
+    shutil.rmtree(root)
+    manifest = {
+        "recipe": RECIPE_VERSION,
+        "kernelRelease": kernel_release,
+        "packages": [filename for _, filename in debs],
+        "modules": kept_modules,
+        "sizes": {
+            "vmlinux": (out / "vmlinux").stat().st_size,
+            "initrd": (out / "initrd").stat().st_size,
+            "baseQcow2": (out / "base.qcow2").stat().st_size,
+            "rootFiles": root_bytes,
+        },
+        "buildSeconds": round(time.monotonic() - started, 1),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _kernel_release(root: Path) -> str:
+    releases = [p.name for p in (root / "lib" / "modules").iterdir()]
+    if len(releases) != 1:
+        raise RoostError(f"expected one kernel in the packages, found {releases}")
+    return releases[0]
+
+
+def _prune_modules(root: Path, release: str) -> tuple[list[str], list[str]]:
+    moddir = root / "lib" / "modules" / release
+    index = kernel.module_index(moddir)
+    keep = kernel.load_order(GUEST_MODULES, index)
+    boot = kernel.load_order(BOOT_MODULES, index)
+    kept_files = {index[m] for m in keep}
+    for ko in list(moddir.rglob("*.ko")):
+        if ko not in kept_files:
+            ko.unlink()
+    for p in [moddir / "modules.dep", moddir / "modules.alias", moddir / "modules.symbols"]:
+        p.unlink(missing_ok=True)
+    # Keep the module files for the initramfs in load order.
+    return [index[m].relative_to(moddir).as_posix() for m in boot], keep
+
+
+def _write_initrd(path: Path, root: Path, release: str, boot_modules: list[str]) -> None:
+    moddir = root / "lib" / "modules" / release
+    guestfs = resources.files("roost.image") / "guestfs" / "initrd"
+    with open(path, "wb") as f:
+        w = NewcWriter(f)
+        for d in ["bin", "dev", "proc", "sys", "newroot", "modules"]:
+            w.add_dir(d)
+        w.add_char_device("dev/console", 5, 1)
+        w.add_char_device("dev/null", 1, 3, 0o666)
+        w.add_file("bin/busybox", (root / "bin" / "busybox").read_bytes(), 0o755)
+        w.add_file("init", (guestfs / "init").read_bytes(), 0o755)
+        names = []
+        for rel in boot_modules:
+            name = rel.rsplit("/", 1)[-1]
+            names.append(name)
+            w.add_file(f"modules/{name}", (moddir / rel).read_bytes())
+        w.add_file("modules.load", ("\n".join(names) + "\n").encode())
+        w.close()
+
+
+def _install_busybox(root: Path) -> None:
+    busybox = root / "bin" / "busybox"
+    for rel in _run([str(busybox), "--list-full"]).split():
+        link = root / rel
+        if link.exists() or link.is_symlink():
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(busybox, link.parent))
+
+
+def _install_guestfs(root: Path) -> None:
+    src = resources.files("roost.image") / "guestfs" / "rootfs"
+    for rel in _walk(src):
+        dest = root / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        data = (src / rel).read_bytes()
+        dest.write_bytes(data)
+        dest.chmod(0o755 if data.startswith(b"#!") else 0o644)
+
+
+def _write_etc(root: Path) -> None:
+    etc = root / "etc"
+    files = {
+        "passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "group": "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+        "shadow": "root:*:19000:0:99999:7:::\n",
+        "shells": "/bin/sh\n/bin/ash\n",
+        "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
+        "profile": "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
+        "fstab": "",
+        "os-release": 'NAME="roost built-in"\nID=roost\nPRETTY_NAME="roost built-in (Debian 12 packages)"\n',
+    }
+    for name, text in files.items():
+        (etc / name).write_text(text)
+    (etc / "shadow").chmod(0o600)
+    for d in ["root", "home", "mnt", "run", "tmp", "var/log", "var/lib/roost", "etc/acpi",
+              "etc/roost", "usr/local/bin", "dev", "proc", "sys"]:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    (root / "root").chmod(0o700)
+    (root / "tmp").chmod(0o1777)
+    python3 = root / "usr" / "bin" / "python3"
+    if not python3.exists():
+        python3.symlink_to("python3.11")
+    # Dropbear looks for the SFTP server here; scp and sftp need it.
+    sftp = root / "usr" / "lib" / "sftp-server"
+    if not sftp.exists():
+        sftp.symlink_to("openssh/sftp-server")
+
+
+def _prepare_python(root: Path) -> None:
+    stdlib = root / "usr" / "lib" / "python3.11"
+    for rel in _PY_PRUNE:
+        shutil.rmtree(stdlib / rel, ignore_errors=True)
+    # Debian ships no .pyc; compile with the guest's own interpreter so the
+    # magic number matches, and unchecked so no source stat is needed.
+    env = {"PYTHONHOME": str(root / "usr"), "PATH": "/usr/bin:/bin"}
+    _run([str(root / "usr" / "bin" / "python3.11"), "-S", "-m", "compileall", "-q",
+          "-j", "0", "--invalidation-mode", "unchecked-hash", "-d", "/usr/lib/python3.11",
+          str(stdlib)], env=env)

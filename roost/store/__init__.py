@@ -1,0 +1,1 @@
+"""Where roost keeps its state: instance directories, keys, caches."""
