@@ -1,0 +1,1 @@
+"""The command line; each command's logic lives in its own module."""

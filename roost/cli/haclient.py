@@ -1,0 +1,46 @@
+"""A small HTTP client for the host agent's Unix socket (stdlib: starts fast)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+from roost.errors import RoostError
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+def request(sock: Path, method: str, path: str, body: Any = None,
+            timeout: float = 10.0) -> Any:
+    conn = _UnixConnection(sock, timeout)
+    try:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        conn.request(method, path, body=payload, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as e:
+        raise RoostError(f"cannot reach the host agent at {sock}: {e}") from None
+    finally:
+        conn.close()
+    try:
+        decoded = json.loads(data) if data else None
+    except ValueError:
+        decoded = data.decode(errors="replace")
+    if resp.status >= 400:
+        message = decoded.get("error") if isinstance(decoded, dict) else decoded
+        raise RoostError(f"host agent: {message}")
+    return decoded

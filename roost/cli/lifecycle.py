@@ -1,0 +1,154 @@
+"""create, stop, delete and shell.
+
+The CLI never speaks QMP: a running instance is stopped by signalling its
+host agent, which shuts the VM down in order. Only when the host agent is
+gone (a Broken instance) does the CLI signal QEMU itself, by a pid it has
+verified belongs to this instance.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from roost.errors import RoostError, UsageError
+from roost.store.instance import (
+    Instance,
+    Status,
+    create_instance_dir,
+    operation_lock,
+)
+
+HOSTAGENT_KILL_SECONDS = 5.0
+
+
+def create(name: str, config_file: str | None, **overrides: Any) -> Instance:
+    import yaml
+
+    from roost.config import ConfigError, dump_config, load_config, parse_config
+
+    inst = Instance.at(name)
+    inst.check_socket_paths()
+    if config_file is not None:
+        base = load_config(Path(config_file)).model_dump(by_alias=True, mode="json")
+        source = config_file
+    else:
+        base, source = {}, "the command line"
+    for key, value in overrides.items():
+        if value is not None:
+            base[key] = value
+    try:
+        config = parse_config(base, source)
+    except ConfigError:
+        raise
+    except yaml.YAMLError as e:  # pragma: no cover - parse_config reports YAML errors
+        raise UsageError(str(e)) from None
+    with operation_lock(name, "create it"):
+        create_instance_dir(inst, {"roost.yaml": dump_config(config)})
+    return inst
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _wait(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return bool(predicate())
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _close_ssh_master(inst: Instance) -> None:
+    if inst.ssh_sock.exists() and inst.ssh_config.exists():
+        subprocess.run(
+            ["ssh", "-F", str(inst.ssh_config), "-O", "exit", f"roost-{inst.name}"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False,
+        )
+
+
+def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
+    inst = Instance.at(name).require()
+    if inst.status() == Status.STOPPED:
+        inst.remove_stale_runtime_files()
+        click.echo(f"{name} is not running")
+        return
+    ha_pid = inst.hostagent_pid()
+    if ha_pid is not None and not force:
+        click.echo(f"stopping {name} (shutting the guest down)...", err=True)
+        _signal(ha_pid, signal.SIGTERM)
+        if not _wait(lambda: not inst.hostagent_alive(), timeout):
+            click.echo(f"{name} did not stop within {timeout:g}s; killing it", err=True)
+            force = True
+    if inst.hostagent_alive():
+        pid = inst.hostagent_pid()
+        if pid is not None:
+            _signal(pid, signal.SIGKILL)
+        _wait(lambda: not inst.hostagent_alive(), HOSTAGENT_KILL_SECONDS)
+    qemu_pid = inst.qemu_pid_alive()
+    if qemu_pid is not None:
+        # The host agent is gone (Broken, or just killed): end QEMU ourselves.
+        if not force:
+            _signal(qemu_pid, signal.SIGTERM)
+            _wait(lambda: not _pid_running(qemu_pid), 10.0)
+        if _pid_running(qemu_pid):
+            _signal(qemu_pid, signal.SIGKILL)
+            _wait(lambda: not _pid_running(qemu_pid), 10.0)
+        if _pid_running(qemu_pid):
+            raise RoostError(f"QEMU (pid {qemu_pid}) of {name} did not exit")
+    _close_ssh_master(inst)
+    inst.remove_stale_runtime_files()
+    click.echo(f"{name} stopped")
+
+
+def delete(name: str, force: bool = False) -> None:
+    inst = Instance.at(name).require()
+    with operation_lock(name, "delete it"):
+        status = inst.status()
+        if status != Status.STOPPED:
+            if not force:
+                raise RoostError(
+                    f"instance {name!r} is {status.value.lower()}; stop it first "
+                    f"(`roost stop {name}`) or delete with --force"
+                )
+            stop(name, force=True)
+        shutil.rmtree(inst.dir)
+
+
+def shell(name: str, command: list[str]) -> None:
+    from roost.sshutil.config import ssh_argv
+
+    inst = Instance.at(name).require()
+    status = inst.status()
+    if status != Status.RUNNING:
+        raise RoostError(f"instance {name!r} is {status.value.lower()}; "
+                         f"start it with `roost start {name}`")
+    if not inst.ssh_config.exists():
+        raise RoostError(f"{inst.ssh_config} is missing; restart the instance")
+    if shutil.which("ssh") is None:
+        raise RoostError("the OpenSSH client (ssh) was not found; install openssh-client")
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    argv = ssh_argv(inst, command, tty=tty)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)

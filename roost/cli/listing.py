@@ -1,0 +1,87 @@
+"""`roost ls` and `roost info`: read the instance directories, fast.
+
+No pydantic here: roost.yaml was validated when written, and `ls` must
+start in well under 150 ms.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+import yaml
+
+from roost.config.sizes import format_size, parse_size
+from roost.errors import RoostError
+from roost.store.instance import Instance, Status, list_instances
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _size(value: Any) -> int | None:
+    try:
+        return parse_size(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def describe(inst: Instance) -> dict[str, Any]:
+    try:
+        config = yaml.load(inst.config.read_text(), Loader=_Loader) or {}
+    except (OSError, yaml.YAMLError):
+        config = {}
+    status = inst.status()
+    runtime = inst.read_runtime() if status != Status.STOPPED else {}
+    return {
+        "name": inst.name,
+        "status": status.value,
+        "dir": str(inst.dir),
+        "cpus": config.get("cpus"),
+        "memory": _size(config.get("memory")),
+        "disk": _size(config.get("disk")),
+        "image": config.get("image"),
+        "sshLocalPort": runtime.get("sshLocalPort"),
+        "accel": runtime.get("accel"),
+        "hostagentPid": runtime.get("hostagentPid") if inst.hostagent_alive() else None,
+        "qemuPid": inst.qemu_pid_alive(),
+    }
+
+
+def ls(as_json: bool) -> None:
+    rows = [describe(inst) for inst in list_instances()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    header = ("NAME", "STATUS", "SSH", "CPUS", "MEMORY", "DISK", "DIR")
+    table = [header] + [
+        (
+            r["name"], r["status"],
+            f"127.0.0.1:{r['sshLocalPort']}" if r["sshLocalPort"] else "-",
+            str(r["cpus"] or "-"),
+            format_size(r["memory"]) if r["memory"] else "-",
+            format_size(r["disk"]) if r["disk"] else "-",
+            r["dir"],
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+    for row in table:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def info(name: str, as_json: bool) -> None:
+    inst = Instance.at(name).require()
+    out = describe(inst)
+    out["config"] = yaml.load(inst.config.read_text(), Loader=_Loader)
+    if out["status"] == Status.RUNNING.value and inst.ha_sock.exists():
+        from roost.cli import haclient
+
+        try:
+            out["hostagent"] = haclient.request(inst.ha_sock, "GET", "/v1/info", timeout=5)
+        except RoostError as e:
+            out["hostagentError"] = str(e)
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+        return
+    click.echo(yaml.safe_dump(out, sort_keys=False).rstrip())

@@ -1,0 +1,165 @@
+"""The `roost` command line.
+
+Start-up time matters (`roost ls` is typed all day): each command imports
+what it needs inside its function, so pydantic, aiohttp, qemu.qmp and rich
+load only for the commands that use them.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from roost.errors import RoostError, UsageError
+
+
+def _fail(e: RoostError) -> None:
+    click.echo(f"roost: error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RoostError as e:
+            _fail(e)
+
+
+def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from roost.store.instance import validate_name
+
+    try:
+        return validate_name(value)
+    except UsageError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+NAME = click.argument("name", callback=_name)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="roost")
+def cli() -> None:
+    """roost runs Linux virtual machines and keeps them pleasant to live with."""
+
+
+@cli.command()
+@NAME
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="roost.yaml to create the instance from")
+@click.option("--cpus", type=int, help="virtual CPUs")
+@click.option("--memory", help="memory, e.g. 2GiB")
+@click.option("--disk", help="disk size, e.g. 20GiB")
+def create(name: str, config_file: str | None, cpus: int | None, memory: str | None,
+           disk: str | None) -> None:
+    """Create an instance without starting it."""
+    from roost.cli import lifecycle
+
+    inst = lifecycle.create(name, config_file, cpus=cpus, memory=memory, disk=disk)
+    click.echo(f"created {name} in {inst.dir}")
+
+
+@cli.command()
+@NAME
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="roost.yaml to create the instance from (new instances only)")
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+              help="seconds to wait for the instance to be running")
+def start(name: str, config_file: str | None, timeout: float) -> None:
+    """Start an instance (creating it if needed) and wait until it is running."""
+    from roost.cli import start as start_mod
+
+    sys.exit(start_mod.start(name, config_file, timeout))
+
+
+@cli.command()
+@NAME
+@click.option("--force", "-f", is_flag=True, help="kill the VM instead of shutting it down")
+@click.option("--timeout", type=click.FloatRange(min=1), default=90.0, show_default=True)
+def stop(name: str, force: bool, timeout: float) -> None:
+    """Stop a running instance."""
+    from roost.cli import lifecycle
+
+    lifecycle.stop(name, force=force, timeout=timeout)
+
+
+@cli.command()
+@NAME
+@click.option("--force", "-f", is_flag=True, help="stop the instance first if it runs")
+def delete(name: str, force: bool) -> None:
+    """Delete an instance and its disk."""
+    from roost.cli import lifecycle
+
+    lifecycle.delete(name, force=force)
+    click.echo(f"deleted {name}")
+
+
+@cli.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per instance, in a list")
+def ls(as_json: bool) -> None:
+    """List instances."""
+    from roost.cli import listing
+
+    listing.ls(as_json)
+
+
+@cli.command()
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def info(name: str, as_json: bool) -> None:
+    """Show an instance's configuration and runtime state."""
+    from roost.cli import listing
+
+    listing.info(name, as_json)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@NAME
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def shell(name: str, command: tuple[str, ...]) -> None:
+    """Open a shell in the instance, or run COMMAND (after --) there.
+
+    The exit status of COMMAND is passed through.
+    """
+    from roost.cli import lifecycle
+
+    words = list(command)
+    if words[:1] == ["--"]:
+        words = words[1:]
+    lifecycle.shell(name, words)
+
+
+@cli.group()
+def image() -> None:
+    """Manage guest images."""
+
+
+@image.command("build")
+def image_build() -> None:
+    """Build (or find in the cache) the built-in default image."""
+    from roost.cli.progress import Progress
+    from roost.image.builtin import ensure_builtin_image
+
+    with Progress("built-in image") as progress:
+        img = ensure_builtin_image(progress.step)
+    sizes = img.manifest["sizes"]
+    assert isinstance(sizes, dict)
+    click.echo(f"{img.directory}")
+    for key, value in sizes.items():
+        click.echo(f"  {key}: {value / 1024**2:.1f} MiB")
+
+
+@cli.command(hidden=True)
+@click.argument("name")
+def hostagent(name: str) -> None:
+    """Run the host agent of NAME (started by `roost start`)."""
+    from roost.hostagent.agent import main as hostagent_main
+
+    sys.exit(hostagent_main(name))
+
+
+def main() -> None:
+    cli(prog_name="roost")

@@ -1,0 +1,39 @@
+"""Progress display: a live spinner on a terminal, plain lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+from typing import Any
+
+
+class Progress:
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self._started = time.monotonic()
+        self._live: Any = None
+        self._last = ""
+
+    def __enter__(self) -> Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+
+            self._live = Console(stderr=True).status(self.title)
+            self._live.__enter__()
+        return self
+
+    def step(self, message: str) -> None:
+        if message == self._last:
+            return
+        self._last = message
+        elapsed = time.monotonic() - self._started
+        if self._live is not None:
+            self._live.update(f"{self.title}: {message} [dim]({elapsed:.1f}s)[/dim]")
+        else:
+            print(f"[{elapsed:5.1f}s] {self.title}: {message}", file=sys.stderr, flush=True)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._live is not None:
+            self._live.__exit__(exc_type, exc, tb)

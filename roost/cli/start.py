@@ -1,0 +1,162 @@
+"""`roost start`: prepare, spawn the host agent, follow its events."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from roost.cli.progress import Progress
+from roost.errors import RoostError, UsageError
+from roost.store.instance import Instance, Status, operation_lock
+
+POLL_SECONDS = 0.02
+SPAWN_SECONDS = 30.0
+
+
+def spawn_hostagent(inst: Instance) -> subprocess.Popen[bytes]:
+    """The host agent runs detached: own session, output to the instance's logs."""
+    with open(inst.ha_stdout, "wb") as out, open(inst.ha_stderr, "wb") as err:
+        return subprocess.Popen(
+            [sys.executable, "-m", "roost", "hostagent", inst.name],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd="/",
+            start_new_session=True, close_fds=True,
+        )
+
+
+class EventFollower:
+    """Reads whole JSON lines appended to ha.stdout.log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._partial = b""
+
+    def poll(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(data)
+        lines = (self._partial + data).split(b"\n")
+        self._partial = lines.pop()
+        events = []
+        for line in lines:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                continue
+        return events
+
+
+def _tail(path: Path, n: int = 15) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(f"    {line}" for line in lines[-n:])
+
+
+def _report_failure(inst: Instance, status: dict[str, Any], reason: str) -> None:
+    click.echo(f"roost: error: {inst.name}: {reason}", err=True)
+    for err in status.get("errors", []):
+        click.echo(f"  - {err}", err=True)
+    for path in (inst.ha_stderr, inst.serial_log, inst.qemu_log):
+        tail = _tail(path)
+        if tail:
+            click.echo(f"  last lines of {path}:\n{tail}", err=True)
+
+
+def follow(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
+           progress: Progress) -> int:
+    follower = EventFollower(inst.ha_stdout)
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] = {}
+    while True:
+        for event in follower.poll():
+            status = event.get("status", {})
+            if status.get("phase"):
+                progress.step(str(status["phase"]))
+            if status.get("running"):
+                return _ready(inst, status)
+            if status.get("exiting"):
+                _wait_exit(proc)
+                _report_failure(inst, status, "the host agent stopped while starting")
+                return 1
+        if proc.poll() is not None:
+            for event in follower.poll():
+                status = event.get("status", status)
+            _report_failure(inst, status, f"the host agent exited with status {proc.returncode}")
+            return 1
+        if time.monotonic() > deadline:
+            _report_failure(inst, status, f"not running after {timeout:g}s; it keeps trying "
+                                          f"in the background (`roost stop {inst.name}` ends it)")
+            return 1
+        time.sleep(POLL_SECONDS)
+
+
+def _wait_exit(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _ready(inst: Instance, status: dict[str, Any]) -> int:
+    failed = [r for r in status.get("requirements", []) if not r.get("ok")]
+    for r in failed:
+        click.echo(f"roost: warning: {r['kind']} requirement failed: {r.get('error')}\n"
+                   f"  hint: {r.get('hint')}", err=True)
+    essential = [r for r in failed if r["kind"] == "essential"]
+    if essential:
+        _report_failure(inst, status, "the instance is up but not usable "
+                                      f"(`roost stop {inst.name}` stops it)")
+        return 1
+    port = status.get("sshLocalPort")
+    state = "running (degraded)" if failed else "running"
+    click.echo(f"{inst.name} is {state}; ssh port {port}. Try `roost shell {inst.name}`.")
+    return 0
+
+
+def start(name: str, config_file: str | None, timeout: float) -> int:
+    from roost.cli import lifecycle
+    from roost.config import load_config
+    from roost.image.disk import prepare_disk
+
+    inst = Instance.at(name)
+    inst.check_socket_paths()
+    if not inst.exists():
+        lifecycle.create(name, config_file)
+    elif config_file is not None:
+        raise UsageError(f"instance {name!r} already exists; --config applies only when "
+                         f"creating (edit {inst.config} or delete and recreate)")
+    with Progress(f"starting {name}") as progress:
+        with operation_lock(name, "start it"):
+            status = inst.status()
+            if status in (Status.RUNNING, Status.STARTING):
+                raise RoostError(f"instance {name!r} is already {status.value.lower()}")
+            if status == Status.BROKEN:
+                raise RoostError(
+                    f"instance {name!r} is broken (its host agent is gone but the VM runs); "
+                    f"run `roost stop {name}`, then start it again"
+                )
+            config = load_config(inst.config)
+            inst.remove_stale_runtime_files()
+            prepare_disk(inst, config.image, config.disk, progress.step)
+            progress.step("starting the host agent")
+            proc = spawn_hostagent(inst)
+            deadline = time.monotonic() + SPAWN_SECONDS
+            while not inst.hostagent_alive() and proc.poll() is None:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+        return follow(inst, proc, timeout, progress)
+
+

@@ -1,0 +1,215 @@
+"""The instance configuration (roost.yaml), validated by a pydantic schema.
+
+Keys are camelCase as in Lima's lima.yaml. Unknown keys, wrong types and
+bad values are errors that name the key path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from roost.config.sizes import format_size, parse_size
+
+
+def _size(value: Any) -> int:
+    if not isinstance(value, str | int) or isinstance(value, bool):
+        raise ValueError("expected a size such as 512MiB or 4GiB")
+    return parse_size(value)
+
+
+Size = Annotated[int, BeforeValidator(_size), PlainSerializer(format_size, return_type=str)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+BUILTIN_IMAGE = "builtin"
+MOUNT_TYPES = ("virtiofs", "9p", "reverse-sshfs")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True,
+        strict=False,
+    )
+
+
+class SSH(_Model):
+    local_port: Port = 0
+    forward_agent: bool = False
+
+
+class NinePOptions(_Model):
+    security_model: Literal["none", "mapped-xattr", "mapped-file", "passthrough"] = "none"
+    protocol_version: Literal["9p2000", "9p2000.u", "9p2000.L"] = "9p2000.L"
+    msize: Size = 512 * 1024
+    cache: Literal["none", "loose", "fscache", "mmap"] | None = None
+
+
+class VirtiofsOptions(_Model):
+    queue_size: Annotated[int, Field(ge=16, le=32768)] = 1024
+
+
+class SSHFSOptions(_Model):
+    cache: bool = True
+    follow_symlinks: bool = False
+
+
+class Mount(_Model):
+    location: str
+    mount_point: str | None = None
+    writable: bool = False
+    nine_p: NinePOptions = Field(default_factory=NinePOptions, alias="9p")
+    virtiofs: VirtiofsOptions = Field(default_factory=VirtiofsOptions)
+    sshfs: SSHFSOptions = Field(default_factory=SSHFSOptions)
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, v: str) -> str:
+        v = os.path.expanduser(v)
+        if not os.path.isabs(v):
+            raise ValueError(f"must be an absolute host path (or start with ~), got {v!r}")
+        return v
+
+    @field_validator("mount_point")
+    @classmethod
+    def _mount_point(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"must be an absolute guest path, got {v!r}")
+        return v
+
+
+def _ip(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        raise ValueError(f"not an IP address: {v!r}") from None
+    return v
+
+
+PortRange = tuple[Annotated[int, Field(ge=1, le=65535)], Annotated[int, Field(ge=1, le=65535)]]
+
+
+class PortForward(_Model):
+    """One rule, with Lima's fields and defaults."""
+
+    guest_ip: str = "127.0.0.1"
+    guest_ip_must_be_zero: bool = False
+    guest_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    guest_port_range: PortRange | None = None
+    guest_socket: str | None = None
+    host_ip: str = "127.0.0.1"
+    host_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    host_port_range: PortRange | None = None
+    host_socket: str | None = None
+    proto: Literal["tcp", "udp", "any"] = "any"
+    ignore: bool = False
+    reverse: bool = False
+
+    _check_guest_ip = field_validator("guest_ip")(classmethod(lambda cls, v: _ip(v)))
+    _check_host_ip = field_validator("host_ip")(classmethod(lambda cls, v: _ip(v)))
+
+    @model_validator(mode="after")
+    def _ranges(self) -> PortForward:
+        for name, rng in (("guestPortRange", self.guest_port_range),
+                          ("hostPortRange", self.host_port_range)):
+            if rng is not None and rng[0] > rng[1]:
+                raise ValueError(f"{name}: start {rng[0]} is above end {rng[1]}")
+        if self.guest_port is not None and self.guest_port_range is not None:
+            raise ValueError("give guestPort or guestPortRange, not both")
+        if self.host_port is not None and self.host_port_range is not None:
+            raise ValueError("give hostPort or hostPortRange, not both")
+        g, h = self.guest_range(), self.host_range()
+        if g and h and g[1] - g[0] != h[1] - h[0]:
+            raise ValueError("hostPortRange must span as many ports as guestPortRange")
+        if self.host_socket and self.guest_socket is None and not self.reverse:
+            raise ValueError("hostSocket needs guestSocket (or reverse: true)")
+        if self.reverse and not (self.guest_socket and self.host_socket):
+            raise ValueError("reverse forwarding needs both guestSocket and hostSocket")
+        if self.guest_socket and not self.guest_socket.startswith("/"):
+            raise ValueError("guestSocket must be an absolute guest path")
+        return self
+
+    def guest_range(self) -> tuple[int, int] | None:
+        if self.guest_port_range is not None:
+            return self.guest_port_range
+        if self.guest_port is not None:
+            return (self.guest_port, self.guest_port)
+        return None
+
+    def host_range(self) -> tuple[int, int] | None:
+        if self.host_port_range is not None:
+            return self.host_port_range
+        if self.host_port is not None:
+            return (self.host_port, self.host_port)
+        return self.guest_range()
+
+
+class Provision(_Model):
+    mode: Literal["system", "user"] = "system"
+    script: str
+
+
+class GuestAgent(_Model):
+    allow_exec: bool = False
+
+
+class Config(_Model):
+    cpus: Annotated[int, Field(ge=1, le=255)] = 2
+    memory: Size = 2 * 1024**3
+    disk: Size = 20 * 1024**3
+    image: str = BUILTIN_IMAGE
+    ssh: SSH = Field(default_factory=SSH)
+    mount_type: Literal["virtiofs", "9p", "reverse-sshfs"] | None = None
+    mounts: list[Mount] = Field(default_factory=list)
+    port_forwards: list[PortForward] = Field(default_factory=list)
+    provision: list[Provision] = Field(default_factory=list)
+    guest_agent: GuestAgent = Field(default_factory=GuestAgent)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: int) -> int:
+        if v < 128 * 1024**2:
+            raise ValueError(f"at least 128MiB is needed, got {format_size(v)}")
+        if v % (1024**2):
+            raise ValueError("must be a whole number of MiB")
+        return v
+
+    @field_validator("disk")
+    @classmethod
+    def _disk(cls, v: int) -> int:
+        if v < 2 * 1024**3:
+            raise ValueError(f"at least 2GiB is needed (the base image's size), got {format_size(v)}")
+        return v
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if v == BUILTIN_IMAGE:
+            return v
+        path = os.path.expanduser(v)
+        if not os.path.isabs(path):
+            raise ValueError(f"must be {BUILTIN_IMAGE!r} or an absolute path to a disk image")
+        if not os.path.isfile(path):
+            raise ValueError(f"no disk image at {path}")
+        return path
+
+    @field_validator("mounts")
+    @classmethod
+    def _unique_mount_points(cls, v: list[Mount]) -> list[Mount]:
+        seen: set[str] = set()
+        for m in v:
+            point = m.mount_point or m.location
+            if point in seen:
+                raise ValueError(f"two mounts at the guest path {point}")
+            seen.add(point)
+        return v

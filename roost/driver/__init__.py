@@ -1,0 +1,10 @@
+"""VM drivers. A driver runs one VM; it knows nothing of the host agent or CLI.
+
+Required behaviour is the `Driver` protocol. Optional capabilities
+(file-system hot-plug, snapshots, suspend/resume) are separate protocols,
+discovered with isinstance(), so a driver that lacks one needs no stub.
+"""
+
+from roost.driver.base import Driver, DriverError, DriverInfo, SSHAddress
+
+__all__ = ["Driver", "DriverError", "DriverInfo", "SSHAddress"]

@@ -1,0 +1,5 @@
+"""QEMU driver (q35, TCG or KVM, QMP through qemu.qmp)."""
+
+from roost.driver.qemu.driver import QemuDriver, find_qemu
+
+__all__ = ["QemuDriver", "find_qemu"]

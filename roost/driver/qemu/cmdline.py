@@ -1,0 +1,100 @@
+"""The QEMU command line, as a pure function of a spec (unit-testable)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+GUEST_AGENT_PORT_NAME = "io.roost.guest_agent.0"
+HOTPLUG_SLOTS = 8
+GUEST_NET = "192.168.5.0/24"
+KERNEL_APPEND = "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1"
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Direct PVH kernel boot (built-in image); None fields mean firmware boot."""
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str = KERNEL_APPEND
+
+
+@dataclass(frozen=True)
+class QemuSpec:
+    name: str
+    qemu: str
+    accel: str
+    cpus: int
+    memory: int
+    disk: Path
+    cidata: Path
+    ssh_port: int
+    qmp_sock: Path
+    ga_sock: Path
+    serial_sock: Path
+    serial_log: Path
+    pidfile: Path
+    boot: BootSpec
+
+
+def mac_address(name: str) -> str:
+    """Stable per instance, in the locally administered range Lima uses."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "52:55:55:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _option_value(value: str | Path) -> str:
+    """Escape a value for QEMU's comma-separated option syntax."""
+    return str(value).replace(",", ",,")
+
+
+def build_argv(spec: QemuSpec) -> list[str]:
+    mem_mib = spec.memory // (1024**2)
+    argv = [
+        spec.qemu,
+        "-name", f"roost-{spec.name},debug-threads=on",
+        "-nodefaults", "-no-user-config", "-display", "none",
+        "-machine", "q35,memory-backend=mem",
+    ]
+    if spec.accel == "kvm":
+        argv += ["-accel", "kvm", "-cpu", "host"]
+    else:
+        argv += ["-accel", "tcg,thread=multi,tb-size=512"]
+    argv += [
+        "-smp", str(spec.cpus),
+        "-m", f"{mem_mib}M",
+        # Shareable RAM: vhost-user-fs (virtiofsd) needs it, also when hot-plugged.
+        "-object", f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
+        "-rtc", "base=utc",
+        "-no-reboot",
+    ]
+    if spec.boot.kernel is not None:
+        argv += ["-kernel", str(spec.boot.kernel), "-append", spec.boot.append]
+        if spec.boot.initrd is not None:
+            argv += ["-initrd", str(spec.boot.initrd)]
+    argv += [
+        "-drive", f"if=none,id=root,file={_option_value(spec.disk)},format=qcow2,discard=unmap",
+        "-device", "virtio-blk-pci,drive=root" + (",bootindex=0" if spec.boot.kernel is None else ""),
+        "-drive",
+        f"if=none,id=cidata,file={_option_value(spec.cidata)},format=raw,readonly=on",
+        "-device", "virtio-blk-pci,drive=cidata",
+        "-netdev",
+        f"user,id=net0,net={GUEST_NET},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(spec.name)}",
+        "-device", "virtio-rng-pci",
+        "-device", "virtio-serial-pci,id=vser0",
+        "-chardev", f"socket,id=ga,path={_option_value(spec.ga_sock)},server=on,wait=off",
+        "-device", f"virtserialport,bus=vser0.0,chardev=ga,name={GUEST_AGENT_PORT_NAME}",
+        "-chardev",
+        f"socket,id=serial0,path={_option_value(spec.serial_sock)},server=on,wait=off,"
+        f"logfile={_option_value(spec.serial_log)}",
+        "-serial", "chardev:serial0",
+        "-qmp", f"unix:{_option_value(spec.qmp_sock)},server=on,wait=off",
+        "-pidfile", str(spec.pidfile),
+    ]
+    # Spare root ports for file-system hot-plug (ACPI hot-plug on q35).
+    for i in range(HOTPLUG_SLOTS):
+        argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
+    return argv

@@ -1,0 +1,157 @@
+"""The QEMU driver: one QEMU process per instance, controlled over QMP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+from pathlib import Path
+
+from roost.driver.base import DriverError, DriverInfo, SSHAddress
+from roost.driver.channel import Dialer, UnixDialer
+from roost.driver.qemu.cmdline import QemuSpec, build_argv
+
+log = logging.getLogger(__name__)
+
+QMP_CONNECT_SECONDS = 30.0
+POWERDOWN_SECONDS = 30.0
+QUIT_SECONDS = 5.0
+
+
+def find_qemu() -> str:
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is None:
+        raise DriverError(
+            "qemu-system-x86_64 was not found; install it (scripts/setup.sh does: "
+            "apt-get install qemu-system-x86 qemu-utils)"
+        )
+    return qemu
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class QemuDriver:
+    def __init__(self, spec: QemuSpec, log_path: Path) -> None:
+        self.spec = spec
+        self.log_path = log_path
+        self._proc: asyncio.subprocess.Process | None = None
+        self._qmp: object | None = None  # qemu.qmp.QMPClient, imported lazily
+        self._exit: asyncio.Future[int] | None = None
+
+    # -- Driver protocol ----------------------------------------------------
+
+    def info(self) -> DriverInfo:
+        return DriverInfo(
+            name="qemu",
+            accel=self.spec.accel,
+            ssh=SSHAddress("127.0.0.1", self.spec.ssh_port),
+            guest_agent=self.guest_agent_dialer().describe(),
+            pid=self._proc.pid if self._proc else None,
+            capabilities=["virtio-serial"],
+        )
+
+    def guest_agent_dialer(self) -> Dialer:
+        return UnixDialer(str(self.spec.ga_sock), kind="virtio-serial")
+
+    async def start(self) -> None:
+        for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock,
+                  self.spec.pidfile):
+            p.unlink(missing_ok=True)
+        argv = build_argv(self.spec)
+        log.info("starting %s", " ".join(argv))
+        with open(self.log_path, "ab") as logf:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                # QEMU must not take our SIGINT/SIGTERM: we stop it in order.
+                start_new_session=True,
+            )
+        self._exit = asyncio.ensure_future(self._proc.wait())
+        try:
+            await self._connect_qmp()
+        except BaseException:
+            await self._kill()
+            raise
+
+    async def wait(self) -> int:
+        assert self._exit is not None, "driver not started"
+        return await asyncio.shield(self._exit)
+
+    async def stop(self, graceful: bool = True) -> None:
+        if self._proc is None or self._exit is None or self._exit.done():
+            await self._close_qmp()
+            return
+        if graceful and await self._qmp_command("system_powerdown"):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), POWERDOWN_SECONDS)
+        if not self._exit.done() and await self._qmp_command("quit"):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), QUIT_SECONDS)
+        await self._kill()
+
+    # -- internals ----------------------------------------------------------
+
+    async def _connect_qmp(self) -> None:
+        from qemu.qmp import QMPClient
+
+        assert self._exit is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + QMP_CONNECT_SECONDS
+        while not self.spec.qmp_sock.exists():
+            if self._exit.done():
+                raise DriverError(
+                    f"QEMU exited with status {self._exit.result()} while starting:\n"
+                    f"{_tail(self.log_path)}"
+                )
+            if loop.time() > deadline:
+                raise DriverError(f"QEMU did not create {self.spec.qmp_sock} in time")
+            await asyncio.sleep(0.01)
+        qmp = QMPClient(f"roost-{self.spec.name}")
+        try:
+            await qmp.connect(str(self.spec.qmp_sock))
+        except Exception as e:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), 1.0)
+            if self._exit.done():
+                raise DriverError(
+                    f"QEMU exited with status {self._exit.result()} while starting:\n"
+                    f"{_tail(self.log_path)}"
+                ) from None
+            raise DriverError(f"cannot connect to QMP at {self.spec.qmp_sock}: {e}") from None
+        self._qmp = qmp
+
+    async def _qmp_command(self, cmd: str) -> bool:
+        qmp = self._qmp
+        if qmp is None:
+            return False
+        try:
+            await asyncio.wait_for(qmp.execute(cmd), 5.0)  # type: ignore[attr-defined]
+            return True
+        except Exception as e:  # QMP gone: the caller falls back to the next step
+            log.warning("QMP %s failed: %s", cmd, e)
+            return False
+
+    async def _close_qmp(self) -> None:
+        qmp, self._qmp = self._qmp, None
+        if qmp is not None:
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()  # type: ignore[attr-defined]
+
+    async def _kill(self) -> None:
+        await self._close_qmp()
+        if self._proc is None or self._exit is None:
+            return
+        if not self._exit.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
+            await asyncio.shield(self._exit)
+        self.spec.pidfile.unlink(missing_ok=True)
+        for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock):
+            p.unlink(missing_ok=True)

@@ -1,0 +1,1 @@
+"""The host agent: the control plane of one running instance."""

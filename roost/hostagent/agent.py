@@ -1,0 +1,354 @@
+"""The host agent of one instance: New, then Run, then cleanups in reverse.
+
+New loads the config, allocates the SSH port, writes the cidata ISO and
+ssh.config, and creates the driver. Run starts the driver, serves ha.sock,
+waits for the readiness requirements, then blocks until a signal or the
+VM's exit; every cleanup registered on the way then runs, newest first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from typing import IO, Any
+
+from roost import __version__
+from roost.cidata import BOOT_DONE_MARKER, GuestIdentity, files_for, write_iso
+from roost.config import Config, load_config
+from roost.driver.base import Driver
+from roost.driver.qemu import QemuDriver, find_qemu
+from roost.driver.qemu.accel import detect_accel
+from roost.driver.qemu.cmdline import BootSpec, QemuSpec
+from roost.errors import RoostError
+from roost.hostagent import banner
+from roost.hostagent.cleanup import CleanupError, CleanupStack
+from roost.hostagent.events import EventEmitter, rfc3339_now
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
+from roost.image.disk import read_pinned
+from roost.sshutil.config import ssh_argv, write_ssh_files
+from roost.sshutil.keys import ensure_host_key, ensure_user_key
+from roost.sshutil.config import guest_user
+from roost.store.instance import Instance, write_atomic
+from roost.store.paths import config_dir
+
+log = logging.getLogger("roost.hostagent")
+
+ESSENTIAL_TIMEOUT = 300.0
+OPTIONAL_TIMEOUT = 60.0
+FINAL_TIMEOUT = 600.0
+SSH_COMMAND_TIMEOUT = 20.0
+
+
+class HostAgentError(RoostError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def run_ssh(inst: Instance, command: list[str], timeout: float) -> tuple[int, str]:
+    """Run a command in the guest through the ControlMaster; (status, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        *ssh_argv(inst, command), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
+class HostAgent:
+    def __init__(self, inst: Instance, out: IO[str]) -> None:
+        self.inst = inst
+        self.events = EventEmitter(out)
+        self.cleanups = CleanupStack()
+        self.config: Config
+        self.driver: Driver
+        self.ssh_port = 0
+        self.instance_id = ""
+        self.guest_agent: GuestAgentClient | None = None
+        self.results: list[Result] = []
+        self.started_at = rfc3339_now()
+        self._stop = asyncio.Event()
+
+    # -- New ------------------------------------------------------------------
+
+    def new(self) -> None:
+        inst = self.inst
+        self.config = load_config(inst.config)
+        pinned = read_pinned(inst)
+        self.ssh_port = self.config.ssh.local_port or free_port()
+        self.instance_id = f"i-{uuid.uuid4().hex[:12]}"
+        user, uid = guest_user()
+        identity, user_pub = ensure_user_key(config_dir())
+        host_priv, host_pub = ensure_host_key(inst.host_key, inst.name)
+        ident = GuestIdentity(
+            instance_id=self.instance_id, hostname=inst.name, user=user, uid=uid,
+            authorized_keys=[user_pub], host_private_key=host_priv,
+            provision=[(p.mode, p.script) for p in self.config.provision],
+        )
+        write_iso(inst.cidata, files_for(ident))
+        write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
+        qemu = find_qemu()
+        spec = QemuSpec(
+            name=inst.name, qemu=qemu, accel=detect_accel(qemu), cpus=self.config.cpus,
+            memory=self.config.memory, disk=inst.disk, cidata=inst.cidata,
+            ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
+            serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
+            boot=BootSpec(pinned.kernel, pinned.initrd),
+        )
+        self.driver = QemuDriver(spec, inst.qemu_log)
+
+    # -- Run ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._stop.set)
+        exit_code = 0
+        try:
+            exit_code = await self._run()
+        except Exception as e:
+            log.exception("host agent failed")
+            self.events.add_error(str(e))
+            exit_code = 1
+        finally:
+            self.events.emit(exiting=True, phase="stopping")
+            try:
+                await self.cleanups.run()
+            except CleanupError as e:
+                for err in e.errors:
+                    self.events.add_error(f"cleanup: {err}")
+                exit_code = exit_code or 1
+            self.events.emit(running=False, exiting=True, phase="stopped")
+        return exit_code
+
+    async def _run(self) -> int:
+        inst = self.inst
+        self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
+                         instanceId=self.instance_id)
+        self.cleanups.push("remove runtime files", self._remove_runtime_files)
+        await self.driver.start()
+        self.cleanups.push("stop the VM", lambda: self.driver.stop(graceful=True))
+        self.cleanups.push("close the SSH master", self._close_ssh_master)
+        self._write_runtime()
+
+        from roost.hostagent.api import ApiServer
+
+        api = ApiServer(self.info, self.events.snapshot)
+        await api.start(inst.ha_sock)
+        self.cleanups.push("close ha.sock", lambda: api.close(inst.ha_sock))
+
+        ready = asyncio.ensure_future(self._become_ready())
+        vm_exit = asyncio.ensure_future(self.driver.wait())
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({vm_exit, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+            stop.cancel()
+            with contextlib.suppress(BaseException):
+                await ready
+        if vm_exit.done() and not self._stop.is_set():
+            status = vm_exit.result()
+            msg = f"the VM process (QEMU) exited unexpectedly with status {status}"
+            if status < 0:
+                msg = f"the VM process (QEMU) was killed by signal {-status}"
+            self.events.add_error(msg + f"; see {inst.qemu_log} and {inst.serial_log}")
+            return 1
+        vm_exit.cancel()
+        return 0
+
+    def _write_runtime(self) -> None:
+        info = self.driver.info()
+        write_atomic(self.inst.runtime, json.dumps({
+            "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
+            "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
+        }) + "\n")
+
+    def _remove_runtime_files(self) -> None:
+        self.inst.runtime.unlink(missing_ok=True)
+
+    async def _close_ssh_master(self) -> None:
+        if not self.inst.ssh_sock.exists():
+            return
+        proc = await asyncio.create_subprocess_exec(
+            "ssh", "-F", str(self.inst.ssh_config), "-O", "exit", f"roost-{self.inst.name}",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+        self.inst.ssh_sock.unlink(missing_ok=True)
+
+    def info(self) -> dict[str, Any]:
+        d = self.driver.info()
+        return {
+            "name": self.inst.name, "dir": str(self.inst.dir), "version": __version__,
+            "instanceId": self.instance_id, "startedAt": self.started_at,
+            "hostagentPid": os.getpid(), "sshLocalPort": self.ssh_port,
+            "driver": {"name": d.name, "accel": d.accel, "pid": d.pid,
+                       "sshAddress": f"{d.ssh.host}:{d.ssh.port}",
+                       "guestAgent": d.guest_agent, "capabilities": d.capabilities},
+            "requirements": [r.to_json() for r in self.results],
+            "status": self.events.snapshot(),
+        }
+
+    # -- readiness ------------------------------------------------------------
+
+    def requirements(self) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
+        inst, info = self.inst, self.driver.info()
+        logs = f"the guest console log {inst.serial_log} and {inst.qemu_log}"
+
+        async def check_banner() -> None:
+            try:
+                await banner.wait_for_banner(info.ssh.host, info.ssh.port,
+                                             timeout=ESSENTIAL_TIMEOUT)
+            except banner.BannerError as e:
+                raise NotReady(str(e), permanent=not e.retryable) from None
+
+        async def check_ssh() -> None:
+            status, out = await run_ssh(inst, ["true"], SSH_COMMAND_TIMEOUT)
+            if status != 0:
+                raise NotReady(f"`ssh true` exited {status}: {out[-300:]}")
+
+        async def check_agent() -> None:
+            client = await self._guest_agent()
+            try:
+                await client.request("ping", timeout=2.0)
+            except GuestAgentError as e:
+                await self._drop_guest_agent()
+                raise NotReady(str(e)) from None
+
+        async def check_boot_done() -> None:
+            status, out = await run_ssh(inst, ["cat", BOOT_DONE_MARKER], SSH_COMMAND_TIMEOUT)
+            if status != 0:
+                raise NotReady("boot scripts still running")
+            parts = out.split()
+            if not parts or parts[0] != self.instance_id:
+                raise NotReady("boot-done marker is from another boot")
+            if len(parts) > 1 and parts[1] != "0":
+                raise NotReady("a provisioning script failed; see /run/roost/provision.log "
+                               "in the guest", permanent=True)
+
+        essential = [
+            Requirement("ssh-banner", "essential",
+                        f"the guest's sshd answers on {info.ssh.host}:{info.ssh.port}",
+                        check_banner,
+                        f"the guest did not start sshd; look at {logs}", ESSENTIAL_TIMEOUT),
+            Requirement("ssh", "essential", "a command runs over SSH", check_ssh,
+                        f"sshd answers but login fails; run `ssh -v -F {inst.ssh_config} "
+                        f"roost-{inst.name} true` and see {inst.ha_stderr}",
+                        ESSENTIAL_TIMEOUT, retry_interval=0.2),
+        ]
+        optional = [
+            Requirement("guest-agent", "optional", "the guest agent answers ping", check_agent,
+                        f"the guest agent did not answer over {info.guest_agent}; see "
+                        f"/run/roost/guestagent.log in the guest and {inst.serial_log}",
+                        OPTIONAL_TIMEOUT, retry_interval=0.1),
+        ]
+        final = [
+            Requirement("boot-scripts", "final", "boot scripts have finished", check_boot_done,
+                        "see /run/roost/provision.log in the guest (`roost shell "
+                        f"{inst.name} -- cat /run/roost/provision.log`)",
+                        FINAL_TIMEOUT, retry_interval=0.1),
+        ]
+        return essential, optional, final
+
+    async def _guest_agent(self) -> GuestAgentClient:
+        if self.guest_agent is None or not self.guest_agent.connected:
+            client = GuestAgentClient(self.driver.guest_agent_dialer())
+            try:
+                await client.connect()
+            except OSError as e:
+                raise NotReady(f"cannot connect to the guest agent: {e}") from None
+            self.guest_agent = client
+        return self.guest_agent
+
+    async def _drop_guest_agent(self) -> None:
+        client, self.guest_agent = self.guest_agent, None
+        if client is not None:
+            await client.close()
+
+    async def _run_list(self, reqs: list[Requirement]) -> list[Result]:
+        results = []
+        for req in reqs:
+            self.events.emit(phase=f"waiting: {req.description}")
+            result = await wait_for(req)
+            results.append(result)
+            self.results.append(result)
+            if not result.ok and req.kind == "essential":
+                break
+        return results
+
+    async def _become_ready(self) -> None:
+        essential, optional, final = self.requirements()
+        self.cleanups.push("disconnect the guest agent", self._drop_guest_agent)
+        # The guest agent is independent of SSH: wait for both at once.
+        optional_task = asyncio.ensure_future(self._run_list(optional))
+        try:
+            results = await self._run_list(essential)
+            if all(r.ok for r in results):
+                results += await self._run_list(final)
+            results += await optional_task
+        finally:
+            optional_task.cancel()
+        failed = [r for r in results if not r.ok]
+        for r in failed:
+            self.events.add_error(f"{r.error} (hint: {r.requirement.debug_hint})")
+        agent = {"connected": self.guest_agent is not None and self.guest_agent.connected}
+        self.events.emit(
+            running=True, degraded=bool(failed), phase="running",
+            requirements=[r.to_json() for r in self.results], guestAgent=agent,
+        )
+
+
+def main(name: str) -> int:
+    """`roost hostagent NAME`: runs until signalled or the VM exits."""
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    inst = Instance.at(name).require()
+    lock = open(inst.ha_lock, "w")  # held (flock) for the agent's whole life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"roost hostagent: a host agent for {name!r} is already running", file=sys.stderr)
+        return 1
+    write_atomic(inst.ha_pid, f"{os.getpid()}\n")
+    started = time.monotonic()
+    agent = HostAgent(inst, sys.stdout)
+    try:
+        agent.new()
+    except RoostError as e:
+        agent.events.add_error(str(e))
+        agent.events.emit(exiting=True, phase="stopped")
+        inst.ha_pid.unlink(missing_ok=True)
+        return 1
+    log.info("New done in %.3fs", time.monotonic() - started)
+    try:
+        return asyncio.run(agent.run())
+    finally:
+        inst.ha_pid.unlink(missing_ok=True)

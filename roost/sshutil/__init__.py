@@ -1,0 +1,1 @@
+"""SSH keys, the per-instance ssh.config, and running commands over SSH."""

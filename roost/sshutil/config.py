@@ -1,0 +1,75 @@
+"""The per-instance ssh.config and known_hosts."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from roost.store.instance import Instance, write_atomic
+
+
+def host_alias(name: str) -> str:
+    return f"roost-{name}"
+
+
+def _quote(path: Path) -> str:
+    return '"' + str(path).replace('"', '\\"') + '"'
+
+
+def render_ssh_config(inst: Instance, port: int, user: str, identity: Path) -> str:
+    # The host key is pinned through HostKeyAlias, so known_hosts does not
+    # depend on the (possibly new each start) local port.
+    return "\n".join([
+        f"Host {host_alias(inst.name)}",
+        "  HostName 127.0.0.1",
+        f"  Port {port}",
+        f"  User {user}",
+        f"  IdentityFile {_quote(identity)}",
+        "  IdentitiesOnly yes",
+        "  IdentityAgent none",
+        f"  UserKnownHostsFile {_quote(inst.known_hosts)}",
+        f"  HostKeyAlias {host_alias(inst.name)}",
+        "  StrictHostKeyChecking yes",
+        "  CheckHostIP no",
+        "  BatchMode yes",
+        "  LogLevel ERROR",
+        "  ConnectTimeout 10",
+        "  ServerAliveInterval 5",
+        "  ServerAliveCountMax 4",
+        "  ControlMaster auto",
+        f"  ControlPath {_quote(inst.ssh_sock)}",
+        "  ControlPersist yes",
+        "",
+    ])
+
+
+def write_ssh_files(inst: Instance, port: int, user: str, identity: Path, host_pub: str) -> None:
+    key_type, key_b64 = host_pub.split()[:2]
+    write_atomic(inst.known_hosts, f"{host_alias(inst.name)} {key_type} {key_b64}\n", 0o600)
+    write_atomic(inst.ssh_config, render_ssh_config(inst, port, user, identity), 0o600)
+
+
+def ssh_argv(inst: Instance, command: list[str], tty: bool = False) -> list[str]:
+    """argv for the system ssh; each word of `command` reaches the guest intact."""
+    argv = ["ssh", "-F", str(inst.ssh_config)]
+    if tty:
+        argv.append("-t")
+    argv.append(host_alias(inst.name))
+    if command:
+        argv += ["--", " ".join(shlex.quote(word) for word in command)]
+    return argv
+
+
+def guest_user() -> tuple[str, int]:
+    """The guest user mirrors the host user: same name and uid."""
+    import pwd
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        print(f"roost: uid {uid} has no user name; using 'roost' in the guest", file=sys.stderr)
+        name = "roost"
+    return name, uid

@@ -1,0 +1,222 @@
+"""Instance directories: layout, atomic creation, locks and liveness.
+
+Liveness never trusts a pid alone: the host agent holds an flock on
+`ha.lock` for its whole life, and a QEMU pid counts only while its command
+line names this instance's QMP socket. Both survive pid reuse.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from roost.errors import RoostError, UsageError
+from roost.store.paths import roost_home
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# sockaddr_un.sun_path is 108 bytes including the NUL.
+MAX_SOCKET_PATH = 107
+
+
+class Status(str, Enum):
+    RUNNING = "Running"
+    STARTING = "Starting"
+    STOPPED = "Stopped"
+    BROKEN = "Broken"
+
+
+def validate_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"invalid instance name {name!r}: use 1-63 characters of a-z, 0-9 and '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    dir: Path
+
+    @classmethod
+    def at(cls, name: str, home: Path | None = None) -> Instance:
+        validate_name(name)
+        return cls(name, (home or roost_home()) / name)
+
+    def path(self, filename: str) -> Path:
+        return self.dir / filename
+
+    config = property(lambda self: self.dir / "roost.yaml")
+    disk = property(lambda self: self.dir / "disk.qcow2")
+    cidata = property(lambda self: self.dir / "cidata.iso")
+    ha_pid = property(lambda self: self.dir / "ha.pid")
+    ha_lock = property(lambda self: self.dir / "ha.lock")
+    ha_sock = property(lambda self: self.dir / "ha.sock")
+    ha_stdout = property(lambda self: self.dir / "ha.stdout.log")
+    ha_stderr = property(lambda self: self.dir / "ha.stderr.log")
+    qemu_pid = property(lambda self: self.dir / "qemu.pid")
+    qemu_log = property(lambda self: self.dir / "qemu.log")
+    qmp_sock = property(lambda self: self.dir / "qmp.sock")
+    serial_log = property(lambda self: self.dir / "serial.log")
+    serial_sock = property(lambda self: self.dir / "serial.sock")
+    ga_sock = property(lambda self: self.dir / "ga.sock")
+    ssh_config = property(lambda self: self.dir / "ssh.config")
+    ssh_sock = property(lambda self: self.dir / "ssh.sock")
+    known_hosts = property(lambda self: self.dir / "known_hosts")
+    host_key = property(lambda self: self.dir / "ssh_host_ed25519_key")
+    runtime = property(lambda self: self.dir / "runtime.json")
+
+    def exists(self) -> bool:
+        return self.config.is_file()
+
+    def require(self) -> Instance:
+        if not self.exists():
+            raise RoostError(f"instance {self.name!r} does not exist (see `roost ls`)")
+        return self
+
+    def sockets(self) -> list[Path]:
+        return [self.ha_sock, self.qmp_sock, self.ga_sock, self.serial_sock, self.ssh_sock]
+
+    def check_socket_paths(self) -> None:
+        longest = max(self.sockets(), key=lambda p: len(str(p)))
+        if len(str(longest)) > MAX_SOCKET_PATH:
+            raise UsageError(
+                f"{longest} is {len(str(longest))} bytes, longer than a Unix socket path may be "
+                f"({MAX_SOCKET_PATH}); set ROOST_HOME to a shorter directory"
+            )
+
+    # -- liveness ---------------------------------------------------------
+
+    def hostagent_alive(self) -> bool:
+        """True while a host agent holds ha.lock."""
+        try:
+            fd = os.open(self.ha_lock, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    def hostagent_pid(self) -> int | None:
+        return _read_pid(self.ha_pid) if self.hostagent_alive() else None
+
+    def qemu_pid_alive(self) -> int | None:
+        """QEMU's pid if a process with it runs this instance's VM."""
+        pid = _read_pid(self.qemu_pid)
+        if pid is None:
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return None
+        if state == "Z" or str(self.qmp_sock).encode() not in cmdline:
+            return None
+        return pid
+
+    def status(self) -> Status:
+        ha = self.hostagent_alive()
+        qemu = self.qemu_pid_alive() is not None
+        if ha and qemu:
+            return Status.RUNNING
+        if ha:
+            return Status.STARTING
+        if qemu:
+            return Status.BROKEN
+        return Status.STOPPED
+
+    def read_runtime(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self.runtime.read_text())
+            return data
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def remove_stale_runtime_files(self) -> None:
+        """Sockets and pid files a dead host agent or QEMU left behind."""
+        for p in [*self.sockets(), self.ha_pid, self.qemu_pid, self.runtime]:
+            p.unlink(missing_ok=True)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def list_instances(home: Path | None = None) -> list[Instance]:
+    home = home or roost_home()
+    try:
+        entries = sorted(os.listdir(home))
+    except FileNotFoundError:
+        return []
+    return [
+        Instance(n, home / n) for n in entries
+        if NAME_RE.match(n) and (home / n / "roost.yaml").is_file()
+    ]
+
+
+@contextmanager
+def operation_lock(name: str, what: str) -> Iterator[None]:
+    """Serialize create/start/delete of one instance across processes."""
+    locks = roost_home() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RoostError(
+                f"another roost command is already working on {name!r}; "
+                f"wait for it to finish, then {what} again"
+            ) from None
+        yield
+
+
+def create_instance_dir(inst: Instance, files: dict[str, str]) -> None:
+    """Create the instance directory with `files`, all or nothing."""
+    home = inst.dir.parent
+    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if inst.dir.exists():
+        raise RoostError(f"instance {inst.name!r} already exists in {inst.dir}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{inst.name}.", dir=home))
+    try:
+        for filename, text in files.items():
+            (tmp / filename).write_text(text)
+        os.rename(tmp, inst.dir)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise RoostError(f"instance {inst.name!r} already exists in {inst.dir}") from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,3 @@
+from roost_guest.agent import main
+
+main()
