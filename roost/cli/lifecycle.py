@@ -33,7 +33,7 @@ HOSTAGENT_KILL_SECONDS = 5.0
 def create(name: str, config_file: str | None, **overrides: Any) -> Instance:
     import yaml
 
-    from roost.config import ConfigError, dump_config, load_config, parse_config
+    from roost.config.loader import ConfigError, dump_config, load_config, parse_config
 
     inst = Instance.at(name)
     inst.check_socket_paths()

@@ -127,7 +127,7 @@ def _ready(inst: Instance, status: dict[str, Any]) -> int:
 
 def start(name: str, config_file: str | None, timeout: float) -> int:
     from roost.cli import lifecycle
-    from roost.config import load_config
+    from roost.config.loader import load_config
     from roost.image.disk import prepare_disk
 
     inst = Instance.at(name)

@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from roost import __version__
 from roost.cidata import BOOT_DONE_MARKER, GuestIdentity, files_for, write_iso
-from roost.config import Config, load_config
+from roost.config.loader import Config, load_config
 from roost.driver.base import Driver
 from roost.driver.qemu import QemuDriver, find_qemu
 from roost.driver.qemu.accel import detect_accel
@@ -131,14 +131,14 @@ class HostAgent:
             self.events.add_error(str(e))
             exit_code = 1
         finally:
-            self.events.emit(exiting=True, phase="stopping")
+            self.events.emit(running=False, exiting=True, phase="stopping")
             try:
                 await self.cleanups.run()
             except CleanupError as e:
                 for err in e.errors:
                     self.events.add_error(f"cleanup: {err}")
                 exit_code = exit_code or 1
-            self.events.emit(running=False, exiting=True, phase="stopped")
+            self.events.emit(exiting=True, phase="stopped")
         return exit_code
 
     async def _run(self) -> int:

@@ -86,7 +86,7 @@ class QemuDriver:
 
     async def stop(self, graceful: bool = True) -> None:
         if self._proc is None or self._exit is None or self._exit.done():
-            await self._close_qmp()
+            await self._kill()
             return
         if graceful and await self._qmp_command("system_powerdown"):
             with contextlib.suppress(asyncio.TimeoutError):

@@ -1,0 +1,81 @@
+"""Load, validate and write roost.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from roost.errors import UsageError
+
+from roost.config.model import Config
+
+__all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_config"]
+
+
+class ConfigError(UsageError):
+    """Invalid configuration; the message names each bad key."""
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "tuple[", "list[", "str", "int", "literal[")):
+            continue  # pydantic's union and validator branches, not user keys
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _message(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    msg = str(err["msg"])
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if kind in ("int_parsing", "int_type"):
+        return f"expected a whole number, got {err.get('input')!r}"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"expected true or false, got {err.get('input')!r}"
+    if kind == "literal_error":
+        return f"{msg}, got {err.get('input')!r}"
+    return msg
+
+
+def parse_config(data: Any, source: str = "roost.yaml") -> Config:
+    from pydantic import ValidationError
+
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        lines = [f"{_key_path(err['loc'])}: {_message(dict(err))}" for err in e.errors()]
+        raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines)) from None
+
+
+def load_config(path: Path) -> Config:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    return parse_config(data, str(path))
+
+
+def dump_config(config: Config) -> str:
+    data = config.model_dump(by_alias=True, mode="json")
+    return yaml.safe_dump(data, sort_keys=False)
