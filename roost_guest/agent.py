@@ -12,13 +12,14 @@ guest has it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from roost_guest import __version__, protocol
 
@@ -62,10 +63,8 @@ class SocketChannel(Channel):
         self.sock.sendall(data)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 class Connection:
@@ -88,10 +87,8 @@ class Connection:
             messages = self.decoder.feed(data)
         except protocol.ProtocolError as e:
             log("%s: %s; closing the connection" % (self.channel.name, e))
-            try:
+            with contextlib.suppress(OSError):
                 self.send({"ok": False, "error": "protocol error: %s" % e})
-            except OSError:
-                pass
             return False
         for msg in messages:
             if isinstance(msg, protocol.JsonMessage):
@@ -209,10 +206,8 @@ def serve_listener(agent: Agent, sock: socket.socket, name: str) -> None:
 
 
 def unix_listener(path: str) -> socket.socket:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
     os.chmod(path, 0o600)
@@ -234,7 +229,7 @@ def vsock_listener(port: int) -> Optional[socket.socket]:
         return None
 
 
-def main(argv: Optional[list] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="roost-guestagent")
     parser.add_argument("--port", help="virtio-serial port device")
     parser.add_argument("--unix", help="Unix socket path to listen on")

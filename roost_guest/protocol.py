@@ -55,7 +55,7 @@ class JsonMessage:
 
 
 class StreamData:
-    __slots__ = ("stream_id", "data")
+    __slots__ = ("data", "stream_id")
 
     def __init__(self, stream_id: int, data: bytes) -> None:
         self.stream_id = stream_id

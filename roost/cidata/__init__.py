@@ -103,8 +103,7 @@ def write_iso(path: Path, files: Mapping[str, bytes]) -> None:
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident="cidata")
     dirs: dict[str, str] = {}
-    counter = 0
-    for name in sorted(files):
+    for counter, name in enumerate(sorted(files), start=1):
         parent = ""
         if "/" in name:
             dirname, _ = name.rsplit("/", 1)
@@ -112,7 +111,6 @@ def write_iso(path: Path, files: Mapping[str, bytes]) -> None:
                 dirs[dirname] = f"/D{len(dirs):06d}"
                 iso.add_directory(dirs[dirname], rr_name=dirname, joliet_path=f"/{dirname}")
             parent = dirs[dirname]
-        counter += 1
         data = files[name]
         base = name.rsplit("/", 1)[-1]
         mode = 0o100755 if data.startswith(b"#!") else 0o100644

@@ -67,7 +67,8 @@ def ls(as_json: bool) -> None:
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
     for row in table:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+        cells = (c.ljust(w) for c, w in zip(row, widths, strict=False))
+        click.echo("  ".join(cells) + "  " + row[-1])
 
 
 def info(name: str, as_json: bool) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -103,10 +104,8 @@ def follow(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
 
 
 def _wait_exit(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        pass
 
 
 def _ready(inst: Instance, status: dict[str, Any]) -> int:

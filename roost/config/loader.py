@@ -7,9 +7,8 @@ from typing import Any
 
 import yaml
 
-from roost.errors import UsageError
-
 from roost.config.model import Config
+from roost.errors import UsageError
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_config"]
 

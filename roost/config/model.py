@@ -188,7 +188,9 @@ class Config(_Model):
     @classmethod
     def _disk(cls, v: int) -> int:
         if v < 2 * 1024**3:
-            raise ValueError(f"at least 2GiB is needed (the base image's size), got {format_size(v)}")
+            raise ValueError(
+                f"at least 2GiB is needed (the base image's size), got {format_size(v)}"
+            )
         return v
 
     @field_validator("image")

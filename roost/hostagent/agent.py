@@ -19,7 +19,7 @@ import socket
 import sys
 import time
 import uuid
-from typing import IO, Any
+from typing import Any, TextIO
 
 from roost import __version__
 from roost.cidata import BOOT_DONE_MARKER, GuestIdentity, files_for, write_iso
@@ -35,9 +35,8 @@ from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
 from roost.image.disk import read_pinned
-from roost.sshutil.config import ssh_argv, write_ssh_files
+from roost.sshutil.config import guest_user, ssh_argv, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
-from roost.sshutil.config import guest_user
 from roost.store.instance import Instance, write_atomic
 from roost.store.paths import config_dir
 
@@ -76,7 +75,7 @@ async def run_ssh(inst: Instance, command: list[str], timeout: float) -> tuple[i
 
 
 class HostAgent:
-    def __init__(self, inst: Instance, out: IO[str]) -> None:
+    def __init__(self, inst: Instance, out: TextIO) -> None:
         self.inst = inst
         self.events = EventEmitter(out)
         self.cleanups = CleanupStack()
@@ -197,7 +196,7 @@ class HostAgent:
         )
         try:
             await asyncio.wait_for(proc.wait(), 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
         self.inst.ssh_sock.unlink(missing_ok=True)
@@ -331,7 +330,7 @@ def main(name: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     inst = Instance.at(name).require()
-    lock = open(inst.ha_lock, "w")  # held (flock) for the agent's whole life
+    lock = open(inst.ha_lock, "w")  # noqa: SIM115 - held (flock) for the agent's whole life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -46,7 +46,7 @@ class Banner:
 async def _readline(reader: asyncio.StreamReader, timeout: float) -> bytes:
     try:
         line = await asyncio.wait_for(reader.readuntil(b"\n"), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BannerError(f"no data within {timeout:g}s") from None
     except asyncio.IncompleteReadError as e:
         if e.partial:
@@ -91,7 +91,7 @@ async def probe_banner(
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(host, port, limit=MAX_LINE_BYTES), connect_timeout
         )
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise BannerError(f"connect to {host}:{port} timed out") from None
     except OSError as e:
         raise BannerError(f"connect to {host}:{port}: {e.strerror or e}") from None

@@ -86,7 +86,7 @@ class GuestAgentClient:
                 self._writer.write(protocol.encode_json({"id": req_id, "type": type_, **params}))
                 await self._writer.drain()
             reply = await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise GuestAgentError(f"guest agent did not answer {type_!r} in {timeout:g}s") from None
         finally:
             self._pending.pop(req_id, None)

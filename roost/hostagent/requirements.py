@@ -71,8 +71,9 @@ async def wait_for(req: Requirement) -> Result:
             last = str(e)
             if e.permanent:
                 break
-        except asyncio.TimeoutError:
-            last = f"not ready after {req.timeout:g}s" + (f" (last: {last})" if attempts > 1 else "")
+        except TimeoutError:
+            timed_out = f"not ready after {req.timeout:g}s"
+            last = timed_out + (f" (last: {last})" if attempts > 1 else "")
             break
         if time.monotonic() + req.retry_interval >= deadline:
             break

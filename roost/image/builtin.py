@@ -335,14 +335,20 @@ def _install_guestfs(root: Path) -> None:
 def _write_etc(root: Path) -> None:
     etc = root / "etc"
     files = {
-        "passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        "passwd": (
+            "root:x:0:0:root:/root:/bin/sh\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
+        ),
         "group": "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
         "shadow": "root:*:19000:0:99999:7:::\n",
         "shells": "/bin/sh\n/bin/ash\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
         "profile": "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
         "fstab": "",
-        "os-release": 'NAME="roost built-in"\nID=roost\nPRETTY_NAME="roost built-in (Debian 12 packages)"\n',
+        "os-release": (
+            'NAME="roost built-in"\nID=roost\n'
+            'PRETTY_NAME="roost built-in (Debian 12 packages)"\n'
+        ),
     }
     for name, text in files.items():
         (etc / name).write_text(text)

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_SOCKET_PATH = 107
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     RUNNING = "Running"
     STARTING = "Starting"
     STOPPED = "Stopped"
@@ -45,6 +45,16 @@ def validate_name(name: str) -> str:
     return name
 
 
+class _InstanceFile:
+    """A file in the instance directory, as a typed attribute: `inst.qmp_sock`."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+
+    def __get__(self, inst: Instance, owner: type | None = None) -> Path:
+        return inst.dir / self.filename
+
+
 @dataclass(frozen=True)
 class Instance:
     name: str
@@ -58,25 +68,25 @@ class Instance:
     def path(self, filename: str) -> Path:
         return self.dir / filename
 
-    config = property(lambda self: self.dir / "roost.yaml")
-    disk = property(lambda self: self.dir / "disk.qcow2")
-    cidata = property(lambda self: self.dir / "cidata.iso")
-    ha_pid = property(lambda self: self.dir / "ha.pid")
-    ha_lock = property(lambda self: self.dir / "ha.lock")
-    ha_sock = property(lambda self: self.dir / "ha.sock")
-    ha_stdout = property(lambda self: self.dir / "ha.stdout.log")
-    ha_stderr = property(lambda self: self.dir / "ha.stderr.log")
-    qemu_pid = property(lambda self: self.dir / "qemu.pid")
-    qemu_log = property(lambda self: self.dir / "qemu.log")
-    qmp_sock = property(lambda self: self.dir / "qmp.sock")
-    serial_log = property(lambda self: self.dir / "serial.log")
-    serial_sock = property(lambda self: self.dir / "serial.sock")
-    ga_sock = property(lambda self: self.dir / "ga.sock")
-    ssh_config = property(lambda self: self.dir / "ssh.config")
-    ssh_sock = property(lambda self: self.dir / "ssh.sock")
-    known_hosts = property(lambda self: self.dir / "known_hosts")
-    host_key = property(lambda self: self.dir / "ssh_host_ed25519_key")
-    runtime = property(lambda self: self.dir / "runtime.json")
+    config = _InstanceFile("roost.yaml")
+    disk = _InstanceFile("disk.qcow2")
+    cidata = _InstanceFile("cidata.iso")
+    ha_pid = _InstanceFile("ha.pid")
+    ha_lock = _InstanceFile("ha.lock")
+    ha_sock = _InstanceFile("ha.sock")
+    ha_stdout = _InstanceFile("ha.stdout.log")
+    ha_stderr = _InstanceFile("ha.stderr.log")
+    qemu_pid = _InstanceFile("qemu.pid")
+    qemu_log = _InstanceFile("qemu.log")
+    qmp_sock = _InstanceFile("qmp.sock")
+    serial_log = _InstanceFile("serial.log")
+    serial_sock = _InstanceFile("serial.sock")
+    ga_sock = _InstanceFile("ga.sock")
+    ssh_config = _InstanceFile("ssh.config")
+    ssh_sock = _InstanceFile("ssh.sock")
+    known_hosts = _InstanceFile("known_hosts")
+    host_key = _InstanceFile("ssh_host_ed25519_key")
+    runtime = _InstanceFile("runtime.json")
 
     def exists(self) -> bool:
         return self.config.is_file()

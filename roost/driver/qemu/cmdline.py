@@ -76,7 +76,8 @@ def build_argv(spec: QemuSpec) -> list[str]:
             argv += ["-initrd", str(spec.boot.initrd)]
     argv += [
         "-drive", f"if=none,id=root,file={_option_value(spec.disk)},format=qcow2,discard=unmap",
-        "-device", "virtio-blk-pci,drive=root" + (",bootindex=0" if spec.boot.kernel is None else ""),
+        "-device",
+        "virtio-blk-pci,drive=root" + (",bootindex=0" if spec.boot.kernel is None else ""),
         "-drive",
         f"if=none,id=cidata,file={_option_value(spec.cidata)},format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=cidata",
