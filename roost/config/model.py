@@ -36,9 +36,14 @@ BUILTIN_IMAGE = "builtin"
 MOUNT_TYPES = ("virtiofs", "9p", "reverse-sshfs")
 
 
+def _alias(name: str) -> str:
+    # Lima spells "IP" in capitals: guestIP, hostIP, guestIPMustBeZero.
+    return to_camel(name).replace("Ip", "IP")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(
-        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True,
+        extra="forbid", alias_generator=_alias, populate_by_name=True, frozen=True,
         strict=False,
     )
 

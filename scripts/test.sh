@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole suite: lint, types, unit and
+# end-to-end tests (a real VM under QEMU; TCG where KVM does not work).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+
+.venv/bin/ruff check roost roost_guest tests bench
+.venv/bin/mypy
+
+# The end-to-end suite must run, not skip: its conftest fails when QEMU or
+# the image cannot be had, and this makes a run with no e2e tests fail too.
+export ROOST_REQUIRE_E2E=1
+set +e
+.venv/bin/python -m pytest -ra "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "test: pytest collected no tests; that is a failure" >&2
+  exit 1
+fi
+exit "$rc"

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from roost.driver.qemu.cmdline import BootSpec, QemuSpec, build_argv, mac_address
+
+
+def spec(tmp: Path, accel: str = "tcg") -> QemuSpec:
+    d = tmp / "odd,dir"
+    return QemuSpec(
+        name="dev", qemu="qemu-system-x86_64", accel=accel, cpus=2, memory=1024**3,
+        disk=d / "disk.qcow2", cidata=d / "cidata.iso", ssh_port=40022,
+        qmp_sock=d / "qmp.sock", ga_sock=d / "ga.sock", serial_sock=d / "serial.sock",
+        serial_log=d / "serial.log", pidfile=d / "qemu.pid",
+        boot=BootSpec(kernel=tmp / "vmlinux", initrd=tmp / "initrd"),
+    )
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_tcg_command_line(tmp_path: Path) -> None:
+    argv = build_argv(spec(tmp_path))
+    assert option(argv, "-accel") == ["tcg,thread=multi,tb-size=512"]
+    assert option(argv, "-m") == ["1024M"]
+    assert "memory-backend-memfd,id=mem,size=1024M,share=on" in option(argv, "-object")
+    netdev = option(argv, "-netdev")[0]
+    assert "hostfwd=tcp:127.0.0.1:40022-:22" in netdev
+    devices = option(argv, "-device")
+    assert "virtserialport,bus=vser0.0,chardev=ga,name=io.roost.guest_agent.0" in devices
+    assert sum(d.startswith("pcie-root-port") for d in devices) == 8
+    assert option(argv, "-kernel") == [str(tmp_path / "vmlinux")]
+
+
+def test_commas_in_paths_are_escaped(tmp_path: Path) -> None:
+    argv = build_argv(spec(tmp_path))
+    drive = option(argv, "-drive")[0]
+    assert f"file={tmp_path}/odd,,dir/disk.qcow2," in drive
+    assert option(argv, "-qmp")[0].startswith(f"unix:{tmp_path}/odd,,dir/qmp.sock,server=on")
+
+
+def test_kvm_uses_host_cpu(tmp_path: Path) -> None:
+    argv = build_argv(spec(tmp_path, accel="kvm"))
+    assert option(argv, "-accel") == ["kvm"] and option(argv, "-cpu") == ["host"]
+
+
+def test_mac_is_stable_and_local() -> None:
+    assert mac_address("dev") == mac_address("dev") != mac_address("other")
+    assert mac_address("dev").startswith("52:55:55:")
