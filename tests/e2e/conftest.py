@@ -1,0 +1,115 @@
+"""One real VM under QEMU (TCG here), shared by the end-to-end tests.
+
+State lives in a short temporary ROOST_HOME (Unix socket paths are limited
+to 107 bytes). At the end every host agent and QEMU this suite started is
+stopped by pid; nothing is killed by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+START_TIMEOUT = 600  # first start may build the image (apt downloads)
+
+
+class Roost:
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.env = {**os.environ, "ROOST_HOME": str(home)}
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "roost", *args], env=self.env, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+        )
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "roost", *args], env=self.env, text=True,
+            capture_output=True, timeout=timeout, input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"roost {' '.join(args)} exited {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
+        return proc
+
+    def ls(self) -> dict[str, dict[str, Any]]:
+        rows = json.loads(self.run("ls", "--json").stdout)
+        return {row["name"]: row for row in rows}
+
+    def pid(self, name: str, filename: str) -> int | None:
+        try:
+            return int((self.home / name / filename).read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+
+
+def pid_running(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _stop_leftovers(roost: Roost) -> None:
+    """Stop whatever this suite started, by the pids it recorded."""
+    for inst in roost.home.iterdir() if roost.home.exists() else []:
+        if not (inst / "roost.yaml").exists():
+            continue
+        subprocess.run([sys.executable, "-m", "roost", "stop", "--force", inst.name],
+                       env=roost.env, capture_output=True, timeout=120)
+        for filename in ("qemu.pid", "ha.pid"):
+            pid = roost.pid(inst.name, filename)
+            if pid_running(pid) and pid is not None:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if str(inst).encode() in cmdline or inst.name.encode() in cmdline:
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def roost() -> Iterator[Roost]:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.fail("qemu-system-x86_64 is not installed: run `bash scripts/setup.sh`")
+    home = Path(tempfile.mkdtemp(prefix="re2e-", dir="/tmp"))
+    r = Roost(home)
+    try:
+        yield r
+    finally:
+        _stop_leftovers(r)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vm(roost: Roost) -> str:
+    """The shared instance, created and started once."""
+    name = "e2e"
+    roost.run("create", name, "--cpus", "2", "--memory", "1GiB", "--disk", "4GiB")
+    roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    return name
