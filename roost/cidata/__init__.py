@@ -4,8 +4,11 @@ the built-in image, and the guest agent zipapp, on one read-only disk.
 
 from __future__ import annotations
 
+import importlib.util
 import io
+import marshal
 import shlex
+import sys
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +17,7 @@ from pathlib import Path
 import yaml
 
 import roost_guest
+from roost.sshutil.dropbear import dropbear_ed25519_key
 
 GUEST_AGENT_FILE = "roost-guestagent.pyz"
 BOOT_DONE_MARKER = "/run/roost/boot-done"
@@ -33,13 +37,37 @@ class GuestIdentity:
     provision: list[tuple[str, str]] = field(default_factory=list)  # (mode, script)
 
 
+DROPBEAR_HOST_KEY = "dropbear_ed25519_host_key"
+# The built-in image's Python; bytecode compiled here runs there when the
+# versions match (the bytecode format changes only between minor versions).
+GUEST_PYTHON = (3, 11)
+
+
+def _bytecode(src: Path) -> bytes:
+    """An unchecked-hash .pyc: no source needed and no mtime to compare."""
+    code = compile(src.read_bytes(), f"roost_guest/{src.name}", "exec", dont_inherit=True)
+    flags = 0b01  # hash-based, unchecked (PEP 552)
+    source_hash = importlib.util.source_hash(src.read_bytes())
+    return (importlib.util.MAGIC_NUMBER + flags.to_bytes(4, "little") + source_hash
+            + marshal.dumps(code))
+
+
 def guest_agent_zipapp() -> bytes:
-    """The guest agent as a zipapp built from this installation's sources."""
+    """The guest agent as a zipapp built from this installation's sources.
+
+    Under TCG, compiling the agent's sources in the guest costs about half a
+    second of every boot, so when the host Python matches the guest's the
+    zipapp carries bytecode only.
+    """
     buf = io.BytesIO()
     pkg = Path(roost_guest.__file__).parent
+    precompile = sys.version_info[:2] == GUEST_PYTHON
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
         for src in sorted(pkg.glob("*.py")):
-            zf.writestr(f"roost_guest/{src.name}", src.read_bytes())
+            if precompile:
+                zf.writestr(f"roost_guest/{src.stem}.pyc", _bytecode(src))
+            else:
+                zf.writestr(f"roost_guest/{src.name}", src.read_bytes())
         zf.writestr("__main__.py", "from roost_guest.agent import main\nmain()\n")
     return b"#!/usr/bin/python3\n" + buf.getvalue()
 
@@ -88,7 +116,9 @@ def files_for(ident: GuestIdentity) -> dict[str, bytes]:
         "user-data": _user_data(ident).encode(),
         "roost.env": _env_file(ident).encode(),
         "authorized_keys": ("\n".join(ident.authorized_keys) + "\n").encode(),
-        "ssh_host_ed25519_key": ident.host_private_key.encode(),
+        # The built-in image's dropbear reads its host key straight from here;
+        # cloud images get the same key through user-data's ssh_keys.
+        DROPBEAR_HOST_KEY: dropbear_ed25519_key(ident.host_private_key),
         GUEST_AGENT_FILE: guest_agent_zipapp(),
     }
     for i, (mode, script) in enumerate(ident.provision):
@@ -114,7 +144,7 @@ def write_iso(path: Path, files: Mapping[str, bytes]) -> None:
         data = files[name]
         base = name.rsplit("/", 1)[-1]
         mode = 0o100755 if data.startswith(b"#!") else 0o100644
-        if base == "ssh_host_ed25519_key":
+        if base == DROPBEAR_HOST_KEY:
             mode = 0o100600
         iso.add_fp(
             io.BytesIO(data), len(data), f"{parent}/F{counter:06d}.;1",

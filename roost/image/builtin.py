@@ -66,13 +66,20 @@ PACKAGES = [
     "libmount1",
     "libselinux1",
 ]
-# What the initramfs needs to mount the root disk (crc32c: ext4 checksums).
-BOOT_MODULES = ["virtio_pci", "virtio_blk", "ext4", "crc32c_generic"]
-# Everything the running guest may load: network, the agent's port, cidata,
-# ACPI power button, shared folders, overlay root, vsock, port discovery.
+# Modules the initramfs loads: the root disk (crc32c: ext4 checksums) and
+# what sshd and the guest agent need right after (network, the agent's
+# port, the cidata ISO). Each group is loaded in order, the groups in
+# parallel (two vCPUs; insmod under TCG is slow), so no module of a later
+# group may depend on one of an earlier group.
+BOOT_MODULE_GROUPS = [
+    ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console"],
+    ["ext4", "crc32c_generic", "isofs"],
+]
+# Everything the running guest may load: ACPI power button, shared folders,
+# overlay root, vsock, port discovery.
 GUEST_MODULES = [
-    *BOOT_MODULES,
-    "virtio_net", "virtio_console", "isofs", "button", "evdev", "virtio_rng",
+    *(m for group in BOOT_MODULE_GROUPS for m in group),
+    "button", "evdev", "virtio_rng",
     "9p", "9pnet_virtio", "virtiofs", "fuse", "overlay", "squashfs", "loop",
     "vsock", "vmw_vsock_virtio_transport", "inet_diag", "tcp_diag", "udp_diag",
     "unix_diag",
@@ -277,22 +284,22 @@ def _kernel_release(root: Path) -> str:
     return releases[0]
 
 
-def _prune_modules(root: Path, release: str) -> tuple[list[str], list[str]]:
+def _prune_modules(root: Path, release: str) -> tuple[list[list[str]], list[str]]:
     moddir = root / "lib" / "modules" / release
     index = kernel.module_index(moddir)
     keep = kernel.load_order(GUEST_MODULES, index)
-    boot = kernel.load_order(BOOT_MODULES, index)
+    groups = kernel.parallel_load_groups(BOOT_MODULE_GROUPS, index)
     kept_files = {index[m] for m in keep}
     for ko in list(moddir.rglob("*.ko")):
         if ko not in kept_files:
             ko.unlink()
     for p in [moddir / "modules.dep", moddir / "modules.alias", moddir / "modules.symbols"]:
         p.unlink(missing_ok=True)
-    # Keep the module files for the initramfs in load order.
-    return [index[m].relative_to(moddir).as_posix() for m in boot], keep
+    # The initramfs gets the module files, group by group, in load order.
+    return [[index[m].relative_to(moddir).as_posix() for m in g] for g in groups], keep
 
 
-def _write_initrd(path: Path, root: Path, release: str, boot_modules: list[str]) -> None:
+def _write_initrd(path: Path, root: Path, release: str, boot_groups: list[list[str]]) -> None:
     moddir = root / "lib" / "modules" / release
     guestfs = resources.files("roost.image") / "guestfs" / "initrd"
     with open(path, "wb") as f:
@@ -303,12 +310,14 @@ def _write_initrd(path: Path, root: Path, release: str, boot_modules: list[str])
         w.add_char_device("dev/null", 1, 3, 0o666)
         w.add_file("bin/busybox", (root / "bin" / "busybox").read_bytes(), 0o755)
         w.add_file("init", (guestfs / "init").read_bytes(), 0o755)
-        names = []
-        for rel in boot_modules:
-            name = rel.rsplit("/", 1)[-1]
-            names.append(name)
-            w.add_file(f"modules/{name}", (moddir / rel).read_bytes())
-        w.add_file("modules.load", ("\n".join(names) + "\n").encode())
+        lines = []
+        for group in boot_groups:
+            names = [rel.rsplit("/", 1)[-1] for rel in group]
+            for rel, name in zip(group, names, strict=True):
+                w.add_file(f"modules/{name}", (moddir / rel).read_bytes())
+            lines.append(" ".join(names))
+        # One line per group: init loads the lines in parallel.
+        w.add_file("modules.load", ("\n".join(lines) + "\n").encode())
         w.close()
 
 
@@ -344,7 +353,15 @@ def _write_etc(root: Path) -> None:
         "shells": "/bin/sh\n/bin/ash\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
         "profile": "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
-        "fstab": "",
+        # Mounted by one `mount -a` in the boot script (one fork, not six).
+        "fstab": (
+            "proc /proc proc nosuid,nodev,noexec 0 0\n"
+            "sysfs /sys sysfs nosuid,nodev,noexec 0 0\n"
+            "tmpfs /run tmpfs mode=0755,nosuid,nodev 0 0\n"
+            "tmpfs /tmp tmpfs mode=1777,nosuid,nodev 0 0\n"
+            "devpts /dev/pts devpts gid=5,mode=0620,ptmxmode=0666 0 0\n"
+            "tmpfs /dev/shm tmpfs mode=1777,nosuid,nodev 0 0\n"
+        ),
         "os-release": (
             'NAME="roost built-in"\nID=roost\n'
             'PRETTY_NAME="roost built-in (Debian 12 packages)"\n'

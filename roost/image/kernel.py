@@ -67,3 +67,24 @@ def load_order(wanted: Iterable[str], index: dict[str, Path]) -> list[str]:
     for name in wanted:
         visit(name.replace("-", "_"))
     return order
+
+
+def parallel_load_groups(groups: list[list[str]], index: dict[str, Path]) -> list[list[str]]:
+    """Each group with its dependencies, in load order, every module once.
+
+    Groups are loaded concurrently, so a group must not need a module that
+    an earlier group loads: that would race. Refuse such a recipe.
+    """
+    out: list[list[str]] = []
+    loaded: dict[str, int] = {}
+    for i, group in enumerate(groups):
+        order = load_order(group, index)
+        for name in order:
+            if name in loaded:
+                raise RoostError(
+                    f"module {name!r} is needed by boot module groups {loaded[name]} and {i}; "
+                    "move the modules that share it into one group"
+                )
+            loaded[name] = i
+        out.append(order)
+    return out
