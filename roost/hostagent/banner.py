@@ -108,23 +108,26 @@ async def wait_for_banner(
     port: int,
     *,
     timeout: float,
-    stagger: float = 0.2,
-    max_in_flight: int = 4,
+    stagger: float = 0.1,
+    max_in_flight: int = 16,
     read_timeout: float = READ_TIMEOUT,
     retry_delay: float = 0.02,
 ) -> Banner:
     """Probe until a banner arrives, a permanent error, or `timeout`.
 
-    A refused or closed connection is retried after `retry_delay`. A silent
-    one is not abandoned early (each abandoned attempt costs the guest a
-    forked sshd), but a fresh attempt starts every `stagger` seconds while
-    fewer than `max_in_flight` are open, so a connection that slirp parked
-    before the guest NIC came up cannot delay readiness by its full
-    read timeout. The first banner wins and the rest are cancelled.
+    With user-mode networking, a connection made before the guest's NIC is
+    up is accepted by the host side and then parked: nothing ever arrives
+    on it, and it never reaches sshd. So a silent attempt is not waited out:
+    a fresh one starts every `stagger` seconds, and once `max_in_flight`
+    are open the oldest is dropped for it (dropping one that did reach a
+    slow sshd costs the guest a forked sshd, hence a generous window). A
+    refused or closed attempt is replaced after `retry_delay`. The first
+    banner wins; the rest are cancelled. Readiness thus follows the guest's
+    sshd by at most about `stagger`.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    in_flight: set[asyncio.Task[Banner]] = set()
+    in_flight: list[asyncio.Task[Banner]] = []  # oldest first
     last_error: BannerError | None = None
     next_start = loop.time()
     try:
@@ -135,11 +138,13 @@ async def wait_for_banner(
                     f"no SSH banner from {host}:{port} within {timeout:g}s"
                     + (f" (last attempt: {last_error})" if last_error else "")
                 )
-            if len(in_flight) < max_in_flight and now >= next_start:
-                in_flight.add(asyncio.ensure_future(
+            if now >= next_start:
+                if len(in_flight) >= max_in_flight:
+                    in_flight.pop(0).cancel()
+                in_flight.append(asyncio.ensure_future(
                     probe_banner(host, port, read_timeout=read_timeout)))
                 next_start = now + stagger
-            wait_until = min(deadline, next_start) if len(in_flight) < max_in_flight else deadline
+            wait_until = min(deadline, next_start)
             if not in_flight:
                 await asyncio.sleep(max(0.0, wait_until - loop.time()))
                 continue
@@ -148,7 +153,7 @@ async def wait_for_banner(
                 return_when=asyncio.FIRST_COMPLETED,
             )
             for task in done:
-                in_flight.discard(task)
+                in_flight.remove(task)
                 exc = task.exception()
                 if exc is None:
                     return task.result()

@@ -186,3 +186,28 @@ async def test_wait_stops_on_a_permanent_error() -> None:
         async with FakeServer(sends(b"SSH-1.0-x\r\n")) as port:
             await wait_for_banner("127.0.0.1", port, timeout=5)
     assert time.monotonic() - start < 1.0
+
+
+async def test_wait_outlasts_many_parked_connections() -> None:
+    # Like slirp before the guest NIC is up: every connection for a while is
+    # accepted and then parked forever. Readiness must follow the first
+    # answering connection closely, not wait out read timeouts.
+    answer_from = time.monotonic() + 1.0
+    parked: list[asyncio.Event] = []
+
+    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if time.monotonic() < answer_from:
+            ev = asyncio.Event()
+            parked.append(ev)
+            await asyncio.wait_for(ev.wait(), 30)
+            return
+        w.write(b"SSH-2.0-finally\r\n")
+        await w.drain()
+
+    async with FakeServer(handler) as port:
+        banner = await wait_for_banner("127.0.0.1", port, timeout=10, stagger=0.05,
+                                       max_in_flight=4, read_timeout=5)
+        late = time.monotonic() - answer_from
+    assert banner.identification == "SSH-2.0-finally"
+    assert late < 0.1 + 0.05, late
+    assert len(parked) > 4  # the cap dropped old attempts rather than waiting
