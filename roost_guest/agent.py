@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from roost_guest import __version__, protocol
+from roost_guest import __version__, ports, protocol, tunnel
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional
 
 if TYPE_CHECKING:
-    Handler = Callable[[Dict[str, Any]], Dict[str, Any]]
+    Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
 _STARTED = time.monotonic()
 
 
@@ -71,18 +71,29 @@ class SocketChannel(Channel):
 
 
 class Connection:
-    """Decodes requests from a channel and writes responses and events."""
+    """One host session on a channel: requests, event subscriptions, streams."""
 
     def __init__(self, agent: "Agent", channel: Channel) -> None:
         self.agent = agent
         self.channel = channel
         self.decoder = protocol.FrameDecoder()
         self._write_lock = threading.Lock()
+        self._streams_lock = threading.Lock()
+        self.streams: Dict[int, tunnel.Stream] = {}
+        self.subscribed = False
+        self.closed = False
 
     def send(self, obj: Dict[str, Any]) -> None:
-        data = protocol.encode_json(obj)
+        self.send_raw(protocol.encode_json(obj))
+
+    def send_data(self, stream_id: int, data: bytes) -> None:
+        self.send_raw(protocol.encode_data(stream_id, data))
+
+    def send_raw(self, frame: bytes) -> None:
         with self._write_lock:
-            self.channel.write(data)
+            if self.closed:
+                raise OSError("session closed")
+            self.channel.write(frame)
 
     def feed(self, data: bytes) -> bool:
         """Handle incoming bytes; False when the connection must close."""
@@ -96,6 +107,10 @@ class Connection:
         for msg in messages:
             if isinstance(msg, protocol.JsonMessage):
                 self.agent.dispatch(self, msg.obj)
+            else:
+                stream = self.streams.get(msg.stream_id)
+                if stream is not None:
+                    stream.deliver(msg.data)
         return True
 
     def serve(self) -> None:
@@ -107,15 +122,41 @@ class Connection:
         except OSError as e:
             log("%s: %s" % (self.channel.name, e))
         finally:
+            self.close()
             self.channel.close()
+
+    def add_stream(self, stream: tunnel.Stream) -> None:
+        with self._streams_lock:
+            self.streams[stream.id] = stream
+
+    def stream_done(self, stream_id: int) -> None:
+        with self._streams_lock:
+            self.streams.pop(stream_id, None)
+
+    def close(self) -> None:
+        """The host left: end every stream and subscription of this session."""
+        with self._write_lock:
+            self.closed = True
+        self.reset_session()
+
+    def reset_session(self) -> None:
+        self.agent.unsubscribe(self)
+        with self._streams_lock:
+            streams = list(self.streams.values())
+        for stream in streams:
+            stream.reset()
 
 
 class Agent:
     def __init__(self) -> None:
         self.handlers: Dict[str, Handler] = {
-            "ping": lambda req: {"pong": True},
-            "info": lambda req: self.info(),
+            "ping": lambda conn, req: {"pong": True},
+            "info": lambda conn, req: self.info(),
+            "events": self.subscribe,
         }
+        self.ports = PortWatcher(self.ports_changed)
+        self._subscribers: List[Connection] = []
+        self._sub_lock = threading.Lock()
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -126,18 +167,63 @@ class Agent:
             "uptime": _uptime(),
             "agentUptime": round(time.monotonic() - _STARTED, 3),
             "pid": os.getpid(),
+            "ports": ports.as_dicts(self.ports.current()),
+            "portScanner": self.ports.scanner_kind,
         }
 
+    # -- events -----------------------------------------------------------
+
+    def subscribe(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        with self._sub_lock:
+            if conn not in self._subscribers:
+                self._subscribers.append(conn)
+        self.ports.start()
+        return {"ports": ports.as_dicts(self.ports.current())}
+
+    def unsubscribe(self, conn: Connection) -> None:
+        with self._sub_lock:
+            if conn in self._subscribers:
+                self._subscribers.remove(conn)
+
+    def ports_changed(self, added: List[Any], removed: List[Any]) -> None:
+        event = {"event": "ports", "added": ports.as_dicts(added),
+                 "removed": ports.as_dicts(removed)}
+        with self._sub_lock:
+            subscribers = list(self._subscribers)
+        for conn in subscribers:
+            try:
+                conn.send(event)
+            except OSError:
+                self.unsubscribe(conn)
+
+    # -- requests ---------------------------------------------------------
+
     def dispatch(self, conn: Connection, req: Dict[str, Any]) -> None:
+        kind = req.get("type")
+        if kind in ("window", "eof", "reset"):
+            self.stream_control(conn, req)
+            return
+        if kind == "hello":
+            # A new host session; on virtio-serial the old one may not have
+            # ended with an EOF we saw.
+            conn.reset_session()
+            conn.send_raw(protocol.sync_frame(int(req.get("nonce", 0))))
+            return
+        if kind == "tunnel":
+            # Connecting may take a while; never hold up the channel.
+            threading.Thread(target=self.open_tunnel, args=(conn, req), daemon=True).start()
+            return
+        self.reply(conn, req, self.handlers.get(str(kind)))
+
+    def reply(self, conn: Connection, req: Dict[str, Any], handler: Any) -> None:
         req_id = req.get("id")
-        handler = self.handlers.get(str(req.get("type")))
         if handler is None:
             reply: Dict[str, Any] = {
                 "id": req_id, "ok": False, "error": "unknown request type %r" % req.get("type"),
             }
         else:
             try:
-                reply = {"id": req_id, "ok": True, "result": handler(req)}
+                reply = {"id": req_id, "ok": True, "result": handler(conn, req)}
             except RequestError as e:
                 reply = {"id": req_id, "ok": False, "error": str(e)}
             except Exception as e:  # a bug must not take the agent down
@@ -148,6 +234,85 @@ class Agent:
         except OSError as e:
             log("reply failed: %s" % e)
 
+    def open_tunnel(self, conn: Connection, req: Dict[str, Any]) -> None:
+        stream_id = req.get("stream")
+        if not isinstance(stream_id, int) or stream_id in conn.streams:
+            reply = {"id": req.get("id"), "ok": False, "error": "bad or duplicate stream id"}
+        else:
+            try:
+                sock = tunnel.open_local(req)
+            except tunnel.TunnelError as e:
+                reply = {"id": req.get("id"), "ok": False, "error": str(e)}
+            else:
+                stream = tunnel.Stream(stream_id, sock, req.get("proto") == "udp",
+                                       conn.send, conn.send_data, conn.stream_done)
+                conn.add_stream(stream)
+                reply = {"id": req.get("id"), "ok": True, "result": {"stream": stream_id}}
+                try:
+                    conn.send(reply)
+                except OSError:
+                    stream.reset()
+                    return
+                stream.start()
+                return
+        with contextlib.suppress(OSError):
+            conn.send(reply)
+
+    def stream_control(self, conn: Connection, req: Dict[str, Any]) -> None:
+        stream = conn.streams.get(req.get("stream"))  # type: ignore[arg-type]
+        if stream is None:
+            return  # already gone; the peer learns from our own reset or eof
+        kind = req["type"]
+        if kind == "window":
+            stream.grant(int(req.get("bytes", 0)))
+        elif kind == "eof":
+            stream.eof()
+        else:
+            stream.reset()
+
+
+class PortWatcher:
+    """Rescans listening sockets and reports changes, while anyone listens."""
+
+    INTERVAL = 0.1  # a new listener reaches the host well within 250 ms
+
+    def __init__(self, on_change: Callable[[List[Any], List[Any]], None]) -> None:
+        self.on_change = on_change
+        self._lock = threading.Lock()
+        self._started = False
+        self._scanner = ports.make_scanner()
+        self.scanner_kind = type(self._scanner).__name__
+        self._current = self._scanner.scan()
+
+    def current(self) -> Any:
+        with self._lock:
+            if not self._started:
+                self._current = self._scanner.scan()
+            return self._current
+
+    def start(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._current = self._scanner.scan()
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self.INTERVAL)
+            try:
+                now = self._scanner.scan()
+            except OSError as e:
+                log("port scan failed (%s); using /proc/net" % e)
+                self._scanner = ports.ProcScanner()
+                self.scanner_kind = "ProcScanner"
+                continue
+            with self._lock:
+                before, self._current = self._current, now
+            if now != before:
+                self.on_change(sorted(now - before), sorted(before - now))
+
 
 def _uptime() -> float:
     try:
@@ -155,6 +320,9 @@ def _uptime() -> float:
             return float(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         return -1.0
+
+
+HELLO_MARK = protocol.KIND_JSON + b'{"type":"hello"'
 
 
 def serve_virtio_port(agent: Agent, path: str) -> None:
@@ -189,15 +357,25 @@ def serve_virtio_port(agent: Agent, path: str) -> None:
     while True:
         data = os.read(fd, 65536)
         if not data:
+            if conn is not None:
+                conn.close()  # the host left: its streams end with it
             conn = None
             discarding = False
             time.sleep(0.02)
             continue
         if discarding:
-            continue  # after a protocol error, drop input until the host reconnects
+            # After a protocol error, drop input until the host disconnects
+            # or starts a new session with a hello frame.
+            at = data.find(HELLO_MARK)
+            if at < protocol.HEADER_SIZE:
+                continue
+            data = data[at - protocol.HEADER_SIZE :]
+            discarding = False
+            conn = None
         if conn is None:
             conn = Connection(agent, channel)
         if not conn.feed(data):
+            conn.close()
             discarding = True
 
 

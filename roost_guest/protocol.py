@@ -13,6 +13,21 @@ A frame longer than MAX_FRAME, an unknown kind or a JSON payload that is
 not an object is a protocol error: the receiver answers with an error
 frame and closes that connection only.
 
+Sessions. The host opens each session with ``{"type": "hello", "nonce":
+N}``; the guest answers with the frame ``{"sync": N}`` (see sync_frame).
+Over virtio-serial the guest may have written into a session the host has
+already left, so the host drops every byte before that exact frame.
+
+Streams (tunnels). The host opens a stream with the request ``{"type":
+"tunnel", "stream": S, "proto": "tcp"|"udp"|"unix", "host", "port" |
+"path"}``; host streams have even ids, guest-initiated ones odd ids. Data
+flows in ``D`` frames (for UDP one datagram per frame). Flow control is by
+credit: each side may have at most WINDOW unacknowledged bytes in flight
+per stream, and the receiver grants more with ``{"type": "window",
+"stream": S, "bytes": n}`` once it has handed data on. ``{"type": "eof",
+"stream": S}`` ends one direction; ``{"type": "reset", "stream": S,
+"error": ...}`` aborts the stream. None of these carry an ``id``.
+
 Standard library only, and Python 3.8 compatible: it runs in the guest.
 """
 
@@ -34,6 +49,11 @@ HEADER_SIZE = _HEADER.size
 # Data frames carry at most this much so that one stream's chunk never
 # holds the channel long and never exceeds MAX_FRAME.
 MAX_DATA_CHUNK = MAX_FRAME - 1 - _STREAM.size
+
+# Credit per stream and direction; bounds memory per stream on both sides.
+WINDOW = 512 * 1024
+# Data frames are cut at this size so that streams interleave fairly.
+DATA_CHUNK = 64 * 1024
 
 # Hybrid vsock (Firecracker, Cloud Hypervisor): the host writes
 # "CONNECT <port>\n" to the VMM's Unix socket and reads "OK <port>\n".
@@ -160,6 +180,11 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+
+def sync_frame(nonce: int) -> bytes:
+    """The exact bytes that start a session's valid data (see module doc)."""
+    return encode_json({"sync": nonce})
 
 
 def vsock_connect_line(port: int = VSOCK_PORT) -> bytes:
