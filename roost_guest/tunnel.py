@@ -206,10 +206,8 @@ class Stream:
             return
         self._closed = True
         self._cond.notify_all()
-        try:
+        with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
-        except OSError:
-            pass
         with contextlib.suppress(OSError):
             self.sock.close()
         self._on_done(self.id)
