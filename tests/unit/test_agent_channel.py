@@ -124,7 +124,7 @@ async def test_tunnel_to_closed_port_fails_clearly(client: GuestAgentClient) -> 
     sock = _listen("tcp")
     port = sock.getsockname()[1]
     sock.close()
-    with pytest.raises(GuestAgentError, match="cannot connect to tcp:127.0.0.1"):
+    with pytest.raises(GuestAgentError, match=r"cannot connect to tcp:127\.0\.0\.1"):
         await client.open_stream("tcp", host="127.0.0.1", port=port)
 
 
