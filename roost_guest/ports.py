@@ -101,28 +101,35 @@ def _proc_ip(hexaddr: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, words)
 
 
+PROC_TABLES = (("tcp", "/proc/net/tcp", TCP_LISTEN), ("tcp", "/proc/net/tcp6", TCP_LISTEN),
+               ("udp", "/proc/net/udp", TCP_CLOSE), ("udp", "/proc/net/udp6", TCP_CLOSE))
+
+
+def parse_proc_table(proto: str, state: int, text: str) -> List[Listener]:
+    """Listeners in one /proc/net table (its header line included)."""
+    found = []
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or ":" not in fields[1] or int(fields[3], 16) != state:
+            continue
+        addr, port_hex = fields[1].split(":")
+        port = int(port_hex, 16)
+        if port:
+            found.append((proto, _proc_ip(addr), port))
+    return found
+
+
 class ProcScanner:
     """The /proc/net tables: slower, always there."""
 
-    TABLES = (("tcp", "/proc/net/tcp", TCP_LISTEN), ("tcp", "/proc/net/tcp6", TCP_LISTEN),
-              ("udp", "/proc/net/udp", TCP_CLOSE), ("udp", "/proc/net/udp6", TCP_CLOSE))
-
     def scan(self) -> FrozenSet[Listener]:
         found = set()
-        for proto, path, state in self.TABLES:
+        for proto, path, state in PROC_TABLES:
             try:
                 with open(path) as f:
-                    lines = f.readlines()[1:]
+                    found.update(parse_proc_table(proto, state, f.read()))
             except OSError:
                 continue
-            for line in lines:
-                fields = line.split()
-                if len(fields) < 4 or int(fields[3], 16) != state:
-                    continue
-                addr, port_hex = fields[1].split(":")
-                port = int(port_hex, 16)
-                if port:
-                    found.add((proto, _proc_ip(addr), port))
         return frozenset(found)
 
     def close(self) -> None:

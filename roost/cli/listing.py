@@ -43,6 +43,7 @@ def describe(inst: Instance) -> dict[str, Any]:
         "image": config.get("image"),
         "sshLocalPort": runtime.get("sshLocalPort"),
         "accel": runtime.get("accel"),
+        "portForwards": runtime.get("portForwards", []) if inst.hostagent_alive() else [],
         "hostagentPid": runtime.get("hostagentPid") if inst.hostagent_alive() else None,
         "qemuPid": inst.qemu_pid_alive(),
     }

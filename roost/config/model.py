@@ -140,6 +140,8 @@ class PortForward(_Model):
             raise ValueError("hostSocket needs guestSocket (or reverse: true)")
         if self.reverse and not (self.guest_socket and self.host_socket):
             raise ValueError("reverse forwarding needs both guestSocket and hostSocket")
+        if self.guest_ip_must_be_zero and not ipaddress.ip_address(self.guest_ip).is_unspecified:
+            raise ValueError("guestIPMustBeZero needs guestIP 0.0.0.0 (or ::)")
         if self.guest_socket and not self.guest_socket.startswith("/"):
             raise ValueError("guestSocket must be an absolute guest path")
         return self

@@ -33,12 +33,16 @@ from roost.hostagent import banner
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.portfwd.forward import SSHForward, UnixForward
+from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
+from roost.hostagent.portfwd.rules import HostAddr, Listener
 from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
 from roost.image.disk import read_pinned
 from roost.sshutil.config import guest_user, ssh_argv, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
 from roost.store.instance import Instance, write_atomic
 from roost.store.paths import config_dir
+from roost_guest.ports import PROC_TABLES, parse_proc_table
 
 log = logging.getLogger("roost.hostagent")
 
@@ -46,6 +50,14 @@ ESSENTIAL_TIMEOUT = 300.0
 OPTIONAL_TIMEOUT = 60.0
 FINAL_TIMEOUT = 600.0
 SSH_COMMAND_TIMEOUT = 20.0
+SSH_FALLBACK_AFTER = 10.0  # seconds without the guest agent before SSH forwarding
+SSH_POLL_SECONDS = 1.0
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
 
 
 class HostAgentError(RoostError):
@@ -84,9 +96,12 @@ class HostAgent:
         self.ssh_port = 0
         self.instance_id = ""
         self.guest_agent: GuestAgentClient | None = None
+        self._guest_agent_lock = asyncio.Lock()
         self.results: list[Result] = []
         self.started_at = rfc3339_now()
         self._stop = asyncio.Event()
+        self.forwarder: PortForwarder | None = None
+        self.socket_forwards: list[dict[str, Any]] = []
 
     # -- New ------------------------------------------------------------------
 
@@ -181,7 +196,12 @@ class HostAgent:
         write_atomic(self.inst.runtime, json.dumps({
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
+            "portForwards": self.port_forwards(),
         }) + "\n")
+
+    def port_forwards(self) -> list[dict[str, Any]]:
+        dynamic = self.forwarder.active() if self.forwarder is not None else []
+        return [*self.socket_forwards, *dynamic]
 
     def _remove_runtime_files(self) -> None:
         self.inst.runtime.unlink(missing_ok=True)
@@ -211,6 +231,8 @@ class HostAgent:
                        "sshAddress": f"{d.ssh.host}:{d.ssh.port}",
                        "guestAgent": d.guest_agent, "capabilities": d.capabilities},
             "requirements": [r.to_json() for r in self.results],
+            "portForwards": self.port_forwards(),
+            "portForwardsFailed": self.forwarder.failed() if self.forwarder else [],
             "status": self.events.snapshot(),
         }
 
@@ -276,19 +298,99 @@ class HostAgent:
         return essential, optional, final
 
     async def _guest_agent(self) -> GuestAgentClient:
-        if self.guest_agent is None or not self.guest_agent.connected:
-            client = GuestAgentClient(self.driver.guest_agent_dialer())
-            try:
-                await client.connect()
-            except OSError as e:
-                raise NotReady(f"cannot connect to the guest agent: {e}") from None
-            self.guest_agent = client
-        return self.guest_agent
+        """The one session with the guest agent, opened on first use.
+
+        Serialized: a virtio-serial port takes one host connection at a time,
+        and a second dial would wait unanswered behind the first.
+        """
+        async with self._guest_agent_lock:
+            if self.guest_agent is None or not self.guest_agent.connected:
+                client = GuestAgentClient(self.driver.guest_agent_dialer())
+                try:
+                    await client.connect()
+                except (OSError, GuestAgentError) as e:
+                    raise NotReady(f"cannot connect to the guest agent: {e}") from None
+                self.guest_agent = client
+            return self.guest_agent
 
     async def _drop_guest_agent(self) -> None:
         client, self.guest_agent = self.guest_agent, None
         if client is not None:
             await client.close()
+
+    # -- port forwarding --------------------------------------------------------
+
+    async def _open_guest_agent(self) -> GuestAgentClient:
+        try:
+            return await self._guest_agent()
+        except NotReady as e:
+            raise GuestAgentError(str(e)) from None
+
+    def _port_forward_event(self, event: dict[str, Any]) -> None:
+        self.events.emit_transient(portForward=event)
+        self._write_runtime()
+
+    async def _start_port_forwarding(self) -> None:
+        """Static socket forwards now; dynamic ones follow the guest agent."""
+        opener = self._open_guest_agent
+        for rule in self.config.port_forwards:
+            if rule.guest_socket is None or rule.host_socket is None or rule.reverse:
+                continue
+            fwd = UnixForward(opener, rule.host_socket, rule.guest_socket)
+            entry = {"protocol": "unix", "guestAddr": rule.guest_socket,
+                     "hostAddr": rule.host_socket, "via": "agent"}
+            try:
+                await fwd.start()
+            except OSError as e:
+                self._port_forward_event({**entry, "type": "failed",
+                                          "error": f"cannot listen on {rule.host_socket}: {e}"})
+                continue
+            self.cleanups.push(f"stop {fwd.description}", fwd.stop)
+            self.socket_forwards.append(entry)
+            self._port_forward_event({**entry, "type": "forwarding"})
+        self.forwarder = PortForwarder(list(self.config.port_forwards), opener,
+                                       self._port_forward_event)
+        self.cleanups.push("stop port forwards", self.forwarder.close)
+        task = asyncio.ensure_future(self._follow_ports(self.forwarder))
+        self.cleanups.push("stop following guest ports", lambda: _cancel(task))
+
+    async def _follow_ports(self, forwarder: PortForwarder) -> None:
+        """Follow the guest agent's port events; without it, poll over SSH."""
+        unreachable_since = time.monotonic()
+        while True:
+            try:
+                await follow_guest_agent(forwarder, self._open_guest_agent,
+                                         lambda ok: None)
+                unreachable_since = time.monotonic()
+                log.info("guest agent session ended; reconnecting")
+            except (GuestAgentError, OSError) as e:
+                log.debug("guest agent unreachable: %s", e)
+            await self._drop_guest_agent()
+            if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
+                await self._ssh_port_poll(forwarder)
+            await asyncio.sleep(0.2)
+
+    async def _ssh_port_poll(self, forwarder: PortForwarder) -> None:
+        """One round of the fallback: guest listeners from /proc/net over SSH."""
+        if forwarder.fallback is None:
+            log.warning("guest agent unreachable; forwarding TCP ports over SSH")
+            await forwarder.close()
+            base = ssh_argv(self.inst, [])
+
+            def ssh_forward(host: HostAddr, guest_host: str, guest_port: int) -> SSHForward:
+                return SSHForward(base, host.ip, host.port, guest_host, guest_port)
+
+            forwarder.fallback = ssh_forward
+        tables = [t for t in PROC_TABLES if t[0] == "tcp"]
+        script = "; ".join(f"cat {path}; echo @@" for _, path, _ in tables)
+        status, out = await run_ssh(self.inst, ["sh", "-c", script], SSH_COMMAND_TIMEOUT)
+        if status != 0:
+            return
+        listeners = []
+        for (proto, _, state), text in zip(tables, out.split("@@"), strict=False):
+            listeners += [Listener(*t) for t in parse_proc_table(proto, state, text.strip())]
+        await forwarder.sync(listeners)
+        await asyncio.sleep(SSH_POLL_SECONDS)
 
     async def _run_list(self, reqs: list[Requirement]) -> list[Result]:
         results = []
@@ -309,6 +411,7 @@ class HostAgent:
         try:
             results = await self._run_list(essential)
             if all(r.ok for r in results):
+                await self._start_port_forwarding()
                 results += await self._run_list(final)
             results += await optional_task
         finally:

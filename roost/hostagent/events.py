@@ -39,6 +39,14 @@ class EventEmitter:
             self._out.flush()
             return copy.deepcopy(event)
 
+    def emit_transient(self, **fields: Any) -> None:
+        """An event whose extra status fields (e.g. portForward) are not kept."""
+        with self._lock:
+            status = {**_compact(self.status), **fields}
+            event = {"time": rfc3339_now(), "status": status}
+            self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self._out.flush()
+
     def add_error(self, message: str) -> None:
         with self._lock:
             self.status["errors"] = [*self.status.get("errors", []), message]

@@ -71,6 +71,10 @@ async def wait_for(req: Requirement) -> Result:
             last = str(e)
             if e.permanent:
                 break
+        except Exception as e:
+            # A check that fails in an unplanned way is a failed attempt,
+            # never a crash of readiness.
+            last = f"{type(e).__name__}: {e}"
         except TimeoutError:
             timed_out = f"not ready after {req.timeout:g}s"
             last = timed_out + (f" (last: {last})" if attempts > 1 else "")

@@ -1,0 +1,222 @@
+"""Forwarders: a host socket whose traffic goes through guest agent tunnels.
+
+Each forwarder binds on start() (raising OSError when it cannot) and opens
+one tunnel stream per host connection (TCP, Unix) or per host peer (UDP).
+`opener` gives the current guest agent session, so a forwarder outlives a
+reconnect of the host agent to the guest agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, TunnelStream
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[], Awaitable[GuestAgentClient]]
+UDP_IDLE_SECONDS = 60.0
+
+
+class Forward:
+    """The interface of every forwarder."""
+
+    description = ""
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        raise NotImplementedError
+
+
+class _StreamServer(Forward):
+    """Accepts local connections and splices each into a new tunnel."""
+
+    def __init__(self, opener: Opener) -> None:
+        self.opener = opener
+        self._server: asyncio.AbstractServer | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def _open(self) -> TunnelStream:
+        raise NotImplementedError
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            try:
+                stream = await self._open()
+            except (GuestAgentError, OSError) as e:
+                log.info("%s: %s", self.description, e)
+                writer.close()
+                return
+            sock = writer.get_extra_info("socket")
+            if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await stream.splice(reader, writer)
+        finally:
+            self._conns.discard(task)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._conns):
+            task.cancel()
+        await asyncio.gather(*self._conns, return_exceptions=True)
+
+
+class TCPForward(_StreamServer):
+    def __init__(self, opener: Opener, host_ip: str, host_port: int,
+                 guest_host: str, guest_port: int) -> None:
+        super().__init__(opener)
+        self.host_ip, self.host_port = host_ip, host_port
+        self.guest_host, self.guest_port = guest_host, guest_port
+        self.description = f"tcp {host_ip}:{host_port} -> guest {guest_host}:{guest_port}"
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(
+            self._handle, self.host_ip, self.host_port, reuse_address=True, limit=1 << 18)
+
+    async def _open(self) -> TunnelStream:
+        client = await self.opener()
+        return await client.open_stream("tcp", host=self.guest_host, port=self.guest_port)
+
+
+class UnixForward(_StreamServer):
+    """A host Unix socket to a guest Unix socket (e.g. docker.sock)."""
+
+    def __init__(self, opener: Opener, host_path: str, guest_path: str) -> None:
+        super().__init__(opener)
+        self.host_path, self.guest_path = host_path, guest_path
+        self.description = f"unix {host_path} -> guest {guest_path}"
+
+    async def start(self) -> None:
+        path = Path(self.host_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_socket():
+            path.unlink()
+        self._server = await asyncio.start_unix_server(self._handle, self.host_path)
+        os.chmod(self.host_path, 0o600)
+
+    async def _open(self) -> TunnelStream:
+        client = await self.opener()
+        return await client.open_stream("unix", path=self.guest_path)
+
+    async def stop(self) -> None:
+        await super().stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.host_path)
+
+
+class _UDPProtocol(asyncio.DatagramProtocol):
+    def __init__(self, owner: UDPForward) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.owner._received(data, addr)
+
+
+class UDPForward(Forward):
+    """One tunnel per host peer, closed after UDP_IDLE_SECONDS of silence."""
+
+    def __init__(self, opener: Opener, host_ip: str, host_port: int,
+                 guest_host: str, guest_port: int) -> None:
+        self.opener = opener
+        self.host_ip, self.host_port = host_ip, host_port
+        self.guest_host, self.guest_port = guest_host, guest_port
+        self.description = f"udp {host_ip}:{host_port} -> guest {guest_host}:{guest_port}"
+        self._transport: asyncio.DatagramTransport | None = None
+        self._peers: dict[tuple[str, int], asyncio.Queue[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UDPProtocol(self), local_addr=(self.host_ip, self.host_port))
+
+    def _received(self, data: bytes, addr: tuple[str, int]) -> None:
+        queue = self._peers.get(addr)
+        if queue is None:
+            queue = asyncio.Queue(maxsize=256)  # beyond that, drop: it is UDP
+            self._peers[addr] = queue
+            task = asyncio.ensure_future(self._peer(addr, queue))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        with contextlib.suppress(asyncio.QueueFull):
+            queue.put_nowait(data)
+
+    async def _peer(self, addr: tuple[str, int], queue: asyncio.Queue[bytes]) -> None:
+        stream: TunnelStream | None = None
+        try:
+            client = await self.opener()
+            stream = await client.open_stream("udp", host=self.guest_host, port=self.guest_port)
+
+            async def to_guest() -> None:
+                assert stream is not None
+                while True:
+                    data = await asyncio.wait_for(queue.get(), UDP_IDLE_SECONDS)
+                    await stream.send(data)
+
+            async def to_host() -> None:
+                assert stream is not None
+                while (data := await stream.recv()) is not None:
+                    if self._transport is not None:
+                        self._transport.sendto(data, addr)
+                    await stream.ack(len(data))
+
+            up, down = asyncio.ensure_future(to_guest()), asyncio.ensure_future(to_host())
+            try:
+                await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                up.cancel()
+                down.cancel()
+                await asyncio.gather(up, down, return_exceptions=True)
+        except (GuestAgentError, OSError) as e:
+            log.info("%s: peer %s: %s", self.description, addr, e)
+        finally:
+            self._peers.pop(addr, None)
+            if stream is not None:
+                await stream.reset("idle")
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class SSHForward(Forward):
+    """TCP through the SSH ControlMaster (`ssh -O forward -L`): the fallback
+    while the guest agent cannot be reached."""
+
+    def __init__(self, ssh_base: list[str], host_ip: str, host_port: int,
+                 guest_host: str, guest_port: int) -> None:
+        self.ssh_base = ssh_base  # ssh -F ssh.config ... (no host, no command)
+        self.spec = f"{host_ip}:{host_port}:{guest_host}:{guest_port}"
+        if ":" in host_ip:
+            self.spec = f"[{host_ip}]:{host_port}:{guest_host}:{guest_port}"
+        self.description = f"ssh -L {self.spec}"
+
+    async def _control(self, op: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self.ssh_base[:-1], "-O", op, "-L", self.spec, self.ssh_base[-1],
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE)
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise OSError(f"ssh -O {op} -L {self.spec}: {err.decode(errors='replace').strip()}")
+
+    async def start(self) -> None:
+        await self._control("forward")
+
+    async def stop(self) -> None:
+        await self._control("cancel")
