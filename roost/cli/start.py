@@ -141,14 +141,13 @@ def start(name: str, config_file: str | None, timeout: float) -> int:
             status = inst.status()
             if status in (Status.RUNNING, Status.STARTING):
                 raise RoostError(f"instance {name!r} is already {status.value.lower()}")
-            if status == Status.BROKEN:
-                raise RoostError(
-                    f"instance {name!r} is broken (its host agent is gone but the VM runs); "
-                    f"run `roost stop {name}`, then start it again"
-                )
             config = load_config(inst.config)
-            inst.remove_stale_runtime_files()
-            prepare_disk(inst, config.image, config.disk, progress.step)
+            if status == Status.BROKEN:
+                # The VM runs without its host agent: a new one takes it over.
+                progress.step("reattaching to the running VM")
+            else:
+                inst.remove_stale_runtime_files()
+                prepare_disk(inst, config.image, config.disk, progress.step)
             progress.step("starting the host agent")
             proc = spawn_hostagent(inst)
             deadline = time.monotonic() + SPAWN_SECONDS

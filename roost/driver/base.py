@@ -34,8 +34,11 @@ class Driver(Protocol):
     async def start(self) -> None:
         """Launch the VM; return once its process runs and is controllable."""
 
-    async def wait(self) -> int:
-        """Wait for the VM process to exit; return its exit status."""
+    async def attach(self, pid: int) -> None:
+        """Take control of a VM process left running by a previous host agent."""
+
+    async def wait(self) -> int | None:
+        """Wait for the VM process to exit; its exit status if known."""
 
     async def stop(self, graceful: bool = True) -> None:
         """Stop the VM: an orderly guest shutdown first when graceful."""

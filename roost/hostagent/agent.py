@@ -96,6 +96,7 @@ class HostAgent:
         self.ssh_port = 0
         self.instance_id = ""
         self.guest_agent: GuestAgentClient | None = None
+        self.attach_pid: int | None = None
         self._guest_agent_lock = asyncio.Lock()
         self.results: list[Result] = []
         self.started_at = rfc3339_now()
@@ -109,8 +110,16 @@ class HostAgent:
         inst = self.inst
         self.config = load_config(inst.config)
         pinned = read_pinned(inst)
-        self.ssh_port = self.config.ssh.local_port or free_port()
-        self.instance_id = f"i-{uuid.uuid4().hex[:12]}"
+        # A VM whose host agent died keeps running; take it over as it is.
+        self.attach_pid = inst.qemu_pid_alive()
+        runtime = inst.read_runtime() if self.attach_pid else {}
+        if self.attach_pid and not runtime.get("instanceId"):
+            raise HostAgentError(f"QEMU (pid {self.attach_pid}) runs but {inst.runtime} is "
+                                 f"missing; run `roost stop {inst.name}` and start again")
+        self.ssh_port = int(runtime.get("sshLocalPort") or 0) or (
+            self.config.ssh.local_port or free_port())
+        self.instance_id = str(runtime.get("instanceId") or f"i-{uuid.uuid4().hex[:12]}")
+        self.started_at = str(runtime.get("startedAt") or self.started_at)
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
         host_priv, host_pub = ensure_host_key(inst.host_key, inst.name)
@@ -119,7 +128,8 @@ class HostAgent:
             authorized_keys=[user_pub], host_private_key=host_priv,
             provision=[(p.mode, p.script) for p in self.config.provision],
         )
-        write_iso(inst.cidata, files_for(ident))
+        if not self.attach_pid:  # the running guest has the ISO attached
+            write_iso(inst.cidata, files_for(ident))
         write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
         qemu = find_qemu()
         spec = QemuSpec(
@@ -157,10 +167,15 @@ class HostAgent:
 
     async def _run(self) -> int:
         inst = self.inst
-        self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
-                         instanceId=self.instance_id)
         self.cleanups.push("remove runtime files", self._remove_runtime_files)
-        await self.driver.start()
+        if self.attach_pid:
+            self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
+                             instanceId=self.instance_id)
+            await self.driver.attach(self.attach_pid)
+        else:
+            self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
+                             instanceId=self.instance_id)
+            await self.driver.start()
         self.cleanups.push("stop the VM", lambda: self.driver.stop(graceful=True))
         self.cleanups.push("close the SSH master", self._close_ssh_master)
         self._write_runtime()
@@ -184,7 +199,9 @@ class HostAgent:
         if vm_exit.done() and not self._stop.is_set():
             status = vm_exit.result()
             msg = f"the VM process (QEMU) exited unexpectedly with status {status}"
-            if status < 0:
+            if status is None:
+                msg = "the VM process (QEMU) exited unexpectedly"
+            elif status < 0:
                 msg = f"the VM process (QEMU) was killed by signal {-status}"
             self.events.add_error(msg + f"; see {inst.qemu_log} and {inst.serial_log}")
             return 1

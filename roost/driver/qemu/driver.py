@@ -38,13 +38,18 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+async def _exit_status(proc: asyncio.subprocess.Process) -> int | None:
+    return await proc.wait()
+
+
 class QemuDriver:
     def __init__(self, spec: QemuSpec, log_path: Path) -> None:
         self.spec = spec
         self.log_path = log_path
-        self._proc: asyncio.subprocess.Process | None = None
+        self._pid: int | None = None
         self._qmp: object | None = None  # qemu.qmp.QMPClient, imported lazily
-        self._exit: asyncio.Future[int] | None = None
+        # QEMU's exit status; None when it was not our child (attached).
+        self._exit: asyncio.Future[int | None] | None = None
 
     # -- Driver protocol ----------------------------------------------------
 
@@ -54,7 +59,7 @@ class QemuDriver:
             accel=self.spec.accel,
             ssh=SSHAddress("127.0.0.1", self.spec.ssh_port),
             guest_agent=self.guest_agent_dialer().describe(),
-            pid=self._proc.pid if self._proc else None,
+            pid=self._pid,
             capabilities=["virtio-serial"],
         )
 
@@ -68,24 +73,51 @@ class QemuDriver:
         argv = build_argv(self.spec)
         log.info("starting %s", " ".join(argv))
         with open(self.log_path, "ab") as logf:
-            self._proc = await asyncio.create_subprocess_exec(
+            proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
                 # QEMU must not take our SIGINT/SIGTERM: we stop it in order.
                 start_new_session=True,
             )
-        self._exit = asyncio.ensure_future(self._proc.wait())
+        self._pid = proc.pid
+        self._exit = asyncio.ensure_future(_exit_status(proc))
         try:
             await self._connect_qmp()
         except BaseException:
             await self._kill()
             raise
 
-    async def wait(self) -> int:
+    async def attach(self, pid: int) -> None:
+        """Take over a QEMU that a previous host agent started and lost.
+
+        It is not our child, so its exit is watched through a pidfd.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            raise DriverError(f"QEMU (pid {pid}) is gone") from None
+        exit_future: asyncio.Future[int | None] = loop.create_future()
+
+        def exited() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            if not exit_future.done():
+                exit_future.set_result(None)
+
+        loop.add_reader(fd, exited)
+        self._pid, self._exit = pid, exit_future
+        try:
+            await self._connect_qmp()
+        except BaseException:
+            await self._close_qmp()
+            raise
+
+    async def wait(self) -> int | None:
         assert self._exit is not None, "driver not started"
         return await asyncio.shield(self._exit)
 
     async def stop(self, graceful: bool = True) -> None:
-        if self._proc is None or self._exit is None or self._exit.done():
+        if self._pid is None or self._exit is None or self._exit.done():
             await self._kill()
             return
         if graceful and await self._qmp_command("system_powerdown"):
@@ -146,11 +178,11 @@ class QemuDriver:
 
     async def _kill(self) -> None:
         await self._close_qmp()
-        if self._proc is None or self._exit is None:
+        if self._pid is None or self._exit is None:
             return
         if not self._exit.done():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGKILL)
+                os.kill(self._pid, signal.SIGKILL)
             await asyncio.shield(self._exit)
         self.spec.pidfile.unlink(missing_ok=True)
         for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock):
