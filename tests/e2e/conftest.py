@@ -106,10 +106,31 @@ def roost() -> Iterator[Roost]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+# Port-forward rules the shared VM is created with (tests/e2e/test_portfwd.py).
+REMAP_GUEST_PORT, REMAP_HOST_PORT = 18081, 28081
+IGNORED_GUEST_PORT = 18082
+GUEST_ECHO_SOCKET = "/tmp/roost-e2e-echo.sock"
+
+
+def host_echo_socket(roost: Roost) -> Path:
+    return roost.home / "e2e-echo.sock"
+
+
 @pytest.fixture(scope="session")
 def vm(roost: Roost) -> str:
     """The shared instance, created and started once."""
     name = "e2e"
-    roost.run("create", name, "--cpus", "2", "--memory", "1GiB", "--disk", "4GiB")
+    config = roost.home / "e2e.yaml"
+    config.write_text(
+        "portForwards:\n"
+        f"  - guestPort: {REMAP_GUEST_PORT}\n"
+        f"    hostPort: {REMAP_HOST_PORT}\n"
+        f"  - guestPort: {IGNORED_GUEST_PORT}\n"
+        "    ignore: true\n"
+        f"  - guestSocket: {GUEST_ECHO_SOCKET}\n"
+        f"    hostSocket: {host_echo_socket(roost)}\n"
+    )
+    roost.run("create", name, "--config", str(config), "--cpus", "2", "--memory", "1GiB",
+              "--disk", "4GiB")
     roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
     return name

@@ -1,0 +1,267 @@
+"""Guest ports appear on the host by themselves, through the guest agent.
+
+Servers run in the shared VM (python3 from the built-in image); the host
+reaches them on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import (
+    GUEST_ECHO_SOCKET,
+    IGNORED_GUEST_PORT,
+    REMAP_GUEST_PORT,
+    REMAP_HOST_PORT,
+    Roost,
+    host_echo_socket,
+    pid_running,
+    wait_until,
+)
+from tests.e2e.test_lifecycle import start
+
+ECHO_SERVER = r"""
+import socket, sys, threading
+kind, addr = sys.argv[1], sys.argv[2]
+if kind == "udp":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((addr, int(sys.argv[3])))
+    while True:
+        data, peer = s.recvfrom(65535)
+        s.sendto(data, peer)
+if kind == "unix":
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(addr)
+else:
+    s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(sys.argv[3])))
+s.listen(128)
+def serve(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def guest_background(roost: Roost, vm: str, command: str) -> int:
+    """Start `command` in the guest, detached; its guest pid."""
+    out = roost.run("shell", vm, "--", "sh", "-c",
+                    f"{command} </dev/null >/dev/null 2>&1 & echo $!").stdout
+    return int(out.strip())
+
+
+def guest_kill(roost: Roost, vm: str, pid: int) -> None:
+    roost.run("shell", vm, "--", "kill", str(pid))
+
+
+@pytest.fixture(scope="module")
+def echo_script(roost: Roost, vm: str) -> str:
+    roost.run("shell", vm, "--", "sh", "-c", "cat > /tmp/echo.py", input=ECHO_SERVER)
+    return "python3 /tmp/echo.py"
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=2) as r:
+        data: bytes = r.read()
+        return data
+
+
+def wait_fetch(url: str, timeout: float) -> float:
+    """Seconds until `url` answers (fails after `timeout`)."""
+    start = time.monotonic()
+    while True:
+        try:
+            fetch(url)
+            return time.monotonic() - start
+        except OSError:
+            if time.monotonic() - start > timeout:
+                raise
+            time.sleep(0.05)
+
+
+def events(roost: Roost, vm: str) -> list[dict[str, Any]]:
+    lines = (roost.home / vm / "ha.stdout.log").read_text().splitlines()
+    out = []
+    for line in lines:
+        fwd = json.loads(line)["status"].get("portForward")
+        if fwd:
+            out.append(fwd)
+    return out
+
+
+def test_http_server_on_guest_loopback_appears_and_goes(roost: Roost, vm: str) -> None:
+    port = free_port()
+    pid = guest_background(roost, vm, f"python3 -m http.server {port} --bind 127.0.0.1")
+    # python3 itself takes a moment to start under TCG; the forward follows
+    # its listen() well within that.
+    elapsed = wait_fetch(f"http://127.0.0.1:{port}/", timeout=5)
+    assert elapsed < 5
+    assert {"type": "forwarding", "protocol": "tcp", "guestAddr": f"127.0.0.1:{port}",
+            "hostAddr": f"127.0.0.1:{port}"} in events(roost, vm)
+    row = roost.ls()[vm]
+    assert any(f["hostAddr"] == f"127.0.0.1:{port}" for f in row["portForwards"])
+    guest_kill(roost, vm, pid)
+    wait_until(lambda: not port_open(port), 3, "the host port to close")
+
+
+def test_listener_on_all_addresses(roost: Roost, vm: str, echo_script: str) -> None:
+    port = free_port()
+    pid = guest_background(roost, vm, f"{echo_script} tcp 0.0.0.0 {port}")
+    wait_until(lambda: port_open(port), 5, "the forward of a 0.0.0.0 listener")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"all addresses")
+        assert s.recv(100) == b"all addresses"
+    guest_kill(roost, vm, pid)
+
+
+def test_remap_and_ignore_rules(roost: Roost, vm: str, echo_script: str) -> None:
+    remap = guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {REMAP_GUEST_PORT}")
+    ignored = guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {IGNORED_GUEST_PORT}")
+    wait_until(lambda: port_open(REMAP_HOST_PORT), 5, "the remapped port")
+    with socket.create_connection(("127.0.0.1", REMAP_HOST_PORT), timeout=5) as s:
+        s.sendall(b"remapped")
+        assert s.recv(100) == b"remapped"
+    assert not port_open(REMAP_GUEST_PORT)
+    time.sleep(0.5)  # the ignored listener has been seen by now
+    assert not port_open(IGNORED_GUEST_PORT)
+    assert not any(e["guestAddr"].endswith(f":{IGNORED_GUEST_PORT}") for e in events(roost, vm))
+    guest_kill(roost, vm, remap)
+    guest_kill(roost, vm, ignored)
+
+
+def test_udp_echo(roost: Roost, vm: str, echo_script: str) -> None:
+    port = free_port()
+    pid = guest_background(roost, vm, f"{echo_script} udp 127.0.0.1 {port}")
+    deadline = time.monotonic() + 5
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.3)
+        while True:
+            try:
+                s.sendto(b"udp ping", ("127.0.0.1", port))
+                data, _ = s.recvfrom(100)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "no UDP echo through the forward"
+    assert data == b"udp ping"
+    guest_kill(roost, vm, pid)
+
+
+def test_guest_unix_socket_on_host(roost: Roost, vm: str, echo_script: str) -> None:
+    pid = guest_background(roost, vm, f"rm -f {GUEST_ECHO_SOCKET}; "
+                                      f"{echo_script} unix {GUEST_ECHO_SOCKET}")
+    path = str(host_echo_socket(roost))
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            with socket.socket(socket.AF_UNIX) as s:
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(b"over unix")
+                assert s.recv(100) == b"over unix"
+                break
+        except (ConnectionError, AssertionError, OSError):
+            assert time.monotonic() < deadline, "guest unix socket not reachable"
+            time.sleep(0.1)
+    guest_kill(roost, vm, pid)
+
+
+def test_taken_host_port_fails_cleanly(roost: Roost, vm: str, echo_script: str) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    pid = guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {port}")
+
+    def failed_event() -> bool:
+        return any(e["type"] == "failed" and e["hostAddr"] == f"127.0.0.1:{port}"
+                   for e in events(roost, vm))
+
+    wait_until(failed_event, 5, "a failed portForward event")
+    event = next(e for e in events(roost, vm) if e["type"] == "failed")
+    assert "taken" in event["error"] and f"127.0.0.1:{port}" in event["error"]
+    assert roost.ls()[vm]["status"] == "Running"
+    assert roost.run("shell", vm, "--", "true").returncode == 0
+    blocker.close()
+    guest_kill(roost, vm, pid)
+
+
+def test_64_concurrent_connections_of_1mib(roost: Roost, vm: str, echo_script: str) -> None:
+    port = free_port()
+    pid = guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {port}")
+    wait_until(lambda: port_open(port), 5, "the echo forward")
+    payload = os.urandom(1 << 20)
+    digest = hashlib.sha256(payload).hexdigest()
+
+    def one(_: int) -> str:
+        with socket.create_connection(("127.0.0.1", port), timeout=120) as s:
+            h = hashlib.sha256()
+            received = 0
+
+            def send() -> None:
+                s.sendall(payload)
+                s.shutdown(socket.SHUT_WR)
+
+            with ThreadPoolExecutor(1) as ex:
+                sent = ex.submit(send)
+                while received < len(payload):
+                    data = s.recv(1 << 16)
+                    if not data:
+                        break
+                    h.update(data)
+                    received += len(data)
+                sent.result()
+            return h.hexdigest()
+
+    with ThreadPoolExecutor(64) as pool:
+        results = list(pool.map(one, range(64)))
+    assert results == [digest] * 64
+    guest_kill(roost, vm, pid)
+
+
+def test_host_agent_restart_keeps_guest_and_forwards(roost: Roost, vm: str,
+                                                      echo_script: str) -> None:
+    port = free_port()
+    guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {port}")
+    wait_until(lambda: port_open(port), 5, "the echo forward")
+    uptime_before = float(roost.run("shell", vm, "--", "cat", "/proc/uptime").stdout.split()[0])
+    ha_pid = roost.pid(vm, "ha.pid")
+    assert ha_pid is not None
+    os.kill(ha_pid, signal.SIGKILL)
+    wait_until(lambda: not pid_running(ha_pid), 10, "the host agent to die")
+    assert roost.ls()[vm]["status"] == "Broken"
+    start(roost, vm)
+    uptime_after = float(roost.run("shell", vm, "--", "cat", "/proc/uptime").stdout.split()[0])
+    assert uptime_after > uptime_before  # the same boot: no reboot happened
+    wait_until(lambda: port_open(port), 5, "the forward after the restart")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"still here")
+        assert s.recv(100) == b"still here"
