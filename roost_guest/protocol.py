@@ -51,9 +51,9 @@ HEADER_SIZE = _HEADER.size
 MAX_DATA_CHUNK = MAX_FRAME - 1 - _STREAM.size
 
 # Credit per stream and direction; bounds memory per stream on both sides.
-WINDOW = 512 * 1024
+WINDOW = 1024 * 1024
 # Data frames are cut at this size so that streams interleave fairly.
-DATA_CHUNK = 64 * 1024
+DATA_CHUNK = 128 * 1024
 
 # Hybrid vsock (Firecracker, Cloud Hypervisor): the host writes
 # "CONNECT <port>\n" to the VMM's Unix socket and reads "OK <port>\n".
