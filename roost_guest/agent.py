@@ -80,6 +80,8 @@ class Connection:
         self._write_lock = threading.Lock()
         self._streams_lock = threading.Lock()
         self.streams: Dict[int, tunnel.Stream] = {}
+        self.listeners: Dict[str, socket.socket] = {}
+        self._next_stream = 1  # guest-initiated streams are odd
         self.subscribed = False
         self.closed = False
 
@@ -143,8 +145,41 @@ class Connection:
         self.agent.unsubscribe(self)
         with self._streams_lock:
             streams = list(self.streams.values())
+            listeners = list(self.listeners.items())
+            self.listeners.clear()
         for stream in streams:
             stream.reset()
+        for path, sock in listeners:
+            close_listener(sock, path)
+
+    def listen_unix(self, path: str) -> None:
+        """Reverse forwarding: each connection to `path` becomes a stream to the host."""
+        sock = unix_listener(path, mode=0o666)
+        with self._streams_lock:
+            old = self.listeners.pop(path, None)
+            self.listeners[path] = sock
+        if old is not None:
+            close_listener(old, path)
+        threading.Thread(target=self._accept_loop, args=(sock, path), daemon=True).start()
+
+    def _accept_loop(self, sock: socket.socket, path: str) -> None:
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:
+                return  # closed with the session
+            with self._streams_lock:
+                stream_id = self._next_stream
+                self._next_stream += 2
+            stream = tunnel.Stream(stream_id, client, False, self.send, self.send_data,
+                                   self.stream_done)
+            self.add_stream(stream)
+            try:
+                self.send({"event": "accept", "path": path, "stream": stream_id})
+            except OSError:
+                stream.reset()
+                return
+            stream.start()
 
 
 class Agent:
@@ -153,6 +188,7 @@ class Agent:
             "ping": lambda conn, req: {"pong": True},
             "info": lambda conn, req: self.info(),
             "events": self.subscribe,
+            "listen": self.listen,
         }
         self.ports = PortWatcher(self.ports_changed)
         self._subscribers: List[Connection] = []
@@ -179,6 +215,16 @@ class Agent:
                 self._subscribers.append(conn)
         self.ports.start()
         return {"ports": ports.as_dicts(self.ports.current())}
+
+    def listen(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        path = req.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise RequestError("listen needs an absolute socket path")
+        try:
+            conn.listen_unix(path)
+        except OSError as e:
+            raise RequestError("cannot listen on %s: %s" % (path, e.strerror or e)) from None
+        return {"path": path}
 
     def unsubscribe(self, conn: Connection) -> None:
         with self._sub_lock:
@@ -386,14 +432,26 @@ def serve_listener(agent: Agent, sock: socket.socket, name: str) -> None:
         threading.Thread(target=conn.serve, daemon=True).start()
 
 
-def unix_listener(path: str) -> socket.socket:
+def unix_listener(path: str, mode: int = 0o600) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(path)
-    os.chmod(path, 0o600)
+    os.chmod(path, mode)
     sock.listen(16)
     return sock
+
+
+def close_listener(sock: socket.socket, path: str) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def vsock_listener(port: int) -> Optional[socket.socket]:

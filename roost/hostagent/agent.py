@@ -374,10 +374,11 @@ class HostAgent:
     async def _follow_ports(self, forwarder: PortForwarder) -> None:
         """Follow the guest agent's port events; without it, poll over SSH."""
         unreachable_since = time.monotonic()
+        reverse = {r.guest_socket: r.host_socket for r in self.config.port_forwards
+                   if r.reverse and r.guest_socket and r.host_socket}
         while True:
             try:
-                await follow_guest_agent(forwarder, self._open_guest_agent,
-                                         lambda ok: None)
+                await follow_guest_agent(forwarder, self._open_guest_agent, reverse)
                 unreachable_since = time.monotonic()
                 log.info("guest agent session ended; reconnecting")
             except (GuestAgentError, OSError) as e:

@@ -170,6 +170,7 @@ class GuestAgentClient:
         self._stream_ids = itertools.count(2, 2)  # host streams are even
         self._streams: dict[int, TunnelStream] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._accepted: asyncio.Queue[tuple[str, TunnelStream]] = asyncio.Queue()
         self.closed = asyncio.Event()
 
     @property
@@ -237,6 +238,14 @@ class GuestAgentClient:
                 stream._eof()
             else:
                 stream._reset_local(str(obj.get("error") or "reset by the guest"))
+        elif obj.get("event") == "accept":
+            # A guest-initiated stream (reverse forward): registered here, in
+            # frame order, so none of its data frames can arrive unclaimed.
+            stream_id = obj.get("stream")
+            if isinstance(stream_id, int) and stream_id % 2 == 1:
+                stream = TunnelStream(self, stream_id)
+                self._streams[stream_id] = stream
+                self._accepted.put_nowait((str(obj.get("path")), stream))
         elif "event" in obj:
             self._events.put_nowait(obj)
         else:
@@ -289,6 +298,10 @@ class GuestAgentClient:
             stream.closed = True
             raise
         return stream
+
+    async def accepted(self) -> tuple[str, TunnelStream]:
+        """The next connection to a guest socket opened by `listen` (reverse)."""
+        return await self._accepted.get()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         while True:

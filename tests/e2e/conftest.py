@@ -110,10 +110,15 @@ def roost() -> Iterator[Roost]:
 REMAP_GUEST_PORT, REMAP_HOST_PORT = 18081, 28081
 IGNORED_GUEST_PORT = 18082
 GUEST_ECHO_SOCKET = "/tmp/roost-e2e-echo.sock"
+GUEST_REVERSE_SOCKET = "/run/roost-e2e/host-service.sock"
 
 
 def host_echo_socket(roost: Roost) -> Path:
     return roost.home / "e2e-echo.sock"
+
+
+def host_reverse_socket(roost: Roost) -> Path:
+    return roost.home / "host-service.sock"
 
 
 @pytest.fixture(scope="session")
@@ -129,6 +134,9 @@ def vm(roost: Roost) -> str:
         "    ignore: true\n"
         f"  - guestSocket: {GUEST_ECHO_SOCKET}\n"
         f"    hostSocket: {host_echo_socket(roost)}\n"
+        f"  - guestSocket: {GUEST_REVERSE_SOCKET}\n"
+        f"    hostSocket: {host_reverse_socket(roost)}\n"
+        "    reverse: true\n"
     )
     roost.run("create", name, "--config", str(config), "--cpus", "2", "--memory", "1GiB",
               "--disk", "4GiB")

@@ -20,11 +20,13 @@ import pytest
 
 from tests.e2e.conftest import (
     GUEST_ECHO_SOCKET,
+    GUEST_REVERSE_SOCKET,
     IGNORED_GUEST_PORT,
     REMAP_GUEST_PORT,
     REMAP_HOST_PORT,
     Roost,
     host_echo_socket,
+    host_reverse_socket,
     pid_running,
     wait_until,
 )
@@ -192,6 +194,28 @@ def test_guest_unix_socket_on_host(roost: Roost, vm: str, echo_script: str) -> N
             assert time.monotonic() < deadline, "guest unix socket not reachable"
             time.sleep(0.1)
     guest_kill(roost, vm, pid)
+
+
+def test_reverse_host_socket_in_guest(roost: Roost, vm: str) -> None:
+    path = str(host_reverse_socket(roost))
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(path)
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"host says " + conn.recv(100))
+
+    with ThreadPoolExecutor(1) as ex:
+        done = ex.submit(serve)
+        script = (f"import socket; s = socket.socket(socket.AF_UNIX); "
+                  f"s.connect({GUEST_REVERSE_SOCKET!r}); s.sendall(b'hi'); "
+                  "print(s.recv(100).decode())")
+        out = roost.run("shell", vm, "--", "python3", "-c", script).stdout
+        done.result(timeout=10)
+    server.close()
+    assert out.strip() == "host says hi"
 
 
 def test_taken_host_port_fails_cleanly(roost: Roost, vm: str, echo_script: str) -> None:

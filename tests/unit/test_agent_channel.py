@@ -203,3 +203,53 @@ async def test_unix_tunnel(client: GuestAgentClient, tmp_path: Path) -> None:
     stream = await client.open_stream("unix", path=path)
     assert await stream.recv() == b"hi from unix"
     server.close()
+
+
+async def test_reverse_unix_socket(client: GuestAgentClient, tmp_path: Path) -> None:
+    # The "guest" listens on a socket; each connection reaches the host as a
+    # guest-initiated stream.
+    guest_path = str(tmp_path / "guest-side.sock")
+    await client.request("listen", path=guest_path)
+    loop = asyncio.get_running_loop()
+
+    def guest_client() -> bytes:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(guest_path)
+            s.sendall(b"from the guest")
+            s.shutdown(socket.SHUT_WR)
+            return s.recv(100)
+
+    reply = loop.run_in_executor(None, guest_client)
+    path, stream = await asyncio.wait_for(client.accepted(), 5)
+    assert path == guest_path and stream.id % 2 == 1
+    assert await stream.recv() == b"from the guest"
+    await stream.send(b"host answers")
+    await stream.send_eof()
+    assert await asyncio.wait_for(reply, 5) == b"host answers"
+
+
+async def test_hybrid_vsock_handshake_dialer(agent_sock: str, tmp_path: Path) -> None:
+    # A stand-in for Firecracker's vsock Unix socket: answers CONNECT 52
+    # with OK, then relays to the agent.
+    from roost.driver.channel import HybridVsockDialer
+
+    async def vmm(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        assert await r.readline() == b"CONNECT 52\n"
+        w.write(b"OK 1073741824\n")
+        ar, aw = await asyncio.open_unix_connection(agent_sock)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(r, aw), pipe(ar, w), return_exceptions=True)
+
+    path = str(tmp_path / "vsock.sock")
+    server = await asyncio.start_unix_server(vmm, path)
+    c = GuestAgentClient(HybridVsockDialer(path))
+    await c.connect()
+    assert await c.request("ping") == {"pong": True}
+    await c.close()
+    server.close()

@@ -10,12 +10,14 @@ reported as a Lima-style `portForward` event.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from roost.config.model import PortForward
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, TunnelStream
 from roost.hostagent.portfwd.forward import Forward, Opener, TCPForward, UDPForward
 from roost.hostagent.portfwd.rules import HostAddr, Listener, host_address
 
@@ -132,17 +134,57 @@ def listeners_from_event(items: Iterable[dict[str, Any]]) -> list[Listener]:
     return [Listener(str(i["proto"]), str(i["ip"]), int(i["port"])) for i in items]
 
 
+async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
+                        emit: Emit) -> None:
+    """Reverse forwards: guest sockets whose connections reach host sockets."""
+    for guest_path, host_path in reverse.items():
+        event = {"protocol": "unix", "guestAddr": guest_path, "hostAddr": host_path,
+                 "reverse": True}
+        try:
+            await client.request("listen", path=guest_path)
+        except GuestAgentError as e:
+            emit({**event, "type": "failed", "error": str(e)})
+            continue
+        emit({**event, "type": "forwarding"})
+
+    async def one(stream: TunnelStream, host_path: str) -> None:
+        try:
+            reader, writer = await asyncio.open_unix_connection(host_path)
+        except OSError as e:
+            await stream.reset(f"cannot connect to host socket {host_path}: {e.strerror or e}")
+            return
+        await stream.splice(reader, writer)
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            accepted_path, stream = await client.accepted()
+            target = reverse.get(accepted_path)
+            if target is None:
+                await stream.reset("no reverse rule for this socket")
+                continue
+            task = asyncio.ensure_future(one(stream, target))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
 async def follow_guest_agent(forwarder: PortForwarder, opener: Opener,
-                             on_connected: Callable[[bool], Awaitable[None] | None]) -> None:
+                             reverse: dict[str, str] | None = None) -> None:
     """Subscribe to port events until the session ends (then return)."""
     client = await opener()
     result = await client.request("events")
     forwarder.fallback = None
     await forwarder.sync(listeners_from_event(result.get("ports", [])))
-    maybe = on_connected(True)
-    if maybe is not None:
-        await maybe
-    async for event in client.events():
-        if event.get("event") == "ports":
-            await forwarder.change(listeners_from_event(event.get("added", [])),
-                                   listeners_from_event(event.get("removed", [])))
+    reverse_task = asyncio.ensure_future(serve_reverse(client, reverse or {}, forwarder.emit))
+    try:
+        async for event in client.events():
+            if event.get("event") == "ports":
+                await forwarder.change(listeners_from_event(event.get("added", [])),
+                                       listeners_from_event(event.get("removed", [])))
+    finally:
+        reverse_task.cancel()
+        with contextlib.suppress(BaseException):
+            await reverse_task
