@@ -289,3 +289,26 @@ def test_host_agent_restart_keeps_guest_and_forwards(roost: Roost, vm: str,
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"still here")
         assert s.recv(100) == b"still here"
+
+
+def test_ssh_fallback_forward(roost: Roost, vm: str, echo_script: str) -> None:
+    # The mechanism the host agent falls back to without a guest agent:
+    # `ssh -O forward -L` on the instance's ControlMaster.
+    import asyncio
+
+    from roost.hostagent.portfwd.forward import SSHForward
+
+    guest_port, host_port = free_port(), free_port()
+    pid = guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {guest_port}")
+    wait_until(lambda: port_open(guest_port), 5, "the echo forward")
+    base = ["ssh", "-F", str(roost.home / vm / "ssh.config"), f"roost-{vm}"]
+    fwd = SSHForward(base, "127.0.0.1", host_port, "127.0.0.1", guest_port)
+    asyncio.run(fwd.start())
+    try:
+        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as s:
+            s.sendall(b"through ssh")
+            assert s.recv(100) == b"through ssh"
+    finally:
+        asyncio.run(fwd.stop())
+    assert not port_open(host_port)
+    guest_kill(roost, vm, pid)
