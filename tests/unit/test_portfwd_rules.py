@@ -11,12 +11,13 @@ def rules(*raw: dict[str, object]) -> list:  # type: ignore[type-arg]
 def test_default_forwards_loopback_and_any_to_same_port() -> None:
     assert host_address([], Listener("tcp", "127.0.0.1", 8080)) == HostAddr("127.0.0.1", 8080)
     assert host_address([], Listener("tcp", "0.0.0.0", 8080)) == HostAddr("127.0.0.1", 8080)
-    assert host_address([], Listener("udp", "::", 53)) == HostAddr("127.0.0.1", 53)
+    assert host_address([], Listener("udp", "::", 5353)) == HostAddr("127.0.0.1", 5353)
     assert host_address([], Listener("tcp", "::1", 9000)) == HostAddr("127.0.0.1", 9000)
 
 
-def test_ssh_port_and_other_addresses_are_not_forwarded() -> None:
+def test_ssh_port_privileged_ports_and_other_addresses_are_not_forwarded() -> None:
     assert host_address([], Listener("tcp", "0.0.0.0", 22)) is None
+    assert host_address([], Listener("tcp", "127.0.0.1", 80)) is None
     assert host_address([], Listener("tcp", "192.168.5.15", 8080)) is None
 
 
@@ -41,6 +42,6 @@ def test_proto_and_guest_ip_must_be_zero() -> None:
               {"guestIP": "0.0.0.0", "guestIPMustBeZero": True, "guestPort": 7000,
                "hostIP": "0.0.0.0"})
     assert host_address(r, Listener("udp", "127.0.0.1", 53)) == HostAddr("127.0.0.1", 5353)
-    assert host_address(r, Listener("tcp", "127.0.0.1", 53)) == HostAddr("127.0.0.1", 53)
+    assert host_address(r, Listener("tcp", "127.0.0.1", 53)) is None  # privileged, no rule
     assert host_address(r, Listener("tcp", "0.0.0.0", 7000)) == HostAddr("0.0.0.0", 7000)
     assert host_address(r, Listener("tcp", "127.0.0.1", 7000)) == HostAddr("127.0.0.1", 7000)
