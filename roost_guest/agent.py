@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from roost_guest import __version__, ports, protocol, tunnel
+from roost_guest import __version__, mounts, ports, protocol, tunnel
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
@@ -189,7 +189,10 @@ class Agent:
             "info": lambda conn, req: self.info(),
             "events": self.subscribe,
             "listen": self.listen,
+            "mount": self.mount,
+            "umount": self.umount,
         }
+        self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
         self._subscribers: List[Connection] = []
         self._sub_lock = threading.Lock()
@@ -226,6 +229,51 @@ class Agent:
             raise RequestError("cannot listen on %s: %s" % (path, e.strerror or e)) from None
         return {"path": path}
 
+    def mount(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            if req.get("fstype") == "reverse-sshfs":
+                return self._mount_sshfs(conn, req)
+            return mounts.mount_device(req)
+        except mounts.MountError as e:
+            raise RequestError(str(e)) from None
+
+    def _mount_sshfs(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """sshfs speaks SFTP over a stream that the host joins to sftp-server."""
+        path = mounts.check_mount_point(req.get("mountPoint"))
+        ours, theirs = socket.socketpair()
+        with conn._streams_lock:
+            stream_id = conn._next_stream
+            conn._next_stream += 2
+        stream = tunnel.Stream(stream_id, ours, False, conn.send, conn.send_data,
+                               conn.stream_done)
+        conn.add_stream(stream)
+        conn.send({"event": "accept", "path": "sftp:" + str(req.get("remotePath")),
+                   "stream": stream_id, "readonly": bool(req.get("readonly"))})
+        stream.start()
+        try:
+            proc = mounts.start_sshfs(req, theirs)
+        except mounts.MountError:
+            stream.reset()
+            raise
+        finally:
+            theirs.close()
+        self._sshfs[path] = proc
+        return {"mountPoint": path}
+
+    def umount(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            result = mounts.umount(req)
+        except mounts.MountError as e:
+            raise RequestError(str(e)) from None
+        proc = self._sshfs.pop(str(req.get("mountPoint")), None)
+        if proc is not None:
+            try:
+                proc.wait(5)
+            except Exception:
+                proc.kill()
+                proc.wait()
+        return result
+
     def unsubscribe(self, conn: Connection) -> None:
         with self._sub_lock:
             if conn in self._subscribers:
@@ -258,6 +306,10 @@ class Agent:
         if kind == "tunnel":
             # Connecting may take a while; never hold up the channel.
             threading.Thread(target=self.open_tunnel, args=(conn, req), daemon=True).start()
+            return
+        if kind in ("mount", "umount"):
+            handler = self.handlers[kind]
+            threading.Thread(target=self.reply, args=(conn, req, handler), daemon=True).start()
             return
         self.reply(conn, req, self.handlers.get(str(kind)))
 

@@ -182,6 +182,27 @@ class FrameDecoder:
         return len(self._buf)
 
 
+# Guest paths a mount may never cover (the mount request's contract; the
+# host checks before attaching a device, the guest again before mounting).
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root",
+               "/run", "/sbin", "/sys", "/usr", "/var", "/mnt/cidata")
+_NO_SUBDIRS = ("/dev", "/proc", "/sys", "/mnt/cidata")
+
+
+def guest_mount_point_problem(path: object) -> str:
+    """Why `path` cannot be a mount point ("" when it can)."""
+    if not isinstance(path, str) or not path.startswith("/"):
+        return "the guest path must be absolute, got %r" % (path,)
+    if "\0" in path or "\n" in path:
+        return "the guest path contains a NUL or newline"
+    norm = "/" + "/".join(p for p in path.split("/") if p and p != ".")
+    if ".." in norm.split("/"):
+        return "the guest path must not contain '..'"
+    if norm in SYSTEM_DIRS or any(norm.startswith(d + "/") for d in _NO_SUBDIRS):
+        return "%s is a system directory; choose another guest path" % norm
+    return ""
+
+
 def sync_frame(nonce: int) -> bytes:
     """The exact bytes that start a session's valid data (see module doc)."""
     return encode_json({"sync": nonce})

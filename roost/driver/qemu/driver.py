@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 from pathlib import Path
+from typing import Any
 
 from roost.driver.base import DriverError, DriverInfo, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
@@ -127,6 +128,61 @@ class QemuDriver:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._exit), QUIT_SECONDS)
         await self._kill()
+
+    # -- file-system hot-plug capability -------------------------------------
+
+    async def hotplug_virtiofs(self, device_id: str, slot: str, socket_path: Path,
+                               tag: str, queue_size: int = 1024) -> None:
+        """vhost-user-fs-pci on a spare root port, talking to a running virtiofsd."""
+        chardev = f"{device_id}-chr"
+        await self._qmp_execute("chardev-add", {
+            "id": chardev,
+            "backend": {"type": "socket", "data": {
+                "addr": {"type": "unix", "data": {"path": str(socket_path)}},
+                "server": False}},
+        })
+        try:
+            await self._qmp_execute("device_add", {
+                "driver": "vhost-user-fs-pci", "id": device_id, "bus": slot,
+                "chardev": chardev, "tag": tag, "queue-size": queue_size,
+            })
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._qmp_execute("chardev-remove", {"id": chardev})
+            raise
+
+    async def unplug(self, device_id: str, timeout: float = 10.0) -> None:
+        """device_del, wait for DEVICE_DELETED (ACPI: ~0.1 s), drop its chardev."""
+        qmp = self._require_qmp()
+
+        def is_ours(event: Any) -> bool:
+            return bool(event.get("data", {}).get("device") == device_id)
+
+        with qmp.listener("DEVICE_DELETED", is_ours) as listener:
+            await self._qmp_execute("device_del", {"id": device_id})
+            try:
+                await asyncio.wait_for(listener.get(), timeout)
+            except TimeoutError:
+                raise DriverError(f"the guest did not release {device_id} in {timeout:g}s") \
+                    from None
+        with contextlib.suppress(DriverError):
+            await self._qmp_execute("chardev-remove", {"id": f"{device_id}-chr"})
+
+    def _require_qmp(self) -> Any:
+        if self._qmp is None:
+            raise DriverError("QEMU is not controllable (no QMP connection)")
+        return self._qmp
+
+    async def _qmp_execute(self, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        from qemu.qmp import ExecuteError
+
+        qmp = self._require_qmp()
+        try:
+            return await asyncio.wait_for(qmp.execute(cmd, args), 10.0)
+        except ExecuteError as e:
+            raise DriverError(f"QMP {cmd}: {e.error_class}: {e}") from None
+        except TimeoutError:
+            raise DriverError(f"QMP {cmd}: no answer in 10s") from None
 
     # -- internals ----------------------------------------------------------
 
