@@ -56,12 +56,12 @@ def check_mount_point(path: Any) -> str:
     problem = protocol.guest_mount_point_problem(path)
     if problem:
         raise MountError(problem)
-    path = os.path.normpath(str(path))
-    if os.path.lexists(path) and not os.path.isdir(path):
-        raise MountError("%s exists and is not a directory" % path)
-    if mounted_at(path):
-        raise MountError("%s is already a mount point" % path)
-    return path
+    norm = os.path.normpath(str(path))
+    if os.path.lexists(norm) and not os.path.isdir(norm):
+        raise MountError("%s exists and is not a directory" % norm)
+    if mounted_at(norm):
+        raise MountError("%s is already a mount point" % norm)
+    return norm
 
 
 def mount_device(req: Dict[str, Any]) -> Dict[str, Any]:
