@@ -152,6 +152,46 @@ def image_build() -> None:
         click.echo(f"  {key}: {value / 1024**2:.1f} MiB")
 
 
+@cli.group()
+def mount() -> None:
+    """Share host folders with a running instance, without a restart."""
+
+
+@mount.command("add")
+@NAME
+@click.argument("host_path", type=click.Path(exists=True, file_okay=False))
+@click.argument("guest_path")
+@click.option("--type", "kind", type=click.Choice(["virtiofs", "9p", "reverse-sshfs"]),
+              help="default: the instance's mountType (virtiofs where virtiofsd exists)")
+@click.option("--writable", is_flag=True, help="let the guest write (default: read-only)")
+def mount_add(name: str, host_path: str, guest_path: str, kind: str | None,
+              writable: bool) -> None:
+    """Mount HOST_PATH at GUEST_PATH in the running instance NAME."""
+    from roost.cli import mounts
+
+    mounts.add(name, host_path, guest_path, kind, writable)
+
+
+@mount.command("remove")
+@NAME
+@click.argument("guest_path")
+def mount_remove(name: str, guest_path: str) -> None:
+    """Unmount GUEST_PATH (a runtime mount) and detach its device."""
+    from roost.cli import mounts
+
+    mounts.remove(name, guest_path)
+
+
+@mount.command("list")
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def mount_list(name: str, as_json: bool) -> None:
+    """Static and runtime mounts of NAME."""
+    from roost.cli import mounts
+
+    mounts.listing(name, as_json)
+
+
 @cli.command(hidden=True)
 @click.argument("name")
 def hostagent(name: str) -> None:

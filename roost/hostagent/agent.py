@@ -33,6 +33,13 @@ from roost.hostagent import banner
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.mounts.manager import (
+    MountManager,
+    default_mount_type,
+    qemu_args,
+    static_records,
+)
+from roost.hostagent.mounts.sftp import serve_sftp
 from roost.hostagent.portfwd.forward import SSHForward, UnixForward
 from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
 from roost.hostagent.portfwd.rules import HostAddr, Listener
@@ -97,11 +104,13 @@ class HostAgent:
         self.instance_id = ""
         self.guest_agent: GuestAgentClient | None = None
         self.attach_pid: int | None = None
+        self.mount_errors = False
         self._guest_agent_lock = asyncio.Lock()
         self.results: list[Result] = []
         self.started_at = rfc3339_now()
         self._stop = asyncio.Event()
         self.forwarder: PortForwarder | None = None
+        self.mounts: MountManager
         self.socket_forwards: list[dict[str, Any]] = []
 
     # -- New ------------------------------------------------------------------
@@ -131,6 +140,7 @@ class HostAgent:
         if not self.attach_pid:  # the running guest has the ISO attached
             write_iso(inst.cidata, files_for(ident))
         write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
+        static_mounts = static_records(self.config, inst.dir)
         qemu = find_qemu()
         spec = QemuSpec(
             name=inst.name, qemu=qemu, accel=detect_accel(qemu), cpus=self.config.cpus,
@@ -138,8 +148,12 @@ class HostAgent:
             ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
             serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
             boot=BootSpec(pinned.kernel, pinned.initrd),
+            extra=tuple(qemu_args(static_mounts, inst.dir)),
         )
-        self.driver = QemuDriver(spec, inst.qemu_log)
+        driver = QemuDriver(spec, inst.qemu_log)
+        self.driver = driver
+        self.mounts = MountManager(inst.dir, driver, self._open_guest_agent, static_mounts,
+                                   default_mount_type(self.config))
 
     # -- Run ------------------------------------------------------------------
 
@@ -168,6 +182,10 @@ class HostAgent:
     async def _run(self) -> int:
         inst = self.inst
         self.cleanups.push("remove runtime files", self._remove_runtime_files)
+        # Pushed before the VM starts, so it runs after the VM has stopped.
+        self.cleanups.push("stop virtiofsd processes", self.mounts.stop_daemons)
+        if not self.attach_pid:
+            await self.mounts.start_static_daemons()
         if self.attach_pid:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
@@ -182,7 +200,7 @@ class HostAgent:
 
         from roost.hostagent.api import ApiServer
 
-        api = ApiServer(self.info, self.events.snapshot)
+        api = ApiServer(self.info, self.events.snapshot, self.mounts)
         await api.start(inst.ha_sock)
         self.cleanups.push("close ha.sock", lambda: api.close(inst.ha_sock))
 
@@ -250,6 +268,7 @@ class HostAgent:
             "requirements": [r.to_json() for r in self.results],
             "portForwards": self.port_forwards(),
             "portForwardsFailed": self.forwarder.failed() if self.forwarder else [],
+            "mounts": self.mounts.listing(),
             "status": self.events.snapshot(),
         }
 
@@ -378,7 +397,8 @@ class HostAgent:
                    if r.reverse and r.guest_socket and r.host_socket}
         while True:
             try:
-                await follow_guest_agent(forwarder, self._open_guest_agent, reverse)
+                await follow_guest_agent(forwarder, self._open_guest_agent, reverse,
+                                         self._guest_stream)
                 unreachable_since = time.monotonic()
                 log.info("guest agent session ended; reconnecting")
             except (GuestAgentError, OSError) as e:
@@ -387,6 +407,14 @@ class HostAgent:
             if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
                 await self._ssh_port_poll(forwarder)
             await asyncio.sleep(0.2)
+
+    async def _guest_stream(self, event: dict[str, Any], stream: Any) -> None:
+        """Guest-initiated streams other than reverse forwards: reverse sshfs."""
+        path = str(event.get("path", ""))
+        if path.startswith("sftp:/"):
+            await serve_sftp(stream, path[len("sftp:"):], bool(event.get("readonly")))
+        else:
+            await stream.reset(f"nothing on the host serves {path!r}")
 
     async def _ssh_port_poll(self, forwarder: PortForwarder) -> None:
         """One round of the fallback: guest listeners from /proc/net over SSH."""
@@ -432,14 +460,19 @@ class HostAgent:
                 await self._start_port_forwarding()
                 results += await self._run_list(final)
             results += await optional_task
+            if all(r.ok for r in results if r.requirement.kind == "essential"):
+                self.events.emit(phase="mounting host folders")
+                for error in await self.mounts.mount_static():
+                    self.events.add_error(error)
+                    self.mount_errors = True
         finally:
             optional_task.cancel()
-        failed = [r for r in results if not r.ok]
+        failed: list[Any] = [r for r in results if not r.ok]
         for r in failed:
             self.events.add_error(f"{r.error} (hint: {r.requirement.debug_hint})")
         agent = {"connected": self.guest_agent is not None and self.guest_agent.connected}
         self.events.emit(
-            running=True, degraded=bool(failed), phase="running",
+            running=True, degraded=bool(failed) or self.mount_errors, phase="running",
             requirements=[r.to_json() for r in self.results], guestAgent=agent,
         )
 

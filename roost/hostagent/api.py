@@ -5,20 +5,66 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
+
+from roost.errors import RoostError, UsageError
+
+
+class Mounts(Protocol):
+    def listing(self) -> list[dict[str, Any]]: ...
+
+    async def add(self, location: str, mount_point: str, kind: str,
+                  writable: bool) -> dict[str, Any]: ...
+
+    async def remove(self, mount_point: str) -> dict[str, Any]: ...
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 class ApiServer:
     def __init__(self, info: Callable[[], dict[str, Any]],
-                 status: Callable[[], dict[str, Any]]) -> None:
+                 status: Callable[[], dict[str, Any]], mounts: Mounts) -> None:
         self._info = info
         self._status = status
+        self._mounts = mounts
         self.app = web.Application()
         self.app.router.add_get("/v1/info", self._get_info)
         self.app.router.add_get("/v1/status", self._get_status)
+        self.app.router.add_get("/v1/mounts", self._get_mounts)
+        self.app.router.add_post("/v1/mounts", self._post_mount)
+        self.app.router.add_delete("/v1/mounts", self._delete_mount)
         self._runner: web.AppRunner | None = None
+
+    async def _get_mounts(self, request: web.Request) -> web.Response:
+        return web.json_response(self._mounts.listing())
+
+    async def _post_mount(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            location, mount_point = str(body["location"]), str(body["mountPoint"])
+            kind, writable = str(body.get("type", "")), bool(body.get("writable", False))
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected JSON with location, mountPoint, type, writable")
+        try:
+            return web.json_response(await self._mounts.add(location, mount_point, kind,
+                                                            writable), status=201)
+        except UsageError as e:
+            return _error(400, str(e))
+        except RoostError as e:
+            return _error(500, str(e))
+
+    async def _delete_mount(self, request: web.Request) -> web.Response:
+        mount_point = request.query.get("mountPoint", "")
+        try:
+            return web.json_response(await self._mounts.remove(mount_point))
+        except UsageError as e:
+            return _error(404 if "nothing is mounted" in str(e) else 400, str(e))
+        except RoostError as e:
+            return _error(500, str(e))
 
     async def _get_info(self, request: web.Request) -> web.Response:
         return web.json_response(self._info())

@@ -170,7 +170,7 @@ class GuestAgentClient:
         self._stream_ids = itertools.count(2, 2)  # host streams are even
         self._streams: dict[int, TunnelStream] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._accepted: asyncio.Queue[tuple[str, TunnelStream]] = asyncio.Queue()
+        self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue()
         self.closed = asyncio.Event()
 
     @property
@@ -245,7 +245,7 @@ class GuestAgentClient:
             if isinstance(stream_id, int) and stream_id % 2 == 1:
                 stream = TunnelStream(self, stream_id)
                 self._streams[stream_id] = stream
-                self._accepted.put_nowait((str(obj.get("path")), stream))
+                self._accepted.put_nowait((obj, stream))
         elif "event" in obj:
             self._events.put_nowait(obj)
         else:
@@ -299,8 +299,8 @@ class GuestAgentClient:
             raise
         return stream
 
-    async def accepted(self) -> tuple[str, TunnelStream]:
-        """The next connection to a guest socket opened by `listen` (reverse)."""
+    async def accepted(self) -> tuple[dict[str, Any], TunnelStream]:
+        """The next guest-initiated stream: its accept event and the stream."""
         return await self._accepted.get()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:

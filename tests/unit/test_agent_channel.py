@@ -220,8 +220,8 @@ async def test_reverse_unix_socket(client: GuestAgentClient, tmp_path: Path) -> 
             return s.recv(100)
 
     reply = loop.run_in_executor(None, guest_client)
-    path, stream = await asyncio.wait_for(client.accepted(), 5)
-    assert path == guest_path and stream.id % 2 == 1
+    event, stream = await asyncio.wait_for(client.accepted(), 5)
+    assert event["path"] == guest_path and stream.id % 2 == 1
     assert await stream.recv() == b"from the guest"
     await stream.send(b"host answers")
     await stream.send_eof()

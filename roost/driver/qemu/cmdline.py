@@ -37,6 +37,7 @@ class QemuSpec:
     serial_log: Path
     pidfile: Path
     boot: BootSpec
+    extra: tuple[str, ...] = ()  # e.g. boot-time devices of static mounts
 
 
 def mac_address(name: str) -> str:
@@ -98,4 +99,4 @@ def build_argv(spec: QemuSpec) -> list[str]:
     # Spare root ports for file-system hot-plug (ACPI hot-plug on q35).
     for i in range(HOTPLUG_SLOTS):
         argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
-    return argv
+    return argv + list(spec.extra)

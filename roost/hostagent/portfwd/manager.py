@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,9 +134,13 @@ def listeners_from_event(items: Iterable[dict[str, Any]]) -> list[Listener]:
     return [Listener(str(i["proto"]), str(i["ip"]), int(i["port"])) for i in items]
 
 
+AcceptHandler = Callable[[dict[str, Any], TunnelStream], Awaitable[None]]
+
+
 async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
-                        emit: Emit) -> None:
-    """Reverse forwards: guest sockets whose connections reach host sockets."""
+                        emit: Emit, other: AcceptHandler | None = None) -> None:
+    """Reverse forwards: guest sockets whose connections reach host sockets.
+    Other guest-initiated streams (e.g. reverse sshfs) go to `other`."""
     for guest_path, host_path in reverse.items():
         event = {"protocol": "unix", "guestAddr": guest_path, "hostAddr": host_path,
                  "reverse": True}
@@ -158,12 +162,15 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
     tasks: set[asyncio.Task[None]] = set()
     try:
         while True:
-            accepted_path, stream = await client.accepted()
-            target = reverse.get(accepted_path)
-            if target is None:
+            event, stream = await client.accepted()
+            target = reverse.get(str(event.get("path")))
+            if target is not None:
+                task = asyncio.ensure_future(one(stream, target))
+            elif other is not None:
+                task = asyncio.ensure_future(other(event, stream))
+            else:
                 await stream.reset("no reverse rule for this socket")
                 continue
-            task = asyncio.ensure_future(one(stream, target))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
     finally:
@@ -172,13 +179,15 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
 
 
 async def follow_guest_agent(forwarder: PortForwarder, opener: Opener,
-                             reverse: dict[str, str] | None = None) -> None:
+                             reverse: dict[str, str] | None = None,
+                             other: AcceptHandler | None = None) -> None:
     """Subscribe to port events until the session ends (then return)."""
     client = await opener()
     result = await client.request("events")
     forwarder.fallback = None
     await forwarder.sync(listeners_from_event(result.get("ports", [])))
-    reverse_task = asyncio.ensure_future(serve_reverse(client, reverse or {}, forwarder.emit))
+    reverse_task = asyncio.ensure_future(
+        serve_reverse(client, reverse or {}, forwarder.emit, other))
     try:
         async for event in client.events():
             if event.get("event") == "ports":

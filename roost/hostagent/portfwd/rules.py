@@ -3,9 +3,10 @@
 Order: the guest's SSH port is ignored, then the user's rules (first match
 wins), then the default rule (guest 127.0.0.1, ports 1024 and up, to the
 same port on host 127.0.0.1; privileged guest ports need a rule, as
-DESIGN.md says, so a guest service on port 80 never needs host root). A rule for guestIP 127.0.0.1 also matches a listener
-on 0.0.0.0 (it is reachable on loopback too) and ::1; guestIP 0.0.0.0
-matches any address unless guestIPMustBeZero.
+DESIGN.md says, so a guest service on port 80 never needs host root).
+A rule for guestIP 127.0.0.1 also matches a listener on 0.0.0.0 (it is
+reachable on loopback too) and ::1; guestIP 0.0.0.0 matches any address
+unless guestIPMustBeZero.
 """
 
 from __future__ import annotations

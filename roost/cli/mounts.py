@@ -1,0 +1,56 @@
+"""`roost mount add|remove|list`: the host agent's /v1/mounts on ha.sock."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.parse
+from typing import Any
+
+import click
+
+from roost.cli import haclient
+from roost.errors import RoostError
+from roost.store.instance import Instance, Status
+
+MOUNT_TIMEOUT = 120.0  # a hot-plug under TCG takes a second or two
+
+
+def _running(name: str) -> Instance:
+    inst = Instance.at(name).require()
+    status = inst.status()
+    if status != Status.RUNNING:
+        raise RoostError(f"instance {name!r} is {status.value.lower()}, not running; "
+                         f"`roost start {name}` first")
+    return inst
+
+
+def add(name: str, host_path: str, guest_path: str, kind: str | None, writable: bool) -> None:
+    inst = _running(name)
+    body = {"location": os.path.abspath(os.path.expanduser(host_path)),
+            "mountPoint": guest_path, "type": kind or "", "writable": writable}
+    rec = haclient.request(inst.ha_sock, "POST", "/v1/mounts", body, timeout=MOUNT_TIMEOUT)
+    mode = "rw" if rec["writable"] else "ro"
+    click.echo(f"mounted {rec['location']} at {rec['mountPoint']} ({rec['type']}, {mode})")
+
+
+def remove(name: str, guest_path: str) -> None:
+    inst = _running(name)
+    query = urllib.parse.urlencode({"mountPoint": guest_path})
+    haclient.request(inst.ha_sock, "DELETE", f"/v1/mounts?{query}", timeout=MOUNT_TIMEOUT)
+    click.echo(f"unmounted {guest_path}")
+
+
+def listing(name: str, as_json: bool) -> None:
+    inst = _running(name)
+    mounts: list[dict[str, Any]] = haclient.request(inst.ha_sock, "GET", "/v1/mounts")
+    if as_json:
+        click.echo(json.dumps(mounts, indent=2))
+        return
+    rows = [("GUEST PATH", "HOST PATH", "TYPE", "MODE", "EPHEMERAL", "STATE")]
+    for m in mounts:
+        rows.append((m["mountPoint"], m["location"], m["type"], "rw" if m["writable"] else "ro",
+                     "yes" if m["ephemeral"] else "no", m["state"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())

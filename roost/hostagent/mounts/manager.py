@@ -1,0 +1,287 @@
+"""Host folders in the guest: static mounts from roost.yaml, runtime hot-mounts.
+
+The registry lives here, in the host agent (runtime mounts are ephemeral,
+never written to roost.yaml). A hot-mount is a list of steps, each with its
+undo: start virtiofsd, attach the device to a spare root port over QMP,
+mount in the guest through the guest agent. When a step fails the steps
+that succeeded are undone, newest first, and the registry is unchanged.
+
+9p cannot be hot-mounted on QEMU 7.2: an fsdev (the exported host folder)
+can only be declared at launch, and there is no fsdev_add. Hot-mounting 9p
+is refused with that reason; virtiofs or reverse-sshfs do the job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from roost.config.model import Config, Mount
+from roost.errors import RoostError, UsageError
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
+from roost_guest.protocol import guest_mount_point_problem
+
+log = logging.getLogger(__name__)
+
+HOTPLUG_SLOTS = tuple(f"hp{i}" for i in range(8))
+MOUNT_TIMEOUT = 30.0
+
+
+class MountFailed(RoostError):
+    """A mount that could not be made (the instance keeps running)."""
+
+
+class Hotplug(Protocol):
+    async def hotplug_virtiofs(self, device_id: str, slot: str, socket_path: Path,
+                               tag: str, queue_size: int = 1024) -> None: ...
+
+    async def unplug(self, device_id: str, timeout: float = 10.0) -> None: ...
+
+
+def default_mount_type(config: Config) -> str:
+    if config.mount_type:
+        return config.mount_type
+    # The C virtiofsd needs root; without it 9p works for everyone.
+    return "virtiofs" if find_virtiofsd() and os.geteuid() == 0 else "9p"
+
+
+def check_host_path(location: str) -> str:
+    path = os.path.abspath(os.path.expanduser(location))
+    if not os.path.exists(path):
+        raise UsageError(f"host path {path} does not exist")
+    if not os.path.isdir(path):
+        raise UsageError(f"host path {path} is not a directory")
+    if "\n" in path or "\0" in path:
+        raise UsageError(f"host path {path!r} contains a newline")
+    return path
+
+
+def check_guest_path(mount_point: str) -> str:
+    problem = guest_mount_point_problem(mount_point)
+    if problem:
+        raise UsageError(problem)
+    return os.path.normpath(mount_point)
+
+
+@dataclass
+class MountRecord:
+    location: str
+    mount_point: str
+    type: str
+    writable: bool
+    ephemeral: bool
+    tag: str = ""
+    slot: str | None = None
+    device_id: str | None = None
+    virtiofsd: Virtiofsd | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "location": self.location, "mountPoint": self.mount_point, "type": self.type,
+            "writable": self.writable, "ephemeral": self.ephemeral,
+            "state": "failed" if self.error else "mounted",
+        }
+        if self.slot:
+            out["slot"] = self.slot
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+def static_records(config: Config, inst_dir: Path) -> list[MountRecord]:
+    """roost.yaml's mounts, with the tags and sockets their devices use."""
+    kind = default_mount_type(config)
+    out = []
+    for i, m in enumerate(config.mounts):
+        rec = MountRecord(location=os.path.abspath(m.location),
+                          mount_point=os.path.normpath(m.mount_point or m.location),
+                          type=kind, writable=m.writable, ephemeral=False, tag=f"roost{i}",
+                          device_id=f"mnt{i}", options=_options(m, kind))
+        out.append(rec)
+    return out
+
+
+def _options(m: Mount, kind: str) -> dict[str, Any]:
+    if kind == "9p":
+        o = m.nine_p
+        return {"securityModel": o.security_model, "version": o.protocol_version,
+                "msize": o.msize, "cache": o.cache}
+    if kind == "virtiofs":
+        return {"queueSize": m.virtiofs.queue_size}
+    return {"cache": m.sshfs.cache, "followSymlinks": m.sshfs.follow_symlinks}
+
+
+def qemu_args(records: list[MountRecord], inst_dir: Path) -> list[str]:
+    """Boot-time devices for static virtiofs and 9p mounts."""
+    args: list[str] = []
+    for rec in records:
+        if rec.type == "virtiofs":
+            sock = str(inst_dir / f"{rec.device_id}.vfs.sock").replace(",", ",,")
+            args += ["-chardev", f"socket,id={rec.device_id}-chr,path={sock}",
+                     "-device", f"vhost-user-fs-pci,id={rec.device_id},"
+                                f"chardev={rec.device_id}-chr,tag={rec.tag},"
+                                f"queue-size={rec.options.get('queueSize', 1024)}"]
+        elif rec.type == "9p":
+            path = rec.location.replace(",", ",,")
+            ro = "" if rec.writable else ",readonly=on"
+            args += ["-fsdev", f"local,id={rec.device_id}-fs,path={path},"
+                               f"security_model={rec.options['securityModel']}{ro}",
+                     "-device", f"virtio-9p-pci,id={rec.device_id},"
+                                f"fsdev={rec.device_id}-fs,mount_tag={rec.tag}"]
+    return args
+
+
+class MountManager:
+    def __init__(self, inst_dir: Path, driver: Hotplug,
+                 opener: Callable[[], Awaitable[GuestAgentClient]],
+                 static: list[MountRecord], default_type: str = "virtiofs") -> None:
+        self.inst_dir = inst_dir
+        self.default_type = default_type
+        self.driver = driver
+        self.opener = opener
+        self.records: dict[str, MountRecord] = {r.mount_point: r for r in static}
+        self._lock = asyncio.Lock()
+        self._counter = 0
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [r.to_json() for r in sorted(self.records.values(), key=lambda r: r.mount_point)]
+
+    # -- virtiofsd processes (static ones start before QEMU) -------------------
+
+    def _virtiofsd(self, rec: MountRecord) -> Virtiofsd:
+        binary = find_virtiofsd()
+        if binary is None:
+            raise MountFailed("no virtiofsd found (Debian: the qemu-system-common package); "
+                              "use --type 9p or reverse-sshfs")
+        sock = self.inst_dir / f"{rec.device_id}.vfs.sock"
+        return Virtiofsd(binary, sock, rec.location, self.inst_dir / f"{rec.device_id}.vfs.log")
+
+    async def start_static_daemons(self) -> None:
+        for rec in self.records.values():
+            if rec.type == "virtiofs":
+                rec.virtiofsd = self._virtiofsd(rec)
+                await rec.virtiofsd.start()
+
+    async def stop_daemons(self) -> None:
+        """At shutdown, after QEMU is gone: every virtiofsd, never blocking long."""
+        for rec in self.records.values():
+            if rec.virtiofsd is not None:
+                await rec.virtiofsd.stop()
+
+    # -- guest side -------------------------------------------------------------
+
+    async def _guest_mount(self, rec: MountRecord) -> None:
+        params: dict[str, Any] = {"mountPoint": rec.mount_point, "readonly": not rec.writable}
+        if rec.type == "reverse-sshfs":
+            params.update(fstype="reverse-sshfs", remotePath=rec.location,
+                          cache=rec.options.get("cache", True),
+                          followSymlinks=rec.options.get("followSymlinks", False))
+        else:
+            params.update(fstype=rec.type, tag=rec.tag,
+                          **{k: v for k, v in rec.options.items() if v is not None})
+        try:
+            client = await self.opener()
+            await client.request("mount", timeout=MOUNT_TIMEOUT, **params)
+        except GuestAgentError as e:
+            raise MountFailed(f"mounting {rec.location} at {rec.mount_point} in the guest "
+                              f"failed: {e}") from None
+
+    async def _guest_umount(self, rec: MountRecord, force: bool = False) -> None:
+        try:
+            client = await self.opener()
+            await client.request("umount", timeout=MOUNT_TIMEOUT,
+                                 mountPoint=rec.mount_point, force=force)
+        except GuestAgentError as e:
+            raise MountFailed(f"unmounting {rec.mount_point} in the guest failed: {e}") from None
+
+    async def mount_static(self) -> list[str]:
+        """Mount roost.yaml's shares in the guest; the errors, one per failed share."""
+        errors = []
+        for rec in list(self.records.values()):
+            if rec.ephemeral:
+                continue
+            try:
+                await self._guest_mount(rec)
+                rec.error = ""
+            except MountFailed as e:
+                rec.error = str(e)
+                errors.append(str(e))
+        return errors
+
+    # -- runtime hot-mounts -------------------------------------------------------
+
+    async def add(self, location: str, mount_point: str, kind: str,
+                  writable: bool) -> dict[str, Any]:
+        location = check_host_path(location)
+        mount_point = check_guest_path(mount_point)
+        kind = kind or self.default_type
+        if kind == "9p":
+            raise UsageError(
+                "9p cannot be hot-mounted: QEMU 7.2 declares a 9p export (fsdev) only at "
+                "launch and has no fsdev_add; use --type virtiofs or reverse-sshfs, or add "
+                "the share to roost.yaml's mounts")
+        if kind not in ("virtiofs", "reverse-sshfs"):
+            raise UsageError(f"unknown mount type {kind!r}: use virtiofs, 9p or reverse-sshfs")
+        async with self._lock:
+            if mount_point in self.records:
+                raise UsageError(f"{mount_point} is already mounted "
+                                 f"(from {self.records[mount_point].location})")
+            self._counter += 1
+            rec = MountRecord(location=location, mount_point=mount_point, type=kind,
+                              writable=writable, ephemeral=True,
+                              tag=f"roost-hot{self._counter}", device_id=f"hot{self._counter}")
+            undo: list[Callable[[], Awaitable[None]]] = []
+            try:
+                if kind == "virtiofs":
+                    used = {r.slot for r in self.records.values()}
+                    free = [s for s in HOTPLUG_SLOTS if s not in used]
+                    if not free:
+                        raise UsageError(f"all {len(HOTPLUG_SLOTS)} hot-plug slots are in use; "
+                                         "remove a mount first (roost mount remove)")
+                    rec.slot = free[0]
+                    rec.virtiofsd = self._virtiofsd(rec)
+                    await rec.virtiofsd.start()
+                    undo.append(rec.virtiofsd.stop)
+                    assert rec.device_id is not None and rec.virtiofsd is not None
+                    await self.driver.hotplug_virtiofs(rec.device_id, rec.slot,
+                                                       rec.virtiofsd.socket_path, rec.tag)
+                    device_id = rec.device_id
+                    undo.append(lambda: self.driver.unplug(device_id))
+                await self._guest_mount(rec)
+            except BaseException as e:
+                for step in reversed(undo):
+                    try:
+                        await step()
+                    except Exception as undo_error:
+                        log.warning("rolling back %s: %s", mount_point, undo_error)
+                if isinstance(e, RoostError) or not isinstance(e, Exception):
+                    raise
+                raise MountFailed(f"hot-mount of {location} failed: {e}") from None
+            self.records[mount_point] = rec
+            return rec.to_json()
+
+    async def remove(self, mount_point: str) -> dict[str, Any]:
+        mount_point = os.path.normpath(mount_point)
+        async with self._lock:
+            rec = self.records.get(mount_point)
+            if rec is None:
+                raise UsageError(f"nothing is mounted at {mount_point} "
+                                 "(see roost mount list)")
+            if not rec.ephemeral:
+                raise UsageError(f"{mount_point} comes from roost.yaml; remove it there and "
+                                 "restart the instance")
+            await self._guest_umount(rec)
+            if rec.device_id and rec.slot:
+                await self.driver.unplug(rec.device_id)
+            if rec.virtiofsd is not None:
+                await rec.virtiofsd.stop()
+            del self.records[mount_point]
+            return rec.to_json()
