@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RoostError
+from roost.errors import RoostError, UsageError
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -42,5 +42,7 @@ def request(sock: Path, method: str, path: str, body: Any = None,
         decoded = data.decode(errors="replace")
     if resp.status >= 400:
         message = decoded.get("error") if isinstance(decoded, dict) else decoded
-        raise RoostError(f"host agent: {message}")
+        if resp.status in (400, 404):  # the request was wrong, not roost
+            raise UsageError(str(message))
+        raise RoostError(str(message))
     return decoded

@@ -57,6 +57,9 @@ def create(name: str, config_file: str | None, **overrides: Any) -> Instance:
     return inst
 
 
+FORCE_STOP_SECONDS = 15.0
+
+
 def _pid_running(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -94,9 +97,17 @@ def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
         click.echo(f"{name} is not running")
         return
     ha_pid = inst.hostagent_pid()
-    if ha_pid is not None and not force:
-        click.echo(f"stopping {name} (shutting the guest down)...", err=True)
-        _signal(ha_pid, signal.SIGTERM)
+    if ha_pid is not None:
+        # The host agent stops what it started (QEMU, virtiofsd) and reaps it;
+        # --force only skips the guest's orderly shutdown. A host agent that
+        # does not answer is killed below.
+        if force:
+            click.echo(f"stopping {name} (no guest shutdown)...", err=True)
+            _signal(ha_pid, signal.SIGUSR1)
+            timeout = min(timeout, FORCE_STOP_SECONDS)
+        else:
+            click.echo(f"stopping {name} (shutting the guest down)...", err=True)
+            _signal(ha_pid, signal.SIGTERM)
         if not _wait(lambda: not inst.hostagent_alive(), timeout):
             click.echo(f"{name} did not stop within {timeout:g}s; killing it", err=True)
             force = True

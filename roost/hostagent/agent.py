@@ -109,6 +109,7 @@ class HostAgent:
         self.results: list[Result] = []
         self.started_at = rfc3339_now()
         self._stop = asyncio.Event()
+        self._forced = False
         self.forwarder: PortForwarder | None = None
         self.mounts: MountManager
         self.socket_forwards: list[dict[str, Any]] = []
@@ -155,12 +156,18 @@ class HostAgent:
         self.mounts = MountManager(inst.dir, driver, self._open_guest_agent, static_mounts,
                                    default_mount_type(self.config))
 
+    def _stop_now(self) -> None:
+        self._forced = True
+        self._stop.set()
+
     # -- Run ------------------------------------------------------------------
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._stop.set)
+        # SIGUSR1: stop now, without the guest's ACPI shutdown (roost stop --force).
+        loop.add_signal_handler(signal.SIGUSR1, self._stop_now)
         exit_code = 0
         try:
             exit_code = await self._run()
@@ -194,7 +201,7 @@ class HostAgent:
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.start()
-        self.cleanups.push("stop the VM", lambda: self.driver.stop(graceful=True))
+        self.cleanups.push("stop the VM", lambda: self.driver.stop(graceful=not self._forced))
         self.cleanups.push("close the SSH master", self._close_ssh_master)
         self._write_runtime()
 

@@ -111,6 +111,14 @@ REMAP_GUEST_PORT, REMAP_HOST_PORT = 18081, 28081
 IGNORED_GUEST_PORT = 18082
 GUEST_ECHO_SOCKET = "/tmp/roost-e2e-echo.sock"
 GUEST_REVERSE_SOCKET = "/run/roost-e2e/host-service.sock"
+# Static mounts of the shared VM (virtiofs, the default here).
+STATIC_RW_GUEST, STATIC_RO_GUEST = "/mnt/static-rw", "/mnt/static-ro"
+
+
+def static_share(roost: Roost, which: str) -> Path:
+    path = roost.home / f"share-{which}"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def host_echo_socket(roost: Roost) -> Path:
@@ -137,7 +145,14 @@ def vm(roost: Roost) -> str:
         f"  - guestSocket: {GUEST_REVERSE_SOCKET}\n"
         f"    hostSocket: {host_reverse_socket(roost)}\n"
         "    reverse: true\n"
+        "mounts:\n"
+        f"  - location: {static_share(roost, 'rw')}\n"
+        f"    mountPoint: {STATIC_RW_GUEST}\n"
+        "    writable: true\n"
+        f"  - location: {static_share(roost, 'ro')}\n"
+        f"    mountPoint: {STATIC_RO_GUEST}\n"
     )
+    (static_share(roost, "ro") / "hello.txt").write_text("static hello\n")
     roost.run("create", name, "--config", str(config), "--cpus", "2", "--memory", "1GiB",
               "--disk", "4GiB")
     roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
