@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from roost_guest import __version__, mounts, ports, protocol, tunnel
+from roost_guest import __version__, execute, mounts, ports, protocol, tunnel, worker
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
@@ -183,7 +183,10 @@ class Connection:
 
 
 class Agent:
-    def __init__(self) -> None:
+    def __init__(self, opts: Optional[Options] = None) -> None:
+        self.opts = opts or Options()
+        self.worker = worker.WorkerStatus(self.opts.busy_threshold, self.opts.sample_secs,
+                                          self.worker_changed)
         self.handlers: Dict[str, Handler] = {
             "ping": lambda conn, req: {"pong": True},
             "info": lambda conn, req: self.info(),
@@ -191,6 +194,8 @@ class Agent:
             "listen": self.listen,
             "mount": self.mount,
             "umount": self.umount,
+            "status": lambda conn, req: self.worker_status(),
+            "exec": self.execute,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
@@ -217,7 +222,8 @@ class Agent:
             if conn not in self._subscribers:
                 self._subscribers.append(conn)
         self.ports.start()
-        return {"ports": ports.as_dicts(self.ports.current())}
+        self.worker.start()
+        return {"ports": ports.as_dicts(self.ports.current()), "worker": self.worker.snapshot()}
 
     def listen(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         path = req.get("path")
@@ -274,6 +280,37 @@ class Agent:
                 proc.wait()
         return result
 
+    def worker_status(self) -> Dict[str, Any]:
+        self.worker.start()
+        return self.worker.snapshot()
+
+    def worker_changed(self, status: Dict[str, Any]) -> None:
+        self.broadcast({"event": "worker", **status})
+
+    def execute(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        if not self.opts.allow_exec:
+            raise RequestError("exec is disabled in this guest (guestAgent.allowExec: false)")
+        exec_id = req.get("exec")
+
+        def emit(name: str, data: bytes) -> None:
+            conn.send({"event": "exec-output", "exec": exec_id, "fd": name,
+                       "data": execute.encode_chunk(data)})
+
+        try:
+            return execute.run(req.get("argv") or [], float(req.get("seconds") or 0), emit,
+                               self.opts.audit_log)
+        except execute.ExecError as e:
+            raise RequestError(str(e)) from None
+
+    def broadcast(self, event: Dict[str, Any]) -> None:
+        with self._sub_lock:
+            subscribers = list(self._subscribers)
+        for conn in subscribers:
+            try:
+                conn.send(event)
+            except OSError:
+                self.unsubscribe(conn)
+
     def unsubscribe(self, conn: Connection) -> None:
         with self._sub_lock:
             if conn in self._subscribers:
@@ -307,7 +344,7 @@ class Agent:
             # Connecting may take a while; never hold up the channel.
             threading.Thread(target=self.open_tunnel, args=(conn, req), daemon=True).start()
             return
-        if kind in ("mount", "umount"):
+        if kind in ("mount", "umount", "exec"):
             handler = self.handlers[kind]
             threading.Thread(target=self.reply, args=(conn, req, handler), daemon=True).start()
             return
@@ -523,7 +560,11 @@ def vsock_listener(port: int) -> Optional[socket.socket]:
 USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N]
   --port DEVICE    serve the virtio-serial port DEVICE
   --unix PATH      listen on a Unix socket at PATH
-  --vsock-port N   listen on vsock port N (0: off)"""
+  --vsock-port N   listen on vsock port N (0: off)
+  --allow-exec     serve the dev-only exec request (audited)
+  --audit-log PATH where exec runs are logged (default /var/log/roost/exec.log)
+  --busy-threshold X, --sample-secs S
+                   busy while more than X tasks are runnable, sampled every S"""
 
 
 class Options:
@@ -531,6 +572,10 @@ class Options:
         self.port = ""
         self.unix = ""
         self.vsock_port = 0
+        self.allow_exec = False
+        self.busy_threshold = 0.5
+        self.sample_secs = 1.0
+        self.audit_log = execute.AUDIT_LOG
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -542,19 +587,34 @@ def parse_args(argv: List[str]) -> Options:
         if flag in ("-h", "--help"):
             print(USAGE)
             sys.exit(0)
+        if flag == "--allow-exec":
+            opts.allow_exec = True
+            continue
         name, eq, value = flag.partition("=")
-        if name not in ("--port", "--unix", "--vsock-port"):
+        if name not in ("--port", "--unix", "--vsock-port", "--busy-threshold",
+                        "--sample-secs", "--audit-log"):
             sys.exit("roost-guestagent: unknown option %r\n%s" % (flag, USAGE))
         if not eq:
             if not args:
                 sys.exit("roost-guestagent: %s needs a value" % name)
             value = args.pop(0)
-        if name == "--vsock-port":
+        if name in ("--busy-threshold", "--sample-secs"):
+            try:
+                number = float(value)
+            except ValueError:
+                sys.exit("roost-guestagent: %s needs a number, got %r" % (name, value))
+            if name == "--sample-secs":
+                opts.sample_secs = max(number, 0.1)
+            else:
+                opts.busy_threshold = number
+        elif name == "--vsock-port":
             if not value.isdigit():
                 sys.exit("roost-guestagent: --vsock-port needs a number, got %r" % value)
             opts.vsock_port = int(value)
         elif name == "--port":
             opts.port = value
+        elif name == "--audit-log":
+            opts.audit_log = value
         else:
             opts.unix = value
     return opts
@@ -562,7 +622,7 @@ def parse_args(argv: List[str]) -> Options:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    agent = Agent()
+    agent = Agent(args)
     threads = []
     if args.unix:
         sock = unix_listener(args.unix)

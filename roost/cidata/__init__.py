@@ -35,6 +35,9 @@ class GuestIdentity:
     gateway: str = "192.168.5.2"
     dns: str = "192.168.5.3"
     provision: list[tuple[str, str]] = field(default_factory=list)  # (mode, script)
+    allow_exec: bool = False
+    busy_threshold: float = 0.5
+    sample_secs: float = 1.0
 
 
 DROPBEAR_HOST_KEY = "dropbear_ed25519_host_key"
@@ -81,6 +84,9 @@ def _env_file(ident: GuestIdentity) -> str:
         "ROOST_GUEST_ADDR": ident.guest_addr,
         "ROOST_GATEWAY": ident.gateway,
         "ROOST_DNS": ident.dns,
+        "ROOST_ALLOW_EXEC": "1" if ident.allow_exec else "0",
+        "ROOST_BUSY_THRESHOLD": f"{ident.busy_threshold:g}",
+        "ROOST_SAMPLE_SECS": f"{ident.sample_secs:g}",
     }
     return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())
 

@@ -170,6 +170,13 @@ class GuestAgent(_Model):
     allow_exec: bool = False
 
 
+class Worker(_Model):
+    """Idle/busy: busy while more than busyThreshold tasks are runnable."""
+
+    busy_threshold: Annotated[float, Field(ge=0)] = 0.5
+    sample_secs: Annotated[float, Field(ge=0.1, le=3600)] = 1.0
+
+
 class Config(_Model):
     cpus: Annotated[int, Field(ge=1, le=255)] = 2
     memory: Size = 2 * 1024**3
@@ -181,6 +188,7 @@ class Config(_Model):
     port_forwards: list[PortForward] = Field(default_factory=list)
     provision: list[Provision] = Field(default_factory=list)
     guest_agent: GuestAgent = Field(default_factory=GuestAgent)
+    worker: Worker = Field(default_factory=Worker)
 
     @field_validator("memory")
     @classmethod

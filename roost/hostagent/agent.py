@@ -137,6 +137,9 @@ class HostAgent:
             instance_id=self.instance_id, hostname=inst.name, user=user, uid=uid,
             authorized_keys=[user_pub], host_private_key=host_priv,
             provision=[(p.mode, p.script) for p in self.config.provision],
+            allow_exec=self.config.guest_agent.allow_exec,
+            busy_threshold=self.config.worker.busy_threshold,
+            sample_secs=self.config.worker.sample_secs,
         )
         if not self.attach_pid:  # the running guest has the ISO attached
             write_iso(inst.cidata, files_for(ident))

@@ -10,6 +10,7 @@ resets every stream.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import itertools
 import logging
@@ -171,6 +172,7 @@ class GuestAgentClient:
         self._streams: dict[int, TunnelStream] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue()
+        self._exec_output: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self.closed = asyncio.Event()
 
     @property
@@ -246,6 +248,10 @@ class GuestAgentClient:
                 stream = TunnelStream(self, stream_id)
                 self._streams[stream_id] = stream
                 self._accepted.put_nowait((obj, stream))
+        elif obj.get("event") == "exec-output":
+            queue = self._exec_output.get(str(obj.get("exec")))
+            if queue is not None:
+                queue.put_nowait(obj)
         elif "event" in obj:
             self._events.put_nowait(obj)
         else:
@@ -298,6 +304,32 @@ class GuestAgentClient:
             stream.closed = True
             raise
         return stream
+
+    async def execute(self, argv: list[str], timeout: float
+                      ) -> AsyncIterator[tuple[str, bytes | int]]:
+        """Run argv in the guest: ("stdout"|"stderr", chunk)..., then ("exit", code)."""
+        exec_id = secrets.token_hex(8)
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._exec_output[exec_id] = queue
+        done = asyncio.ensure_future(self.request(
+            "exec", timeout=(timeout or 86400) + 30, argv=argv, seconds=timeout, exec=exec_id))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    event = getter.result()
+                    yield str(event.get("fd")), base64.b64decode(str(event.get("data", "")))
+                    continue
+                getter.cancel()
+                while not queue.empty():  # output that came before the reply
+                    event = queue.get_nowait()
+                    yield str(event.get("fd")), base64.b64decode(str(event.get("data", "")))
+                yield "exit", int(done.result().get("exitCode", 1))
+                return
+        finally:
+            done.cancel()
+            self._exec_output.pop(exec_id, None)
 
     async def accepted(self) -> tuple[dict[str, Any], TunnelStream]:
         """The next guest-initiated stream: its accept event and the stream."""
