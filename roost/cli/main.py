@@ -192,6 +192,44 @@ def mount_list(name: str, as_json: bool) -> None:
     mounts.listing(name, as_json)
 
 
+@cli.command("exec", context_settings={"ignore_unknown_options": True})
+@NAME
+@click.option("--timeout", type=click.FloatRange(min=0), default=0.0,
+              help="kill the command after this many seconds (0: no limit)")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def exec_(name: str, timeout: float, command: tuple[str, ...]) -> None:
+    """Run COMMAND (after --) through the guest agent, without SSH (dev only:
+    needs guestAgent.allowExec: true)."""
+    from roost.cli import guest
+
+    sys.exit(guest.execute(name, list(command), timeout))
+
+
+@cli.command()
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(name: str, as_json: bool) -> None:
+    """Whether the guest is idle or busy (runnable tasks, sampled by the guest agent)."""
+    from roost.cli import guest
+
+    guest.status(name, as_json)
+
+
+@cli.command()
+@NAME
+@click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
+@click.option("-n", "lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="lines to show first")
+@click.option("--source", type=click.Choice(["serial", "hostagent", "guestagent"]),
+              default="serial", show_default=True, help="the guest console, the host "
+              "agent's log, or the guest agent's log (over SSH)")
+def logs(name: str, follow: bool, lines: int, source: str) -> None:
+    """Show an instance's logs."""
+    from roost.cli import guest
+
+    sys.exit(guest.logs(name, source, lines, follow))
+
+
 @cli.command(hidden=True)
 @click.argument("name")
 def hostagent(name: str) -> None:

@@ -19,6 +19,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 from roost import __version__
@@ -28,7 +29,7 @@ from roost.driver.base import Driver
 from roost.driver.qemu import QemuDriver, find_qemu
 from roost.driver.qemu.accel import detect_accel
 from roost.driver.qemu.cmdline import BootSpec, QemuSpec
-from roost.errors import RoostError
+from roost.errors import RoostError, UsageError
 from roost.hostagent import banner
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.events import EventEmitter, rfc3339_now
@@ -210,7 +211,7 @@ class HostAgent:
 
         from roost.hostagent.api import ApiServer
 
-        api = ApiServer(self.info, self.events.snapshot, self.mounts)
+        api = ApiServer(self.info, self.events.snapshot, self.mounts, self)
         await api.start(inst.ha_sock)
         self.cleanups.push("close ha.sock", lambda: api.close(inst.ha_sock))
 
@@ -417,6 +418,28 @@ class HostAgent:
             if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
                 await self._ssh_port_poll(forwarder)
             await asyncio.sleep(0.2)
+
+    # -- guest services for the API --------------------------------------------
+
+    async def guest_status(self) -> dict[str, Any]:
+        try:
+            client = await self._open_guest_agent()
+            return await client.request("status")
+        except GuestAgentError as e:
+            raise HostAgentError(f"the guest agent does not answer: {e}") from None
+
+    async def execute(self, argv: list[str], timeout: float
+                      ) -> AsyncIterator[tuple[str, bytes | int]]:
+        if not self.config.guest_agent.allow_exec:
+            raise UsageError(
+                f"exec is disabled for {self.inst.name}: it is a dev-only door into the "
+                "guest; set guestAgent.allowExec: true in roost.yaml and restart to enable it")
+        try:
+            client = await self._open_guest_agent()
+            async for item in client.execute(argv, timeout):
+                yield item
+        except GuestAgentError as e:
+            raise HostAgentError(str(e)) from None
 
     async def _guest_stream(self, event: dict[str, Any], stream: Any) -> None:
         """Guest-initiated streams other than reverse forwards: reverse sshfs."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,19 +27,75 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+class Guest(Protocol):
+    """What the API asks of the guest agent session."""
+
+    async def guest_status(self) -> dict[str, Any]: ...
+
+    def execute(self, argv: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes | int]]:
+        ...
+
+
 class ApiServer:
     def __init__(self, info: Callable[[], dict[str, Any]],
-                 status: Callable[[], dict[str, Any]], mounts: Mounts) -> None:
+                 status: Callable[[], dict[str, Any]], mounts: Mounts, guest: Guest) -> None:
         self._info = info
         self._status = status
         self._mounts = mounts
+        self._guest = guest
         self.app = web.Application()
         self.app.router.add_get("/v1/info", self._get_info)
         self.app.router.add_get("/v1/status", self._get_status)
         self.app.router.add_get("/v1/mounts", self._get_mounts)
         self.app.router.add_post("/v1/mounts", self._post_mount)
         self.app.router.add_delete("/v1/mounts", self._delete_mount)
+        self.app.router.add_get("/v1/guest/status", self._get_guest_status)
+        self.app.router.add_post("/v1/exec", self._post_exec)
         self._runner: web.AppRunner | None = None
+
+    async def _get_guest_status(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self._guest.guest_status())
+        except RoostError as e:
+            return _error(503, str(e))
+
+    async def _post_exec(self, request: web.Request) -> web.StreamResponse:
+        """Streams JSON lines: {"stdout"|"stderr": base64}..., then {"exitCode": n}."""
+        try:
+            body = await request.json()
+            argv = [str(a) for a in body["argv"]]
+            timeout = float(body.get("timeout") or 0)
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected JSON with argv (a list) and timeout")
+        chunks = self._guest.execute(argv, timeout)
+        try:
+            first = await anext(chunks)
+        except StopAsyncIteration:
+            return _error(500, "exec ended without a status")
+        except UsageError as e:
+            return _error(403, str(e))
+        except RoostError as e:
+            return _error(502, str(e))
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        try:
+            item: tuple[str, bytes | int] | None = first
+            while item is not None:
+                kind, data = item
+                line: dict[str, Any]
+                if kind == "exit":
+                    line = {"exitCode": data}
+                else:
+                    assert isinstance(data, bytes)
+                    line = {kind: base64.b64encode(data).decode()}
+                await resp.write((json.dumps(line) + "\n").encode())
+                item = await anext(chunks, None)
+        except RoostError as e:
+            await resp.write((json.dumps({"error": str(e)}) + "\n").encode())
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        await resp.write_eof()
+        return resp
 
     async def _get_mounts(self, request: web.Request) -> web.Response:
         return web.json_response(self._mounts.listing())

@@ -1,0 +1,108 @@
+"""Commands served by the guest agent through the host agent: exec, status;
+and `roost logs`, which reads the instance's logs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from roost.cli import haclient
+from roost.errors import RoostError, UsageError
+from roost.store.instance import Instance, Status
+
+GUEST_AGENT_LOG = "/run/roost/guestagent.log"
+
+
+def _running(name: str) -> Instance:
+    inst = Instance.at(name).require()
+    status = inst.status()
+    if status != Status.RUNNING:
+        raise RoostError(f"instance {name!r} is {status.value.lower()}, not running; "
+                         f"`roost start {name}` first")
+    return inst
+
+
+def execute(name: str, argv: list[str], timeout: float) -> int:
+    inst = _running(name)
+    if not argv:
+        raise UsageError("give the command after --, e.g. roost exec NAME -- uname -a")
+    code = 1
+    for line in haclient.stream_lines(inst.ha_sock, "POST", "/v1/exec",
+                                      {"argv": argv, "timeout": timeout}, timeout=None):
+        if "stdout" in line:
+            sys.stdout.buffer.write(base64.b64decode(line["stdout"]))
+            sys.stdout.flush()
+        elif "stderr" in line:
+            sys.stderr.buffer.write(base64.b64decode(line["stderr"]))
+            sys.stderr.flush()
+        elif "exitCode" in line:
+            code = int(line["exitCode"])
+        elif "error" in line:
+            raise RoostError(str(line["error"]))
+    return code
+
+
+def status(name: str, as_json: bool) -> None:
+    inst = _running(name)
+    worker = haclient.request(inst.ha_sock, "GET", "/v1/guest/status")
+    if as_json:
+        click.echo(json.dumps(worker, indent=2))
+        return
+    last = worker.get("lastBusyAt")
+    ago = f"{time.time() - last:.0f}s ago" if last else "never"
+    click.echo(f"{name}: {worker['state']} (runnable {worker['runnable']:g}, "
+               f"load {' '.join(f'{x:.2f}' for x in worker['loadavg'])}; last busy {ago})")
+
+
+def _tail(path: Path, lines: int) -> int:
+    """Print the last `lines` lines; return the offset reached."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return 0
+    text = data.decode(errors="replace").splitlines(keepends=True)
+    sys.stdout.write("".join(text[-lines:]) if lines > 0 else "")
+    sys.stdout.flush()
+    return len(data)
+
+
+def _follow(path: Path, offset: int) -> None:
+    while True:
+        try:
+            with open(path, "rb") as f:
+                size = f.seek(0, 2)
+                if size < offset:  # truncated: a new boot rewrote it
+                    offset = 0
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            sys.stdout.write(data.decode(errors="replace"))
+            sys.stdout.flush()
+        time.sleep(0.2)
+
+
+def logs(name: str, source: str, lines: int, follow: bool) -> int:
+    inst = Instance.at(name).require()
+    if source == "guestagent":
+        from roost.sshutil.config import ssh_argv
+
+        _running(name)
+        cmd = ["tail", "-n", str(lines), *(["-f"] if follow else []), GUEST_AGENT_LOG]
+        return subprocess.call(ssh_argv(inst, cmd))
+    path = inst.serial_log if source == "serial" else inst.ha_stderr
+    offset = _tail(path, lines)
+    if follow:
+        try:
+            _follow(path, offset)
+        except KeyboardInterrupt:
+            return 0
+    return 0
