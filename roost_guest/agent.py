@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from roost_guest import __version__, execute, mounts, ports, protocol, tunnel, worker
+from roost_guest import __version__, execute, health, mounts, ports, protocol, tunnel, worker
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
@@ -187,6 +187,8 @@ class Agent:
         self.opts = opts or Options()
         self.worker = worker.WorkerStatus(self.opts.busy_threshold, self.opts.sample_secs,
                                           self.worker_changed)
+        self.health = health.HealthMonitor(self.broadcast, self.opts.integrations_dir,
+                                           self.opts.probes_dir)
         self.handlers: Dict[str, Handler] = {
             "ping": lambda conn, req: {"pong": True},
             "info": lambda conn, req: self.info(),
@@ -195,6 +197,8 @@ class Agent:
             "mount": self.mount,
             "umount": self.umount,
             "status": lambda conn, req: self.worker_status(),
+            "health": lambda conn, req: self.health.health(),
+            "probes": lambda conn, req: self.health.probe_results(),
             "exec": self.execute,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
@@ -563,6 +567,8 @@ USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N
   --vsock-port N   listen on vsock port N (0: off)
   --allow-exec     serve the dev-only exec request (audited)
   --audit-log PATH where exec runs are logged (default /var/log/roost/exec.log)
+  --integrations-dir DIR, --probes-dir DIR
+                   health check and probe definitions (/etc/roost/*.d)
   --busy-threshold X, --sample-secs S
                    busy while more than X tasks are runnable, sampled every S"""
 
@@ -576,6 +582,8 @@ class Options:
         self.busy_threshold = 0.5
         self.sample_secs = 1.0
         self.audit_log = execute.AUDIT_LOG
+        self.integrations_dir = health.INTEGRATIONS_DIR
+        self.probes_dir = health.PROBES_DIR
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -592,7 +600,8 @@ def parse_args(argv: List[str]) -> Options:
             continue
         name, eq, value = flag.partition("=")
         if name not in ("--port", "--unix", "--vsock-port", "--busy-threshold",
-                        "--sample-secs", "--audit-log"):
+                        "--sample-secs", "--audit-log", "--integrations-dir",
+                        "--probes-dir"):
             sys.exit("roost-guestagent: unknown option %r\n%s" % (flag, USAGE))
         if not eq:
             if not args:
@@ -615,6 +624,10 @@ def parse_args(argv: List[str]) -> Options:
             opts.port = value
         elif name == "--audit-log":
             opts.audit_log = value
+        elif name == "--integrations-dir":
+            opts.integrations_dir = value
+        elif name == "--probes-dir":
+            opts.probes_dir = value
         else:
             opts.unix = value
     return opts
@@ -623,6 +636,7 @@ def parse_args(argv: List[str]) -> Options:
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     agent = Agent(args)
+    agent.health.start()  # rescans its directories; runs nothing until files appear
     threads = []
     if args.unix:
         sock = unix_listener(args.unix)

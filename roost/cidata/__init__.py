@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import json
 import marshal
 import shlex
 import sys
@@ -36,6 +37,7 @@ class GuestIdentity:
     dns: str = "192.168.5.3"
     provision: list[tuple[str, str]] = field(default_factory=list)  # (mode, script)
     allow_exec: bool = False
+    health_checks: list[dict[str, object]] = field(default_factory=list)
     busy_threshold: float = 0.5
     sample_secs: float = 1.0
 
@@ -127,6 +129,8 @@ def files_for(ident: GuestIdentity) -> dict[str, bytes]:
         DROPBEAR_HOST_KEY: dropbear_ed25519_key(ident.host_private_key),
         GUEST_AGENT_FILE: guest_agent_zipapp(),
     }
+    for check in ident.health_checks:
+        files[f"integrations.d/{check['name']}.json"] = json.dumps(check).encode()
     for i, (mode, script) in enumerate(ident.provision):
         files[f"provision.d/{i:02d}-{mode}.sh"] = script.encode()
     return files

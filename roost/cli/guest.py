@@ -106,3 +106,33 @@ def logs(name: str, source: str, lines: int, follow: bool) -> int:
         except KeyboardInterrupt:
             return 0
     return 0
+
+
+def health(name: str, as_json: bool) -> None:
+    inst = _running(name)
+    result = haclient.request(inst.ha_sock, "GET", "/v1/guest/health")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    if not result["checks"] and not result["errors"]:
+        click.echo(f"{name}: no health checks (roost.yaml healthChecks, or "
+                   "/etc/roost/integrations.d/*.json in the guest)")
+    for check in result["checks"]:
+        detail = f"  {check['detail']}" if check["detail"] else ""
+        click.echo(f"{check['name']:<20} {check['status']:<9}{detail}")
+    for err in result["errors"]:
+        click.echo(f"bad file {err['file']}: {err['error']}", err=True)
+
+
+def probes(name: str, as_json: bool) -> None:
+    inst = _running(name)
+    result = haclient.request(inst.ha_sock, "GET", "/v1/guest/probes")
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for probe in result["probes"]:
+        state = {True: "ok", False: "failed", None: "pending"}[probe.get("ok")]
+        extra = probe.get("error") or json.dumps(probe.get("output", ""))
+        click.echo(f"{probe['name']:<20} {state:<8} {extra}")
+    for err in result["errors"]:
+        click.echo(f"bad file {err['file']}: {err['error']}", err=True)

@@ -44,6 +44,7 @@ def describe(inst: Instance) -> dict[str, Any]:
         "sshLocalPort": runtime.get("sshLocalPort"),
         "accel": runtime.get("accel"),
         "portForwards": runtime.get("portForwards", []) if inst.hostagent_alive() else [],
+        "health": runtime.get("health", "-") if inst.hostagent_alive() else "-",
         "hostagentPid": runtime.get("hostagentPid") if inst.hostagent_alive() else None,
         "qemuPid": inst.qemu_pid_alive(),
     }
@@ -54,10 +55,10 @@ def ls(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    header = ("NAME", "STATUS", "SSH", "CPUS", "MEMORY", "DISK", "DIR")
+    header = ("NAME", "STATUS", "HEALTH", "SSH", "CPUS", "MEMORY", "DISK", "DIR")
     table = [header] + [
         (
-            r["name"], r["status"],
+            r["name"], r["status"], r["health"],
             f"127.0.0.1:{r['sshLocalPort']}" if r["sshLocalPort"] else "-",
             str(r["cpus"] or "-"),
             format_size(r["memory"]) if r["memory"] else "-",

@@ -217,6 +217,26 @@ def status(name: str, as_json: bool) -> None:
 
 @cli.command()
 @NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def health(name: str, as_json: bool) -> None:
+    """Health checks of the services in the guest."""
+    from roost.cli import guest
+
+    guest.health(name, as_json)
+
+
+@cli.command()
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def probes(name: str, as_json: bool) -> None:
+    """Latest results of the guest's probes (/etc/roost/probes.d)."""
+    from roost.cli import guest
+
+    guest.probes(name, as_json)
+
+
+@cli.command()
+@NAME
 @click.option("-f", "--follow", is_flag=True, help="keep printing new lines")
 @click.option("-n", "lines", type=click.IntRange(min=0), default=50, show_default=True,
               help="lines to show first")

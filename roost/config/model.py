@@ -170,6 +170,21 @@ class GuestAgent(_Model):
     allow_exec: bool = False
 
 
+class HealthCheck(_Model):
+    """Written to the guest's /etc/roost/integrations.d/NAME.json at boot."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
+    health_cmd: str | list[str]
+    health_interval_secs: Annotated[float, Field(ge=0.2)] = 10.0
+    health_timeout_secs: Annotated[float, Field(gt=0)] = 5.0
+    startup_grace_secs: Annotated[float, Field(ge=0)] = 0.0
+    checkpoint_cmd: str | list[str] | None = None
+    restore_cmd: str | list[str] | None = None
+
+    def guest_json(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump(by_alias=False).items() if v is not None}
+
+
 class Worker(_Model):
     """Idle/busy: busy while more than busyThreshold tasks are runnable."""
 
@@ -189,6 +204,16 @@ class Config(_Model):
     provision: list[Provision] = Field(default_factory=list)
     guest_agent: GuestAgent = Field(default_factory=GuestAgent)
     worker: Worker = Field(default_factory=Worker)
+    health_checks: list[HealthCheck] = Field(default_factory=list)
+
+    @field_validator("health_checks")
+    @classmethod
+    def _unique_checks(cls, v: list[HealthCheck]) -> list[HealthCheck]:
+        names = [c.name for c in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"health check names must be unique, repeated: {dupes}")
+        return v
 
     @field_validator("memory")
     @classmethod

@@ -106,6 +106,7 @@ class HostAgent:
         self.guest_agent: GuestAgentClient | None = None
         self.attach_pid: int | None = None
         self.mount_errors = False
+        self.guest_health: dict[str, Any] = {}
         self._guest_agent_lock = asyncio.Lock()
         self.results: list[Result] = []
         self.started_at = rfc3339_now()
@@ -139,6 +140,7 @@ class HostAgent:
             authorized_keys=[user_pub], host_private_key=host_priv,
             provision=[(p.mode, p.script) for p in self.config.provision],
             allow_exec=self.config.guest_agent.allow_exec,
+            health_checks=[c.guest_json() for c in self.config.health_checks],
             busy_threshold=self.config.worker.busy_threshold,
             sample_secs=self.config.worker.sample_secs,
         )
@@ -243,6 +245,7 @@ class HostAgent:
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
             "portForwards": self.port_forwards(),
+            "health": self.guest_health.get("summary", "-"),
         }) + "\n")
 
     def port_forwards(self) -> list[dict[str, Any]]:
@@ -409,7 +412,7 @@ class HostAgent:
         while True:
             try:
                 await follow_guest_agent(forwarder, self._open_guest_agent, reverse,
-                                         self._guest_stream)
+                                         self._guest_stream, self._guest_event)
                 unreachable_since = time.monotonic()
                 log.info("guest agent session ended; reconnecting")
             except (GuestAgentError, OSError) as e:
@@ -422,11 +425,7 @@ class HostAgent:
     # -- guest services for the API --------------------------------------------
 
     async def guest_status(self) -> dict[str, Any]:
-        try:
-            client = await self._open_guest_agent()
-            return await client.request("status")
-        except GuestAgentError as e:
-            raise HostAgentError(f"the guest agent does not answer: {e}") from None
+        return await self.guest_request("status")
 
     async def execute(self, argv: list[str], timeout: float
                       ) -> AsyncIterator[tuple[str, bytes | int]]:
@@ -440,6 +439,30 @@ class HostAgent:
                 yield item
         except GuestAgentError as e:
             raise HostAgentError(str(e)) from None
+
+    def _guest_event(self, event: dict[str, Any]) -> None:
+        """Health and worker changes, pushed by the guest agent, into our events."""
+        kind = event.get("event")
+        body = {k: v for k, v in event.items() if k != "event"}
+        if kind == "health":
+            self.guest_health = body
+            self.events.emit(guestHealth={"summary": body.get("summary", "-"),
+                                          "checks": body.get("checks", [])})
+        elif kind == "worker":
+            self.events.emit(worker={"state": body.get("state"),
+                                     "lastBusyAt": body.get("lastBusyAt")})
+        elif kind == "probes":
+            self.events.emit_transient(probes=body.get("probes", []))
+        else:
+            return
+        self._write_runtime()
+
+    async def guest_request(self, kind: str) -> dict[str, Any]:
+        try:
+            client = await self._open_guest_agent()
+            return await client.request(kind)
+        except GuestAgentError as e:
+            raise HostAgentError(f"the guest agent does not answer: {e}") from None
 
     async def _guest_stream(self, event: dict[str, Any], stream: Any) -> None:
         """Guest-initiated streams other than reverse forwards: reverse sshfs."""

@@ -32,6 +32,8 @@ class Guest(Protocol):
 
     async def guest_status(self) -> dict[str, Any]: ...
 
+    async def guest_request(self, kind: str) -> dict[str, Any]: ...
+
     def execute(self, argv: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes | int]]:
         ...
 
@@ -50,12 +52,26 @@ class ApiServer:
         self.app.router.add_post("/v1/mounts", self._post_mount)
         self.app.router.add_delete("/v1/mounts", self._delete_mount)
         self.app.router.add_get("/v1/guest/status", self._get_guest_status)
+        self.app.router.add_get("/v1/guest/health", self._get_guest_health)
+        self.app.router.add_get("/v1/guest/probes", self._get_guest_probes)
         self.app.router.add_post("/v1/exec", self._post_exec)
         self._runner: web.AppRunner | None = None
 
     async def _get_guest_status(self, request: web.Request) -> web.Response:
         try:
             return web.json_response(await self._guest.guest_status())
+        except RoostError as e:
+            return _error(503, str(e))
+
+    async def _get_guest_health(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self._guest.guest_request("health"))
+        except RoostError as e:
+            return _error(503, str(e))
+
+    async def _get_guest_probes(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self._guest.guest_request("probes"))
         except RoostError as e:
             return _error(503, str(e))
 

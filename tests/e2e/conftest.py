@@ -111,6 +111,7 @@ REMAP_GUEST_PORT, REMAP_HOST_PORT = 18081, 28081
 IGNORED_GUEST_PORT = 18082
 GUEST_ECHO_SOCKET = "/tmp/roost-e2e-echo.sock"
 GUEST_REVERSE_SOCKET = "/run/roost-e2e/host-service.sock"
+HEALTH_FLAG = "/tmp/roost-e2e-healthy"
 # Static mounts of the shared VM (virtiofs, the default here).
 STATIC_RW_GUEST, STATIC_RO_GUEST = "/mnt/static-rw", "/mnt/static-ro"
 
@@ -145,6 +146,15 @@ def vm(roost: Roost) -> str:
         f"  - guestSocket: {GUEST_REVERSE_SOCKET}\n"
         f"    hostSocket: {host_reverse_socket(roost)}\n"
         "    reverse: true\n"
+        "healthChecks:\n"
+        "  - name: web\n"
+        f"    healthCmd: test -e {HEALTH_FLAG}\n"
+        "    healthIntervalSecs: 1\n"
+        "    startupGraceSecs: 600\n"
+        "  - name: stuck\n"
+        "    healthCmd: [sleep, '30']\n"
+        "    healthIntervalSecs: 5\n"
+        "    healthTimeoutSecs: 0.5\n"
         "guestAgent:\n"
         "  allowExec: true\n"
         "worker:\n"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
-from tests.e2e.conftest import START_TIMEOUT, Roost
+from tests.e2e.conftest import HEALTH_FLAG, START_TIMEOUT, Roost
 
 
 def test_exec_output_exit_code_and_audit(roost: Roost, vm: str) -> None:
@@ -61,3 +62,59 @@ def test_logs_sources(roost: Roost, vm: str) -> None:
     agent = roost.run("logs", vm, "--source", "guestagent").stdout
     assert "roost-guestagent: serving" in agent
     roost.run("logs", vm, "--source", "serial")
+
+
+def health(roost: Roost, vm: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(roost.run("health", vm, "--json").stdout)
+    return data
+
+
+def check(roost: Roost, vm: str, name: str) -> dict[str, Any]:
+    return next(c for c in health(roost, vm)["checks"] if c["name"] == name)
+
+
+def test_health_checks_grace_timeout_and_bad_file(roost: Roost, vm: str) -> None:
+    deadline = time.monotonic() + 30
+    while check(roost, vm, "web")["detail"] == "":
+        assert time.monotonic() < deadline, "the web check never ran"
+        time.sleep(0.3)
+    assert check(roost, vm, "web")["status"] == "starting"  # failing within its grace
+    roost.run("shell", vm, "--", "touch", HEALTH_FLAG)
+    while check(roost, vm, "web")["status"] != "healthy":
+        assert time.monotonic() < deadline, "web never became healthy"
+        time.sleep(0.3)
+    while check(roost, vm, "stuck")["status"] != "error":
+        assert time.monotonic() < deadline, "the stuck check never failed"
+        time.sleep(0.3)
+    assert "timed out after 0.5s (killed)" in check(roost, vm, "stuck")["detail"]
+    assert "sleep 30" not in roost.run("shell", vm, "--", "ps").stdout  # killed, not left
+    roost.run("shell", vm, "--", "sh", "-c",
+              "echo '{oops' > /etc/roost/integrations.d/broken.json")
+    while not health(roost, vm)["errors"]:
+        assert time.monotonic() < deadline, "the bad file was not reported"
+        time.sleep(0.3)
+    assert health(roost, vm)["errors"][0]["file"].endswith("broken.json")
+    assert check(roost, vm, "web")["status"] == "healthy"  # a bad file is not fatal
+    roost.run("shell", vm, "--", "rm", "/etc/roost/integrations.d/broken.json")
+    # Pushed to the host: the host agent's events and `roost ls` know.
+    assert roost.ls()[vm]["health"] == "error"
+    table = roost.run("ls").stdout
+    assert "HEALTH" in table
+    events = (roost.home / vm / "ha.stdout.log").read_text()
+    assert '"guestHealth"' in events and '"healthy"' in events
+
+
+def test_probe_with_json_output(roost: Roost, vm: str) -> None:
+    spec = json.dumps({"name": "free", "cmd": "echo '{\"ok\": true, \"n\": 3}'",
+                       "interval_secs": 1, "output_format": "json"})
+    roost.run("shell", vm, "--", "sh", "-c", "cat > /etc/roost/probes.d/free.json", input=spec)
+    deadline = time.monotonic() + 30
+    while True:
+        result = json.loads(roost.run("probes", vm, "--json").stdout)
+        probes = {p["name"]: p for p in result["probes"]}
+        if probes.get("free", {}).get("ok"):
+            break
+        assert time.monotonic() < deadline, f"probe never succeeded: {result}"
+        time.sleep(0.3)
+    assert probes["free"]["output"] == {"ok": True, "n": 3}
+    roost.run("shell", vm, "--", "rm", "/etc/roost/probes.d/free.json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -335,3 +337,66 @@ async def test_worker_status_turns_busy_and_idle(exec_client: GuestAgentClient) 
         assert time.monotonic() < deadline, "never idle again"
         await asyncio.sleep(0.1)
     assert status["lastBusyAt"] is not None
+
+
+async def test_health_checks_and_probes(tmp_path: Path) -> None:
+    integrations, probes = tmp_path / "integrations.d", tmp_path / "probes.d"
+    integrations.mkdir()
+    probes.mkdir()
+    flag = tmp_path / "ready"
+    (integrations / "web.json").write_text(json.dumps({
+        "name": "web", "health_cmd": f"test -e {flag}", "health_interval_secs": 0.2,
+        "health_timeout_secs": 2, "startup_grace_secs": 30}))
+    (integrations / "slow.json").write_text(json.dumps({
+        "name": "slow", "health_cmd": ["sleep", "30"], "health_interval_secs": 0.2,
+        "health_timeout_secs": 0.3}))
+    (integrations / "bad.json").write_text("{not json")
+    (probes / "disk.json").write_text(json.dumps({
+        "name": "disk", "cmd": "echo '{\"free\": 42}'", "interval_secs": 0.2,
+        "output_format": "json"}))
+    path = str(tmp_path / "ga.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "roost_guest", "--unix", path,
+                             "--integrations-dir", str(integrations),
+                             "--probes-dir", str(probes)])
+    try:
+        while not os.path.exists(path):
+            await asyncio.sleep(0.02)
+        c = GuestAgentClient(UnixDialer(path))
+        await c.connect()
+        await c.request("events")
+
+        async def check(name: str) -> dict[str, Any]:
+            result = await c.request("health")
+            return next(x for x in result["checks"] if x["name"] == name)
+
+        deadline = time.monotonic() + 10
+        while (await check("web"))["detail"] == "":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert (await check("web"))["status"] == "starting"  # failing, within grace
+        flag.touch()
+        while (await check("web"))["status"] != "healthy":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        while (await check("slow"))["status"] != "error":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        assert "timed out after 0.3s" in (await check("slow"))["detail"]
+        health = await c.request("health")
+        assert health["errors"][0]["file"].endswith("bad.json")
+        assert health["summary"] == "error"
+        result = await c.request("probes")
+        while not result["probes"][0].get("ok"):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+            result = await c.request("probes")
+        assert result["probes"][0]["output"] == {"free": 42}
+        # Changes were pushed as events, not only polled.
+        kinds = set()
+        while not c._events.empty():
+            kinds.add(c._events.get_nowait()["event"])  # type: ignore[index]
+        assert "health" in kinds
+        await c.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)

@@ -180,12 +180,16 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
 
 async def follow_guest_agent(forwarder: PortForwarder, opener: Opener,
                              reverse: dict[str, str] | None = None,
-                             other: AcceptHandler | None = None) -> None:
-    """Subscribe to port events until the session ends (then return)."""
+                             other: AcceptHandler | None = None,
+                             on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Subscribe to the guest agent's events until the session ends (then
+    return): ports drive the forwards, the rest goes to `on_event`."""
     client = await opener()
     result = await client.request("events")
     forwarder.fallback = None
     await forwarder.sync(listeners_from_event(result.get("ports", [])))
+    if on_event is not None and "worker" in result:
+        on_event({"event": "worker", **result["worker"]})
     reverse_task = asyncio.ensure_future(
         serve_reverse(client, reverse or {}, forwarder.emit, other))
     try:
@@ -193,6 +197,8 @@ async def follow_guest_agent(forwarder: PortForwarder, opener: Opener,
             if event.get("event") == "ports":
                 await forwarder.change(listeners_from_event(event.get("added", [])),
                                        listeners_from_event(event.get("removed", [])))
+            elif on_event is not None:
+                on_event(event)
     finally:
         reverse_task.cancel()
         with contextlib.suppress(BaseException):
