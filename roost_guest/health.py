@@ -75,6 +75,7 @@ class Check:
             raise ValueError("name must be a non-empty string")
         self.name = name
         self.path = path
+        self.spec = spec
         self.cmd = _command(spec, "health_cmd")
         self.interval = max(_number(spec, "health_interval_secs", 10), 0.2)
         self.timeout = max(_number(spec, "health_timeout_secs", 5), 0.1)
@@ -116,6 +117,7 @@ class Probe:
             raise ValueError("name must be a non-empty string")
         self.name = name
         self.path = path
+        self.spec = spec
         self.cmd = _command(spec, "cmd")
         self.interval = max(_number(spec, "interval_secs", 10), 0.2)
         self.timeout = max(_number(spec, "timeout_secs", 5), 0.1)
@@ -214,17 +216,20 @@ class HealthMonitor:
         self._signature = sig
         checks, check_errors = _load(self.integrations_dir, Check)
         probes, probe_errors = _load(self.probes_dir, Probe)
+        fresh: List[Any] = []
         with self._lock:
-            for old in self.checks.values():
-                old.stopped = True
-            for old_probe in self.probes.values():
-                old_probe.stopped = True
+            # An unchanged definition keeps its runner and its status.
+            for table, new in ((self.checks, checks), (self.probes, probes)):
+                for name, old in table.items():
+                    if name in new and new[name].spec == old.spec and new[name].path == old.path:
+                        new[name] = old
+                    else:
+                        old.stopped = True
+                fresh += [item for name, item in new.items() if table.get(name) is not item]
             self.checks, self.probes = checks, probes
             self.check_errors, self.probe_errors = check_errors, probe_errors
-        for check in checks.values():
-            threading.Thread(target=self._loop, args=(check,), daemon=True).start()
-        for probe in probes.values():
-            threading.Thread(target=self._loop, args=(probe,), daemon=True).start()
+        for item in fresh:
+            threading.Thread(target=self._loop, args=(item,), daemon=True).start()
         self.on_change({"event": "health", **self.health()})
 
     def _loop(self, item: Any) -> None:
