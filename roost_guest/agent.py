@@ -18,7 +18,17 @@ import sys
 import threading
 import time
 
-from roost_guest import __version__, execute, health, mounts, ports, protocol, tunnel, worker
+from roost_guest import (
+    __version__,
+    diff,
+    execute,
+    health,
+    mounts,
+    ports,
+    protocol,
+    tunnel,
+    worker,
+)
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
@@ -199,6 +209,7 @@ class Agent:
             "status": lambda conn, req: self.worker_status(),
             "health": lambda conn, req: self.health.health(),
             "probes": lambda conn, req: self.health.probe_results(),
+            "diff": self.diff,
             "exec": self.execute,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
@@ -284,6 +295,12 @@ class Agent:
                 proc.wait()
         return result
 
+    def diff(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        try:
+            return {"changes": diff.diff()}
+        except diff.DiffError as e:
+            raise RequestError(str(e)) from None
+
     def worker_status(self) -> Dict[str, Any]:
         self.worker.start()
         return self.worker.snapshot()
@@ -348,7 +365,7 @@ class Agent:
             # Connecting may take a while; never hold up the channel.
             threading.Thread(target=self.open_tunnel, args=(conn, req), daemon=True).start()
             return
-        if kind in ("mount", "umount", "exec"):
+        if kind in ("mount", "umount", "exec", "diff"):
             handler = self.handlers[kind]
             threading.Thread(target=self.reply, args=(conn, req, handler), daemon=True).start()
             return

@@ -136,3 +136,18 @@ def probes(name: str, as_json: bool) -> None:
         click.echo(f"{probe['name']:<20} {state:<8} {extra}")
     for err in result["errors"]:
         click.echo(f"bad file {err['file']}: {err['error']}", err=True)
+
+
+def show_diff(name: str, as_json: bool) -> None:
+    from roost.config.sizes import format_size
+
+    inst = _running(name)
+    result = haclient.request(inst.ha_sock, "GET", "/v1/guest/diff", timeout=120.0)
+    changes = result["changes"]
+    if as_json:
+        click.echo(json.dumps(changes, indent=2))
+        return
+    marks = {"created": "+", "modified": "~", "deleted": "-"}
+    for c in changes:
+        size = format_size(c["size"]) if c["size"] else "0B"
+        click.echo(f"{marks[c['kind']]} {c['path']}  ({size})")

@@ -215,6 +215,17 @@ def status(name: str, as_json: bool) -> None:
     guest.status(name, as_json)
 
 
+@cli.command("diff")
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def diff_(name: str, as_json: bool) -> None:
+    """What changed in the guest's file system since boot (needs readOnlyRoot: true):
+    + created, ~ modified, - deleted."""
+    from roost.cli import guest
+
+    guest.show_diff(name, as_json)
+
+
 @cli.command()
 @NAME
 @click.option("--json", "as_json", is_flag=True, help="print JSON")

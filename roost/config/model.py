@@ -205,6 +205,9 @@ class Config(_Model):
     guest_agent: GuestAgent = Field(default_factory=GuestAgent)
     worker: Worker = Field(default_factory=Worker)
     health_checks: list[HealthCheck] = Field(default_factory=list)
+    # Built-in image: the disk is a read-only lower layer, changes live in a
+    # tmpfs upper layer (gone at shutdown) that `roost diff` reports.
+    read_only_root: bool = False
 
     @field_validator("health_checks")
     @classmethod

@@ -28,7 +28,7 @@ from roost.config.loader import Config, load_config
 from roost.driver.base import Driver
 from roost.driver.qemu import QemuDriver, find_qemu
 from roost.driver.qemu.accel import detect_accel
-from roost.driver.qemu.cmdline import BootSpec, QemuSpec
+from roost.driver.qemu.cmdline import KERNEL_APPEND, BootSpec, QemuSpec
 from roost.errors import RoostError, UsageError
 from roost.hostagent import banner
 from roost.hostagent.cleanup import CleanupError, CleanupStack
@@ -154,7 +154,8 @@ class HostAgent:
             memory=self.config.memory, disk=inst.disk, cidata=inst.cidata,
             ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
             serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
-            boot=BootSpec(pinned.kernel, pinned.initrd),
+            boot=BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
+                          + (" roost.overlay=1" if self.config.read_only_root else "")),
             extra=tuple(qemu_args(static_mounts, inst.dir)),
         )
         driver = QemuDriver(spec, inst.qemu_log)
@@ -460,9 +461,14 @@ class HostAgent:
     async def guest_request(self, kind: str) -> dict[str, Any]:
         try:
             client = await self._open_guest_agent()
-            return await client.request(kind)
         except GuestAgentError as e:
             raise HostAgentError(f"the guest agent does not answer: {e}") from None
+        try:
+            return await client.request(kind, timeout=120.0)
+        except GuestAgentError as e:
+            if not client.connected:
+                raise HostAgentError(f"the guest agent does not answer: {e}") from None
+            raise UsageError(str(e)) from None  # the guest refused this request
 
     async def _guest_stream(self, event: dict[str, Any], stream: Any) -> None:
         """Guest-initiated streams other than reverse forwards: reverse sshfs."""

@@ -54,6 +54,7 @@ class ApiServer:
         self.app.router.add_get("/v1/guest/status", self._get_guest_status)
         self.app.router.add_get("/v1/guest/health", self._get_guest_health)
         self.app.router.add_get("/v1/guest/probes", self._get_guest_probes)
+        self.app.router.add_get("/v1/guest/diff", self._get_guest_diff)
         self.app.router.add_post("/v1/exec", self._post_exec)
         self._runner: web.AppRunner | None = None
 
@@ -72,6 +73,14 @@ class ApiServer:
     async def _get_guest_probes(self, request: web.Request) -> web.Response:
         try:
             return web.json_response(await self._guest.guest_request("probes"))
+        except RoostError as e:
+            return _error(503, str(e))
+
+    async def _get_guest_diff(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self._guest.guest_request("diff"))
+        except UsageError as e:
+            return _error(400, str(e))
         except RoostError as e:
             return _error(503, str(e))
 

@@ -73,7 +73,7 @@ PACKAGES = [
 # group may depend on one of an earlier group.
 BOOT_MODULE_GROUPS = [
     ["virtio_pci", "virtio_blk", "virtio_net", "virtio_console"],
-    ["ext4", "crc32c_generic", "isofs"],
+    ["ext4", "crc32c_generic", "isofs", "overlay"],
 ]
 # Everything the running guest may load: ACPI power button, shared folders,
 # overlay root, vsock, port discovery.
@@ -370,8 +370,9 @@ def _write_etc(root: Path) -> None:
     for name, text in files.items():
         (etc / name).write_text(text)
     (etc / "shadow").chmod(0o600)
-    for d in ["root", "home", "mnt", "run", "tmp", "var/log", "var/lib/roost", "etc/acpi",
-              "etc/roost", "usr/local/bin", "dev", "proc", "sys"]:
+    for d in ["root", "home", "mnt", "run", "tmp", "var/log/roost", "var/lib/roost", "etc/acpi",
+              "etc/roost/integrations.d", "etc/roost/probes.d", "usr/local/bin", "dev", "proc",
+              "sys", "mnt/roost-lower", "mnt/roost-upper", "mnt/cidata"]:
         (root / d).mkdir(parents=True, exist_ok=True)
     (root / "root").chmod(0o700)
     (root / "tmp").chmod(0o1777)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import HEALTH_FLAG, START_TIMEOUT, Roost
@@ -118,3 +119,34 @@ def test_probe_with_json_output(roost: Roost, vm: str) -> None:
         time.sleep(0.3)
     assert probes["free"]["output"] == {"ok": True, "n": 3}
     roost.run("shell", vm, "--", "rm", "/etc/roost/probes.d/free.json")
+
+
+def test_diff_of_a_read_only_root(roost: Roost, tmp_path: Path) -> None:
+    config = tmp_path / "ro.yaml"
+    config.write_text("readOnlyRoot: true\n")
+    roost.run("create", "ro", "--config", str(config), "--memory", "512MiB", "--disk", "4GiB")
+    roost.run("start", "ro", "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    try:
+        roost.run("shell", "ro", "--", "sh", "-c",
+                  "echo hello > /root/created.txt; echo more >> /etc/profile; "
+                  "rm /etc/shells; rm -rf /usr/lib/roost/acpid-gone 2>/dev/null; "
+                  "rm -rf /etc/acpi && mkdir -p /etc/acpi/PWRF && echo new > /etc/acpi/PWRF/x")
+        changes = {c["path"]: c for c in json.loads(roost.run("diff", "ro", "--json").stdout)}
+        assert changes["/root/created.txt"] == {"path": "/root/created.txt",
+                                                "kind": "created", "size": 6}
+        assert changes["/etc/profile"]["kind"] == "modified"
+        assert changes["/etc/shells"]["kind"] == "deleted"
+        # /etc/acpi was replaced: an opaque directory hides the old files.
+        assert changes["/etc/acpi/PWRF/00000080"]["kind"] == "deleted"
+        assert changes["/etc/acpi/PWRF/x"]["kind"] == "created"
+        paths = list(json.loads(roost.run("diff", "ro", "--json").stdout))
+        assert paths == sorted(paths, key=lambda c: c["path"])
+        human = roost.run("diff", "ro").stdout
+        assert "+ /root/created.txt  (6B)" in human and "- /etc/shells" in human
+    finally:
+        roost.run("delete", "--force", "ro", timeout=120)
+
+
+def test_diff_without_overlay_explains(roost: Roost, vm: str) -> None:
+    proc = roost.run("diff", vm, check=False)
+    assert proc.returncode == 2 and "readOnlyRoot: true" in proc.stderr
