@@ -210,6 +210,7 @@ class Agent:
             "health": lambda conn, req: self.health.health(),
             "probes": lambda conn, req: self.health.probe_results(),
             "diff": self.diff,
+            "set-clock": self.set_clock,
             "exec": self.execute,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
@@ -294,6 +295,18 @@ class Agent:
                 proc.kill()
                 proc.wait()
         return result
+
+    def set_clock(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """After a restore the guest's wall clock is where it was saved."""
+        value = req.get("time")
+        if not isinstance(value, (int, float)):
+            raise RequestError("set-clock needs time (seconds since the epoch)")
+        before = time.time()
+        try:
+            time.clock_settime(time.CLOCK_REALTIME, float(value))
+        except OSError as e:
+            raise RequestError("cannot set the clock: %s" % e) from None
+        return {"skew": round(float(value) - before, 3)}
 
     def diff(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         try:

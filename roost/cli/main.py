@@ -215,6 +215,54 @@ def status(name: str, as_json: bool) -> None:
     guest.status(name, as_json)
 
 
+@cli.group()
+def snapshot() -> None:
+    """qcow2 snapshots: with VM state while running, of the disk while stopped."""
+
+
+TAG = click.option("--tag", required=True, help="the snapshot's name")
+
+
+@snapshot.command("create")
+@NAME
+@TAG
+def snapshot_create(name: str, tag: str) -> None:
+    """Take a snapshot."""
+    from roost.cli import snapshot as snap
+
+    snap.create(name, tag)
+
+
+@snapshot.command("apply")
+@NAME
+@TAG
+def snapshot_apply(name: str, tag: str) -> None:
+    """Go back to a snapshot (a running VM jumps back with its memory)."""
+    from roost.cli import snapshot as snap
+
+    snap.apply(name, tag)
+
+
+@snapshot.command("delete")
+@NAME
+@TAG
+def snapshot_delete(name: str, tag: str) -> None:
+    """Delete a snapshot."""
+    from roost.cli import snapshot as snap
+
+    snap.delete(name, tag)
+
+
+@snapshot.command("list")
+@NAME
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def snapshot_list(name: str, as_json: bool) -> None:
+    """List snapshots."""
+    from roost.cli import snapshot as snap
+
+    snap.listing(name, as_json)
+
+
 @cli.command("diff")
 @NAME
 @click.option("--json", "as_json", is_flag=True, help="print JSON")

@@ -48,3 +48,17 @@ class Driver(Protocol):
 
     def guest_agent_dialer(self) -> Dialer:
         """How to open a byte stream to the guest agent."""
+
+
+@runtime_checkable
+class VMSnapshots(Protocol):
+    """Optional capability: snapshots of a running VM."""
+
+    async def snapshot_save(self, tag: str) -> str:
+        """Save as `tag`; "vm" with VM state, "disk" when only the disk could be."""
+
+    async def snapshot_load(self, tag: str) -> None:
+        """Go back to `tag` (it must hold VM state)."""
+
+    async def snapshot_delete(self, tag: str) -> None:
+        """Delete `tag`."""

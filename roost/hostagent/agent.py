@@ -25,7 +25,7 @@ from typing import Any, TextIO
 from roost import __version__
 from roost.cidata import BOOT_DONE_MARKER, GuestIdentity, files_for, write_iso
 from roost.config.loader import Config, load_config
-from roost.driver.base import Driver
+from roost.driver.base import Driver, VMSnapshots
 from roost.driver.qemu import QemuDriver, find_qemu
 from roost.driver.qemu.accel import detect_accel
 from roost.driver.qemu.cmdline import KERNEL_APPEND, BootSpec, QemuSpec
@@ -48,8 +48,10 @@ from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
 from roost.image.disk import read_pinned
 from roost.sshutil.config import guest_user, ssh_argv, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
+from roost.store import snapshots
 from roost.store.instance import Instance, write_atomic
 from roost.store.paths import config_dir
+from roost.store.snapshots import check_tag
 from roost_guest.ports import PROC_TABLES, parse_proc_table
 
 log = logging.getLogger("roost.hostagent")
@@ -424,6 +426,58 @@ class HostAgent:
             await asyncio.sleep(0.2)
 
     # -- guest services for the API --------------------------------------------
+
+    # -- snapshots of the running VM -------------------------------------------
+
+    def _vm_snapshots(self) -> VMSnapshots:
+        if not isinstance(self.driver, VMSnapshots):
+            raise UsageError("this instance's driver cannot snapshot a running VM; stop it first")
+        return self.driver
+
+    async def snapshot_create(self, tag: str) -> dict[str, Any]:
+        check_tag(tag)
+        if snapshots.find(self.inst, tag) is not None:
+            raise UsageError(f"snapshot {tag!r} already exists")
+        kind = await self._vm_snapshots().snapshot_save(tag)
+        return {"tag": tag, "state": kind}
+
+    async def snapshot_apply(self, tag: str) -> dict[str, Any]:
+        snap = snapshots.find(self.inst, check_tag(tag))
+        if snap is None:
+            raise UsageError(f"no snapshot {tag!r}")
+        if not snap["vmStateSize"]:
+            raise UsageError(f"snapshot {tag!r} holds the disk only; stop the instance "
+                             "to apply it")
+        await self._vm_snapshots().snapshot_load(tag)
+        # The guest is back at the snapshot: its TCP state no longer matches
+        # the SSH master's, so a new master; a fresh guest agent session (its
+        # hello resets the guest's side); the wall clock set to now.
+        await self._close_ssh_master()
+        await self._drop_guest_agent()
+        with contextlib.suppress(GuestAgentError, NotReady):
+            client = await self._guest_agent()
+            await client.request("set-clock", time=time.time())
+        await self._wait_ssh_again()
+        return {"tag": tag, "applied": True}
+
+    async def _wait_ssh_again(self, timeout: float = 60.0) -> None:
+        """SSH as after boot: a banner, then a command that runs."""
+        ssh = self.driver.info().ssh
+        deadline = time.monotonic() + timeout
+        await banner.wait_for_banner(ssh.host, ssh.port, timeout=timeout)
+        while True:
+            status, out = await run_ssh(self.inst, ["true"], SSH_COMMAND_TIMEOUT)
+            if status == 0:
+                return
+            if time.monotonic() > deadline:
+                raise HostAgentError(f"SSH does not work after the restore: {out[-200:]}")
+            await asyncio.sleep(0.2)
+
+    async def snapshot_delete(self, tag: str) -> dict[str, Any]:
+        if snapshots.find(self.inst, check_tag(tag)) is None:
+            raise UsageError(f"no snapshot {tag!r}")
+        await self._vm_snapshots().snapshot_delete(tag)
+        return {"tag": tag, "deleted": True}
 
     async def guest_status(self) -> dict[str, Any]:
         return await self.guest_request("status")

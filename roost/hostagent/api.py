@@ -34,6 +34,12 @@ class Guest(Protocol):
 
     async def guest_request(self, kind: str) -> dict[str, Any]: ...
 
+    async def snapshot_create(self, tag: str) -> dict[str, Any]: ...
+
+    async def snapshot_apply(self, tag: str) -> dict[str, Any]: ...
+
+    async def snapshot_delete(self, tag: str) -> dict[str, Any]: ...
+
     def execute(self, argv: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes | int]]:
         ...
 
@@ -55,6 +61,9 @@ class ApiServer:
         self.app.router.add_get("/v1/guest/health", self._get_guest_health)
         self.app.router.add_get("/v1/guest/probes", self._get_guest_probes)
         self.app.router.add_get("/v1/guest/diff", self._get_guest_diff)
+        self.app.router.add_post("/v1/snapshots", self._snapshot)
+        self.app.router.add_post("/v1/snapshots/{tag}/apply", self._snapshot)
+        self.app.router.add_delete("/v1/snapshots/{tag}", self._snapshot)
         self.app.router.add_post("/v1/exec", self._post_exec)
         self._runner: web.AppRunner | None = None
 
@@ -75,6 +84,23 @@ class ApiServer:
             return web.json_response(await self._guest.guest_request("probes"))
         except RoostError as e:
             return _error(503, str(e))
+
+    async def _snapshot(self, request: web.Request) -> web.Response:
+        try:
+            if request.method == "DELETE":
+                result = await self._guest.snapshot_delete(request.match_info["tag"])
+            elif "tag" in request.match_info:
+                result = await self._guest.snapshot_apply(request.match_info["tag"])
+            else:
+                body = await request.json()
+                result = await self._guest.snapshot_create(str(body["tag"]))
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "expected JSON with tag")
+        except UsageError as e:
+            return _error(400, str(e))
+        except RoostError as e:
+            return _error(500, str(e))
+        return web.json_response(result)
 
     async def _get_guest_diff(self, request: web.Request) -> web.Response:
         try:

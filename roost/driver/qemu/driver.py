@@ -168,6 +168,39 @@ class QemuDriver:
         with contextlib.suppress(DriverError):
             await self._qmp_execute("chardev-remove", {"id": f"{device_id}-chr"})
 
+    # -- snapshots of the running VM ------------------------------------------
+
+    async def hmp(self, command: str) -> str:
+        """An HMP command through QMP; HMP reports errors as output text."""
+        out = await self._qmp_execute("human-monitor-command", {"command-line": command})
+        return str(out or "").strip()
+
+    async def snapshot_save(self, tag: str) -> str:
+        """Save disk and VM state as internal qcow2 snapshot `tag`.
+
+        Returns "vm" (resumable as it ran), or "disk" when a device blocks
+        saving VM state (vhost-user-fs, a mounted 9p export): then only the
+        disk is snapshotted, consistently, while the VM runs on.
+        """
+        out = await self.hmp(f"savevm {tag}")
+        if not out:
+            return "vm"
+        if "blocked" in out.lower() or "migrat" in out.lower():
+            await self._qmp_execute("blockdev-snapshot-internal-sync",
+                                    {"device": "root", "name": tag})
+            return "disk"
+        raise DriverError(f"savevm {tag}: {out}")
+
+    async def snapshot_load(self, tag: str) -> None:
+        out = await self.hmp(f"loadvm {tag}")
+        if out:
+            raise DriverError(f"loadvm {tag}: {out}")
+
+    async def snapshot_delete(self, tag: str) -> None:
+        out = await self.hmp(f"delvm {tag}")
+        if out:
+            raise DriverError(f"delvm {tag}: {out}")
+
     def _require_qmp(self) -> Any:
         if self._qmp is None:
             raise DriverError("QEMU is not controllable (no QMP connection)")
