@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
 _STARTED = time.monotonic()
+HOOK_TIMEOUT = 30.0
 
 
 def log(msg: str) -> None:
@@ -211,6 +212,8 @@ class Agent:
             "probes": lambda conn, req: self.health.probe_results(),
             "diff": self.diff,
             "set-clock": self.set_clock,
+            "sleep-prep": self.sleep_prep,
+            "wake": self.wake,
             "exec": self.execute,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
@@ -296,6 +299,38 @@ class Agent:
                 proc.wait()
         return result
 
+    def _run_hooks(self, key: str) -> List[Dict[str, Any]]:
+        """Each integration's checkpoint_cmd or restore_cmd, with a timeout."""
+        results = []
+        for check in list(self.health.checks.values()):
+            cmd = getattr(check, key)
+            if not cmd:
+                continue
+            code, _, err, timed_out = health.run_command(cmd, HOOK_TIMEOUT)
+            result: Dict[str, Any] = {"name": check.name, "exitCode": code}
+            if timed_out:
+                result["error"] = "timed out after %gs" % HOOK_TIMEOUT
+            elif code != 0:
+                result["error"] = err.strip()[-300:]
+            results.append(result)
+        return results
+
+    def sleep_prep(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """Before the VM state is saved: checkpoints, then a small clean state."""
+        checkpoints = self._run_hooks("checkpoint_cmd")
+        os.sync()
+        try:
+            with open("/proc/sys/vm/drop_caches", "w") as f:
+                f.write("3\n")
+        except OSError:
+            pass
+        return {"checkpoints": checkpoints, "ready": True}
+
+    def wake(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """After a restore: the wall clock, then each restore_cmd."""
+        clock = self.set_clock(conn, req) if "time" in req else {}
+        return {"restores": self._run_hooks("restore_cmd"), **clock}
+
     def set_clock(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """After a restore the guest's wall clock is where it was saved."""
         value = req.get("time")
@@ -378,7 +413,7 @@ class Agent:
             # Connecting may take a while; never hold up the channel.
             threading.Thread(target=self.open_tunnel, args=(conn, req), daemon=True).start()
             return
-        if kind in ("mount", "umount", "exec", "diff"):
+        if kind in ("mount", "umount", "exec", "diff", "sleep-prep", "wake"):
             handler = self.handlers[kind]
             threading.Thread(target=self.reply, args=(conn, req, handler), daemon=True).start()
             return

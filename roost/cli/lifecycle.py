@@ -92,6 +92,9 @@ def _close_ssh_master(inst: Instance) -> None:
 
 def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
     inst = Instance.at(name).require()
+    if inst.status() == Status.SUSPENDED:
+        raise RoostError(f"{name} is suspended (not running); `roost resume {name}` brings it "
+                         f"back, `roost delete {name}` drops it with its saved state")
     if inst.status() == Status.STOPPED:
         inst.remove_stale_runtime_files()
         click.echo(f"{name} is not running")
@@ -136,7 +139,7 @@ def delete(name: str, force: bool = False) -> None:
     inst = Instance.at(name).require()
     with operation_lock(name, "delete it"):
         status = inst.status()
-        if status != Status.STOPPED:
+        if status not in (Status.STOPPED, Status.SUSPENDED):
             if not force:
                 raise RoostError(
                     f"instance {name!r} is {status.value.lower()}; stop it first "
@@ -162,3 +165,18 @@ def shell(name: str, command: list[str]) -> None:
     argv = ssh_argv(inst, command, tty=tty)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
+
+
+def suspend(name: str, timeout: float = 300.0) -> None:
+    from roost.cli import haclient
+
+    inst = Instance.at(name).require()
+    if inst.status() != Status.RUNNING:
+        raise RoostError(f"instance {name!r} is {inst.status().value.lower()}, not running")
+    started = time.monotonic()
+    result = haclient.request(inst.ha_sock, "POST", "/v1/suspend", timeout=timeout)
+    _wait(lambda: not inst.hostagent_alive(), 60.0)
+    detached = result.get("detachedMounts") or []
+    note = f"; runtime mounts {', '.join(detached)} come back on resume" if detached else ""
+    click.echo(f"{name} suspended in {time.monotonic() - started:.2f}s "
+               f"(state saved in {result['saveSeconds']}s){note}")

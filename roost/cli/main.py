@@ -215,6 +215,30 @@ def status(name: str, as_json: bool) -> None:
     guest.status(name, as_json)
 
 
+@cli.command()
+@NAME
+def suspend(name: str) -> None:
+    """Save the running VM's state to disk and stop it (resume brings it back)."""
+    from roost.cli import lifecycle
+
+    lifecycle.suspend(name)
+
+
+@cli.command()
+@NAME
+@click.option("--timeout", type=click.FloatRange(min=1), default=600.0,
+              help="seconds to wait for the instance to be running")
+def resume(name: str, timeout: float) -> None:
+    """Bring a suspended instance back where it was."""
+    from roost.cli.start import start as start_instance
+    from roost.store.instance import Instance, Status
+
+    inst = Instance.at(name).require()
+    if inst.status() != Status.SUSPENDED:
+        raise RoostError(f"instance {name!r} is {inst.status().value.lower()}, not suspended")
+    sys.exit(start_instance(name, None, timeout))
+
+
 @cli.group()
 def snapshot() -> None:
     """qcow2 snapshots: with VM state while running, of the disk while stopped."""

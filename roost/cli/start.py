@@ -145,6 +145,8 @@ def start(name: str, config_file: str | None, timeout: float) -> int:
             if status == Status.BROKEN:
                 # The VM runs without its host agent: a new one takes it over.
                 progress.step("reattaching to the running VM")
+            elif status == Status.SUSPENDED:
+                progress.step("resuming from the saved state")
             else:
                 inst.remove_stale_runtime_files()
                 prepare_disk(inst, config.image, config.disk, progress.step)

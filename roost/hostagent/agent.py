@@ -107,6 +107,8 @@ class HostAgent:
         self.instance_id = ""
         self.guest_agent: GuestAgentClient | None = None
         self.attach_pid: int | None = None
+        self.resume_state: dict[str, Any] | None = None
+        self._suspended = False
         self.mount_errors = False
         self.guest_health: dict[str, Any] = {}
         self._guest_agent_lock = asyncio.Lock()
@@ -127,6 +129,10 @@ class HostAgent:
         # A VM whose host agent died keeps running; take it over as it is.
         self.attach_pid = inst.qemu_pid_alive()
         runtime = inst.read_runtime() if self.attach_pid else {}
+        if not self.attach_pid and inst.suspended.exists():
+            # Resume: the same machine as when it was saved, state loaded.
+            self.resume_state = json.loads(inst.suspended.read_text())
+            runtime = self.resume_state
         if self.attach_pid and not runtime.get("instanceId"):
             raise HostAgentError(f"QEMU (pid {self.attach_pid}) runs but {inst.runtime} is "
                                  f"missing; run `roost stop {inst.name}` and start again")
@@ -146,7 +152,7 @@ class HostAgent:
             busy_threshold=self.config.worker.busy_threshold,
             sample_secs=self.config.worker.sample_secs,
         )
-        if not self.attach_pid:  # the running guest has the ISO attached
+        if not self.attach_pid and not self.resume_state:  # the guest has this ISO
             write_iso(inst.cidata, files_for(ident))
         write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
         static_mounts = static_records(self.config, inst.dir)
@@ -159,6 +165,8 @@ class HostAgent:
             boot=BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
                           + (" roost.overlay=1" if self.config.read_only_root else "")),
             extra=tuple(qemu_args(static_mounts, inst.dir)),
+            ram_file=inst.ram_file,
+            incoming=inst.vmstate if self.resume_state else None,
         )
         driver = QemuDriver(spec, inst.qemu_log)
         self.driver = driver
@@ -198,6 +206,8 @@ class HostAgent:
     async def _run(self) -> int:
         inst = self.inst
         self.cleanups.push("remove runtime files", self._remove_runtime_files)
+        # After the VM has stopped: its RAM file, unless suspend keeps it.
+        self.cleanups.push("remove the RAM file", self._discard_ram)
         # Pushed before the VM starts, so it runs after the VM has stopped.
         self.cleanups.push("stop virtiofsd processes", self.mounts.stop_daemons)
         if not self.attach_pid:
@@ -210,7 +220,10 @@ class HostAgent:
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.start()
-        self.cleanups.push("stop the VM", lambda: self.driver.stop(graceful=not self._forced))
+        self.cleanups.push("stop the VM", lambda: self.driver.stop(
+            graceful=not (self._forced or self._suspended)))
+        if self.resume_state is not None:
+            await self._finish_resume()
         self.cleanups.push("close the SSH master", self._close_ssh_master)
         self._write_runtime()
 
@@ -254,6 +267,10 @@ class HostAgent:
     def port_forwards(self) -> list[dict[str, Any]]:
         dynamic = self.forwarder.active() if self.forwarder is not None else []
         return [*self.socket_forwards, *dynamic]
+
+    def _discard_ram(self) -> None:
+        if not self._suspended and isinstance(self.driver, QemuDriver):
+            self.driver.discard_ram_file()
 
     def _remove_runtime_files(self) -> None:
         self.inst.runtime.unlink(missing_ok=True)
@@ -428,6 +445,68 @@ class HostAgent:
     # -- guest services for the API --------------------------------------------
 
     # -- snapshots of the running VM -------------------------------------------
+
+    # -- suspend and resume -------------------------------------------------------
+
+    async def suspend(self) -> dict[str, Any]:
+        """Save the VM's state to vmstate.bin and end QEMU; `roost resume` loads it."""
+        blocking = [r.mount_point for r in self.mounts.records.values()
+                    if not r.ephemeral and r.type in ("virtiofs", "9p")]
+        if blocking:
+            raise UsageError(
+                "shared folders from roost.yaml (" + ", ".join(blocking) + ") are devices "
+                "that block saving the VM state; runtime mounts are detached and restored "
+                "by suspend, so add them with `roost mount add` instead")
+        if not isinstance(self.driver, QemuDriver):
+            raise UsageError("this instance's driver cannot suspend")
+        driver: QemuDriver = self.driver
+        try:
+            client = await self._open_guest_agent()
+            prep = await client.request("sleep-prep", timeout=120.0)
+        except GuestAgentError as e:
+            raise HostAgentError(f"the guest agent could not prepare for sleep: {e}") from None
+        hot = [r.to_json() for r in self.mounts.records.values() if r.ephemeral]
+        for rec in hot:  # vhost-user-fs devices and sshfs streams do not survive
+            await self.mounts.remove(rec["mountPoint"])
+        await self._drop_guest_agent()
+        try:
+            seconds = await driver.save_state(self.inst.vmstate)
+        except RoostError:
+            self.inst.vmstate.unlink(missing_ok=True)
+            await driver.hmp("cont")  # a failed migration may leave it paused
+            for m in hot:
+                with contextlib.suppress(RoostError):
+                    await self.mounts.add(m["location"], m["mountPoint"], m["type"],
+                                          m["writable"])
+            raise
+        write_atomic(self.inst.suspended, json.dumps({
+            "sshLocalPort": self.ssh_port, "instanceId": self.instance_id,
+            "startedAt": self.started_at, "suspendedAt": rfc3339_now(), "mounts": hot,
+            "saveSeconds": round(seconds, 3),
+        }) + "\n")
+        self._suspended = True
+        self.events.emit(phase="suspended")
+        self._stop.set()  # the cleanups quit QEMU (its state is saved)
+        return {"saveSeconds": round(seconds, 3), "checkpoints": prep.get("checkpoints", []),
+                "detachedMounts": [m["mountPoint"] for m in hot]}
+
+    async def _finish_resume(self) -> None:
+        """The loaded VM runs: wake the guest, put back its runtime mounts."""
+        assert self.resume_state is not None and isinstance(self.driver, QemuDriver)
+        self.events.emit(phase="resuming")
+        await self.driver.wait_running()
+        self.inst.suspended.unlink(missing_ok=True)
+        self.inst.vmstate.unlink(missing_ok=True)  # the RAM file is in use again
+        try:
+            client = await self._guest_agent()
+            await client.request("wake", timeout=60.0, time=time.time())
+        except (GuestAgentError, NotReady) as e:
+            self.events.add_error(f"the guest agent did not wake: {e}")
+        for m in self.resume_state.get("mounts", []):
+            try:
+                await self.mounts.add(m["location"], m["mountPoint"], m["type"], m["writable"])
+            except RoostError as e:
+                self.events.add_error(f"remounting {m['mountPoint']} after resume: {e}")
 
     def _vm_snapshots(self) -> VMSnapshots:
         if not isinstance(self.driver, VMSnapshots):

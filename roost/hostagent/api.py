@@ -36,6 +36,8 @@ class Guest(Protocol):
 
     async def snapshot_create(self, tag: str) -> dict[str, Any]: ...
 
+    async def suspend(self) -> dict[str, Any]: ...
+
     async def snapshot_apply(self, tag: str) -> dict[str, Any]: ...
 
     async def snapshot_delete(self, tag: str) -> dict[str, Any]: ...
@@ -61,6 +63,7 @@ class ApiServer:
         self.app.router.add_get("/v1/guest/health", self._get_guest_health)
         self.app.router.add_get("/v1/guest/probes", self._get_guest_probes)
         self.app.router.add_get("/v1/guest/diff", self._get_guest_diff)
+        self.app.router.add_post("/v1/suspend", self._suspend)
         self.app.router.add_post("/v1/snapshots", self._snapshot)
         self.app.router.add_post("/v1/snapshots/{tag}/apply", self._snapshot)
         self.app.router.add_delete("/v1/snapshots/{tag}", self._snapshot)
@@ -84,6 +87,14 @@ class ApiServer:
             return web.json_response(await self._guest.guest_request("probes"))
         except RoostError as e:
             return _error(503, str(e))
+
+    async def _suspend(self, request: web.Request) -> web.Response:
+        try:
+            return web.json_response(await self._guest.suspend())
+        except UsageError as e:
+            return _error(400, str(e))
+        except RoostError as e:
+            return _error(500, str(e))
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         try:

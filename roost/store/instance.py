@@ -34,6 +34,7 @@ class Status(StrEnum):
     STARTING = "Starting"
     STOPPED = "Stopped"
     BROKEN = "Broken"
+    SUSPENDED = "Suspended"
 
 
 def validate_name(name: str) -> str:
@@ -87,6 +88,10 @@ class Instance:
     known_hosts = _InstanceFile("known_hosts")
     host_key = _InstanceFile("ssh_host_ed25519_key")
     runtime = _InstanceFile("runtime.json")
+    # A suspended VM: its saved state and what resume needs to rebuild it.
+    suspended = _InstanceFile("suspended.json")
+    vmstate = _InstanceFile("vmstate.bin")
+    ram_file = _InstanceFile("ram.bin")
 
     def exists(self) -> bool:
         return self.config.is_file()
@@ -149,6 +154,8 @@ class Instance:
             return Status.STARTING
         if qemu:
             return Status.BROKEN
+        if self.suspended.exists():
+            return Status.SUSPENDED
         return Status.STOPPED
 
     def read_runtime(self) -> dict[str, Any]:

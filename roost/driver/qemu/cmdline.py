@@ -38,6 +38,11 @@ class QemuSpec:
     pidfile: Path
     boot: BootSpec
     extra: tuple[str, ...] = ()  # e.g. boot-time devices of static mounts
+    # Guest RAM in this file (shared): suspend then saves only device state
+    # (x-ignore-shared), and the RAM file is the rest of the saved VM.
+    ram_file: Path | None = None
+    # Resume: load the VM state saved in this file (-incoming defer + QMP).
+    incoming: Path | None = None
 
 
 def mac_address(name: str) -> str:
@@ -67,7 +72,10 @@ def build_argv(spec: QemuSpec) -> list[str]:
         "-smp", str(spec.cpus),
         "-m", f"{mem_mib}M",
         # Shareable RAM: vhost-user-fs (virtiofsd) needs it, also when hot-plugged.
-        "-object", f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
+        "-object",
+        (f"memory-backend-file,id=mem,size={mem_mib}M,share=on,"
+         f"mem-path={_option_value(spec.ram_file)}") if spec.ram_file is not None
+        else f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
         "-rtc", "base=utc",
         "-no-reboot",
     ]
@@ -99,4 +107,6 @@ def build_argv(spec: QemuSpec) -> list[str]:
     # Spare root ports for file-system hot-plug (ACPI hot-plug on q35).
     for i in range(HOTPLUG_SLOTS):
         argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
+    if spec.incoming is not None:
+        argv += ["-incoming", "defer"]
     return argv + list(spec.extra)

@@ -71,6 +71,8 @@ class QemuDriver:
         for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock,
                   self.spec.pidfile):
             p.unlink(missing_ok=True)
+        if self.spec.ram_file is not None and self.spec.incoming is None:
+            self.spec.ram_file.unlink(missing_ok=True)  # a cold boot starts clean
         argv = build_argv(self.spec)
         log.info("starting %s", " ".join(argv))
         with open(self.log_path, "ab") as logf:
@@ -83,9 +85,26 @@ class QemuDriver:
         self._exit = asyncio.ensure_future(_exit_status(proc))
         try:
             await self._connect_qmp()
+            if self.spec.incoming is not None:
+                await self._load_state(self.spec.incoming)
         except BaseException:
             await self._kill()
             raise
+
+    async def _load_state(self, path: Path) -> None:
+        await self._set_ignore_shared()
+        target = str(path).replace("'", "'\\''")
+        await self._qmp_execute("migrate-incoming", {"uri": f"exec:cat '{target}'"})
+
+    async def _set_ignore_shared(self) -> None:
+        # Guest RAM lives in the shared RAM file; only device state is moved.
+        if self.spec.ram_file is not None:
+            await self._qmp_execute("migrate-set-capabilities", {"capabilities": [
+                {"capability": "x-ignore-shared", "state": True}]})
+
+    def discard_ram_file(self) -> None:
+        if self.spec.ram_file is not None:
+            self.spec.ram_file.unlink(missing_ok=True)
 
     async def attach(self, pid: int) -> None:
         """Take over a QEMU that a previous host agent started and lost.
@@ -190,6 +209,47 @@ class QemuDriver:
                                     {"device": "root", "name": tag})
             return "disk"
         raise DriverError(f"savevm {tag}: {out}")
+
+    async def save_state(self, path: Path, timeout: float = 120.0) -> float:
+        """Migrate the VM's state into `path` (it ends paused); seconds taken."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await self._qmp_execute("migrate-set-parameters", {"max-bandwidth": 16 * 1024**3})
+        await self._set_ignore_shared()
+        target = str(path).replace("'", "'\\''")
+        await self._qmp_execute("migrate", {"uri": f"exec:cat > '{target}'"})
+        while True:
+            info = await self._qmp_execute("query-migrate")
+            status = info.get("status")
+            if status == "completed":
+                return loop.time() - start
+            if status in ("failed", "cancelled"):
+                raise DriverError(f"saving the VM state failed: {info.get('error-desc', status)}")
+            if loop.time() - start > timeout:
+                await self._qmp_execute("migrate_cancel")
+                raise DriverError(f"saving the VM state took over {timeout:g}s")
+            await asyncio.sleep(0.01)
+
+    async def wait_running(self, timeout: float = 120.0) -> None:
+        """After -incoming: until the loaded VM runs."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            status = (await self._qmp_execute("query-status")).get("status")
+            if status == "running":
+                return
+            if status in ("internal-error", "shutdown", "guest-panicked") \
+                    or loop.time() > deadline:
+                raise DriverError(f"the restored VM is {status}, not running")
+            await asyncio.sleep(0.01)
+
+    async def quit(self) -> None:
+        """End QEMU now (no guest shutdown): after its state was saved."""
+        await self._qmp_command("quit")
+        if self._exit is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._exit), QUIT_SECONDS)
+        await self._kill()
 
     async def snapshot_load(self, tag: str) -> None:
         out = await self.hmp(f"loadvm {tag}")
