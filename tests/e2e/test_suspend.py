@@ -1,0 +1,76 @@
+"""Suspend and resume: the guest comes back as it was, fast."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
+
+
+@pytest.fixture(scope="module")
+def sleeper(roost: Roost, vm: str) -> Iterator[str]:
+    name = "sleeper"
+    roost.run("create", name, "--memory", "512MiB", "--disk", "4GiB")
+    roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    yield name
+    roost.run("delete", "--force", name, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_suspend_resume_keeps_files_processes_mounts_and_ports(
+        roost: Roost, sleeper: str, tmp_path: Path) -> None:
+    share = tmp_path / "s"
+    share.mkdir()
+    (share / "f.txt").write_text("shared\n")
+    roost.run("mount", "add", sleeper, str(share), "/mnt/s", "--type", "virtiofs")
+    port = free_port()
+    roost.run("shell", sleeper, "--", "sh", "-c",
+              f"echo kept > /root/kept; sync; "
+              f"python3 -m http.server {port} --bind 127.0.0.1 </dev/null >/dev/null 2>&1 & "
+              "echo $! > /root/server.pid")
+
+    def port_open() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_until(port_open, 10, "the forward before suspend")
+    out = roost.run("suspend", sleeper, timeout=300).stdout
+    assert "suspended" in out
+    assert roost.ls()[sleeper]["status"] == "Suspended"
+    assert (roost.home / sleeper / "ram.bin").exists()
+    assert not port_open()
+    stop = roost.run("stop", sleeper, check=False)
+    assert stop.returncode != 0 and "roost resume" in stop.stderr
+    started = time.monotonic()
+    roost.run("resume", sleeper, timeout=300)
+    assert time.monotonic() - started < 30
+    assert roost.run("shell", sleeper, "--", "cat", "/root/kept").stdout == "kept\n"
+    assert roost.run("shell", sleeper, "--", "sh", "-c",
+                     "kill -0 $(cat /root/server.pid) && echo alive").stdout == "alive\n"
+    assert roost.run("shell", sleeper, "--", "cat", "/mnt/s/f.txt").stdout == "shared\n"
+    wait_until(port_open, 10, "the forward after resume")
+    assert not (roost.home / sleeper / "vmstate.bin").exists()
+    roost.run("stop", sleeper, timeout=120)
+    assert not (roost.home / sleeper / "ram.bin").exists()  # a stopped VM keeps no RAM file
+    roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+
+
+def test_static_shared_folders_block_suspend(roost: Roost, vm: str) -> None:
+    proc = roost.run("suspend", vm, check=False)
+    assert proc.returncode == 2 and "block saving the VM state" in proc.stderr
+    assert roost.ls()[vm]["status"] == "Running"
+
+
+def test_resume_needs_a_suspended_instance(roost: Roost, sleeper: str) -> None:
+    proc = roost.run("resume", sleeper, check=False)
+    assert proc.returncode != 0 and "not suspended" in proc.stderr
