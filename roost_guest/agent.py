@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
 _STARTED = time.monotonic()
 HOOK_TIMEOUT = 30.0
+PART_ITEMS = 1000  # list items per "part" event: well under the frame limit
 
 
 def log(msg: str) -> None:
@@ -345,9 +346,14 @@ class Agent:
 
     def diff(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         try:
-            return {"changes": diff.diff()}
+            changes = diff.diff()
         except diff.DiffError as e:
             raise RequestError(str(e)) from None
+        # Any number of changes: sent in parts that each fit a frame.
+        for i in range(0, len(changes), PART_ITEMS):
+            conn.send({"event": "part", "id": req.get("id"), "key": "changes",
+                       "items": changes[i : i + PART_ITEMS]})
+        return {"parts": "changes", "count": len(changes)}
 
     def worker_status(self) -> Dict[str, Any]:
         self.worker.start()
@@ -435,6 +441,8 @@ class Agent:
                 reply = {"id": req_id, "ok": False, "error": "internal error: %r" % (e,)}
         try:
             conn.send(reply)
+        except protocol.ProtocolError as e:
+            conn.send({"id": req_id, "ok": False, "error": "reply not sendable: %s" % e})
         except OSError as e:
             log("reply failed: %s" % e)
 

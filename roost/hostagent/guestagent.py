@@ -173,6 +173,7 @@ class GuestAgentClient:
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue()
         self._exec_output: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
         self.closed = asyncio.Event()
 
     @property
@@ -226,7 +227,10 @@ class GuestAgentClient:
     def _route(self, obj: dict[str, Any]) -> None:
         req_id = obj.get("id")
         kind = obj.get("type")
-        if isinstance(req_id, int) and req_id in self._pending:
+        if obj.get("event") == "part":  # carries the id of the request it answers
+            if isinstance(req_id, int) and req_id in self._parts:
+                self._parts[req_id].extend(obj.get("items") or [])
+        elif isinstance(req_id, int) and req_id in self._pending:
             fut = self._pending.pop(req_id)
             if not fut.done():
                 fut.set_result(obj)
@@ -274,6 +278,7 @@ class GuestAgentClient:
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
+        self._parts[req_id] = []
         try:
             await self._send_json({"id": req_id, "type": type_, **params})
             reply = await asyncio.wait_for(fut, timeout)
@@ -281,9 +286,12 @@ class GuestAgentClient:
             raise GuestAgentError(f"guest agent did not answer {type_!r} in {timeout:g}s") from None
         finally:
             self._pending.pop(req_id, None)
+            parts = self._parts.pop(req_id, [])
         if not reply.get("ok"):
             raise GuestAgentError(str(reply.get("error", "request failed")))
         result: dict[str, Any] = reply.get("result") or {}
+        if isinstance(result.get("parts"), str):
+            result[result.pop("parts")] = parts
         return result
 
     async def open_stream(self, proto: str, *, host: str | None = None,

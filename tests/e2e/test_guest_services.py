@@ -139,8 +139,13 @@ def test_diff_of_a_read_only_root(roost: Roost, tmp_path: Path) -> None:
         # /etc/acpi was replaced: an opaque directory hides the old files.
         assert changes["/etc/acpi/PWRF/00000080"]["kind"] == "deleted"
         assert changes["/etc/acpi/PWRF/x"]["kind"] == "created"
+        # More changes than one frame carries: the answer comes in parts.
+        roost.run("shell", "ro", "--", "python3", "-c",
+                  "import os; os.makedirs('/root/many'); "
+                  "[open('/root/many/f%04d' % i, 'w').close() for i in range(2500)]")
         paths = list(json.loads(roost.run("diff", "ro", "--json").stdout))
         assert paths == sorted(paths, key=lambda c: c["path"])
+        assert sum(p["path"].startswith("/root/many/") for p in paths) == 2500
         human = roost.run("diff", "ro").stdout
         assert "+ /root/created.txt  (6B)" in human and "- /etc/shells" in human
     finally:

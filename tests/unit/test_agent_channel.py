@@ -400,3 +400,4 @@ async def test_health_checks_and_probes(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(5)
+
