@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from common import summary
+
 from roost.driver.qemu.accel import detect_accel
 from roost.driver.qemu.cmdline import KERNEL_APPEND
 from roost.driver.qemu.driver import find_qemu
@@ -122,10 +124,6 @@ def time_command(argv: list[str], env: dict[str, str], runs: int) -> list[float]
         out.append(time.monotonic() - start)
     return out
 
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
 
 
 def main() -> None:

@@ -17,19 +17,11 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def roost(home: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "roost", *args], text=True,
-                          capture_output=True, env={**os.environ, "ROOST_HOME": str(home)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"roost {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
+from common import force_delete, roost
 
 
 def guest_read_mib_s(home: Path, name: str, path: str, size: int) -> float:
@@ -90,8 +82,7 @@ def main() -> None:
             "mount_add_goal_s": 2.0,
         }, indent=2))
     finally:
-        subprocess.run([sys.executable, "-m", "roost", "delete", "--force", name],
-                       env={**os.environ, "ROOST_HOME": str(home)}, capture_output=True)
+        force_delete(home, name)
         shutil.rmtree(home, ignore_errors=True)
 
 

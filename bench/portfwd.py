@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import force_delete, summary
+
 SOURCE_SERVER = r"""
 import socket, struct, sys, threading
 s = socket.socket()
@@ -100,10 +102,6 @@ def connect_rtt(port: int, n: int = 20) -> list[float]:
     return out
 
 
-def summary(values: list[float], digits: int = 4) -> dict[str, float]:
-    return {"median": round(statistics.median(values), digits),
-            "min": round(min(values), digits), "max": round(max(values), digits)}
-
 
 def listen_to_accept(home: Path, name: str, runs: int) -> list[float]:
     out = []
@@ -156,14 +154,13 @@ def main() -> None:
             "ssh_L_mib_s": summary(ssh_mibs, 1),
             "throughput_ratio_roost_over_ssh": round(ratio, 2),
             "throughput_ratio_goal": 2.0,
-            "connect_roundtrip_roost_s": summary(roost_rtt),
-            "connect_roundtrip_ssh_s": summary(ssh_rtt),
+            "connect_roundtrip_roost_s": summary(roost_rtt, 4),
+            "connect_roundtrip_ssh_s": summary(ssh_rtt, 4),
             "listen_to_host_accept_s": summary(l2a, 3),
             "listen_to_host_accept_goal_s": 0.25,
         }, indent=2))
     finally:
-        subprocess.run([sys.executable, "-m", "roost", "delete", "--force", name], env=env,
-                       capture_output=True)
+        force_delete(home, name)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -10,22 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def roost(home: Path, *args: str) -> str:
-    proc = subprocess.run([sys.executable, "-m", "roost", *args], text=True,
-                          capture_output=True, env={**os.environ, "ROOST_HOME": str(home)})
-    if proc.returncode != 0:
-        raise RuntimeError(f"roost {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout
+from common import force_delete, roost, summary
 
 
 def timed(home: Path, *args: str) -> float:
@@ -33,10 +24,6 @@ def timed(home: Path, *args: str) -> float:
     roost(home, *args)
     return time.monotonic() - start
 
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3)}
 
 
 def main() -> None:
@@ -76,8 +63,7 @@ def main() -> None:
             "diff_s": round(diff_seconds, 3),
         }, indent=2))
     finally:
-        subprocess.run([sys.executable, "-m", "roost", "delete", "--force", name],
-                       env={**os.environ, "ROOST_HOME": str(home)}, capture_output=True)
+        force_delete(home, name)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -392,15 +392,8 @@ class Agent:
                 self._subscribers.remove(conn)
 
     def ports_changed(self, added: List[Any], removed: List[Any]) -> None:
-        event = {"event": "ports", "added": ports.as_dicts(added),
-                 "removed": ports.as_dicts(removed)}
-        with self._sub_lock:
-            subscribers = list(self._subscribers)
-        for conn in subscribers:
-            try:
-                conn.send(event)
-            except OSError:
-                self.unsubscribe(conn)
+        self.broadcast({"event": "ports", "added": ports.as_dicts(added),
+                        "removed": ports.as_dicts(removed)})
 
     # -- requests ---------------------------------------------------------
 

@@ -68,7 +68,12 @@ def _command(spec: Dict[str, Any], key: str) -> Any:
     raise ValueError("%s must be a command string or a list of strings" % key)
 
 
-class Check:
+class _Periodic:
+    """A named command from a definition file, run every interval."""
+
+    PREFIX = ""  # key prefix: "health_" for checks, "" for probes
+    CMD_KEY = "cmd"
+
     def __init__(self, path: str, spec: Dict[str, Any]) -> None:
         name = spec.get("name")
         if not isinstance(name, str) or not name:
@@ -76,9 +81,18 @@ class Check:
         self.name = name
         self.path = path
         self.spec = spec
-        self.cmd = _command(spec, "health_cmd")
-        self.interval = max(_number(spec, "health_interval_secs", 10), 0.2)
-        self.timeout = max(_number(spec, "health_timeout_secs", 5), 0.1)
+        self.cmd = _command(spec, self.CMD_KEY)
+        self.interval = max(_number(spec, self.PREFIX + "interval_secs", 10), 0.2)
+        self.timeout = max(_number(spec, self.PREFIX + "timeout_secs", 5), 0.1)
+        self.stopped = False
+
+
+class Check(_Periodic):
+    PREFIX = "health_"
+    CMD_KEY = "health_cmd"
+
+    def __init__(self, path: str, spec: Dict[str, Any]) -> None:
+        super().__init__(path, spec)
         self.grace = _number(spec, "startup_grace_secs", 0)
         self.checkpoint_cmd = spec.get("checkpoint_cmd")
         self.restore_cmd = spec.get("restore_cmd")
@@ -86,7 +100,6 @@ class Check:
         self.status = "starting" if self.grace > 0 else "pending"
         self.detail = ""
         self.last_run: Optional[float] = None
-        self.stopped = False
 
     def to_json(self) -> Dict[str, Any]:
         return {"name": self.name, "status": self.status, "detail": self.detail,
@@ -110,22 +123,13 @@ class Check:
         return (self.status, self.detail) != before
 
 
-class Probe:
+class Probe(_Periodic):
     def __init__(self, path: str, spec: Dict[str, Any]) -> None:
-        name = spec.get("name")
-        if not isinstance(name, str) or not name:
-            raise ValueError("name must be a non-empty string")
-        self.name = name
-        self.path = path
-        self.spec = spec
-        self.cmd = _command(spec, "cmd")
-        self.interval = max(_number(spec, "interval_secs", 10), 0.2)
-        self.timeout = max(_number(spec, "timeout_secs", 5), 0.1)
+        super().__init__(path, spec)
         self.format = spec.get("output_format", "exit_code")
         if self.format not in ("exit_code", "json"):
             raise ValueError("output_format must be exit_code or json")
         self.result: Dict[str, Any] = {"name": self.name, "ok": None}
-        self.stopped = False
 
     def run_once(self) -> bool:
         code, out, err, timed_out = run_command(self.cmd, self.timeout)

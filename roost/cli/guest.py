@@ -14,18 +14,13 @@ import click
 
 from roost.cli import haclient
 from roost.errors import RoostError, UsageError
-from roost.store.instance import Instance, Status
+from roost.store.instance import Instance
 
 GUEST_AGENT_LOG = "/run/roost/guestagent.log"
 
 
 def _running(name: str) -> Instance:
-    inst = Instance.at(name).require()
-    status = inst.status()
-    if status != Status.RUNNING:
-        raise RoostError(f"instance {name!r} is {status.value.lower()}, not running; "
-                         f"`roost start {name}` first")
-    return inst
+    return Instance.at(name).require_running()
 
 
 def execute(name: str, argv: list[str], timeout: float) -> int:

@@ -10,19 +10,13 @@ from typing import Any
 import click
 
 from roost.cli import haclient
-from roost.errors import RoostError
-from roost.store.instance import Instance, Status
+from roost.store.instance import Instance
 
 MOUNT_TIMEOUT = 120.0  # a hot-plug under TCG takes a second or two
 
 
 def _running(name: str) -> Instance:
-    inst = Instance.at(name).require()
-    status = inst.status()
-    if status != Status.RUNNING:
-        raise RoostError(f"instance {name!r} is {status.value.lower()}, not running; "
-                         f"`roost start {name}` first")
-    return inst
+    return Instance.at(name).require_running()
 
 
 def add(name: str, host_path: str, guest_path: str, kind: str | None, writable: bool) -> None:

@@ -60,9 +60,8 @@ class ApiServer:
         self.app.router.add_post("/v1/mounts", self._post_mount)
         self.app.router.add_delete("/v1/mounts", self._delete_mount)
         self.app.router.add_get("/v1/guest/status", self._get_guest_status)
-        self.app.router.add_get("/v1/guest/health", self._get_guest_health)
-        self.app.router.add_get("/v1/guest/probes", self._get_guest_probes)
-        self.app.router.add_get("/v1/guest/diff", self._get_guest_diff)
+        for kind in ("health", "probes", "diff"):
+            self.app.router.add_get(f"/v1/guest/{kind}", self._get_guest)
         self.app.router.add_post("/v1/suspend", self._suspend)
         self.app.router.add_post("/v1/snapshots", self._snapshot)
         self.app.router.add_post("/v1/snapshots/{tag}/apply", self._snapshot)
@@ -73,18 +72,6 @@ class ApiServer:
     async def _get_guest_status(self, request: web.Request) -> web.Response:
         try:
             return web.json_response(await self._guest.guest_status())
-        except RoostError as e:
-            return _error(503, str(e))
-
-    async def _get_guest_health(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await self._guest.guest_request("health"))
-        except RoostError as e:
-            return _error(503, str(e))
-
-    async def _get_guest_probes(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await self._guest.guest_request("probes"))
         except RoostError as e:
             return _error(503, str(e))
 
@@ -113,9 +100,11 @@ class ApiServer:
             return _error(500, str(e))
         return web.json_response(result)
 
-    async def _get_guest_diff(self, request: web.Request) -> web.Response:
+    async def _get_guest(self, request: web.Request) -> web.Response:
+        """/v1/guest/{health,probes,diff}: the guest agent's answer as it is."""
+        kind = request.path.rsplit("/", 1)[-1]
         try:
-            return web.json_response(await self._guest.guest_request("diff"))
+            return web.json_response(await self._guest.guest_request(kind))
         except UsageError as e:
             return _error(400, str(e))
         except RoostError as e:

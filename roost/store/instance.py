@@ -158,6 +158,14 @@ class Instance:
             return Status.SUSPENDED
         return Status.STOPPED
 
+    def require_running(self) -> Instance:
+        """This instance, if it exists and runs; else a clear error."""
+        status = self.require().status()
+        if status != Status.RUNNING:
+            raise RoostError(f"instance {self.name!r} is {status.value.lower()}, not running; "
+                             f"`roost start {self.name}` first")
+        return self
+
     def read_runtime(self) -> dict[str, Any]:
         try:
             data: dict[str, Any] = json.loads(self.runtime.read_text())
