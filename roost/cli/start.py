@@ -141,13 +141,13 @@ def start(name: str, config_file: str | None, timeout: float) -> int:
             status = inst.status()
             if status in (Status.RUNNING, Status.STARTING):
                 raise RoostError(f"instance {name!r} is already {status.value.lower()}")
-            config = load_config(inst.config)
             if status == Status.BROKEN:
                 # The VM runs without its host agent: a new one takes it over.
                 progress.step("reattaching to the running VM")
             elif status == Status.SUSPENDED:
                 progress.step("resuming from the saved state")
             else:
+                config = load_config(inst.config)  # validated before anything starts
                 inst.remove_stale_runtime_files()
                 prepare_disk(inst, config.image, config.disk, progress.step)
             progress.step("starting the host agent")
