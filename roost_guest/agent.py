@@ -139,9 +139,29 @@ class Connection:
             self.close()
             self.channel.close()
 
-    def add_stream(self, stream: tunnel.Stream) -> None:
+    def add_stream(self, stream_id: int, sock: socket.socket,
+                   datagram: bool = False) -> tunnel.Stream:
+        """A stream of this session over `sock` (not started yet)."""
+        stream = tunnel.Stream(stream_id, sock, datagram, self.send, self.send_data,
+                               self.stream_done)
         with self._streams_lock:
             self.streams[stream.id] = stream
+        return stream
+
+    def offer_stream(self, sock: socket.socket, event: Dict[str, Any]) -> tunnel.Stream:
+        """A guest-initiated stream: announced to the host by an accept event
+        (`event` plus the stream id), then started. OSError if the host is gone."""
+        with self._streams_lock:
+            stream_id = self._next_stream
+            self._next_stream += 2
+        stream = self.add_stream(stream_id, sock)
+        try:
+            self.send({"event": "accept", "stream": stream_id, **event})
+        except OSError:
+            stream.reset()
+            raise
+        stream.start()
+        return stream
 
     def stream_done(self, stream_id: int) -> None:
         with self._streams_lock:
@@ -180,18 +200,10 @@ class Connection:
                 client, _ = sock.accept()
             except OSError:
                 return  # closed with the session
-            with self._streams_lock:
-                stream_id = self._next_stream
-                self._next_stream += 2
-            stream = tunnel.Stream(stream_id, client, False, self.send, self.send_data,
-                                   self.stream_done)
-            self.add_stream(stream)
             try:
-                self.send({"event": "accept", "path": path, "stream": stream_id})
+                self.offer_stream(client, {"path": path})
             except OSError:
-                stream.reset()
                 return
-            stream.start()
 
 
 class Agent:
@@ -267,15 +279,8 @@ class Agent:
         """sshfs speaks SFTP over a stream that the host joins to sftp-server."""
         path = mounts.check_mount_point(req.get("mountPoint"))
         ours, theirs = socket.socketpair()
-        with conn._streams_lock:
-            stream_id = conn._next_stream
-            conn._next_stream += 2
-        stream = tunnel.Stream(stream_id, ours, False, conn.send, conn.send_data,
-                               conn.stream_done)
-        conn.add_stream(stream)
-        conn.send({"event": "accept", "path": "sftp:" + str(req.get("remotePath")),
-                   "stream": stream_id, "readonly": bool(req.get("readonly"))})
-        stream.start()
+        stream = conn.offer_stream(ours, {"path": "sftp:" + str(req.get("remotePath")),
+                                          "readonly": bool(req.get("readonly"))})
         try:
             proc = mounts.start_sshfs(req, theirs)
         except mounts.MountError:
@@ -449,9 +454,7 @@ class Agent:
             except tunnel.TunnelError as e:
                 reply = {"id": req.get("id"), "ok": False, "error": str(e)}
             else:
-                stream = tunnel.Stream(stream_id, sock, req.get("proto") == "udp",
-                                       conn.send, conn.send_data, conn.stream_done)
-                conn.add_stream(stream)
+                stream = conn.add_stream(stream_id, sock, req.get("proto") == "udp")
                 reply = {"id": req.get("id"), "ok": True, "result": {"stream": stream_id}}
                 try:
                     conn.send(reply)

@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from roost.errors import RoostError, UsageError
+from roost.sshutil.config import control_argv
 from roost.store.instance import (
     Instance,
     Status,
@@ -85,7 +86,7 @@ def _signal(pid: int, sig: int) -> None:
 def _close_ssh_master(inst: Instance) -> None:
     if inst.ssh_sock.exists() and inst.ssh_config.exists():
         subprocess.run(
-            ["ssh", "-F", str(inst.ssh_config), "-O", "exit", f"roost-{inst.name}"],
+            control_argv(inst, "exit"),
             stdin=subprocess.DEVNULL, capture_output=True, timeout=10, check=False,
         )
 

@@ -46,7 +46,7 @@ from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
 from roost.hostagent.portfwd.rules import HostAddr, Listener
 from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
 from roost.image.disk import read_pinned
-from roost.sshutil.config import guest_user, ssh_argv, write_ssh_files
+from roost.sshutil.config import control_argv, guest_user, ssh_argv, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
 from roost.store import snapshots
 from roost.store.instance import Instance, write_atomic
@@ -170,7 +170,7 @@ class HostAgent:
         )
         driver = QemuDriver(spec, inst.qemu_log)
         self.driver = driver
-        self.mounts = MountManager(inst.dir, driver, self._open_guest_agent, static_mounts,
+        self.mounts = MountManager(inst.dir, driver, self._guest_agent, static_mounts,
                                    default_mount_type(self.config))
 
     def _stop_now(self) -> None:
@@ -210,13 +210,12 @@ class HostAgent:
         self.cleanups.push("remove the RAM file", self._discard_ram)
         # Pushed before the VM starts, so it runs after the VM has stopped.
         self.cleanups.push("stop virtiofsd processes", self.mounts.stop_daemons)
-        if not self.attach_pid:
-            await self.mounts.start_static_daemons()
         if self.attach_pid:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.attach(self.attach_pid)
         else:
+            await self.mounts.start_static_daemons()
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.start()
@@ -279,9 +278,8 @@ class HostAgent:
         if not self.inst.ssh_sock.exists():
             return
         proc = await asyncio.create_subprocess_exec(
-            "ssh", "-F", str(self.inst.ssh_config), "-O", "exit", f"roost-{self.inst.name}",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
+            *control_argv(self.inst, "exit"), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )
         try:
             await asyncio.wait_for(proc.wait(), 5)
@@ -325,8 +323,8 @@ class HostAgent:
                 raise NotReady(f"`ssh true` exited {status}: {out[-300:]}")
 
         async def check_agent() -> None:
-            client = await self._guest_agent()
             try:
+                client = await self._guest_agent()
                 await client.request("ping", timeout=2.0)
             except GuestAgentError as e:
                 await self._drop_guest_agent()
@@ -378,8 +376,8 @@ class HostAgent:
                 client = GuestAgentClient(self.driver.guest_agent_dialer())
                 try:
                     await client.connect()
-                except (OSError, GuestAgentError) as e:
-                    raise NotReady(f"cannot connect to the guest agent: {e}") from None
+                except OSError as e:
+                    raise GuestAgentError(f"cannot connect to the guest agent: {e}") from None
                 self.guest_agent = client
             return self.guest_agent
 
@@ -390,19 +388,13 @@ class HostAgent:
 
     # -- port forwarding --------------------------------------------------------
 
-    async def _open_guest_agent(self) -> GuestAgentClient:
-        try:
-            return await self._guest_agent()
-        except NotReady as e:
-            raise GuestAgentError(str(e)) from None
-
     def _port_forward_event(self, event: dict[str, Any]) -> None:
         self.events.emit_transient(portForward=event)
         self._write_runtime()
 
     async def _start_port_forwarding(self) -> None:
         """Static socket forwards now; dynamic ones follow the guest agent."""
-        opener = self._open_guest_agent
+        opener = self._guest_agent
         for rule in self.config.port_forwards:
             if rule.guest_socket is None or rule.host_socket is None or rule.reverse:
                 continue
@@ -431,7 +423,7 @@ class HostAgent:
                    if r.reverse and r.guest_socket and r.host_socket}
         while True:
             try:
-                await follow_guest_agent(forwarder, self._open_guest_agent, reverse,
+                await follow_guest_agent(forwarder, self._guest_agent, reverse,
                                          self._guest_stream, self._guest_event)
                 unreachable_since = time.monotonic()
                 log.info("guest agent session ended; reconnecting")
@@ -441,10 +433,6 @@ class HostAgent:
             if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
                 await self._ssh_port_poll(forwarder)
             await asyncio.sleep(0.2)
-
-    # -- guest services for the API --------------------------------------------
-
-    # -- snapshots of the running VM -------------------------------------------
 
     # -- suspend and resume -------------------------------------------------------
 
@@ -461,7 +449,7 @@ class HostAgent:
             raise UsageError("this instance's driver cannot suspend")
         driver: QemuDriver = self.driver
         try:
-            client = await self._open_guest_agent()
+            client = await self._guest_agent()
             prep = await client.request("sleep-prep", timeout=120.0)
         except GuestAgentError as e:
             raise HostAgentError(f"the guest agent could not prepare for sleep: {e}") from None
@@ -474,10 +462,7 @@ class HostAgent:
         except RoostError:
             self.inst.vmstate.unlink(missing_ok=True)
             await driver.hmp("cont")  # a failed migration may leave it paused
-            for m in hot:
-                with contextlib.suppress(RoostError):
-                    await self.mounts.add(m["location"], m["mountPoint"], m["type"],
-                                          m["writable"])
+            await self.mounts.readd(hot)
             raise
         write_atomic(self.inst.suspended, json.dumps({
             "sshLocalPort": self.ssh_port, "instanceId": self.instance_id,
@@ -500,13 +485,10 @@ class HostAgent:
         try:
             client = await self._guest_agent()
             await client.request("wake", timeout=60.0, time=time.time())
-        except (GuestAgentError, NotReady) as e:
+        except GuestAgentError as e:
             self.events.add_error(f"the guest agent did not wake: {e}")
-        for m in self.resume_state.get("mounts", []):
-            try:
-                await self.mounts.add(m["location"], m["mountPoint"], m["type"], m["writable"])
-            except RoostError as e:
-                self.events.add_error(f"remounting {m['mountPoint']} after resume: {e}")
+        for error in await self.mounts.readd(self.resume_state.get("mounts", [])):
+            self.events.add_error(f"after resume: {error}")
 
     def _vm_snapshots(self) -> VMSnapshots:
         if not isinstance(self.driver, VMSnapshots):
@@ -533,33 +515,26 @@ class HostAgent:
         # hello resets the guest's side); the wall clock set to now.
         await self._close_ssh_master()
         await self._drop_guest_agent()
-        with contextlib.suppress(GuestAgentError, NotReady):
+        with contextlib.suppress(GuestAgentError):
             client = await self._guest_agent()
             await client.request("set-clock", time=time.time())
         await self._wait_ssh_again()
         return {"tag": tag, "applied": True}
 
-    async def _wait_ssh_again(self, timeout: float = 60.0) -> None:
-        """SSH as after boot: a banner, then a command that runs."""
-        ssh = self.driver.info().ssh
-        deadline = time.monotonic() + timeout
-        await banner.wait_for_banner(ssh.host, ssh.port, timeout=timeout)
-        while True:
-            status, out = await run_ssh(self.inst, ["true"], SSH_COMMAND_TIMEOUT)
-            if status == 0:
-                return
-            if time.monotonic() > deadline:
-                raise HostAgentError(f"SSH does not work after the restore: {out[-200:]}")
-            await asyncio.sleep(0.2)
+    async def _wait_ssh_again(self) -> None:
+        """The essential requirements again, as after boot."""
+        essential, _, _ = self.requirements()
+        for req in essential:
+            result = await wait_for(req)
+            if not result.ok:
+                raise HostAgentError(f"after the restore: {result.error} "
+                                     f"(hint: {req.debug_hint})")
 
     async def snapshot_delete(self, tag: str) -> dict[str, Any]:
         if snapshots.find(self.inst, check_tag(tag)) is None:
             raise UsageError(f"no snapshot {tag!r}")
         await self._vm_snapshots().snapshot_delete(tag)
         return {"tag": tag, "deleted": True}
-
-    async def guest_status(self) -> dict[str, Any]:
-        return await self.guest_request("status")
 
     async def execute(self, argv: list[str], timeout: float
                       ) -> AsyncIterator[tuple[str, bytes | int]]:
@@ -568,7 +543,7 @@ class HostAgent:
                 f"exec is disabled for {self.inst.name}: it is a dev-only door into the "
                 "guest; set guestAgent.allowExec: true in roost.yaml and restart to enable it")
         try:
-            client = await self._open_guest_agent()
+            client = await self._guest_agent()
             async for item in client.execute(argv, timeout):
                 yield item
         except GuestAgentError as e:
@@ -593,7 +568,7 @@ class HostAgent:
 
     async def guest_request(self, kind: str) -> dict[str, Any]:
         try:
-            client = await self._open_guest_agent()
+            client = await self._guest_agent()
         except GuestAgentError as e:
             raise HostAgentError(f"the guest agent does not answer: {e}") from None
         try:

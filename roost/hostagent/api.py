@@ -30,8 +30,6 @@ def _error(status: int, message: str) -> web.Response:
 class Guest(Protocol):
     """What the API asks of the guest agent session."""
 
-    async def guest_status(self) -> dict[str, Any]: ...
-
     async def guest_request(self, kind: str) -> dict[str, Any]: ...
 
     async def snapshot_create(self, tag: str) -> dict[str, Any]: ...
@@ -59,8 +57,7 @@ class ApiServer:
         self.app.router.add_get("/v1/mounts", self._get_mounts)
         self.app.router.add_post("/v1/mounts", self._post_mount)
         self.app.router.add_delete("/v1/mounts", self._delete_mount)
-        self.app.router.add_get("/v1/guest/status", self._get_guest_status)
-        for kind in ("health", "probes", "diff"):
+        for kind in ("status", "health", "probes", "diff"):
             self.app.router.add_get(f"/v1/guest/{kind}", self._get_guest)
         self.app.router.add_post("/v1/suspend", self._suspend)
         self.app.router.add_post("/v1/snapshots", self._snapshot)
@@ -68,12 +65,6 @@ class ApiServer:
         self.app.router.add_delete("/v1/snapshots/{tag}", self._snapshot)
         self.app.router.add_post("/v1/exec", self._post_exec)
         self._runner: web.AppRunner | None = None
-
-    async def _get_guest_status(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await self._guest.guest_status())
-        except RoostError as e:
-            return _error(503, str(e))
 
     async def _suspend(self, request: web.Request) -> web.Response:
         try:
@@ -101,7 +92,7 @@ class ApiServer:
         return web.json_response(result)
 
     async def _get_guest(self, request: web.Request) -> web.Response:
-        """/v1/guest/{health,probes,diff}: the guest agent's answer as it is."""
+        """/v1/guest/{status,health,probes,diff}: the guest agent's answer as it is."""
         kind = request.path.rsplit("/", 1)[-1]
         try:
             return web.json_response(await self._guest.guest_request(kind))

@@ -62,6 +62,11 @@ def ssh_argv(inst: Instance, command: list[str], tty: bool = False) -> list[str]
     return argv
 
 
+def control_argv(inst: Instance, op: str) -> list[str]:
+    """`ssh -O OP` on the instance's ControlMaster (exit, check, ...)."""
+    return ["ssh", "-F", str(inst.ssh_config), "-O", op, host_alias(inst.name)]
+
+
 def guest_user() -> tuple[str, int]:
     """The guest user mirrors the host user: same name and uid."""
     import pwd

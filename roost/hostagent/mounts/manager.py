@@ -268,6 +268,16 @@ class MountManager:
             self.records[mount_point] = rec
             return rec.to_json()
 
+    async def readd(self, mounts: list[dict[str, Any]]) -> list[str]:
+        """Mount again what listing() described (after a suspend); the errors."""
+        errors = []
+        for m in mounts:
+            try:
+                await self.add(m["location"], m["mountPoint"], m["type"], m["writable"])
+            except RoostError as e:
+                errors.append(f"remounting {m['mountPoint']}: {e}")
+        return errors
+
     async def remove(self, mount_point: str) -> dict[str, Any]:
         mount_point = os.path.normpath(mount_point)
         async with self._lock:
