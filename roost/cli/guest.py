@@ -19,12 +19,8 @@ from roost.store.instance import Instance
 GUEST_AGENT_LOG = "/run/roost/guestagent.log"
 
 
-def _running(name: str) -> Instance:
-    return Instance.at(name).require_running()
-
-
 def execute(name: str, argv: list[str], timeout: float) -> int:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     if not argv:
         raise UsageError("give the command after --, e.g. roost exec NAME -- uname -a")
     code = 1
@@ -44,7 +40,7 @@ def execute(name: str, argv: list[str], timeout: float) -> int:
 
 
 def status(name: str, as_json: bool) -> None:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     worker = haclient.request(inst.ha_sock, "GET", "/v1/guest/status")
     if as_json:
         click.echo(json.dumps(worker, indent=2))
@@ -90,7 +86,7 @@ def logs(name: str, source: str, lines: int, follow: bool) -> int:
     if source == "guestagent":
         from roost.sshutil.config import ssh_argv
 
-        _running(name)
+        inst.require_running()
         cmd = ["tail", "-n", str(lines), *(["-f"] if follow else []), GUEST_AGENT_LOG]
         return subprocess.call(ssh_argv(inst, cmd))
     path = inst.serial_log if source == "serial" else inst.ha_stderr
@@ -104,7 +100,7 @@ def logs(name: str, source: str, lines: int, follow: bool) -> int:
 
 
 def health(name: str, as_json: bool) -> None:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     result = haclient.request(inst.ha_sock, "GET", "/v1/guest/health")
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -120,7 +116,7 @@ def health(name: str, as_json: bool) -> None:
 
 
 def probes(name: str, as_json: bool) -> None:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     result = haclient.request(inst.ha_sock, "GET", "/v1/guest/probes")
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -136,7 +132,7 @@ def probes(name: str, as_json: bool) -> None:
 def show_diff(name: str, as_json: bool) -> None:
     from roost.config.sizes import format_size
 
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     result = haclient.request(inst.ha_sock, "GET", "/v1/guest/diff", timeout=120.0)
     changes = result["changes"]
     if as_json:

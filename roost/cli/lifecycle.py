@@ -171,9 +171,7 @@ def shell(name: str, command: list[str]) -> None:
 def suspend(name: str, timeout: float = 300.0) -> None:
     from roost.cli import haclient
 
-    inst = Instance.at(name).require()
-    if inst.status() != Status.RUNNING:
-        raise RoostError(f"instance {name!r} is {inst.status().value.lower()}, not running")
+    inst = Instance.at(name).require_running()
     started = time.monotonic()
     result = haclient.request(inst.ha_sock, "POST", "/v1/suspend", timeout=timeout)
     _wait(lambda: not inst.hostagent_alive(), 60.0)

@@ -15,12 +15,8 @@ from roost.store.instance import Instance
 MOUNT_TIMEOUT = 120.0  # a hot-plug under TCG takes a second or two
 
 
-def _running(name: str) -> Instance:
-    return Instance.at(name).require_running()
-
-
 def add(name: str, host_path: str, guest_path: str, kind: str | None, writable: bool) -> None:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     body = {"location": os.path.abspath(os.path.expanduser(host_path)),
             "mountPoint": guest_path, "type": kind or "", "writable": writable}
     rec = haclient.request(inst.ha_sock, "POST", "/v1/mounts", body, timeout=MOUNT_TIMEOUT)
@@ -29,14 +25,14 @@ def add(name: str, host_path: str, guest_path: str, kind: str | None, writable: 
 
 
 def remove(name: str, guest_path: str) -> None:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     query = urllib.parse.urlencode({"mountPoint": guest_path})
     haclient.request(inst.ha_sock, "DELETE", f"/v1/mounts?{query}", timeout=MOUNT_TIMEOUT)
     click.echo(f"unmounted {guest_path}")
 
 
 def listing(name: str, as_json: bool) -> None:
-    inst = _running(name)
+    inst = Instance.at(name).require_running()
     mounts: list[dict[str, Any]] = haclient.request(inst.ha_sock, "GET", "/v1/mounts")
     if as_json:
         click.echo(json.dumps(mounts, indent=2))
