@@ -337,7 +337,7 @@ def logs(name: str, follow: bool, lines: int, source: str) -> None:
 @click.argument("name")
 def hostagent(name: str) -> None:
     """Run the host agent of NAME (started by `roost start`)."""
-    from roost.hostagent.agent import main as hostagent_main
+    from roost.hostagent.main import main as hostagent_main
 
     sys.exit(hostagent_main(name))
 

@@ -24,7 +24,7 @@ def spawn_hostagent(inst: Instance) -> subprocess.Popen[bytes]:
     """The host agent runs detached: own session, output to the instance's logs."""
     with open(inst.ha_stdout, "wb") as out, open(inst.ha_stderr, "wb") as err:
         return subprocess.Popen(
-            [sys.executable, "-m", "roost", "hostagent", inst.name],
+            [sys.executable, "-m", "roost.hostagent", inst.name],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd="/",
             start_new_session=True, close_fds=True,
         )
@@ -125,13 +125,11 @@ def _ready(inst: Instance, status: dict[str, Any]) -> int:
 
 
 def start(name: str, config_file: str | None, timeout: float) -> int:
-    from roost.cli import lifecycle
-    from roost.config.loader import load_config
-    from roost.image.disk import prepare_disk
-
     inst = Instance.at(name)
     inst.check_socket_paths()
     if not inst.exists():
+        from roost.cli import lifecycle
+
         lifecycle.create(name, config_file)
     elif config_file is not None:
         raise UsageError(f"instance {name!r} already exists; --config applies only when "
@@ -147,6 +145,10 @@ def start(name: str, config_file: str | None, timeout: float) -> int:
             elif status == Status.SUSPENDED:
                 progress.step("resuming from the saved state")
             else:
+                # Imported here: pydantic alone is ~0.2 s a resume need not pay.
+                from roost.config.loader import load_config
+                from roost.image.disk import prepare_disk
+
                 config = load_config(inst.config)  # validated before anything starts
                 inst.remove_stale_runtime_files()
                 prepare_disk(inst, config.image, config.disk, progress.step)

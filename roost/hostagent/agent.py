@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
+import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from roost import __version__
 from roost.cidata import BOOT_DONE_MARKER, GuestIdentity, files_for, write_iso
@@ -28,7 +27,7 @@ from roost.config.loader import Config, load_config
 from roost.driver.base import Driver, VMSnapshots
 from roost.driver.qemu import QemuDriver, find_qemu
 from roost.driver.qemu.accel import detect_accel
-from roost.driver.qemu.cmdline import KERNEL_APPEND, BootSpec, QemuSpec
+from roost.driver.qemu.cmdline import KERNEL_APPEND, BootSpec, QemuSpec, spec_to_json
 from roost.errors import RoostError, UsageError
 from roost.hostagent import banner
 from roost.hostagent.cleanup import CleanupError, CleanupStack
@@ -36,6 +35,7 @@ from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import (
     MountManager,
+    MountRecord,
     default_mount_type,
     qemu_args,
     static_records,
@@ -53,6 +53,10 @@ from roost.store.instance import Instance, write_atomic
 from roost.store.paths import config_dir
 from roost.store.snapshots import check_tag
 from roost_guest.ports import PROC_TABLES, parse_proc_table
+
+if TYPE_CHECKING:
+    from roost.hostagent.api import ApiServer
+    from roost.hostagent.main import Restore
 
 log = logging.getLogger("roost.hostagent")
 
@@ -72,6 +76,12 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 class HostAgentError(RoostError):
     pass
+
+
+def _import_api_server() -> type[ApiServer]:
+    from roost.hostagent.api import ApiServer
+
+    return ApiServer
 
 
 def free_port() -> int:
@@ -97,9 +107,9 @@ async def run_ssh(inst: Instance, command: list[str], timeout: float) -> tuple[i
 
 
 class HostAgent:
-    def __init__(self, inst: Instance, out: TextIO) -> None:
+    def __init__(self, inst: Instance, events: EventEmitter) -> None:
         self.inst = inst
-        self.events = EventEmitter(out)
+        self.events = events
         self.cleanups = CleanupStack()
         self.config: Config
         self.driver: Driver
@@ -108,6 +118,7 @@ class HostAgent:
         self.guest_agent: GuestAgentClient | None = None
         self.attach_pid: int | None = None
         self.resume_state: dict[str, Any] | None = None
+        self._prestarted = False  # QEMU already started (loading a saved state)
         self._suspended = False
         self.mount_errors = False
         self.guest_health: dict[str, Any] = {}
@@ -119,20 +130,24 @@ class HostAgent:
         self.forwarder: PortForwarder | None = None
         self.mounts: MountManager
         self.socket_forwards: list[dict[str, Any]] = []
+        self.config_digest = ""
 
     # -- New ------------------------------------------------------------------
 
-    def new(self) -> None:
+    def new(self, restore: Restore | None = None) -> None:
+        """Everything before the VM starts; `restore` is a QEMU already
+        loading this instance's saved state (see roost.hostagent.main)."""
         inst = self.inst
+        self.config_digest = inst.config_digest()
         self.config = load_config(inst.config)
-        pinned = read_pinned(inst)
         # A VM whose host agent died keeps running; take it over as it is.
-        self.attach_pid = inst.qemu_pid_alive()
+        self.attach_pid = None if restore else inst.qemu_pid_alive()
         runtime = inst.read_runtime() if self.attach_pid else {}
-        if not self.attach_pid and inst.suspended.exists():
+        if restore is not None:
+            self.resume_state = runtime = restore.saved
+        elif not self.attach_pid and inst.suspended.exists():
             # Resume: the same machine as when it was saved, state loaded.
-            self.resume_state = json.loads(inst.suspended.read_text())
-            runtime = self.resume_state
+            self.resume_state = runtime = json.loads(inst.suspended.read_text())
         if self.attach_pid and not runtime.get("instanceId"):
             raise HostAgentError(f"QEMU (pid {self.attach_pid}) runs but {inst.runtime} is "
                                  f"missing; run `roost stop {inst.name}` and start again")
@@ -156,8 +171,17 @@ class HostAgent:
             write_iso(inst.cidata, files_for(ident))
         write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
         static_mounts = static_records(self.config, inst.dir)
+        # A restored VM is the machine it was saved from, whatever roost.yaml says now.
+        self.driver = restore.driver if restore else QemuDriver(self._qemu_spec(static_mounts),
+                                                                 inst.qemu_log)
+        self._prestarted = restore is not None
+        self.mounts = MountManager(inst.dir, self.driver, self._guest_agent, static_mounts,
+                                   default_mount_type(self.config))
+
+    def _qemu_spec(self, static_mounts: list[MountRecord]) -> QemuSpec:
+        inst, pinned = self.inst, read_pinned(self.inst)
         qemu = find_qemu()
-        spec = QemuSpec(
+        return QemuSpec(
             name=inst.name, qemu=qemu, accel=detect_accel(qemu), cpus=self.config.cpus,
             memory=self.config.memory, disk=inst.disk, cidata=inst.cidata,
             ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
@@ -168,10 +192,6 @@ class HostAgent:
             ram_file=inst.ram_file,
             incoming=inst.vmstate if self.resume_state else None,
         )
-        driver = QemuDriver(spec, inst.qemu_log)
-        self.driver = driver
-        self.mounts = MountManager(inst.dir, driver, self._guest_agent, static_mounts,
-                                   default_mount_type(self.config))
 
     def _stop_now(self) -> None:
         self._forced = True
@@ -214,34 +234,40 @@ class HostAgent:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.attach(self.attach_pid)
-        else:
+        elif not self._prestarted:
             await self.mounts.start_static_daemons()
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.start()
         self.cleanups.push("stop the VM", lambda: self.driver.stop(
             graceful=not (self._forced or self._suspended)))
+        woken: asyncio.Future[None] | None = None
         if self.resume_state is not None:
-            await self._finish_resume()
+            await self._run_restored()
+            woken = asyncio.ensure_future(self._wake())
         self.cleanups.push("close the SSH master", self._close_ssh_master)
         self._write_runtime()
 
-        from roost.hostagent.api import ApiServer
-
-        api = ApiServer(self.info, self.events.snapshot, self.mounts, self)
-        await api.start(inst.ha_sock)
-        self.cleanups.push("close ha.sock", lambda: api.close(inst.ha_sock))
-
-        ready = asyncio.ensure_future(self._become_ready())
+        # Readiness runs beside the API's start-up (aiohttp's import alone is
+        # ~0.15 s here), but Running is announced only once ha.sock serves.
+        api_up = asyncio.Event()
+        ready = asyncio.ensure_future(self._become_ready(api_up, woken))
+        ready.add_done_callback(self._readiness_failed)
         vm_exit = asyncio.ensure_future(self.driver.wait())
         stop = asyncio.ensure_future(self._stop.wait())
         try:
+            await self._start_api()
+            api_up.set()
             await asyncio.wait({vm_exit, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            ready.cancel()
+            for task in (ready, woken):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             stop.cancel()
-            with contextlib.suppress(BaseException):
-                await ready
+        if not ready.cancelled() and ready.done() and ready.exception() is not None:
+            return 1
         if vm_exit.done() and not self._stop.is_set():
             status = vm_exit.result()
             msg = f"the VM process (QEMU) exited unexpectedly with status {status}"
@@ -253,6 +279,19 @@ class HostAgent:
             return 1
         vm_exit.cancel()
         return 0
+
+    async def _start_api(self) -> None:
+        api_server = await asyncio.to_thread(_import_api_server)  # the loop goes on meanwhile
+        api = api_server(self.info, self.events.snapshot, self.mounts, self)
+        await api.start(self.inst.ha_sock)
+        self.cleanups.push("close ha.sock", lambda: api.close(self.inst.ha_sock))
+
+    def _readiness_failed(self, task: asyncio.Future[None]) -> None:
+        """A readiness step that crashed ends the host agent, loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            log.error("readiness failed", exc_info=task.exception())
+            self.events.add_error(f"readiness failed: {task.exception()}")
+            self._stop.set()
 
     def _write_runtime(self) -> None:
         info = self.driver.info()
@@ -306,7 +345,16 @@ class HostAgent:
 
     # -- readiness ------------------------------------------------------------
 
-    def requirements(self) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
+    def requirements(self, resumed: bool = False
+                     ) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
+        """Essential, optional and final requirements.
+
+        After a resume the guest is exactly as it was when it last passed them
+        all, so only the path from the host is checked again (sshd answers
+        through the new QEMU's forward; the guest agent answered `wake`). The
+        SSH login and the boot scripts are not re-run: a new SSH master is made
+        by the first command that needs one.
+        """
         inst, info = self.inst, self.driver.info()
         logs = f"the guest console log {inst.serial_log} and {inst.qemu_log}"
 
@@ -363,6 +411,8 @@ class HostAgent:
                         f"{inst.name} -- cat /run/roost/provision.log`)",
                         FINAL_TIMEOUT, retry_interval=0.1),
         ]
+        if resumed:
+            return essential[:1], optional, []
         return essential, optional, final
 
     async def _guest_agent(self) -> GuestAgentClient:
@@ -465,6 +515,8 @@ class HostAgent:
             await self.mounts.readd(hot)
             raise
         write_atomic(self.inst.suspended, json.dumps({
+            "qemu": spec_to_json(dataclasses.replace(driver.spec, incoming=self.inst.vmstate)),
+            "configDigest": self.config_digest,
             "sshLocalPort": self.ssh_port, "instanceId": self.instance_id,
             "startedAt": self.started_at, "suspendedAt": rfc3339_now(), "mounts": hot,
             "saveSeconds": round(seconds, 3),
@@ -475,13 +527,16 @@ class HostAgent:
         return {"saveSeconds": round(seconds, 3), "checkpoints": prep.get("checkpoints", []),
                 "detachedMounts": [m["mountPoint"] for m in hot]}
 
-    async def _finish_resume(self) -> None:
-        """The loaded VM runs: wake the guest, put back its runtime mounts."""
-        assert self.resume_state is not None and isinstance(self.driver, QemuDriver)
+    async def _run_restored(self) -> None:
+        """Once the saved state is loaded, the VM runs: the saved state is used up."""
+        assert isinstance(self.driver, QemuDriver)
         self.events.emit(phase="resuming")
-        await self.driver.wait_running()
-        self.inst.suspended.unlink(missing_ok=True)
-        self.inst.vmstate.unlink(missing_ok=True)  # the RAM file is in use again
+        await self.driver.run_loaded()
+        self.inst.saved_state_used()
+
+    async def _wake(self) -> None:
+        """Wake the restored guest (restore_cmds, clock); put back its runtime mounts."""
+        assert self.resume_state is not None
         try:
             client = await self._guest_agent()
             await client.request("wake", timeout=60.0, time=time.time())
@@ -619,8 +674,9 @@ class HostAgent:
                 break
         return results
 
-    async def _become_ready(self) -> None:
-        essential, optional, final = self.requirements()
+    async def _become_ready(self, api_up: asyncio.Event,
+                            woken: asyncio.Future[None] | None) -> None:
+        essential, optional, final = self.requirements(resumed=self.resume_state is not None)
         self.cleanups.push("disconnect the guest agent", self._drop_guest_agent)
         # The guest agent is independent of SSH: wait for both at once.
         optional_task = asyncio.ensure_future(self._run_list(optional))
@@ -630,6 +686,8 @@ class HostAgent:
                 await self._start_port_forwarding()
                 results += await self._run_list(final)
             results += await optional_task
+            if woken is not None:
+                await woken
             if all(r.ok for r in results if r.requirement.kind == "essential"):
                 self.events.emit(phase="mounting host folders")
                 for error in await self.mounts.mount_static():
@@ -641,37 +699,8 @@ class HostAgent:
         for r in failed:
             self.events.add_error(f"{r.error} (hint: {r.requirement.debug_hint})")
         agent = {"connected": self.guest_agent is not None and self.guest_agent.connected}
+        await api_up.wait()
         self.events.emit(
             running=True, degraded=bool(failed) or self.mount_errors, phase="running",
             requirements=[r.to_json() for r in self.results], guestAgent=agent,
         )
-
-
-def main(name: str) -> int:
-    """`roost hostagent NAME`: runs until signalled or the VM exits."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    inst = Instance.at(name).require()
-    lock = open(inst.ha_lock, "w")  # noqa: SIM115 - held (flock) for the agent's whole life
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"roost hostagent: a host agent for {name!r} is already running", file=sys.stderr)
-        return 1
-    write_atomic(inst.ha_pid, f"{os.getpid()}\n")
-    started = time.monotonic()
-    agent = HostAgent(inst, sys.stdout)
-    try:
-        agent.new()
-    except RoostError as e:
-        agent.events.add_error(str(e))
-        agent.events.emit(exiting=True, phase="stopped")
-        inst.ha_pid.unlink(missing_ok=True)
-        return 1
-    log.info("New done in %.3fs", time.monotonic() - started)
-    try:
-        return asyncio.run(agent.run())
-    finally:
-        inst.ha_pid.unlink(missing_ok=True)

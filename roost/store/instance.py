@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -165,6 +166,18 @@ class Instance:
             raise RoostError(f"instance {self.name!r} is {status.value.lower()}, not running; "
                              f"`roost start {self.name}` first")
         return self
+
+    def saved_state_used(self) -> None:
+        """A restored VM ran: its saved device state no longer matches the RAM file."""
+        self.suspended.unlink(missing_ok=True)
+        self.vmstate.unlink(missing_ok=True)
+
+    def config_digest(self) -> str:
+        """Identifies roost.yaml's exact text (a resume checks it is unchanged)."""
+        try:
+            return hashlib.sha256(self.config.read_bytes()).hexdigest()
+        except OSError:
+            return ""
 
     def read_runtime(self) -> dict[str, Any]:
         try:

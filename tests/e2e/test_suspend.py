@@ -65,6 +65,25 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
     roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
 
 
+def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper: str) -> None:
+    roost.run("shell", sleeper, "--", "sh", "-c", "echo before > /root/state; sync")
+    roost.run("suspend", sleeper, timeout=300)
+    config = roost.home / sleeper / "roost.yaml"
+    good = config.read_text()
+    config.write_text(good + "cpus: many\n")
+    try:
+        proc = roost.run("resume", sleeper, check=False, timeout=300)
+        assert proc.returncode == 1 and "cpus" in proc.stderr
+        # The loaded VM never ran: the saved state is kept for another try.
+        assert roost.ls()[sleeper]["status"] == "Suspended"
+        assert (roost.home / sleeper / "vmstate.bin").exists()
+        assert not (roost.home / sleeper / "qemu.pid").exists()
+    finally:
+        config.write_text(good)
+    roost.run("resume", sleeper, timeout=300)
+    assert roost.run("shell", sleeper, "--", "cat", "/root/state").stdout == "before\n"
+
+
 def test_static_shared_folders_block_suspend(roost: Roost, vm: str) -> None:
     proc = roost.run("suspend", vm, check=False)
     assert proc.returncode == 2 and "block saving the VM state" in proc.stderr

@@ -1,8 +1,17 @@
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
-from roost.driver.qemu.cmdline import BootSpec, QemuSpec, build_argv, mac_address
+from roost.driver.qemu.cmdline import (
+    BootSpec,
+    QemuSpec,
+    build_argv,
+    mac_address,
+    spec_from_json,
+    spec_to_json,
+)
 
 
 def spec(tmp: Path, accel: str = "tcg") -> QemuSpec:
@@ -48,3 +57,22 @@ def test_kvm_uses_host_cpu(tmp_path: Path) -> None:
 def test_mac_is_stable_and_local() -> None:
     assert mac_address("dev") == mac_address("dev") != mac_address("other")
     assert mac_address("dev").startswith("52:55:55:")
+
+
+def test_restore_loads_paused_through_qmp(tmp_path: Path) -> None:
+    restore = dataclasses.replace(spec(tmp_path), ram_file=tmp_path / "ram.bin",
+                                  incoming=tmp_path / "vmstate.bin")
+    argv = build_argv(restore)
+    # -S: the host agent decides when the loaded VM runs; defer: x-ignore-shared
+    # must be set over QMP before the state is read (QEMU 7.2 has no -global for it).
+    assert argv[-3:] == ["-S", "-incoming", "defer"]
+    assert "-S" not in build_argv(spec(tmp_path))
+    assert f"mem-path={tmp_path}/ram.bin" in option(argv, "-object")[0]
+
+
+def test_spec_survives_json_for_suspend(tmp_path: Path) -> None:
+    saved = dataclasses.replace(spec(tmp_path), extra=("-device", "x"),
+                                ram_file=tmp_path / "ram.bin", incoming=tmp_path / "vm")
+    loaded = spec_from_json(json.loads(json.dumps(spec_to_json(saved))))
+    assert loaded == saved
+    assert build_argv(loaded) == build_argv(saved)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 GUEST_AGENT_PORT_NAME = "io.roost.guest_agent.0"
 HOTPLUG_SLOTS = 8
@@ -41,8 +43,32 @@ class QemuSpec:
     # Guest RAM in this file (shared): suspend then saves only device state
     # (x-ignore-shared), and the RAM file is the rest of the saved VM.
     ram_file: Path | None = None
-    # Resume: load the VM state saved in this file (-incoming defer + QMP).
+    # Resume: load the VM state saved in this file (-incoming defer + QMP),
+    # then stay paused (-S) until the host agent continues it.
     incoming: Path | None = None
+
+
+def spec_to_json(spec: QemuSpec) -> dict[str, Any]:
+    """The machine as saved with a suspended VM: restoring needs the same one."""
+    return dataclasses.asdict(spec, dict_factory=lambda items: {
+        k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+        for k, v in items})
+
+
+def spec_from_json(data: dict[str, Any]) -> QemuSpec:
+    def typed(cls: type[Any], values: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(cls):
+            v = values.get(f.name, f.default)
+            if v is not None and "Path" in str(f.type):
+                v = Path(v)
+            out[f.name] = v
+        return out
+
+    fields = typed(QemuSpec, data)
+    fields["boot"] = BootSpec(**typed(BootSpec, data["boot"]))
+    fields["extra"] = tuple(data.get("extra", ()))
+    return QemuSpec(**fields)
 
 
 def mac_address(name: str) -> str:
@@ -108,5 +134,5 @@ def build_argv(spec: QemuSpec) -> list[str]:
     for i in range(HOTPLUG_SLOTS):
         argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
     if spec.incoming is not None:
-        argv += ["-incoming", "defer"]
+        argv += ["-S", "-incoming", "defer"]
     return argv + list(spec.extra)

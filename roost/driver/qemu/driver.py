@@ -230,17 +230,21 @@ class QemuDriver:
                 raise DriverError(f"saving the VM state took over {timeout:g}s")
             await asyncio.sleep(0.01)
 
-    async def wait_running(self, timeout: float = 120.0) -> None:
-        """After -incoming: until the loaded VM runs."""
+    async def run_loaded(self, timeout: float = 120.0) -> None:
+        """After -incoming (with -S): once the state is loaded, let the VM run."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             status = (await self._qmp_execute("query-status")).get("status")
+            if status in ("paused", "postmigrate"):
+                await self._qmp_execute("cont")
+                return
             if status == "running":
                 return
-            if status in ("internal-error", "shutdown", "guest-panicked") \
-                    or loop.time() > deadline:
-                raise DriverError(f"the restored VM is {status}, not running")
+            if status != "inmigrate" or loop.time() > deadline:
+                info = await self._qmp_execute("query-migrate")
+                raise DriverError(f"loading the saved VM state failed (the VM is {status}"
+                                  f"): {info.get('error-desc', info.get('status', '?'))}")
             await asyncio.sleep(0.01)
 
     async def quit(self) -> None:
