@@ -176,6 +176,6 @@ def suspend(name: str, timeout: float = 300.0) -> None:
     result = haclient.request(inst.ha_sock, "POST", "/v1/suspend", timeout=timeout)
     _wait(lambda: not inst.hostagent_alive(), 60.0)
     detached = result.get("detachedMounts") or []
-    note = f"; runtime mounts {', '.join(detached)} come back on resume" if detached else ""
+    note = f"; shared folders {', '.join(detached)} come back on resume" if detached else ""
     click.echo(f"{name} suspended in {time.monotonic() - started:.2f}s "
                f"(state saved in {result['saveSeconds']}s){note}")

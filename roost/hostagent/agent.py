@@ -171,6 +171,8 @@ class HostAgent:
             write_iso(inst.cidata, files_for(ident))
         write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
         static_mounts = static_records(self.config, inst.dir)
+        for rec in static_mounts if self.resume_state is not None else []:
+            rec.detached = True  # the saved VM has them unmounted (MountManager.detach_all)
         # A restored VM is the machine it was saved from, whatever roost.yaml says now.
         self.driver = restore.driver if restore else QemuDriver(self._qemu_spec(static_mounts),
                                                                  inst.qemu_log)
@@ -188,7 +190,8 @@ class HostAgent:
             serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
             boot=BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
                           + (" roost.overlay=1" if self.config.read_only_root else "")),
-            extra=tuple(qemu_args(static_mounts, inst.dir)),
+            extra=tuple(qemu_args(static_mounts, inst.dir,
+                                  virtiofs_devices=self.resume_state is None)),
             ram_file=inst.ram_file,
             incoming=inst.vmstate if self.resume_state else None,
         )
@@ -488,13 +491,6 @@ class HostAgent:
 
     async def suspend(self) -> dict[str, Any]:
         """Save the VM's state to vmstate.bin and end QEMU; `roost resume` loads it."""
-        blocking = [r.mount_point for r in self.mounts.records.values()
-                    if not r.ephemeral and r.type in ("virtiofs", "9p")]
-        if blocking:
-            raise UsageError(
-                "shared folders from roost.yaml (" + ", ".join(blocking) + ") are devices "
-                "that block saving the VM state; runtime mounts are detached and restored "
-                "by suspend, so add them with `roost mount add` instead")
         if not isinstance(self.driver, QemuDriver):
             raise UsageError("this instance's driver cannot suspend")
         driver: QemuDriver = self.driver
@@ -503,20 +499,27 @@ class HostAgent:
             prep = await client.request("sleep-prep", timeout=120.0)
         except GuestAgentError as e:
             raise HostAgentError(f"the guest agent could not prepare for sleep: {e}") from None
-        hot = [r.to_json() for r in self.mounts.records.values() if r.ephemeral]
-        for rec in hot:  # vhost-user-fs devices and sshfs streams do not survive
-            await self.mounts.remove(rec["mountPoint"])
-        await self._drop_guest_agent()
+        detached = [m["mountPoint"] for m in self.mounts.listing()]
+        hot: list[dict[str, Any]] = []
         try:
+            hot = await self.mounts.detach_all()  # shares block saving the VM state
+            await self._drop_guest_agent()
             seconds = await driver.save_state(self.inst.vmstate)
         except RoostError:
             self.inst.vmstate.unlink(missing_ok=True)
-            await driver.hmp("cont")  # a failed migration may leave it paused
-            await self.mounts.readd(hot)
+            with contextlib.suppress(RoostError):
+                await driver.hmp("cont")  # a failed migration may leave it paused
+            for error in (await self.mounts.reattach_static(mount_in_guest=True)
+                          + await self.mounts.readd(hot)):
+                self.events.add_error(f"after the failed suspend: {error}")
             raise
+        # The machine as saved: roost.yaml's virtiofs devices are unplugged.
+        machine = dataclasses.replace(
+            driver.spec, incoming=self.inst.vmstate,
+            extra=tuple(qemu_args([r for r in self.mounts.records.values() if not r.ephemeral],
+                                  self.inst.dir, virtiofs_devices=False)))
         write_atomic(self.inst.suspended, json.dumps({
-            "qemu": spec_to_json(dataclasses.replace(driver.spec, incoming=self.inst.vmstate)),
-            "configDigest": self.config_digest,
+            "qemu": spec_to_json(machine), "configDigest": self.config_digest,
             "sshLocalPort": self.ssh_port, "instanceId": self.instance_id,
             "startedAt": self.started_at, "suspendedAt": rfc3339_now(), "mounts": hot,
             "saveSeconds": round(seconds, 3),
@@ -525,7 +528,7 @@ class HostAgent:
         self.events.emit(phase="suspended")
         self._stop.set()  # the cleanups quit QEMU (its state is saved)
         return {"saveSeconds": round(seconds, 3), "checkpoints": prep.get("checkpoints", []),
-                "detachedMounts": [m["mountPoint"] for m in hot]}
+                "detachedMounts": detached}
 
     async def _run_restored(self) -> None:
         """Once the saved state is loaded, the VM runs: the saved state is used up."""
@@ -542,7 +545,9 @@ class HostAgent:
             await client.request("wake", timeout=60.0, time=time.time())
         except GuestAgentError as e:
             self.events.add_error(f"the guest agent did not wake: {e}")
-        for error in await self.mounts.readd(self.resume_state.get("mounts", [])):
+        # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
+        for error in (await self.mounts.reattach_static(mount_in_guest=False)
+                      + await self.mounts.readd(self.resume_state.get("mounts", []))):
             self.events.add_error(f"after resume: {error}")
 
     def _vm_snapshots(self) -> VMSnapshots:

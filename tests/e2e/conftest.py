@@ -171,3 +171,19 @@ def vm(roost: Roost) -> str:
               "--disk", "4GiB")
     roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
     return name
+
+
+def virtiofsd_pids(roost: Roost, name: str) -> list[int]:
+    """virtiofsd processes serving this instance (found by their socket path)."""
+    out = []
+    marker = str(roost.home / name).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"virtiofsd" in cmdline and marker in cmdline and pid_running(int(entry.name)):
+            out.append(int(entry.name))
+    return out

@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     Roost,
     pid_running,
     static_share,
+    virtiofsd_pids,
 )
 
 
@@ -34,22 +35,6 @@ def mounts(roost: Roost, name: str) -> dict[str, dict[str, Any]]:
 
 def is_mount_point(roost: Roost, name: str, path: str) -> bool:
     return f" {path} " in guest(roost, name, "cat /proc/mounts")
-
-
-def virtiofsd_pids(roost: Roost, name: str) -> list[int]:
-    """virtiofsd processes serving this instance (found by their socket path)."""
-    out = []
-    marker = str(roost.home / name).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"virtiofsd" in cmdline and marker in cmdline and pid_running(int(entry.name)):
-            out.append(int(entry.name))
-    return out
 
 
 @pytest.fixture
@@ -109,7 +94,7 @@ def test_nine_hot_mounts_and_slot_reuse(roost: Roost, vm: str, share: Path) -> N
     points = [f"/mnt/slot{i}" for i in range(9)]
     for point in points[:8]:
         roost.run("mount", "add", vm, str(share), point, "--type", "virtiofs")
-    slots = {row["slot"] for row in mounts(roost, vm).values() if row.get("slot")}
+    slots = {row["slot"] for row in mounts(roost, vm).values() if row["ephemeral"]}
     assert len(slots) == 8
     ninth = roost.run("mount", "add", vm, str(share), points[8], "--type", "virtiofs",
                       check=False)
@@ -207,3 +192,16 @@ def test_static_mount_of_other_types(roost: Roost, typed_vm: tuple[str, Path]) -
     guest(roost, name, "echo back > /mnt/shared/from-guest.txt")
     assert (share / "from-guest.txt").read_text() == "back\n"
     assert os.stat(share / "from-guest.txt").st_size == 5
+
+
+def test_suspend_resume_with_static_mount_of_other_types(
+        roost: Roost, typed_vm: tuple[str, Path]) -> None:
+    name, share = typed_vm
+    # A mounted 9p export blocks saving the VM state; an sshfs stream does not
+    # survive it: both are unmounted for the save and mounted again after.
+    out = roost.run("suspend", name, timeout=300).stdout
+    assert "/mnt/shared come back on resume" in out
+    roost.run("resume", name, timeout=300)
+    assert mounts(roost, name)["/mnt/shared"]["state"] == "mounted"
+    (share / "after.txt").write_text("after resume\n")
+    assert guest(roost, name, "cat /mnt/shared/after.txt") == "after resume\n"

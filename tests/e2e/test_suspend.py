@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -9,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
+from tests.e2e.conftest import (
+    START_TIMEOUT,
+    STATIC_RO_GUEST,
+    STATIC_RW_GUEST,
+    Roost,
+    static_share,
+    virtiofsd_pids,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,10 +93,23 @@ def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper
     assert roost.run("shell", sleeper, "--", "cat", "/root/state").stdout == "before\n"
 
 
-def test_static_shared_folders_block_suspend(roost: Roost, vm: str) -> None:
-    proc = roost.run("suspend", vm, check=False)
-    assert proc.returncode == 2 and "block saving the VM state" in proc.stderr
-    assert roost.ls()[vm]["status"] == "Running"
+def test_suspend_resume_with_static_virtiofs_shares(roost: Roost, vm: str) -> None:
+    # roost.yaml's virtiofs devices block saving the VM state: they are
+    # unplugged for the save and plugged and mounted again after the restore.
+    (static_share(roost, "rw") / "before.txt").write_text("before\n")
+    out = roost.run("suspend", vm, timeout=300).stdout
+    assert STATIC_RW_GUEST in out and STATIC_RO_GUEST in out
+    assert virtiofsd_pids(roost, vm) == []  # none left running while suspended
+    roost.run("resume", vm, timeout=300)
+    listed = {m["mountPoint"]: m for m in json.loads(
+        roost.run("mount", "list", vm, "--json").stdout)}
+    assert listed[STATIC_RW_GUEST]["state"] == "mounted"
+    assert roost.run("shell", vm, "--", "cat", f"{STATIC_RW_GUEST}/before.txt").stdout \
+        == "before\n"
+    roost.run("shell", vm, "--", "sh", "-c", f"echo after > {STATIC_RW_GUEST}/after.txt")
+    assert (static_share(roost, "rw") / "after.txt").read_text() == "after\n"
+    assert roost.run("shell", vm, "--", "cat", f"{STATIC_RO_GUEST}/hello.txt").stdout \
+        == "static hello\n"
 
 
 def test_resume_needs_a_suspended_instance(roost: Roost, sleeper: str) -> None:

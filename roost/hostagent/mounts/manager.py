@@ -9,6 +9,13 @@ that succeeded are undone, newest first, and the registry is unchanged.
 9p cannot be hot-mounted on QEMU 7.2: an fsdev (the exported host folder)
 can only be declared at launch, and there is no fsdev_add. Hot-mounting 9p
 is refused with that reason; virtiofs or reverse-sshfs do the job.
+
+Suspend: a vhost-user-fs device, and a 9p export while the guest has it
+mounted, block saving the VM state. So every share leaves the guest before
+the save: runtime mounts are removed (and added again after the restore);
+roost.yaml's are unmounted in the guest, and their virtiofs devices, which
+sit on root ports of their own for this, are unplugged, to be plugged and
+mounted again after the restore.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from roost_guest.protocol import guest_mount_point_problem
 log = logging.getLogger(__name__)
 
 HOTPLUG_SLOTS = tuple(f"hp{i}" for i in range(8))
+STATIC_CHASSIS = 100  # pcie-root-port chassis numbers of roost.yaml's virtiofs shares
 MOUNT_TIMEOUT = 30.0
 
 
@@ -82,6 +90,7 @@ class MountRecord:
     virtiofsd: Virtiofsd | None = None
     options: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+    detached: bool = False  # a roost.yaml share taken out for a suspend
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -105,6 +114,8 @@ def static_records(config: Config, inst_dir: Path) -> list[MountRecord]:
                           mount_point=os.path.normpath(m.mount_point or m.location),
                           type=kind, writable=m.writable, ephemeral=False, tag=f"roost{i}",
                           device_id=f"mnt{i}", options=_options(m, kind))
+        if kind == "virtiofs":
+            rec.slot = f"mnt{i}-port"  # a root port of its own: unpluggable for suspend
         out.append(rec)
     return out
 
@@ -119,14 +130,21 @@ def _options(m: Mount, kind: str) -> dict[str, Any]:
     return {"cache": m.sshfs.cache, "followSymlinks": m.sshfs.follow_symlinks}
 
 
-def qemu_args(records: list[MountRecord], inst_dir: Path) -> list[str]:
-    """Boot-time devices for static virtiofs and 9p mounts."""
+def qemu_args(records: list[MountRecord], inst_dir: Path,
+              virtiofs_devices: bool = True) -> list[str]:
+    """Boot-time devices for static virtiofs and 9p mounts. Without
+    `virtiofs_devices`: the machine a suspended VM was saved as (its
+    virtiofs devices were unplugged; their root ports stay)."""
     args: list[str] = []
-    for rec in records:
+    for i, rec in enumerate(records):
         if rec.type == "virtiofs":
-            sock = str(inst_dir / f"{rec.device_id}.vfs.sock").replace(",", ",,")
+            args += ["-device", f"pcie-root-port,id={rec.slot},bus=pcie.0,"
+                                f"chassis={STATIC_CHASSIS + i}"]
+            if not virtiofs_devices:
+                continue
+            sock = str(_virtiofsd_socket(inst_dir, rec)).replace(",", ",,")
             args += ["-chardev", f"socket,id={rec.device_id}-chr,path={sock}",
-                     "-device", f"vhost-user-fs-pci,id={rec.device_id},"
+                     "-device", f"vhost-user-fs-pci,id={rec.device_id},bus={rec.slot},"
                                 f"chardev={rec.device_id}-chr,tag={rec.tag},"
                                 f"queue-size={rec.options.get('queueSize', 1024)}"]
         elif rec.type == "9p":
@@ -137,6 +155,10 @@ def qemu_args(records: list[MountRecord], inst_dir: Path) -> list[str]:
                      "-device", f"virtio-9p-pci,id={rec.device_id},"
                                 f"fsdev={rec.device_id}-fs,mount_tag={rec.tag}"]
     return args
+
+
+def _virtiofsd_socket(inst_dir: Path, rec: MountRecord) -> Path:
+    return inst_dir / f"{rec.device_id}.vfs.sock"
 
 
 class MountManager:
@@ -161,12 +183,12 @@ class MountManager:
         if binary is None:
             raise MountFailed("no virtiofsd found (Debian: the qemu-system-common package); "
                               "use --type 9p or reverse-sshfs")
-        sock = self.inst_dir / f"{rec.device_id}.vfs.sock"
+        sock = _virtiofsd_socket(self.inst_dir, rec)
         return Virtiofsd(binary, sock, rec.location, self.inst_dir / f"{rec.device_id}.vfs.log")
 
     async def start_static_daemons(self) -> None:
         for rec in self.records.values():
-            if rec.type == "virtiofs":
+            if rec.type == "virtiofs" and not rec.detached:
                 rec.virtiofsd = self._virtiofsd(rec)
                 await rec.virtiofsd.start()
 
@@ -206,7 +228,7 @@ class MountManager:
         """Mount roost.yaml's shares in the guest; the errors, one per failed share."""
         errors = []
         for rec in list(self.records.values()):
-            if rec.ephemeral:
+            if rec.ephemeral or rec.detached:  # detached: reattach_static failed (reported)
                 continue
             try:
                 await self._guest_mount(rec)
@@ -272,10 +294,61 @@ class MountManager:
         """Mount again what listing() described (after a suspend); the errors."""
         errors = []
         for m in mounts:
+            if m["mountPoint"] in self.records:  # never removed (a suspend that failed early)
+                continue
             try:
                 await self.add(m["location"], m["mountPoint"], m["type"], m["writable"])
             except RoostError as e:
                 errors.append(f"remounting {m['mountPoint']}: {e}")
+        return errors
+
+    async def detach_all(self) -> list[dict[str, Any]]:
+        """Before saving the VM state: every share out of the guest (see the
+        module's doc); the runtime mounts removed, as listing() gave them."""
+        hot = [r.to_json() for r in self.records.values() if r.ephemeral]
+        for rec in list(self.records.values()):
+            if rec.ephemeral:
+                await self.remove(rec.mount_point)
+                continue
+            async with self._lock:
+                if rec.error:  # never mounted in the guest
+                    rec.detached = True
+                    continue
+                try:
+                    await self._guest_umount(rec)
+                except MountFailed as e:
+                    raise MountFailed(f"{e}; a process in the guest may be using it (its "
+                                      "current directory or an open file)") from None
+                rec.detached = True
+                if rec.type == "virtiofs" and rec.device_id:
+                    await self.driver.unplug(rec.device_id)
+                    if rec.virtiofsd is not None:
+                        await rec.virtiofsd.stop()
+                        rec.virtiofsd = None
+        return hot
+
+    async def reattach_static(self, mount_in_guest: bool) -> list[str]:
+        """roost.yaml's shares back after detach_all(): each virtiofs device
+        plugged again, and mounted in the guest unless `mount_static()` will
+        do that (after a resume, as after a boot); the errors."""
+        errors = []
+        for rec in self.records.values():
+            if rec.ephemeral or not rec.detached:
+                continue
+            try:
+                if rec.type == "virtiofs" and rec.virtiofsd is None:
+                    assert rec.device_id is not None and rec.slot is not None
+                    rec.virtiofsd = self._virtiofsd(rec)
+                    await rec.virtiofsd.start()
+                    await self.driver.hotplug_virtiofs(
+                        rec.device_id, rec.slot, rec.virtiofsd.socket_path, rec.tag,
+                        int(rec.options.get("queueSize", 1024)))
+                rec.detached = False
+                if mount_in_guest:
+                    await self._guest_mount(rec)
+            except RoostError as e:
+                rec.error = str(e)
+                errors.append(f"{rec.mount_point}: {e}")
         return errors
 
     async def remove(self, mount_point: str) -> dict[str, Any]:
