@@ -94,8 +94,16 @@ def _close_ssh_master(inst: Instance) -> None:
 def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
     inst = Instance.at(name).require()
     if inst.status() == Status.SUSPENDED:
-        raise RoostError(f"{name} is suspended (not running); `roost resume {name}` brings it "
-                         f"back, `roost delete {name}` drops it with its saved state")
+        if not force:
+            raise RoostError(f"{name} is suspended (not running); `roost resume {name}` brings "
+                             f"it back, `roost stop --force {name}` drops its saved state and "
+                             "keeps its disk")
+        with operation_lock(name, "discard its saved state"):
+            # The guest as if it lost power at the suspend: its disk as it was then.
+            inst.drop_saved_state()
+            inst.ram_file.unlink(missing_ok=True)
+        click.echo(f"{name} stopped (its saved state dropped)")
+        return
     if inst.status() == Status.STOPPED:
         inst.remove_stale_runtime_files()
         click.echo(f"{name} is not running")

@@ -77,7 +77,8 @@ def start(name: str, config_file: str | None, timeout: float) -> None:
 
 @cli.command()
 @NAME
-@click.option("--force", "-f", is_flag=True, help="kill the VM instead of shutting it down")
+@click.option("--force", "-f", is_flag=True, help="kill the VM instead of shutting it down; "
+              "for a suspended instance, drop its saved state (the disk stays)")
 @click.option("--timeout", type=click.FloatRange(min=1), default=90.0, show_default=True)
 def stop(name: str, force: bool, timeout: float) -> None:
     """Stop a running instance."""

@@ -131,6 +131,8 @@ class HostAgent:
         self.mounts: MountManager
         self.socket_forwards: list[dict[str, Any]] = []
         self.config_digest = ""
+        self._early_wake: asyncio.Future[GuestAgentClient] | None = None
+        self._woken_early = False
 
     # -- New ------------------------------------------------------------------
 
@@ -177,6 +179,8 @@ class HostAgent:
         self.driver = restore.driver if restore else QemuDriver(self._qemu_spec(static_mounts),
                                                                  inst.qemu_log)
         self._prestarted = restore is not None
+        self._early_wake = restore.woken if restore else None
+        self._woken_early = self._early_wake is not None
         self.mounts = MountManager(inst.dir, self.driver, self._guest_agent, static_mounts,
                                    default_mount_type(self.config))
 
@@ -237,6 +241,7 @@ class HostAgent:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.attach(self.attach_pid)
+            self.mounts.adopt_static_daemons()
         elif not self._prestarted:
             await self.mounts.start_static_daemons()
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
@@ -425,6 +430,12 @@ class HostAgent:
         and a second dial would wait unanswered behind the first.
         """
         async with self._guest_agent_lock:
+            if self._early_wake is not None:
+                early, self._early_wake = self._early_wake, None
+                try:
+                    self.guest_agent = await early
+                except GuestAgentError as e:
+                    self.events.add_error(f"the guest agent did not wake: {e}")
             if self.guest_agent is None or not self.guest_agent.connected:
                 client = GuestAgentClient(self.driver.guest_agent_dialer())
                 try:
@@ -535,14 +546,15 @@ class HostAgent:
         assert isinstance(self.driver, QemuDriver)
         self.events.emit(phase="resuming")
         await self.driver.run_loaded()
-        self.inst.saved_state_used()
+        self.inst.drop_saved_state()
 
     async def _wake(self) -> None:
         """Wake the restored guest (restore_cmds, clock); put back its runtime mounts."""
         assert self.resume_state is not None
         try:
-            client = await self._guest_agent()
-            await client.request("wake", timeout=60.0, time=time.time())
+            client = await self._guest_agent()  # adopts the session that woke it early
+            if not self._woken_early:
+                await client.request("wake", timeout=60.0, time=time.time())
         except GuestAgentError as e:
             self.events.add_error(f"the guest agent did not wake: {e}")
         # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
@@ -693,7 +705,9 @@ class HostAgent:
             results += await optional_task
             if woken is not None:
                 await woken
-            if all(r.ok for r in results if r.requirement.kind == "essential"):
+            # Taken over, the VM kept running with roost.yaml's shares mounted.
+            if all(r.ok for r in results if r.requirement.kind == "essential") \
+                    and not self.attach_pid:
                 self.events.emit(phase="mounting host folders")
                 for error in await self.mounts.mount_static():
                     self.events.add_error(error)

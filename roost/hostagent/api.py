@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from roost.errors import RoostError, UsageError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class Mounts(Protocol):
@@ -23,8 +26,29 @@ class Mounts(Protocol):
     async def remove(self, mount_point: str) -> dict[str, Any]: ...
 
 
+log = logging.getLogger(__name__)
+
+
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """roost's errors as JSON: a usage error is 400, any other 500, and a bug
+    says what it was (the traceback goes to ha.stderr.log), never just 500."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except UsageError as e:
+        return _error(400, str(e))
+    except RoostError as e:
+        return _error(500, str(e))
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"the host agent failed: {type(e).__name__}: {e} "
+                           "(the traceback is in ha.stderr.log)")
 
 
 class Guest(Protocol):
@@ -51,7 +75,7 @@ class ApiServer:
         self._status = status
         self._mounts = mounts
         self._guest = guest
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[_errors])
         self.app.router.add_get("/v1/info", self._get_info)
         self.app.router.add_get("/v1/status", self._get_status)
         self.app.router.add_get("/v1/mounts", self._get_mounts)
@@ -67,12 +91,7 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
 
     async def _suspend(self, request: web.Request) -> web.Response:
-        try:
-            return web.json_response(await self._guest.suspend())
-        except UsageError as e:
-            return _error(400, str(e))
-        except RoostError as e:
-            return _error(500, str(e))
+        return web.json_response(await self._guest.suspend())
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         try:
@@ -85,10 +104,6 @@ class ApiServer:
                 result = await self._guest.snapshot_create(str(body["tag"]))
         except (ValueError, KeyError, TypeError):
             return _error(400, "expected JSON with tag")
-        except UsageError as e:
-            return _error(400, str(e))
-        except RoostError as e:
-            return _error(500, str(e))
         return web.json_response(result)
 
     async def _get_guest(self, request: web.Request) -> web.Response:
@@ -149,13 +164,8 @@ class ApiServer:
             kind, writable = str(body.get("type", "")), bool(body.get("writable", False))
         except (ValueError, KeyError, TypeError):
             return _error(400, "expected JSON with location, mountPoint, type, writable")
-        try:
-            return web.json_response(await self._mounts.add(location, mount_point, kind,
-                                                            writable), status=201)
-        except UsageError as e:
-            return _error(400, str(e))
-        except RoostError as e:
-            return _error(500, str(e))
+        return web.json_response(await self._mounts.add(location, mount_point, kind, writable),
+                                 status=201)
 
     async def _delete_mount(self, request: web.Request) -> web.Response:
         mount_point = request.query.get("mountPoint", "")
@@ -163,8 +173,6 @@ class ApiServer:
             return web.json_response(await self._mounts.remove(mount_point))
         except UsageError as e:
             return _error(404 if "nothing is mounted" in str(e) else 400, str(e))
-        except RoostError as e:
-            return _error(500, str(e))
 
     async def _get_info(self, request: web.Request) -> web.Response:
         return web.json_response(self._info())

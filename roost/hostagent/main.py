@@ -14,6 +14,7 @@ config, so a broken roost.yaml fails the resume with the saved state intact.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -21,13 +22,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from roost.driver.qemu.cmdline import spec_from_json
 from roost.driver.qemu.driver import QemuDriver
 from roost.errors import RoostError
 from roost.hostagent.events import EventEmitter
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.store.instance import Instance, write_atomic
+
+if TYPE_CHECKING:
+    from roost.hostagent.agent import HostAgent
 
 log = logging.getLogger("roost.hostagent")
 
@@ -57,13 +62,13 @@ async def _serve(inst: Instance, events: EventEmitter) -> int:
     restore: Restore | None = None
     try:
         restore = await _start_restore(inst, events)
-        from roost.hostagent.agent import HostAgent  # the heavy part, beside the restore
-
-        agent = HostAgent(inst, events)
+        # The heavy part, in a thread: meanwhile the loop wakes a restored guest.
+        host_agent = await asyncio.to_thread(_import_host_agent)
+        agent = host_agent(inst, events)
         agent.new(restore)
     except Exception as e:
         if restore is not None:
-            await _abandon(inst, restore.driver)
+            await _abandon(inst, restore.driver, restore.woken)
         if not isinstance(e, RoostError):
             log.exception("host agent failed")
         events.add_error(str(e) if isinstance(e, RoostError) else f"{type(e).__name__}: {e}")
@@ -73,12 +78,20 @@ async def _serve(inst: Instance, events: EventEmitter) -> int:
     return await agent.run()
 
 
-@dataclass(frozen=True)
+def _import_host_agent() -> type[HostAgent]:
+    from roost.hostagent.agent import HostAgent
+
+    return HostAgent
+
+
+@dataclass
 class Restore:
     """A QEMU loading a suspended instance's state (perhaps running it already)."""
 
     driver: QemuDriver
     saved: dict[str, Any]  # suspended.json, read before the VM could run
+    # When it runs: the guest agent session that is waking it (see _wake).
+    woken: asyncio.Future[GuestAgentClient] | None = None
 
 
 async def _start_restore(inst: Instance, events: EventEmitter) -> Restore | None:
@@ -98,13 +111,36 @@ async def _start_restore(inst: Instance, events: EventEmitter) -> Restore | None
         except BaseException:
             await _abandon(inst, driver)
             raise
-        inst.saved_state_used()
+        inst.drop_saved_state()
+        return Restore(driver, saved, asyncio.ensure_future(_wake(driver)))
     return Restore(driver, saved)
 
 
-async def _abandon(inst: Instance, driver: QemuDriver) -> None:
+async def _wake(driver: QemuDriver) -> GuestAgentClient:
+    """The guest agent's `wake`, sent as soon as the restored VM runs: under
+    TCG the guest is slow until its code is translated again, and this way
+    that happens while the host agent is still being imported."""
+    client = GuestAgentClient(driver.guest_agent_dialer())
+    try:
+        await client.connect()
+        await client.request("wake", timeout=60.0, time=time.time())
+    except OSError as e:
+        await client.close()
+        raise GuestAgentError(f"cannot connect to the guest agent: {e}") from None
+    except BaseException:
+        await client.close()
+        raise
+    return client
+
+
+async def _abandon(inst: Instance, driver: QemuDriver,
+                   woken: asyncio.Future[GuestAgentClient] | None = None) -> None:
     """End a restore that cannot go on. Still paused, the saved state is kept
     for another try; once the VM has run, only a cold start is left."""
+    if woken is not None:
+        woken.cancel()
+        with contextlib.suppress(BaseException):
+            await (await woken).close()
     await driver.stop(graceful=False)
     if not inst.suspended.exists():
         inst.ram_file.unlink(missing_ok=True)

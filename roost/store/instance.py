@@ -167,8 +167,9 @@ class Instance:
                              f"`roost start {self.name}` first")
         return self
 
-    def saved_state_used(self) -> None:
-        """A restored VM ran: its saved device state no longer matches the RAM file."""
+    def drop_saved_state(self) -> None:
+        """The saved device state is gone: a restored VM ran (the RAM file no longer
+        matches it), or `stop --force` discarded it."""
         self.suspended.unlink(missing_ok=True)
         self.vmstate.unlink(missing_ok=True)
 

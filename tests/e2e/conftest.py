@@ -45,9 +45,19 @@ class Roost:
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"roost {' '.join(args)} exited {proc.returncode}\n"
-                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}" + self._agent_logs(args)
             )
         return proc
+
+    def _agent_logs(self, args: tuple[str, ...]) -> str:
+        """The end of the host agent's log of an instance named in `args`: the
+        home is gone after the run, and this is where a failure's cause is."""
+        for arg in args:
+            log = self.home / arg / "ha.stderr.log"
+            if arg and "/" not in arg and log.is_file():
+                tail = log.read_text(errors="replace").splitlines()[-40:]
+                return f"\n{log} (last lines):\n" + "\n".join(tail)
+        return ""
 
     def ls(self) -> dict[str, dict[str, Any]]:
         rows = json.loads(self.run("ls", "--json").stdout)
@@ -103,7 +113,8 @@ def roost() -> Iterator[Roost]:
         yield r
     finally:
         _stop_leftovers(r)
-        shutil.rmtree(home, ignore_errors=True)
+        if not os.environ.get("ROOST_E2E_KEEP"):  # set it to keep the logs for a post-mortem
+            shutil.rmtree(home, ignore_errors=True)
 
 
 # Port-forward rules the shared VM is created with (tests/e2e/test_portfwd.py).

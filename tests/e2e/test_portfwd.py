@@ -24,6 +24,7 @@ from tests.e2e.conftest import (
     IGNORED_GUEST_PORT,
     REMAP_GUEST_PORT,
     REMAP_HOST_PORT,
+    STATIC_RW_GUEST,
     Roost,
     host_echo_socket,
     host_reverse_socket,
@@ -289,6 +290,12 @@ def test_host_agent_restart_keeps_guest_and_forwards(roost: Roost, vm: str,
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(b"still here")
         assert s.recv(100) == b"still here"
+    # roost.yaml's shares stayed mounted (not mounted again, which fails).
+    status = json.loads(roost.run("info", vm, "--json").stdout)["hostagent"]["status"]
+    assert not status["degraded"] and not status.get("errors"), status
+    mounted = {m["mountPoint"]: m for m in json.loads(
+        roost.run("mount", "list", vm, "--json").stdout)}
+    assert mounted[STATIC_RW_GUEST]["state"] == "mounted"
 
 
 def test_ssh_fallback_forward(roost: Roost, vm: str, echo_script: str) -> None:

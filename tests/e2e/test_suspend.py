@@ -93,6 +93,18 @@ def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper
     assert roost.run("shell", sleeper, "--", "cat", "/root/state").stdout == "before\n"
 
 
+def test_stop_force_drops_the_saved_state(roost: Roost, sleeper: str) -> None:
+    roost.run("shell", sleeper, "--", "sh", "-c", "echo on-disk > /root/disk; sync")
+    roost.run("suspend", sleeper, timeout=300)
+    out = roost.run("stop", "--force", sleeper).stdout
+    assert "saved state dropped" in out
+    assert roost.ls()[sleeper]["status"] == "Stopped"
+    assert not any((roost.home / sleeper / f).exists()
+                   for f in ("ram.bin", "vmstate.bin", "suspended.json"))
+    roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    assert roost.run("shell", sleeper, "--", "cat", "/root/disk").stdout == "on-disk\n"
+
+
 def test_suspend_resume_with_static_virtiofs_shares(roost: Roost, vm: str) -> None:
     # roost.yaml's virtiofs devices block saving the VM state: they are
     # unplugged for the save and plugged and mounted again after the restore.

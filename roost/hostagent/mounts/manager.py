@@ -192,6 +192,15 @@ class MountManager:
                 rec.virtiofsd = self._virtiofsd(rec)
                 await rec.virtiofsd.start()
 
+    def adopt_static_daemons(self) -> None:
+        """Taking over a running VM: its static shares are served by virtiofsd
+        processes the host agent that died started; stop them by pid later."""
+        for rec in self.records.values():
+            if rec.type == "virtiofs" and rec.virtiofsd is None:
+                daemon = self._virtiofsd(rec)
+                if daemon.adopt():
+                    rec.virtiofsd = daemon
+
     async def stop_daemons(self) -> None:
         """At shutdown, after QEMU is gone: every virtiofsd, never blocking long."""
         for rec in self.records.values():
@@ -311,11 +320,9 @@ class MountManager:
                 await self.remove(rec.mount_point)
                 continue
             async with self._lock:
-                if rec.error:  # never mounted in the guest
-                    rec.detached = True
-                    continue
                 try:
-                    await self._guest_umount(rec)
+                    if not rec.error:  # else it was never mounted in the guest
+                        await self._guest_umount(rec)
                 except MountFailed as e:
                     raise MountFailed(f"{e}; a process in the guest may be using it (its "
                                       "current directory or an open file)") from None

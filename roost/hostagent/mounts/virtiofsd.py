@@ -9,11 +9,16 @@ import shutil
 import signal
 from pathlib import Path
 
+from roost.errors import RoostError
+
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 SOCKET_WAIT_SECONDS = 5.0
+STOP_SECONDS = 3.0
+# QEMU 7.2's C virtiofsd locks a pid file named after its socket here.
+PIDFILE_DIR = Path("/run/virtiofsd")
 
 
-class VirtiofsdError(Exception):
+class VirtiofsdError(RoostError):
     pass
 
 
@@ -36,10 +41,28 @@ class Virtiofsd:
         self.source = source
         self.log_path = log_path
         self._proc: asyncio.subprocess.Process | None = None
+        self._adopted: int | None = None  # a pid from a host agent that died
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._proc.pid if self._proc else self._adopted
+
+    @property
+    def pidfile(self) -> Path:
+        return PIDFILE_DIR / (str(self.socket_path).replace("/", ".") + ".pid")
+
+    def adopt(self) -> bool:
+        """Take over the virtiofsd serving our socket that a host agent which
+        died started (found by its pid file, checked by its command line)."""
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return False
+        if f"--socket-path={self.socket_path}".encode() not in cmdline.split(b"\0"):
+            return False
+        self._adopted = pid
+        return True
 
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
@@ -66,6 +89,7 @@ class Virtiofsd:
         """SIGTERM, then SIGKILL; always reaped, so never a zombie."""
         proc = self._proc
         if proc is None:
+            await self._stop_adopted()
             return
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
@@ -77,3 +101,30 @@ class Virtiofsd:
                     proc.kill()
                 await proc.wait()
         self.socket_path.unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)  # virtiofsd leaves it behind
+
+    async def _stop_adopted(self) -> None:
+        """Not our child: signal it and watch /proc (its parent, init, reaps it)."""
+        pid, self._adopted = self._adopted, None
+        if pid is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STOP_SECONDS
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        while _alive(pid):
+            if loop.time() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.02)
+        self.socket_path.unlink(missing_ok=True)
+        self.pidfile.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

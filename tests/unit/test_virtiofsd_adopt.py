@@ -1,0 +1,36 @@
+"""A host agent that takes over a VM adopts the virtiofsd its dead
+predecessor started (by pid file and command line) and can stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from roost.hostagent.mounts.virtiofsd import Virtiofsd, _alive, find_virtiofsd
+
+
+def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
+    binary = find_virtiofsd()
+    assert binary is not None and os.geteuid() == 0, "scripts/setup.sh installs virtiofsd"
+    share = tmp_path / "share"
+    share.mkdir()
+
+    def daemon() -> Virtiofsd:
+        return Virtiofsd(binary, tmp_path / "mnt0.vfs.sock", str(share), tmp_path / "log")
+
+    async def scenario() -> None:
+        first = daemon()
+        await first.start()
+        pid = first.pid
+        assert pid is not None and _alive(pid)
+        stranger = Virtiofsd(binary, tmp_path / "other.sock", str(share), tmp_path / "log")
+        assert not stranger.adopt()  # no pid file for that socket
+        heir = daemon()
+        assert heir.adopt() and heir.pid == pid
+        await heir.stop()
+        assert first._proc is not None
+        await first._proc.wait()  # reaped here because this test is its parent
+        assert not heir.socket_path.exists() and not heir.pidfile.exists()
+
+    asyncio.run(scenario())
