@@ -138,6 +138,21 @@ def image() -> None:
     """Manage guest images."""
 
 
+@image.command("prune")
+@click.option("--dry-run", is_flag=True, help="only show what would be removed")
+def image_prune(dry_run: bool) -> None:
+    """Remove cached built-in images that no instance uses (the newest stays)."""
+    from roost.image.prune import prune
+
+    removed = prune(dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for item in removed:
+        click.echo(f"{verb} {item.directory} ({item.size / 2**20:.1f} MiB)")
+    total = sum(item.size for item in removed) / 2**20
+    click.echo(f"{verb} {len(removed)} unused image(s), {total:.1f} MiB" if removed
+               else "no unused images")
+
+
 @image.command("build")
 def image_build() -> None:
     """Build (or find in the cache) the built-in default image."""

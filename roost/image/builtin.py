@@ -187,7 +187,7 @@ def find_cached() -> BuiltinImage | None:
 
 
 @contextmanager
-def _build_lock() -> Iterator[None]:
+def build_lock() -> Iterator[None]:
     images_dir().mkdir(parents=True, exist_ok=True)
     with open(images_dir() / ".build.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -202,7 +202,7 @@ def ensure_builtin_image(progress: Progress = lambda _: None) -> BuiltinImage:
     image = BuiltinImage(images_dir() / f"builtin-{key}")
     if (image.directory / "manifest.json").exists():
         return image
-    with _build_lock():
+    with build_lock():
         if (image.directory / "manifest.json").exists():
             return image
         tmp = Path(tempfile.mkdtemp(prefix=f".builtin-{key}.", dir=images_dir()))

@@ -90,4 +90,8 @@ def prepare_disk(
         raise RoostError(f"cannot create the instance disk: {proc.stderr.strip()}")
     tmp.replace(inst.disk)
     write_atomic(inst.path(PIN_FILE), json.dumps(pinned.to_json(), indent=2) + "\n")
+    if pinned.kind == "builtin":
+        from roost.image.prune import record_pin
+
+        record_pin(pinned.disk.parent, inst.dir)  # `roost image prune` keeps it
     return pinned
