@@ -20,7 +20,6 @@ import time
 
 from roost_guest import (
     __version__,
-    announce,
     diff,
     execute,
     health,
@@ -334,10 +333,9 @@ class Agent:
         return {"checkpoints": checkpoints, "ready": True}
 
     def wake(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
-        """After a restore: announce the NICs, set the wall clock, run each restore_cmd."""
-        announced = announce.gratuitous_arp()
+        """After a restore: the wall clock, then each restore_cmd."""
         clock = self.set_clock(conn, req) if "time" in req else {}
-        return {"announced": announced, "restores": self._run_hooks("restore_cmd"), **clock}
+        return {"restores": self._run_hooks("restore_cmd"), **clock}
 
     def set_clock(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """After a restore the guest's wall clock is where it was saved."""
