@@ -60,7 +60,7 @@ def spec_from_json(data: dict[str, Any]) -> QemuSpec:
         out = {}
         for f in dataclasses.fields(cls):
             v = values.get(f.name, f.default)
-            if v is not None and "Path" in str(f.type):
+            if v is not None and "Path" in str(f.type):  # annotations are strings here
                 v = Path(v)
             out[f.name] = v
         return out
