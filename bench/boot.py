@@ -16,17 +16,15 @@ import argparse
 import io
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from common import summary
+from common import scratch_home, summary
 
 from roost.driver.qemu.accel import detect_accel
 from roost.driver.qemu.cmdline import KERNEL_APPEND
@@ -132,8 +130,7 @@ def main() -> None:
     args = parser.parse_args()
     image = ensure_builtin_image()
     accel = detect_accel(find_qemu())
-    home = Path(tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
-    try:
+    with scratch_home() as home:
         initrd = floor_initrd(image, home / "floor-initrd")
         roost(home, "create", "bench", "--cpus", str(CPUS), "--memory", f"{MEMORY_MIB}MiB")
         # The first start also makes the instance's disk: reported apart.
@@ -170,10 +167,6 @@ def main() -> None:
             "image_bytes": {p.name: p.stat().st_size for p in
                             (image.kernel, image.initrd, image.disk)},
         }, indent=2))
-    finally:
-        subprocess.run([sys.executable, "-m", "roost", "stop", "--force", "bench"],
-                       env={**os.environ, "ROOST_HOME": str(home)}, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

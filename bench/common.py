@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,6 +27,16 @@ def summary(values: list[float], digits: int = 3) -> dict[str, float]:
             "min": round(min(values), digits), "max": round(max(values), digits)}
 
 
-def force_delete(home: Path, name: str) -> None:
-    subprocess.run([sys.executable, "-m", "roost", "delete", "--force", name],
-                   env={**os.environ, "ROOST_HOME": str(home)}, capture_output=True)
+@contextmanager
+def scratch_home() -> Iterator[Path]:
+    """A throwaway ROOST_HOME: on the way out every instance in it is deleted
+    with --force (its VM stopped) and the directory removed."""
+    home = Path(tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
+    try:
+        yield home
+    finally:
+        for config in home.glob("*/roost.yaml"):
+            subprocess.run([sys.executable, "-m", "roost", "delete", "--force",
+                            config.parent.name],
+                           env={**os.environ, "ROOST_HOME": str(home)}, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)

@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import force_delete, roost
+from common import roost, scratch_home, summary
 
 
 def guest_read_mib_s(home: Path, name: str, path: str, size: int) -> float:
@@ -40,17 +38,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
     size = args.size_mib << 20
-    home = Path(tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
-    share = home / "share"
-    share.mkdir()
-    with open(share / "big.bin", "wb") as f:
-        for _ in range(args.size_mib):
-            f.write(os.urandom(1 << 20))
-    (share / "small.txt").write_text("ready\n")
-    name = "mnt"
-    (home / "c.yaml").write_text(f"mountType: 9p\nmounts:\n  - location: {share}\n"
-                                 f"    mountPoint: /mnt/9p\n")
-    try:
+    with scratch_home() as home:
+        share = home / "share"
+        share.mkdir()
+        with open(share / "big.bin", "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(1 << 20))
+        (share / "small.txt").write_text("ready\n")
+        name = "mnt"
+        (home / "c.yaml").write_text(f"mountType: 9p\nmounts:\n  - location: {share}\n"
+                                     f"    mountPoint: /mnt/9p\n")
         roost(home, "start", name, "--config", str(home / "c.yaml"), "--timeout", "300")
         roost(home, "mount", "add", name, str(share), "/mnt/virtiofs", "--type", "virtiofs")
         roost(home, "mount", "add", name, str(share), "/mnt/sshfs", "--type", "reverse-sshfs")
@@ -76,14 +73,9 @@ def main() -> None:
             "read_mib_s": {k: round(statistics.median(v), 1) for k, v in rates.items()},
             "ratio_to_guest_disk": {k: round(statistics.median(v) / disk, 2)
                                     for k, v in rates.items() if k != "guest_disk"},
-            "virtiofs_mount_add_to_first_read_s": {
-                "median": round(statistics.median(add_to_read), 3),
-                "min": round(min(add_to_read), 3), "max": round(max(add_to_read), 3)},
+            "virtiofs_mount_add_to_first_read_s": summary(add_to_read),
             "mount_add_goal_s": 2.0,
         }, indent=2))
-    finally:
-        force_delete(home, name)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import socket
 import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import force_delete, summary
+from common import scratch_home, summary
 
 SOURCE_SERVER = r"""
 import socket, struct, sys, threading
@@ -125,10 +123,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     size = args.size_mib << 20
-    home = Path(tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
-    name = "pf"
-    env = {**os.environ, "ROOST_HOME": str(home)}
-    try:
+    with scratch_home() as home:
+        name = "pf"
+        env = {**os.environ, "ROOST_HOME": str(home)}
         roost(home, "start", name, "--timeout", "300")
         roost(home, "shell", name, "--", "sh", "-c", "cat > /tmp/source.py", input=SOURCE_SERVER)
         port = free_port()
@@ -159,9 +156,6 @@ def main() -> None:
             "listen_to_host_accept_s": summary(l2a, 3),
             "listen_to_host_accept_goal_s": 0.25,
         }, indent=2))
-    finally:
-        force_delete(home, name)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

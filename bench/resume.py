@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import force_delete, roost, summary
+from common import roost, scratch_home, summary
 
 
 def timed(home: Path, *args: str) -> float:
@@ -31,10 +29,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--files", type=int, default=10000)
     args = parser.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="rbench-", dir="/tmp"))
-    (home / "c.yaml").write_text("readOnlyRoot: true\nmemory: 1GiB\n")
-    name = "rs"
-    try:
+    with scratch_home() as home:
+        (home / "c.yaml").write_text("readOnlyRoot: true\nmemory: 1GiB\n")
+        name = "rs"
         roost(home, "create", name, "--config", str(home / "c.yaml"))
         roost(home, "start", name)  # the first start makes the disk
         colds, resumes, suspends = [], [], []
@@ -62,9 +59,6 @@ def main() -> None:
             "diff_entries_reported": len(changes),
             "diff_s": round(diff_seconds, 3),
         }, indent=2))
-    finally:
-        force_delete(home, name)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":
