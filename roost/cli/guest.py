@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,9 +40,15 @@ def execute(name: str, argv: list[str], timeout: float) -> int:
     return code
 
 
-def status(name: str, as_json: bool) -> None:
+def ask_guest(name: str, kind: str, timeout: float = 10.0) -> Any:
+    """The guest agent's answer to `kind` (status, health, probes, diff), through
+    the host agent's one guest endpoint."""
     inst = Instance.at(name).require_running()
-    worker = haclient.request(inst.ha_sock, "GET", "/v1/guest/status")
+    return haclient.request(inst.ha_sock, "GET", f"/v1/guest/{kind}", timeout=timeout)
+
+
+def status(name: str, as_json: bool) -> None:
+    worker = ask_guest(name, "status")
     if as_json:
         click.echo(json.dumps(worker, indent=2))
         return
@@ -100,8 +107,7 @@ def logs(name: str, source: str, lines: int, follow: bool) -> int:
 
 
 def health(name: str, as_json: bool) -> None:
-    inst = Instance.at(name).require_running()
-    result = haclient.request(inst.ha_sock, "GET", "/v1/guest/health")
+    result = ask_guest(name, "health")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -116,8 +122,7 @@ def health(name: str, as_json: bool) -> None:
 
 
 def probes(name: str, as_json: bool) -> None:
-    inst = Instance.at(name).require_running()
-    result = haclient.request(inst.ha_sock, "GET", "/v1/guest/probes")
+    result = ask_guest(name, "probes")
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -132,8 +137,7 @@ def probes(name: str, as_json: bool) -> None:
 def show_diff(name: str, as_json: bool) -> None:
     from roost.config.sizes import format_size
 
-    inst = Instance.at(name).require_running()
-    result = haclient.request(inst.ha_sock, "GET", "/v1/guest/diff", timeout=120.0)
+    result = ask_guest(name, "diff", timeout=120.0)
     changes = result["changes"]
     if as_json:
         click.echo(json.dumps(changes, indent=2))
