@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +199,15 @@ def virtiofsd_pids(roost: Roost, name: str) -> list[int]:
         if b"virtiofsd" in cmdline and marker in cmdline and pid_running(int(entry.name)):
             out.append(int(entry.name))
     return out
+
+
+@contextmanager
+def small_vm(roost: Roost, name: str, *create_args: str) -> Iterator[str]:
+    """A second VM (512 MiB, 4 GiB disk) beside the shared one, started;
+    deleted with --force afterwards."""
+    roost.run("create", name, *create_args, "--memory", "512MiB", "--disk", "4GiB")
+    try:
+        roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+        yield name
+    finally:
+        roost.run("delete", "--force", name, timeout=120)

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import HEALTH_FLAG, START_TIMEOUT, Roost
+from tests.e2e.conftest import HEALTH_FLAG, Roost, small_vm
 
 
 def test_exec_output_exit_code_and_audit(roost: Roost, vm: str) -> None:
@@ -26,13 +26,9 @@ def test_exec_timeout(roost: Roost, vm: str) -> None:
 
 
 def test_exec_refused_when_disabled(roost: Roost) -> None:
-    roost.run("create", "noexec", "--memory", "512MiB", "--disk", "4GiB")
-    roost.run("start", "noexec", "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    try:
+    with small_vm(roost, "noexec"):
         proc = roost.run("exec", "noexec", "--", "true", check=False)
         assert proc.returncode == 2 and "allowExec: true" in proc.stderr
-    finally:
-        roost.run("delete", "--force", "noexec", timeout=120)
 
 
 def status(roost: Roost, vm: str) -> dict[str, object]:
@@ -138,9 +134,7 @@ def test_probe_with_json_output(roost: Roost, vm: str) -> None:
 def test_diff_of_a_read_only_root(roost: Roost, tmp_path: Path) -> None:
     config = tmp_path / "ro.yaml"
     config.write_text("readOnlyRoot: true\n")
-    roost.run("create", "ro", "--config", str(config), "--memory", "512MiB", "--disk", "4GiB")
-    roost.run("start", "ro", "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    try:
+    with small_vm(roost, "ro", "--config", str(config)):
         roost.run("shell", "ro", "--", "sh", "-c",
                   "echo hello > /root/created.txt; echo more >> /etc/profile; "
                   "rm /etc/shells; rm -rf /usr/lib/roost/acpid-gone 2>/dev/null; "
@@ -162,8 +156,6 @@ def test_diff_of_a_read_only_root(roost: Roost, tmp_path: Path) -> None:
         assert sum(p["path"].startswith("/root/many/") for p in paths) == 2500
         human = roost.run("diff", "ro").stdout
         assert "+ /root/created.txt  (6B)" in human and "- /etc/shells" in human
-    finally:
-        roost.run("delete", "--force", "ro", timeout=120)
 
 
 def test_diff_without_overlay_explains(roost: Roost, vm: str) -> None:

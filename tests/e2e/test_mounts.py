@@ -18,6 +18,7 @@ from tests.e2e.conftest import (
     STATIC_RW_GUEST,
     Roost,
     pid_running,
+    small_vm,
     static_share,
     virtiofsd_pids,
 )
@@ -178,10 +179,8 @@ def typed_vm(request: pytest.FixtureRequest, roost: Roost, vm: str) -> Iterator[
     config = roost.home / f"{name}.yaml"
     config.write_text(f"mountType: {kind}\nmounts:\n  - location: {share}\n"
                       f"    mountPoint: /mnt/shared\n    writable: true\n")
-    roost.run("create", name, "--config", str(config), "--memory", "512MiB", "--disk", "4GiB")
-    roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    yield name, share
-    roost.run("delete", "--force", name, timeout=120)
+    with small_vm(roost, name, "--config", str(config)):
+        yield name, share
 
 
 def test_static_mount_of_other_types(roost: Roost, typed_vm: tuple[str, Path]) -> None:

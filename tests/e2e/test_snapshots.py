@@ -9,16 +9,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import START_TIMEOUT, Roost
+from tests.e2e.conftest import START_TIMEOUT, Roost, small_vm
 
 
 @pytest.fixture(scope="module")
 def small(roost: Roost, vm: str) -> Iterator[str]:
-    name = "snap"
-    roost.run("create", name, "--memory", "512MiB", "--disk", "4GiB")
-    roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    yield name
-    roost.run("delete", "--force", name, timeout=120)
+    with small_vm(roost, "snap") as name:
+        yield name
 
 
 def snaps(roost: Roost, name: str) -> dict[str, dict[str, object]]:

@@ -15,6 +15,7 @@ from tests.e2e.conftest import (
     STATIC_RO_GUEST,
     STATIC_RW_GUEST,
     Roost,
+    small_vm,
     static_share,
     virtiofsd_pids,
     wait_until,
@@ -23,11 +24,8 @@ from tests.e2e.conftest import (
 
 @pytest.fixture(scope="module")
 def sleeper(roost: Roost, vm: str) -> Iterator[str]:
-    name = "sleeper"
-    roost.run("create", name, "--memory", "512MiB", "--disk", "4GiB")
-    roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    yield name
-    roost.run("delete", "--force", name, timeout=120)
+    with small_vm(roost, "sleeper") as name:
+        yield name
 
 
 def free_port() -> int:
