@@ -27,6 +27,7 @@ from roost.store.instance import (
     Status,
     create_instance_dir,
     operation_lock,
+    pid_running,
 )
 
 HOSTAGENT_KILL_SECONDS = 5.0
@@ -59,14 +60,6 @@ def create(name: str, config_file: str | None, **overrides: Any) -> Instance:
 
 
 FORCE_STOP_SECONDS = 15.0
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
 
 
 def _wait(predicate: Any, timeout: float) -> bool:
@@ -133,11 +126,11 @@ def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
         # The host agent is gone (Broken, or just killed): end QEMU ourselves.
         if not force:
             _signal(qemu_pid, signal.SIGTERM)
-            _wait(lambda: not _pid_running(qemu_pid), 10.0)
-        if _pid_running(qemu_pid):
+            _wait(lambda: not pid_running(qemu_pid), 10.0)
+        if pid_running(qemu_pid):
             _signal(qemu_pid, signal.SIGKILL)
-            _wait(lambda: not _pid_running(qemu_pid), 10.0)
-        if _pid_running(qemu_pid):
+            _wait(lambda: not pid_running(qemu_pid), 10.0)
+        if pid_running(qemu_pid):
             raise RoostError(f"QEMU (pid {qemu_pid}) of {name} did not exit")
     _close_ssh_master(inst)
     inst.remove_stale_runtime_files()

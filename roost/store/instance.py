@@ -135,14 +135,13 @@ class Instance:
     def qemu_pid_alive(self) -> int | None:
         """QEMU's pid if a process with it runs this instance's VM."""
         pid = _read_pid(self.qemu_pid)
-        if pid is None:
+        if pid is None or not pid_running(pid):
             return None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except (FileNotFoundError, ProcessLookupError):
             return None
-        if state == "Z" or str(self.qmp_sock).encode() not in cmdline:
+        if str(self.qmp_sock).encode() not in cmdline:
             return None
         return pid
 
@@ -191,6 +190,15 @@ class Instance:
         """Sockets and pid files a dead host agent or QEMU left behind."""
         for p in [*self.sockets(), self.ha_pid, self.qemu_pid, self.runtime]:
             p.unlink(missing_ok=True)
+
+
+def pid_running(pid: int) -> bool:
+    """A process with this pid runs (a zombie does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _read_pid(path: Path) -> int | None:

@@ -7,7 +7,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from roost.hostagent.mounts.virtiofsd import Virtiofsd, _alive, find_virtiofsd
+from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
+from roost.store.instance import pid_running
 
 
 def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
@@ -23,7 +24,7 @@ def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
         first = daemon()
         await first.start()
         pid = first.pid
-        assert pid is not None and _alive(pid)
+        assert pid is not None and pid_running(pid)
         stranger = Virtiofsd(binary, tmp_path / "other.sock", str(share), tmp_path / "log")
         assert not stranger.adopt()  # no pid file for that socket
         heir = daemon()

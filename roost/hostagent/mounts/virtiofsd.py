@@ -10,6 +10,7 @@ import signal
 from pathlib import Path
 
 from roost.errors import RoostError
+from roost.store.instance import pid_running
 
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 SOCKET_WAIT_SECONDS = 5.0
@@ -112,7 +113,7 @@ class Virtiofsd:
         deadline = loop.time() + STOP_SECONDS
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        while _alive(pid):
+        while pid_running(pid):
             if loop.time() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -120,11 +121,3 @@ class Virtiofsd:
         self.socket_path.unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
 
-
-def _alive(pid: int) -> bool:
-    """Running, not a zombie."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
