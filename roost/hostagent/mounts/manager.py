@@ -201,6 +201,27 @@ class MountManager:
                 if daemon.adopt():
                     rec.virtiofsd = daemon
 
+    async def _plug(self, rec: MountRecord) -> None:
+        """A virtiofs share's virtiofsd, then its device on the record's root port."""
+        assert rec.device_id is not None and rec.slot is not None
+        daemon = self._virtiofsd(rec)
+        await daemon.start()
+        try:
+            await self.driver.hotplug_virtiofs(rec.device_id, rec.slot, daemon.socket_path,
+                                               rec.tag, int(rec.options.get("queueSize", 1024)))
+        except BaseException:
+            await daemon.stop()
+            raise
+        rec.virtiofsd = daemon
+
+    async def _unplug(self, rec: MountRecord) -> None:
+        """The device off its root port, then its virtiofsd (if it has them)."""
+        if rec.type == "virtiofs" and rec.device_id and rec.slot:
+            await self.driver.unplug(rec.device_id)
+        if rec.virtiofsd is not None:
+            await rec.virtiofsd.stop()
+            rec.virtiofsd = None
+
     async def stop_daemons(self) -> None:
         """At shutdown, after QEMU is gone: every virtiofsd, never blocking long."""
         for rec in self.records.values():
@@ -278,14 +299,8 @@ class MountManager:
                         raise UsageError(f"all {len(HOTPLUG_SLOTS)} hot-plug slots are in use; "
                                          "remove a mount first (roost mount remove)")
                     rec.slot = free[0]
-                    rec.virtiofsd = self._virtiofsd(rec)
-                    await rec.virtiofsd.start()
-                    undo.append(rec.virtiofsd.stop)
-                    assert rec.device_id is not None and rec.virtiofsd is not None
-                    await self.driver.hotplug_virtiofs(rec.device_id, rec.slot,
-                                                       rec.virtiofsd.socket_path, rec.tag)
-                    device_id = rec.device_id
-                    undo.append(lambda: self.driver.unplug(device_id))
+                    await self._plug(rec)
+                    undo.append(lambda: self._unplug(rec))
                 await self._guest_mount(rec)
             except BaseException as e:
                 for step in reversed(undo):
@@ -327,11 +342,7 @@ class MountManager:
                     raise MountFailed(f"{e}; a process in the guest may be using it (its "
                                       "current directory or an open file)") from None
                 rec.detached = True
-                if rec.type == "virtiofs" and rec.device_id:
-                    await self.driver.unplug(rec.device_id)
-                    if rec.virtiofsd is not None:
-                        await rec.virtiofsd.stop()
-                        rec.virtiofsd = None
+                await self._unplug(rec)
         return hot
 
     async def reattach_static(self, mount_in_guest: bool) -> list[str]:
@@ -344,12 +355,7 @@ class MountManager:
                 continue
             try:
                 if rec.type == "virtiofs" and rec.virtiofsd is None:
-                    assert rec.device_id is not None and rec.slot is not None
-                    rec.virtiofsd = self._virtiofsd(rec)
-                    await rec.virtiofsd.start()
-                    await self.driver.hotplug_virtiofs(
-                        rec.device_id, rec.slot, rec.virtiofsd.socket_path, rec.tag,
-                        int(rec.options.get("queueSize", 1024)))
+                    await self._plug(rec)
                 rec.detached = False
                 if mount_in_guest:
                     await self._guest_mount(rec)
@@ -369,9 +375,6 @@ class MountManager:
                 raise UsageError(f"{mount_point} comes from roost.yaml; remove it there and "
                                  "restart the instance")
             await self._guest_umount(rec)
-            if rec.device_id and rec.slot:
-                await self.driver.unplug(rec.device_id)
-            if rec.virtiofsd is not None:
-                await rec.virtiofsd.stop()
+            await self._unplug(rec)
             del self.records[mount_point]
             return rec.to_json()
