@@ -33,6 +33,8 @@ def _size(value: Any) -> int:
 Size = Annotated[int, BeforeValidator(_size), PlainSerializer(format_size, return_type=str)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 BUILTIN_IMAGE = "builtin"
+# Images roost builds itself from Debian packages (no download but packages).
+BUILT_IMAGES = (BUILTIN_IMAGE, "debian-12")
 MOUNT_TYPES = ("virtiofs", "9p", "reverse-sshfs")
 
 
@@ -161,9 +163,118 @@ class PortForward(_Model):
         return self.guest_range()
 
 
+ProvisionMode = Literal["boot", "dependency", "data", "system", "user"]
+# Lima's order: every boot, `boot` first (cloud-init bootcmd), then the rest.
+PROVISION_ORDER: tuple[str, ...] = ("boot", "dependency", "data", "system", "user")
+
+
 class Provision(_Model):
-    mode: Literal["system", "user"] = "system"
-    script: str
+    """One provisioning step, with Lima's modes and `data` fields."""
+
+    mode: ProvisionMode = "system"
+    script: str | None = None
+    # mode: data
+    path: str | None = None
+    content: str | None = None
+    owner: str = "root:root"
+    permissions: Annotated[str, Field(pattern=r"^0?[0-7]{3,4}$")] = "644"
+    overwrite: bool = True
+
+    @model_validator(mode="after")
+    def _fields_of_mode(self) -> Provision:
+        if self.mode == "data":
+            if self.path is None or self.content is None:
+                raise ValueError("mode data needs path and content")
+            if not self.path.startswith("/"):
+                raise ValueError(f"path must be an absolute guest path, got {self.path!r}")
+            if self.script is not None:
+                raise ValueError("mode data takes path and content, not script")
+        else:
+            if self.script is None:
+                raise ValueError(f"mode {self.mode} needs a script")
+            if self.path is not None or self.content is not None:
+                raise ValueError(f"path and content belong to mode data, not {self.mode}")
+        return self
+
+
+Arch = Literal["x86_64", "aarch64", "armv7l", "riscv64", "ppc64le", "s390x"]
+DIGEST_PATTERN = r"^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$"
+Digest = Annotated[str, Field(pattern=DIGEST_PATTERN)]
+
+
+def _location(v: str) -> str:
+    """https://, http://, file:// or an absolute path (~ expanded)."""
+    if v.startswith(("https://", "http://")):
+        if len(v.split("://", 1)[1].split("/", 1)[0]) == 0:
+            raise ValueError(f"no host in URL {v!r}")
+        return v
+    if v.startswith("file://"):
+        v = v[len("file://"):]
+    v = os.path.expanduser(v)
+    if not os.path.isabs(v):
+        raise ValueError(
+            f"must be an https://, http:// or file:// URL or an absolute path, got {v!r}")
+    return v
+
+
+class ImageFile(_Model):
+    """A kernel or initrd that goes with an image (Lima's images[].kernel/initrd)."""
+
+    location: str
+    digest: Digest | None = None
+    cmdline: str | None = None  # kernel only: the kernel command line
+
+    _check_location = field_validator("location")(classmethod(lambda cls, v: _location(v)))
+
+
+class Image(_Model):
+    """One entry of `images:`; the first for the host's arch is used."""
+
+    location: str
+    arch: Arch = "x86_64"
+    digest: Digest | None = None
+    kernel: ImageFile | None = None
+    initrd: ImageFile | None = None
+
+    _check_location = field_validator("location")(classmethod(lambda cls, v: _location(v)))
+
+    @model_validator(mode="after")
+    def _initrd_needs_kernel(self) -> Image:
+        if self.initrd is not None and self.kernel is None:
+            raise ValueError("initrd needs kernel")
+        if self.initrd is not None and self.initrd.cmdline is not None:
+            raise ValueError("cmdline belongs to kernel, not initrd")
+        return self
+
+
+class Firmware(_Model):
+    # Lima's key. roost boots SeaBIOS unless this is false (then UEFI, OVMF).
+    legacy_bios: bool = Field(True, alias="legacyBIOS")
+
+
+class CopyToHost(_Model):
+    """Lima's copyToHost: a guest file copied to the host once provisioning is done."""
+
+    guest: str
+    host: str
+    delete_on_stop: bool = False
+
+    @field_validator("guest")
+    @classmethod
+    def _guest(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"must be an absolute guest path, got {v!r}")
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: str) -> str:
+        v = os.path.expanduser(v)
+        if not os.path.isabs(v):
+            raise ValueError(f"must be an absolute host path (or start with ~), got {v!r}")
+        if "\0" in v or any(part == ".." for part in v.split("/")):
+            raise ValueError(f"must not contain '..', got {v!r}")
+        return v
 
 
 class GuestAgent(_Model):
@@ -197,6 +308,18 @@ class Config(_Model):
     memory: Size = 2 * 1024**3
     disk: Size = 20 * 1024**3
     image: str = BUILTIN_IMAGE
+    # Cloud images by URL and digest (Lima's `images:`); when given, `image`
+    # must stay at its default.
+    images: list[Image] = Field(default_factory=list)
+    firmware: Firmware = Field(default_factory=lambda: Firmware.model_validate({}))
+    # QEMU's -cpu under TCG; None picks one current distributions accept.
+    cpu_type: str | None = None
+    mount_types_unsupported: list[Literal["virtiofs", "9p", "reverse-sshfs"]] = Field(
+        default_factory=list)
+    copy_to_host: list[CopyToHost] = Field(default_factory=list)
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+        default_factory=dict)
+    timezone: str | None = None
     ssh: SSH = Field(default_factory=SSH)
     mount_type: Literal["virtiofs", "9p", "reverse-sshfs"] | None = None
     mounts: list[Mount] = Field(default_factory=list)
@@ -239,14 +362,31 @@ class Config(_Model):
     @field_validator("image")
     @classmethod
     def _image(cls, v: str) -> str:
-        if v == BUILTIN_IMAGE:
+        if v in BUILT_IMAGES:
             return v
         path = os.path.expanduser(v)
         if not os.path.isabs(path):
-            raise ValueError(f"must be {BUILTIN_IMAGE!r} or an absolute path to a disk image")
+            raise ValueError(f"must be one of {', '.join(BUILT_IMAGES)} or an absolute path "
+                             "to a disk image")
         if not os.path.isfile(path):
             raise ValueError(f"no disk image at {path}")
         return path
+
+    @model_validator(mode="after")
+    def _image_capabilities(self) -> Config:
+        if self.images and self.image != BUILTIN_IMAGE:
+            raise ValueError("give image or images, not both")
+        if self.read_only_root and (self.images or self.image != BUILTIN_IMAGE):
+            raise ValueError("readOnlyRoot needs the built-in image (its init mounts the "
+                             "overlay root); a cloud image boots its own init")
+        if self.mount_type is not None and self.mount_type in self.mount_types_unsupported:
+            raise ValueError(f"mountType {self.mount_type} is listed in mountTypesUnsupported "
+                             "(the image's kernel lacks it); pick another mount type")
+        return self
+
+    def cloud_image(self) -> bool:
+        """A distribution's own boot (firmware, systemd, cloud-init), not roost's init."""
+        return bool(self.images) or self.image != BUILTIN_IMAGE
 
     @field_validator("mounts")
     @classmethod

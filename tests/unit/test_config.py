@@ -51,7 +51,7 @@ def test_sizes_and_camel_case_keys() -> None:
         ({"portForwards": [{"guestPort": 80, "guestPortRange": [1, 2]}]},
          "give guestPort or guestPortRange, not both"),
         ({"mounts": [{"mountPoint": "/x"}]}, "mounts[0].location: required key is missing"),
-        ({"provision": [{"mode": "boot", "script": "true"}]}, "provision[0].mode"),
+        ({"provision": [{"mode": "yq", "script": "true"}]}, "provision[0].mode"),
         ({"guestAgent": {"allowExec": "perhaps"}},
          "guestAgent.allowExec: expected true or false, got 'perhaps'"),
         ([1, 2], "expected a mapping of keys to values at the top level"),
