@@ -22,14 +22,21 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from roost import __version__
-from roost.cidata import BOOT_DONE_MARKER, GuestIdentity, files_for, write_iso
+from roost.cidata import GuestIdentity, files_for, write_iso
 from roost.config.loader import Config, load_config
 from roost.driver.base import Driver, VMSnapshots
 from roost.driver.qemu import QemuDriver, find_qemu
 from roost.driver.qemu.accel import detect_accel
-from roost.driver.qemu.cmdline import KERNEL_APPEND, BootSpec, QemuSpec, spec_to_json
+from roost.driver.qemu.cmdline import (
+    KERNEL_APPEND,
+    BootSpec,
+    QemuSpec,
+    ensure_uefi_vars,
+    mac_address,
+    spec_to_json,
+)
 from roost.errors import RoostError, UsageError
-from roost.hostagent import banner
+from roost.hostagent import readiness
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
@@ -44,9 +51,10 @@ from roost.hostagent.mounts.sftp import serve_sftp
 from roost.hostagent.portfwd.forward import SSHForward, UnixForward
 from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
 from roost.hostagent.portfwd.rules import HostAddr, Listener
+from roost.hostagent.readiness import SSH_COMMAND_TIMEOUT
 from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
-from roost.image.disk import read_pinned
-from roost.sshutil.config import control_argv, guest_user, ssh_argv, write_ssh_files
+from roost.image.disk import PinnedImage, read_pinned
+from roost.sshutil.config import control_argv, guest_user, host_timezone, ssh_argv, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
 from roost.store import snapshots
 from roost.store.instance import Instance, write_atomic
@@ -60,10 +68,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("roost.hostagent")
 
-ESSENTIAL_TIMEOUT = 300.0
-OPTIONAL_TIMEOUT = 60.0
-FINAL_TIMEOUT = 600.0
-SSH_COMMAND_TIMEOUT = 20.0
 SSH_FALLBACK_AFTER = 10.0  # seconds without the guest agent before SSH forwarding
 SSH_POLL_SECONDS = 1.0
 
@@ -162,12 +166,14 @@ class HostAgent:
         host_priv, host_pub = ensure_host_key(inst.host_key, inst.name)
         ident = GuestIdentity(
             instance_id=self.instance_id, hostname=inst.name, user=user, uid=uid,
-            authorized_keys=[user_pub], host_private_key=host_priv,
-            provision=[(p.mode, p.script) for p in self.config.provision],
+            authorized_keys=[user_pub], host_private_key=host_priv, host_public_key=host_pub,
+            cloud_instance_id=inst.cloud_instance_id(), mac=mac_address(inst.name),
+            provision=list(self.config.provision),
             allow_exec=self.config.guest_agent.allow_exec,
             health_checks=[c.guest_json() for c in self.config.health_checks],
             busy_threshold=self.config.worker.busy_threshold,
             sample_secs=self.config.worker.sample_secs,
+            env=dict(self.config.env), timezone=self.config.timezone or host_timezone(),
         )
         if not self.attach_pid and not self.resume_state:  # the guest has this ISO
             write_iso(inst.cidata, files_for(ident))
@@ -192,13 +198,24 @@ class HostAgent:
             memory=self.config.memory, disk=inst.disk, cidata=inst.cidata,
             ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
             serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
-            boot=BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
-                          + (" roost.overlay=1" if self.config.read_only_root else "")),
+            boot=self._boot_spec(pinned),
+            cpu_type=self.config.cpu_type,
             extra=tuple(qemu_args(static_mounts, inst.dir,
                                   virtiofs_devices=self.resume_state is None)),
             ram_file=inst.ram_file,
             incoming=inst.vmstate if self.resume_state else None,
         )
+
+    def _boot_spec(self, pinned: PinnedImage) -> BootSpec:
+        if pinned.kind == "builtin":
+            return BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
+                            + (" roost.overlay=1" if self.config.read_only_root else ""))
+        if pinned.kernel is not None:  # an image's own kernel (Lima's images[].kernel)
+            return BootSpec(pinned.kernel, pinned.initrd,
+                            pinned.kernel_cmdline or "root=LABEL=cloudimg-rootfs ro console=ttyS0")
+        if not self.config.firmware.legacy_bios:
+            return BootSpec(uefi_vars=ensure_uefi_vars(self.inst.path("uefi-vars.fd")))
+        return BootSpec()  # SeaBIOS boots the disk
 
     def _stop_now(self) -> None:
         self._forced = True
@@ -355,30 +372,7 @@ class HostAgent:
 
     def requirements(self, resumed: bool = False
                      ) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
-        """Essential, optional and final requirements.
-
-        After a resume the guest is exactly as it was when it last passed them
-        all, so only the path from the host is checked again (sshd answers
-        through the new QEMU's forward; the guest agent answered `wake`). The
-        SSH login and the boot scripts are not re-run: a new SSH master is made
-        by the first command that needs one.
-        """
-        inst, info = self.inst, self.driver.info()
-        logs = f"the guest console log {inst.serial_log} and {inst.qemu_log}"
-
-        async def check_banner() -> None:
-            try:
-                await banner.wait_for_banner(info.ssh.host, info.ssh.port,
-                                             timeout=ESSENTIAL_TIMEOUT)
-            except banner.BannerError as e:
-                raise NotReady(str(e), permanent=not e.retryable) from None
-
-        async def check_ssh() -> None:
-            status, out = await run_ssh(inst, ["true"], SSH_COMMAND_TIMEOUT)
-            if status != 0:
-                raise NotReady(f"`ssh true` exited {status}: {out[-300:]}")
-
-        async def check_agent() -> None:
+        async def ping_agent() -> None:
             try:
                 client = await self._guest_agent()
                 await client.request("ping", timeout=2.0)
@@ -386,42 +380,14 @@ class HostAgent:
                 await self._drop_guest_agent()
                 raise NotReady(str(e)) from None
 
-        async def check_boot_done() -> None:
-            status, out = await run_ssh(inst, ["cat", BOOT_DONE_MARKER], SSH_COMMAND_TIMEOUT)
-            if status != 0:
-                raise NotReady("boot scripts still running")
-            parts = out.split()
-            if not parts or parts[0] != self.instance_id:
-                raise NotReady("boot-done marker is from another boot")
-            if len(parts) > 1 and parts[1] != "0":
-                raise NotReady("a provisioning script failed; see /run/roost/provision.log "
-                               "in the guest", permanent=True)
+        async def ssh(command: list[str], timeout: float) -> tuple[int, str]:
+            return await run_ssh(self.inst, command, timeout)
 
-        essential = [
-            Requirement("ssh-banner", "essential",
-                        f"the guest's sshd answers on {info.ssh.host}:{info.ssh.port}",
-                        check_banner,
-                        f"the guest did not start sshd; look at {logs}", ESSENTIAL_TIMEOUT),
-            Requirement("ssh", "essential", "a command runs over SSH", check_ssh,
-                        f"sshd answers but login fails; run `ssh -v -F {inst.ssh_config} "
-                        f"roost-{inst.name} true` and see {inst.ha_stderr}",
-                        ESSENTIAL_TIMEOUT, retry_interval=0.2),
-        ]
-        optional = [
-            Requirement("guest-agent", "optional", "the guest agent answers ping", check_agent,
-                        f"the guest agent did not answer over {info.guest_agent}; see "
-                        f"/run/roost/guestagent.log in the guest and {inst.serial_log}",
-                        OPTIONAL_TIMEOUT, retry_interval=0.1),
-        ]
-        final = [
-            Requirement("boot-scripts", "final", "boot scripts have finished", check_boot_done,
-                        "see /run/roost/provision.log in the guest (`roost shell "
-                        f"{inst.name} -- cat /run/roost/provision.log`)",
-                        FINAL_TIMEOUT, retry_interval=0.1),
-        ]
-        if resumed:
-            return essential[:1], optional, []
-        return essential, optional, final
+        ctx = readiness.ReadinessContext(
+            inst=self.inst, info=self.driver.info(), boot_id=self.instance_id,
+            cloud_image=self.config.cloud_image(), run_ssh=ssh, ping_agent=ping_agent,
+            emit=self.events.emit_transient)
+        return readiness.requirements(ctx, resumed)
 
     async def _guest_agent(self) -> GuestAgentClient:
         """The one session with the guest agent, opened on first use.

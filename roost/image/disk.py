@@ -25,12 +25,14 @@ class PinnedImage:
     disk: Path  # the base the instance disk is backed by
     kernel: Path | None = None
     initrd: Path | None = None
+    kernel_cmdline: str | None = None
 
     def to_json(self) -> dict[str, str | None]:
         return {
             "kind": self.kind, "disk": str(self.disk),
             "kernel": str(self.kernel) if self.kernel else None,
             "initrd": str(self.initrd) if self.initrd else None,
+            "kernelCmdline": self.kernel_cmdline,
         }
 
 
@@ -45,6 +47,7 @@ def read_pinned(inst: Instance) -> PinnedImage:
         data["kind"], Path(data["disk"]),
         Path(data["kernel"]) if data.get("kernel") else None,
         Path(data["initrd"]) if data.get("initrd") else None,
+        data.get("kernelCmdline"),
     )
     for p in (pinned.disk, pinned.kernel, pinned.initrd):
         if p is not None and not p.exists():
@@ -75,6 +78,11 @@ def prepare_disk(
         built = ensure_builtin_image(progress)
         pinned = PinnedImage("builtin", built.disk, built.kernel, built.initrd)
         backing_format = "qcow2"
+    elif image == "debian-12":
+        from roost.image.debian import ensure_debian_image
+
+        pinned = PinnedImage("debian-12", ensure_debian_image(progress).disk)
+        backing_format = "qcow2"
     else:
         pinned = PinnedImage("file", Path(image))
         backing_format = _image_format(pinned.disk)
@@ -90,7 +98,7 @@ def prepare_disk(
         raise RoostError(f"cannot create the instance disk: {proc.stderr.strip()}")
     tmp.replace(inst.disk)
     write_atomic(inst.path(PIN_FILE), json.dumps(pinned.to_json(), indent=2) + "\n")
-    if pinned.kind == "builtin":
+    if pinned.kind in ("builtin", "debian-12"):
         from roost.image.prune import record_pin
 
         record_pin(pinned.disk.parent, inst.dir)  # `roost image prune` keeps it

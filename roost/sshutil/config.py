@@ -67,6 +67,22 @@ def control_argv(inst: Instance, op: str) -> list[str]:
     return ["ssh", "-F", str(inst.ssh_config), "-O", op, host_alias(inst.name)]
 
 
+def host_timezone() -> str | None:
+    """The host's time zone name (tz database), for a guest that follows it."""
+    try:
+        name = Path("/etc/timezone").read_text().strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    try:
+        target = os.readlink("/etc/localtime")
+    except OSError:
+        return None
+    marker = "zoneinfo/"
+    return target.split(marker, 1)[1] if marker in target else None
+
+
 def guest_user() -> tuple[str, int]:
     """The guest user mirrors the host user: same name and uid."""
     import pwd

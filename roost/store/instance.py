@@ -94,6 +94,16 @@ class Instance:
     vmstate = _InstanceFile("vmstate.bin")
     ram_file = _InstanceFile("ram.bin")
 
+    def cloud_instance_id(self) -> str:
+        """cloud-init's instance-id: made once, kept for the instance's life."""
+        path = self.path("instance-id")
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            value = f"roost-{self.name}-{os.urandom(6).hex()}"
+            write_atomic(path, value + "\n")
+            return value
+
     def exists(self) -> bool:
         return self.config.is_file()
 

@@ -14,13 +14,24 @@ GUEST_NET = "192.168.5.0/24"
 KERNEL_APPEND = "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1"
 
 
+# OVMF from Debian's ovmf package: code read-only, variables per instance.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+# Under TCG: every feature TCG emulates. QEMU's default (qemu64) lacks
+# x86-64-v2 (SSE4.2, POPCNT), which current distributions require.
+TCG_CPU = "max"
+
+
 @dataclass(frozen=True)
 class BootSpec:
-    """Direct PVH kernel boot (built-in image); None fields mean firmware boot."""
+    """A kernel booted directly (the built-in image's PVH vmlinux, or an
+    image's own kernel), else the firmware boots the disk: SeaBIOS, or UEFI
+    (OVMF) with its variable store in `uefi_vars`."""
 
     kernel: Path | None = None
     initrd: Path | None = None
     append: str = KERNEL_APPEND
+    uefi_vars: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class QemuSpec:
     # Resume: load the VM state saved in this file (-incoming defer + QMP),
     # then stay paused (-S) until the host agent continues it.
     incoming: Path | None = None
+    cpu_type: str | None = None  # under TCG; None: TCG_CPU
 
 
 def spec_to_json(spec: QemuSpec) -> dict[str, Any]:
@@ -71,6 +83,20 @@ def spec_from_json(data: dict[str, Any]) -> QemuSpec:
     return QemuSpec(**fields)
 
 
+def ensure_uefi_vars(path: Path) -> Path:
+    """The instance's own UEFI variable store, a copy of OVMF's template."""
+    if not path.exists():
+        if not OVMF_VARS.exists():
+            from roost.driver.base import DriverError
+
+            raise DriverError(f"{OVMF_VARS} is missing: UEFI boot (firmware.legacyBIOS: false) "
+                              "needs OVMF (`apt-get install ovmf`)")
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(OVMF_VARS.read_bytes())
+        tmp.replace(path)
+    return path
+
+
 def mac_address(name: str) -> str:
     """Stable per instance, in the locally administered range Lima uses."""
     digest = hashlib.sha256(name.encode()).digest()
@@ -93,7 +119,7 @@ def build_argv(spec: QemuSpec) -> list[str]:
     if spec.accel == "kvm":
         argv += ["-accel", "kvm", "-cpu", "host"]
     else:
-        argv += ["-accel", "tcg,thread=multi,tb-size=512"]
+        argv += ["-accel", "tcg,thread=multi,tb-size=512", "-cpu", spec.cpu_type or TCG_CPU]
     argv += [
         "-smp", str(spec.cpus),
         "-m", f"{mem_mib}M",
@@ -109,6 +135,11 @@ def build_argv(spec: QemuSpec) -> list[str]:
         argv += ["-kernel", str(spec.boot.kernel), "-append", spec.boot.append]
         if spec.boot.initrd is not None:
             argv += ["-initrd", str(spec.boot.initrd)]
+    elif spec.boot.uefi_vars is not None:
+        argv += [
+            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_option_value(OVMF_CODE)}",
+            "-drive", f"if=pflash,format=raw,unit=1,file={_option_value(spec.boot.uefi_vars)}",
+        ]
     argv += [
         "-drive", f"if=none,id=root,file={_option_value(spec.disk)},format=qcow2,discard=unmap",
         "-device",

@@ -1,0 +1,52 @@
+"""Who and what the guest is: the facts the seed carries."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from roost.config.model import Provision
+
+BOOT_DONE_MARKER = "/run/roost/boot-done"
+
+
+@dataclass
+class GuestIdentity:
+    # Changes at every start: the boot-done marker must be of this boot.
+    instance_id: str
+    hostname: str
+    user: str
+    uid: int
+    authorized_keys: list[str]
+    host_private_key: str
+    host_public_key: str = ""
+    # cloud-init's instance-id: stable for the instance's life, so cloud-init
+    # runs its first-boot modules (user, host keys, growpart) once.
+    cloud_instance_id: str = ""
+    mac: str = ""
+    guest_addr: str = "192.168.5.15/24"
+    gateway: str = "192.168.5.2"
+    dns: str = "192.168.5.3"
+    provision: list[Provision] = field(default_factory=list)
+    allow_exec: bool = False
+    health_checks: list[dict[str, object]] = field(default_factory=list)
+    busy_threshold: float = 0.5
+    sample_secs: float = 1.0
+    env: dict[str, str] = field(default_factory=dict)
+    timezone: str | None = None
+
+    def env_file(self) -> str:
+        """roost.env: shell-quoted values the guest's scripts source."""
+        values = {
+            "ROOST_INSTANCE_ID": self.instance_id,
+            "ROOST_HOSTNAME": self.hostname,
+            "ROOST_USER": self.user,
+            "ROOST_UID": str(self.uid),
+            "ROOST_GUEST_ADDR": self.guest_addr,
+            "ROOST_GATEWAY": self.gateway,
+            "ROOST_DNS": self.dns,
+            "ROOST_ALLOW_EXEC": "1" if self.allow_exec else "0",
+            "ROOST_BUSY_THRESHOLD": f"{self.busy_threshold:g}",
+            "ROOST_SAMPLE_SECS": f"{self.sample_secs:g}",
+        }
+        return "".join(f"{k}={shlex.quote(v)}\n" for k, v in values.items())

@@ -1,0 +1,179 @@
+"""The readiness requirements of one boot: essential, optional and final.
+
+Essential: sshd answers (the RFC 4253 banner), then a command runs over
+SSH. Optional: the guest agent answers. Final: the boot scripts have
+finished; on a cloud image that is cloud-init finished, with its progress
+reported as Lima's `cloudInitProgress` and its errors failing the
+requirement at once (the instance is then degraded, not left waiting).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from roost.cidata import BOOT_DONE_MARKER
+from roost.driver.base import DriverInfo
+from roost.hostagent import banner, cloudinit
+from roost.hostagent.requirements import NotReady, Requirement
+from roost.store.instance import Instance
+
+ESSENTIAL_TIMEOUT = 300.0
+OPTIONAL_TIMEOUT = 60.0
+FINAL_TIMEOUT = 600.0
+SSH_COMMAND_TIMEOUT = 20.0
+# How often a cloud image's boot is looked at over SSH (each look forks a
+# few processes in a guest that cloud-init already keeps busy).
+CLOUD_INIT_POLL = 1.0
+AGENT_MISSING_POLL = 5.0
+
+RunSSH = Callable[[list[str], float], Awaitable[tuple[int, str]]]
+
+
+@dataclass
+class ReadinessContext:
+    """What the checks need from the host agent."""
+
+    inst: Instance
+    info: DriverInfo
+    boot_id: str
+    cloud_image: bool
+    run_ssh: RunSSH
+    ping_agent: Callable[[], Awaitable[None]]  # raises NotReady
+    emit: Callable[..., None]  # events.emit_transient
+
+
+def _check_marker(line: str, boot_id: str, log: str) -> None:
+    parts = line.split()
+    if not parts:
+        raise NotReady("boot scripts still running")
+    if parts[0] != boot_id:
+        raise NotReady("boot-done marker is from another boot")
+    if len(parts) > 1 and parts[1] != "0":
+        step = f" {parts[2]}" if len(parts) > 2 else ""
+        raise NotReady(f"provisioning step{step} failed; see {log} in the guest",
+                       permanent=True)
+
+
+class CloudInitWatch:
+    """The final requirement of a cloud image, and its progress events."""
+
+    def __init__(self, ctx: ReadinessContext) -> None:
+        self.ctx = ctx
+        self._last_line = ""
+        self.state = cloudinit.CloudInitState()
+
+    async def poll(self) -> cloudinit.CloudInitState:
+        status, out = await self.ctx.run_ssh(["sh", "-c", cloudinit.PROBE],
+                                             SSH_COMMAND_TIMEOUT)
+        if status != 0:
+            raise NotReady(f"cannot read cloud-init's status over SSH (exit {status}): "
+                           f"{out[-200:]}")
+        self.state = cloudinit.parse(out)
+        return self.state
+
+    async def check(self) -> None:
+        state = await self.poll()
+        if state.log_line and state.log_line != self._last_line:
+            self._last_line = state.log_line
+            self.ctx.emit(cloudInitProgress={"logLine": state.log_line, "completed": False,
+                                             "active": True})
+        if state.failed:
+            self.ctx.emit(cloudInitProgress={"logLine": state.log_line, "completed": True,
+                                             "active": False, "errors": state.errors})
+            raise NotReady("cloud-init failed: " + "; ".join(state.errors), permanent=True)
+        if not state.finished:
+            raise NotReady(f"cloud-init is running ({state.stage or 'starting'})")
+        _check_marker(state.boot_done, self.ctx.boot_id, "/run/roost/provision.log")
+        self.ctx.emit(cloudInitProgress={"logLine": state.log_line, "completed": True,
+                                         "active": False})
+
+
+def requirements(ctx: ReadinessContext, resumed: bool = False
+                 ) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
+    """Essential, optional and final requirements.
+
+    After a resume the guest is exactly as it was when it last passed them
+    all, so only the path from the host is checked again (sshd answers
+    through the new QEMU's forward; the guest agent answered `wake`).
+    """
+    inst, info = ctx.inst, ctx.info
+    logs = f"the guest console log {inst.serial_log} and {inst.qemu_log}"
+    ssh_ok = asyncio.Event()
+    agent_missing: dict[str, Any] = {"checked": 0.0}
+
+    async def check_banner() -> None:
+        try:
+            await banner.wait_for_banner(info.ssh.host, info.ssh.port, timeout=ESSENTIAL_TIMEOUT)
+        except banner.BannerError as e:
+            raise NotReady(str(e), permanent=not e.retryable) from None
+
+    async def check_ssh() -> None:
+        status, out = await ctx.run_ssh(["true"], SSH_COMMAND_TIMEOUT)
+        if status != 0:
+            raise NotReady(f"`ssh true` exited {status}: {out[-300:]}")
+        ssh_ok.set()
+
+    async def check_agent() -> None:
+        try:
+            await ctx.ping_agent()
+        except NotReady:
+            # A cloud image without python3 says so; waiting longer won't help.
+            now = time.monotonic()
+            if ctx.cloud_image and ssh_ok.is_set() and \
+                    now - agent_missing["checked"] > AGENT_MISSING_POLL:
+                agent_missing["checked"] = now
+                status, out = await ctx.run_ssh(
+                    ["cat", "/run/roost/guestagent-missing"], SSH_COMMAND_TIMEOUT)
+                if status == 0 and out:
+                    raise NotReady(out, permanent=True) from None
+            raise
+
+    async def check_boot_done() -> None:
+        status, out = await ctx.run_ssh(["cat", BOOT_DONE_MARKER], SSH_COMMAND_TIMEOUT)
+        if status != 0:
+            raise NotReady("boot scripts still running")
+        _check_marker(out, ctx.boot_id, "/run/roost/provision.log")
+
+    essential = [
+        Requirement("ssh-banner", "essential",
+                    f"the guest's sshd answers on {info.ssh.host}:{info.ssh.port}",
+                    check_banner,
+                    f"the guest did not start sshd; look at {logs}", ESSENTIAL_TIMEOUT),
+        Requirement("ssh", "essential", "a command runs over SSH", check_ssh,
+                    f"sshd answers but login fails; run `ssh -v -F {inst.ssh_config} "
+                    f"roost-{inst.name} true` and see {inst.ha_stderr}",
+                    ESSENTIAL_TIMEOUT, retry_interval=0.2),
+    ]
+    agent_hint = (f"the guest agent did not answer over {info.guest_agent}; see "
+                  f"/run/roost/guestagent.log in the guest and {inst.serial_log}")
+    if ctx.cloud_image:
+        agent_hint += ("; a cloud image needs python3 >= 3.8 for it (ports are then "
+                       "forwarded over SSH, and mounts need the agent)")
+    optional = [
+        # A cloud image starts the agent from cloud-init, a minute or more
+        # into its boot under TCG: its wait covers the essential ones too.
+        Requirement("guest-agent", "optional", "the guest agent answers ping", check_agent,
+                    agent_hint,
+                    OPTIONAL_TIMEOUT + (ESSENTIAL_TIMEOUT if ctx.cloud_image else 0.0),
+                    retry_interval=0.1 if not ctx.cloud_image else 0.5),
+    ]
+    if ctx.cloud_image:
+        watch = CloudInitWatch(ctx)
+        final = [Requirement(
+            "cloud-init", "final", "cloud-init has finished", watch.check,
+            "see /var/log/cloud-init.log and /var/log/cloud-init-output.log in the guest "
+            f"(`roost shell {inst.name} -- sudo cloud-init status --long`)",
+            FINAL_TIMEOUT, retry_interval=CLOUD_INIT_POLL)]
+    else:
+        final = [Requirement(
+            "boot-scripts", "final", "boot scripts have finished", check_boot_done,
+            "see /run/roost/provision.log in the guest (`roost shell "
+            f"{inst.name} -- cat /run/roost/provision.log`)",
+            FINAL_TIMEOUT, retry_interval=0.1)]
+    if resumed:
+        return essential[:1], optional, []
+    return essential, optional, final

@@ -1,0 +1,256 @@
+"""The `debian-12` image: a real Debian 12 cloud image, built from Debian packages.
+
+What a user gets from Debian's own genericcloud image, made offline with
+mmdebstrap: systemd, cloud-init, OpenSSH, sudo, apt, python3 and the cloud
+kernel, on an MBR disk that SeaBIOS boots through GRUB. Like the official
+image it ships no users, no SSH host keys and an empty machine-id, so its
+first boot is a real cloud-init first boot from roost's NoCloud seed.
+
+The disk is assembled without root and without loop devices: the ext4 file
+system is written into the partition with `mkfs.ext4 -d -E offset=`, and
+GRUB's boot sector and core image are written into the MBR gap directly.
+The file system is made inside mmdebstrap's customize hook, so files get
+their owners from the build's own (possibly unshared) namespace.
+
+Cached under a key of the recipe and the versions of the packages it names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from roost.errors import RoostError
+from roost.image.builtin import build_lock, images_dir
+from roost.store.instance import write_atomic
+
+Progress = Callable[[str], None]
+
+NAME = "debian-12"
+SUITE = "bookworm"
+RECIPE_VERSION = "1"
+KERNEL_PACKAGE = "linux-image-cloud-amd64"
+PACKAGES = [
+    "systemd-sysv", "udev", "dbus", "libpam-systemd",
+    "cloud-init", "cloud-guest-utils", "openssh-server", "sudo", "apt", "python3",
+    "ca-certificates", "iproute2", "ifupdown", "isc-dhcp-client", "netbase",
+    "fuse3", "sshfs", "procps", "kmod", "e2fsprogs", "fdisk", "less", "locales", "zstd",
+    KERNEL_PACKAGE, "initramfs-tools",
+]
+# Whose versions make the cache key: what the guest's behaviour depends on.
+KEY_PACKAGES = ["cloud-init", "openssh-server", "systemd", "python3", "sudo", "libc6",
+                KERNEL_PACKAGE]
+DISK_BYTES = 2 * 1024**3
+PARTITION_START = 2048  # sectors: 1 MiB, the usual alignment and GRUB's MBR gap
+ROOT_LABEL = "roost-root"
+GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile",
+                "search", "echo", "test", "boot", "serial", "terminal"]
+GRUB_DIR = Path("/usr/lib/grub/i386-pc")
+KERNEL_CMDLINE = "root=LABEL=roost-root ro console=tty0 console=ttyS0,115200 net.ifnames=0"
+
+# Written into the root before the file system is made.
+_FILES = {
+    "etc/fstab": f"LABEL={ROOT_LABEL} / ext4 defaults,discard,errors=remount-ro 0 1\n",
+    "boot/grub/grub.cfg": (
+        "# roost's debian-12 image: SeaBIOS, GRUB, the newest kernel (/vmlinuz).\n"
+        "serial --unit=0 --speed=115200\nterminal_input serial console\n"
+        "terminal_output serial console\nset timeout=0\n"
+        "menuentry 'Debian GNU/Linux 12' {\n"
+        f"  linux /vmlinuz {KERNEL_CMDLINE}\n  initrd /initrd.img\n}}\n"
+    ),
+    # NoCloud only: ds-identify then has one data source to look for.
+    "etc/cloud/cloud.cfg.d/90-roost-datasource.cfg": "datasource_list: [NoCloud, None]\n",
+    # glibc's built-in locale: cloud-init's default (en_US.UTF-8) would run
+    # locale-gen at first boot, seconds under TCG.
+    "etc/cloud/cloud.cfg.d/90-roost-locale.cfg": "locale: C.UTF-8\n",
+    "etc/hostname": "localhost\n",
+    # A small initramfs: the modules a VM needs, not every driver there is.
+    "etc/initramfs-tools/conf.d/roost.conf": "MODULES=list\nCOMPRESS=zstd\n",
+    "etc/initramfs-tools/modules": "virtio_pci\nvirtio_blk\nvirtio_scsi\next4\n",
+}
+_EXCLUDE = ["/usr/share/man/*", "/usr/share/info/*", "/usr/share/lintian/*",
+            "/usr/share/locale/*", "/usr/share/doc/*"]
+_INCLUDE_BACK = ["/usr/share/doc/*/copyright", "/usr/share/locale/locale.alias"]
+
+
+@dataclass(frozen=True)
+class DebianImage:
+    directory: Path
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / "base.qcow2"
+
+    @property
+    def manifest(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads((self.directory / "manifest.json").read_text())
+        return data
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RoostError(f"{what} failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
+    return proc.stdout
+
+
+def _tool(name: str, package: str) -> str:
+    for d in ("", "/usr/sbin", "/sbin", "/usr/bin"):
+        path = shutil.which(name, path=d or None)
+        if path:
+            return path
+    raise RoostError(f"{name} was not found; the {NAME} image needs it "
+                     f"(`apt-get install {package}`, or run scripts/setup.sh)")
+
+
+def package_versions() -> dict[str, str]:
+    """The candidate version apt would install now of each key package."""
+    out = _run(["apt-cache", "policy", *KEY_PACKAGES], "apt-cache policy")
+    versions: dict[str, str] = {}
+    current = ""
+    for line in out.splitlines():
+        if line and not line[0].isspace() and line.endswith(":"):
+            current = line[:-1]
+        elif line.strip().startswith("Candidate:") and current:
+            versions[current] = line.split(":", 1)[1].strip()
+    missing = [p for p in KEY_PACKAGES if versions.get(p, "(none)") == "(none)"]
+    if missing:
+        raise RoostError(f"apt knows no version of {', '.join(missing)}; run `apt-get update` "
+                         "(scripts/setup.sh does)")
+    return versions
+
+
+def cache_key(versions: dict[str, str]) -> str:
+    h = hashlib.sha256(RECIPE_VERSION.encode())
+    h.update(Path(__file__).read_bytes())
+    h.update(json.dumps([PACKAGES, _FILES, DISK_BYTES, sorted(versions.items())]).encode())
+    return h.hexdigest()[:16]
+
+
+def find_cached() -> DebianImage | None:
+    """The newest built image, without asking apt."""
+    built = sorted(images_dir().glob(f"{NAME}-*/manifest.json"),
+                   key=lambda p: p.stat().st_mtime)
+    return DebianImage(built[-1].parent) if built else None
+
+
+def ensure_debian_image(progress: Progress = lambda _: None) -> DebianImage:
+    """The image for the current package versions, built if needed (about a minute)."""
+    progress("resolving Debian package versions")
+    versions = package_versions()
+    key = cache_key(versions)
+    image = DebianImage(images_dir() / f"{NAME}-{key}")
+    if (image.directory / "manifest.json").exists():
+        return image
+    with build_lock():
+        if (image.directory / "manifest.json").exists():
+            return image
+        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-{key}.", dir=images_dir()))
+        try:
+            _build(tmp, versions, progress)
+            tmp.rename(image.directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return image
+
+
+def _customize_script(staging: Path, raw: Path) -> str:
+    """Runs in mmdebstrap's customize hook with the finished root as $1.
+
+    The root has /proc, /sys and /dev mounted on it then; a plain (not
+    recursive) bind mount of it is the tree without them, for mkfs.
+    """
+    mkfs = _tool("mkfs.ext4", "e2fsprogs")
+    blocks = (DISK_BYTES - PARTITION_START * 512) // 4096
+    q = shlex.quote
+    view = q(str(raw.parent / "view"))
+    return "; ".join([
+        "set -e",
+        f'cp -a {q(str(staging))}/. "$1"/',
+        # Like Debian's cloud images: no host keys, no machine id, no users.
+        'rm -f "$1"/etc/ssh/ssh_host_*',
+        ': > "$1"/etc/machine-id',
+        'rm -f "$1"/var/lib/dbus/machine-id',
+        'rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/* "$1"/tmp/* "$1"/var/tmp/*',
+        # The initramfs again, now with the small module list and zstd.
+        'chroot "$1" update-initramfs -u -k all >/dev/null',
+        'rm -f "$1"/boot/initrd.img-*.bak',
+        f'mkdir -p {view}',
+        f'mount --bind "$1" {view}',
+        f'{mkfs} -q -F -L {ROOT_LABEL} -E offset={PARTITION_START * 512},root_owner=0:0 '
+        f'-d {view} {q(str(raw))} {blocks} || {{ umount {view}; exit 1; }}',
+        f'umount {view}',
+    ])
+
+
+def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
+    started = time.monotonic()
+    mmdebstrap = _tool("mmdebstrap", "mmdebstrap")
+    grub_mkimage = _tool("grub-mkimage", "grub-pc-bin")
+    sfdisk = _tool("sfdisk", "fdisk")
+    if not (GRUB_DIR / "boot.img").exists():
+        raise RoostError(f"{GRUB_DIR}/boot.img is missing; `apt-get install grub-pc-bin`")
+    staging = out / "staging"
+    for rel, text in _FILES.items():
+        path = staging / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+    raw = out / "disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(DISK_BYTES)
+    # One bootable Linux partition from 1 MiB to the end; cloud-init's
+    # growpart extends it to the instance disk's size at first boot.
+    proc = subprocess.run([sfdisk, "-q", str(raw)], input=f"label: dos\nstart={PARTITION_START}, "
+                          "type=83, bootable\n", capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RoostError(f"sfdisk failed: {proc.stderr.strip()}")
+
+    progress(f"building {NAME} from Debian packages (mmdebstrap, about a minute)")
+    argv = [mmdebstrap, "--mode=auto", "--variant=apt", "--format=null", "--quiet",
+            "--include=" + ",".join(PACKAGES),
+            *(f"--dpkgopt=path-exclude={p}" for p in _EXCLUDE),
+            *(f"--dpkgopt=path-include={p}" for p in _INCLUDE_BACK),
+            "--customize-hook=" + _customize_script(staging, raw),
+            SUITE, "/dev/null"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RoostError(f"mmdebstrap failed (exit {proc.returncode}): "
+                         f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+
+    progress("installing GRUB")
+    core = out / "core.img"
+    _run([grub_mkimage, "-O", "i386-pc", "-o", str(core),
+          "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES], "grub-mkimage")
+    if core.stat().st_size > (PARTITION_START - 1) * 512:
+        raise RoostError("GRUB's core image does not fit before the first partition")
+    with open(raw, "r+b") as f:
+        # boot.img's code only: the partition table after byte 440 stays.
+        f.write((GRUB_DIR / "boot.img").read_bytes()[:440])
+        f.seek(512)  # core.img from sector 1, where boot.img looks for it
+        f.write(core.read_bytes())
+
+    progress("writing the base disk")
+    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")],
+         "qemu-img convert")
+    raw.unlink()
+    core.unlink()
+    shutil.rmtree(staging)
+    manifest = {
+        "name": NAME, "recipe": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES,
+        "versions": versions, "python": "3.11", "kernelCmdline": KERNEL_CMDLINE,
+        "sizes": {"baseQcow2": (out / "base.qcow2").stat().st_size, "disk": DISK_BYTES},
+        "buildSeconds": round(time.monotonic() - started, 1),
+    }
+    write_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
