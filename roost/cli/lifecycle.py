@@ -15,12 +15,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
-from roost.errors import RoostError, UsageError
+from roost.errors import RoostError
 from roost.sshutil.config import control_argv
 from roost.store.instance import (
     Instance,
@@ -33,27 +33,16 @@ from roost.store.instance import (
 HOSTAGENT_KILL_SECONDS = 5.0
 
 
-def create(name: str, config_file: str | None, **overrides: Any) -> Instance:
-    import yaml
-
-    from roost.config.loader import ConfigError, dump_config, load_config, parse_config
+def create(name: str, config_file: str | None, *, template: str | None = None,
+           sets: Sequence[str] = (), **options: Any) -> Instance:
+    """Create NAME from a template or config file, the --cpus/--memory/--disk
+    `options` and `--set`s; nothing is written unless all of it is valid."""
+    from roost.config.compose import compose
+    from roost.config.loader import dump_config
 
     inst = Instance.at(name)
     inst.check_socket_paths()
-    if config_file is not None:
-        base = load_config(Path(config_file)).model_dump(by_alias=True, mode="json")
-        source = config_file
-    else:
-        base, source = {}, "the command line"
-    for key, value in overrides.items():
-        if value is not None:
-            base[key] = value
-    try:
-        config = parse_config(base, source)
-    except ConfigError:
-        raise
-    except yaml.YAMLError as e:  # pragma: no cover - parse_config reports YAML errors
-        raise UsageError(str(e)) from None
+    config = compose(template, config_file, options, sets)
     with operation_lock(name, "create it"):
         create_instance_dir(inst, {"roost.yaml": dump_config(config)})
     return inst

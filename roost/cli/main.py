@@ -8,7 +8,8 @@ load only for the commands that use them.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -46,33 +47,56 @@ def cli() -> None:
     """roost runs Linux virtual machines and keeps them pleasant to live with."""
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _source_options(note: str) -> Callable[[F], F]:
+    """--config, --template and --set, shared by create and start."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help=f"roost.yaml to create the instance from{note}"),
+        click.option("--template", "-t", metavar="TEMPLATE",
+                     help=f"template to create the instance from{note} "
+                          "(`roost template list`; default: default)"),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="set one key of the new configuration, e.g. cpus=4 or "
+                          "mounts[0].writable=true (a YAML value; repeatable)"),
+    ]
+
+    def decorate(f: F) -> F:
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
 @cli.command()
 @NAME
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="roost.yaml to create the instance from")
+@_source_options("")
 @click.option("--cpus", type=int, help="virtual CPUs")
 @click.option("--memory", help="memory, e.g. 2GiB")
 @click.option("--disk", help="disk size, e.g. 20GiB")
-def create(name: str, config_file: str | None, cpus: int | None, memory: str | None,
-           disk: str | None) -> None:
+def create(name: str, config_file: str | None, template: str | None, sets: tuple[str, ...],
+           cpus: int | None, memory: str | None, disk: str | None) -> None:
     """Create an instance without starting it."""
     from roost.cli import lifecycle
 
-    inst = lifecycle.create(name, config_file, cpus=cpus, memory=memory, disk=disk)
+    inst = lifecycle.create(name, config_file, template=template, sets=sets,
+                            cpus=cpus, memory=memory, disk=disk)
     click.echo(f"created {name} in {inst.dir}")
 
 
 @cli.command()
 @NAME
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
-              help="roost.yaml to create the instance from (new instances only)")
+@_source_options(" (new instances only)")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
               help="seconds to wait for the instance to be running")
-def start(name: str, config_file: str | None, timeout: float) -> None:
+def start(name: str, config_file: str | None, template: str | None, sets: tuple[str, ...],
+          timeout: float) -> None:
     """Start an instance (creating it if needed) and wait until it is running."""
     from roost.cli import start as start_mod
 
-    sys.exit(start_mod.start(name, config_file, timeout))
+    sys.exit(start_mod.start(name, config_file, timeout, template=template, sets=sets))
 
 
 @cli.command()
@@ -166,6 +190,29 @@ def image_build() -> None:
     click.echo(f"{img.directory}")
     for key, value in sizes.items():
         click.echo(f"  {key}: {value / 1024**2:.1f} MiB")
+
+
+@cli.group("template")
+def template_() -> None:
+    """Built-in templates to create instances from (`roost create NAME -t TEMPLATE`)."""
+
+
+@template_.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def template_list(as_json: bool) -> None:
+    """Templates: name, what they boot, description."""
+    from roost.cli import templates
+
+    templates.listing(as_json)
+
+
+@template_.command("show")
+@click.argument("template")
+def template_show(template: str) -> None:
+    """The configuration TEMPLATE (a name or a YAML file) makes, its bases merged in."""
+    from roost.cli import templates
+
+    templates.show(template)
 
 
 @cli.group()

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,15 +125,23 @@ def _ready(inst: Instance, status: dict[str, Any]) -> int:
     return 0
 
 
-def start(name: str, config_file: str | None, timeout: float) -> int:
+def _creation_flags(config_file: str | None, template: str | None,
+                    sets: Sequence[str]) -> str:
+    given = [flag for flag, value in (("--config", config_file), ("--template", template),
+                                      ("--set", sets)) if value]
+    return "/".join(given)
+
+
+def start(name: str, config_file: str | None, timeout: float, *,
+          template: str | None = None, sets: Sequence[str] = ()) -> int:
     inst = Instance.at(name)
     inst.check_socket_paths()
     if not inst.exists():
         from roost.cli import lifecycle
 
-        lifecycle.create(name, config_file)
-    elif config_file is not None:
-        raise UsageError(f"instance {name!r} already exists; --config applies only when "
+        lifecycle.create(name, config_file, template=template, sets=sets)
+    elif flags := _creation_flags(config_file, template, sets):
+        raise UsageError(f"instance {name!r} already exists; {flags} applies only when "
                          f"creating (edit {inst.config} or delete and recreate)")
     with Progress(f"starting {name}") as progress:
         with operation_lock(name, "start it"):

@@ -7,14 +7,10 @@ from typing import Any
 
 import yaml
 
+from roost.config.document import ConfigError, read_document
 from roost.config.model import Config
-from roost.errors import UsageError
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_config"]
-
-
-class ConfigError(UsageError):
-    """Invalid configuration; the message names each bad key."""
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -62,17 +58,7 @@ def parse_config(data: Any, source: str = "roost.yaml") -> Config:
 
 
 def load_config(path: Path) -> Config:
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
-    return parse_config(data, str(path))
+    return parse_config(read_document(path), str(path))
 
 
 def dump_config(config: Config) -> str:

@@ -277,6 +277,19 @@ class CopyToHost(_Model):
         return v
 
 
+def _env_value(v: Any) -> Any:
+    # Lima's env is text; YAML reads `DEBUG: 1` or `--set env.DEBUG=1` as a
+    # number, which is meant as the text it was written as.
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return str(v)
+    return v
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value)]
+
+
 class GuestAgent(_Model):
     allow_exec: bool = False
 
@@ -317,7 +330,7 @@ class Config(_Model):
     mount_types_unsupported: list[Literal["virtiofs", "9p", "reverse-sshfs"]] = Field(
         default_factory=list)
     copy_to_host: list[CopyToHost] = Field(default_factory=list)
-    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], EnvValue] = Field(
         default_factory=dict)
     timezone: str | None = None
     ssh: SSH = Field(default_factory=SSH)
