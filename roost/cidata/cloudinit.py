@@ -33,17 +33,19 @@ def user_data(ident: GuestIdentity) -> str:
         "hostname": ident.hostname,
         "manage_etc_hosts": True,
         "ssh_pwauth": False,
-        # The host key roost pins in known_hosts, and no other.
+        # The host key roost pins in known_hosts, and no other (with ssh_keys
+        # given, cloud-init generates none).
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
         "ssh_keys": {"ed25519_private": ident.host_private_key,
                      **({"ed25519_public": ident.host_public_key}
                         if ident.host_public_key else {})},
         "bootcmd": [["sh", "-c", _BOOTCMD]],
     }
     if ident.user == "root":
-        doc.update({"users": [], "disable_root": False,
-                    "ssh_authorized_keys": ident.authorized_keys})
+        # Root exists: cloud-init only gives it the key (and no default user).
+        doc.update({"disable_root": False, "users": [{
+            "name": "root", "lock_passwd": True, "ssh_authorized_keys": ident.authorized_keys,
+        }]})
     else:
         doc.update({"disable_root": True, "users": [{
             "name": ident.user, "uid": ident.uid, "gecos": ident.user,

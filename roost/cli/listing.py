@@ -33,9 +33,15 @@ def describe(inst: Instance) -> dict[str, Any]:
         config = {}
     status = inst.status()
     runtime = inst.read_runtime() if status != Status.STOPPED else {}
+    shown = status.value
+    if status == Status.RUNNING:
+        # The VM runs; the host agent says whether it is ready yet.
+        shown = {"starting": Status.STARTING.value, "degraded": "Degraded"}.get(
+            str(runtime.get("state")), shown)
     return {
         "name": inst.name,
-        "status": status.value,
+        "status": shown,
+        "degradedBy": runtime.get("degradedBy", []) if shown == "Degraded" else [],
         "dir": str(inst.dir),
         "cpus": config.get("cpus"),
         "memory": _size(config.get("memory")),

@@ -84,7 +84,10 @@ def follow(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
     while True:
         for event in follower.poll():
             status = event.get("status", {})
-            if status.get("phase"):
+            cloud_init = status.get("cloudInitProgress") or {}
+            if cloud_init.get("active") and cloud_init.get("logLine"):
+                progress.step(f"cloud-init: {cloud_init['logLine']}")
+            elif status.get("phase"):
                 progress.step(str(status["phase"]))
             if status.get("running"):
                 return _ready(inst, status)

@@ -252,12 +252,20 @@ class Firmware(_Model):
     legacy_bios: bool = Field(True, alias="legacyBIOS")
 
 
+HOST_PATH_VARIABLES = ("{{.Dir}}", "{{.Home}}", "{{.Name}}", "{{.User}}", "{{.UID}}")
+
+
 class CopyToHost(_Model):
-    """Lima's copyToHost: a guest file copied to the host once provisioning is done."""
+    """Lima's copyToHost: a guest file copied to the host once provisioning is done.
+
+    `host` may start with Lima's {{.Dir}} (the instance directory) or
+    {{.Home}}; {{.Name}}, {{.User}} and {{.UID}} may appear anywhere.
+    """
 
     guest: str
     host: str
     delete_on_stop: bool = False
+    skip_if_missing: bool = False
 
     @field_validator("guest")
     @classmethod
@@ -270,8 +278,14 @@ class CopyToHost(_Model):
     @classmethod
     def _host(cls, v: str) -> str:
         v = os.path.expanduser(v)
-        if not os.path.isabs(v):
-            raise ValueError(f"must be an absolute host path (or start with ~), got {v!r}")
+        for part in v.split("{{")[1:]:
+            if "{{" + part.split("}}", 1)[0] + "}}" not in HOST_PATH_VARIABLES:
+                raise ValueError(f"unknown variable in {v!r}; known: "
+                                 f"{', '.join(HOST_PATH_VARIABLES)}")
+        rooted = v.startswith(("{{.Dir}}/", "{{.Home}}/"))
+        if not (rooted or os.path.isabs(v)):
+            raise ValueError("must be an absolute host path (or start with ~, {{.Dir}}/ or "
+                             f"{{{{.Home}}}}/), got {v!r}")
         if "\0" in v or any(part == ".." for part in v.split("/")):
             raise ValueError(f"must not contain '..', got {v!r}")
         return v

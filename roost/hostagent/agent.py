@@ -38,6 +38,7 @@ from roost.driver.qemu.cmdline import (
 from roost.errors import RoostError, UsageError
 from roost.hostagent import readiness
 from roost.hostagent.cleanup import CleanupError, CleanupStack
+from roost.hostagent.copytohost import copy_to_host
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import (
@@ -125,6 +126,7 @@ class HostAgent:
         self._prestarted = False  # QEMU already started (loading a saved state)
         self._suspended = False
         self.mount_errors = False
+        self.copy_errors: list[str] = []
         self.guest_health: dict[str, Any] = {}
         self._guest_agent_lock = asyncio.Lock()
         self.results: list[Result] = []
@@ -136,6 +138,10 @@ class HostAgent:
         self.socket_forwards: list[dict[str, Any]] = []
         self.config_digest = ""
         self._early_wake: asyncio.Future[GuestAgentClient] | None = None
+        # What `roost ls` shows: starting until readiness is decided, then
+        # running or degraded, with what failed.
+        self.ready_state = "starting"
+        self.degraded_by: list[str] = []
         self._woken_early = False
 
     # -- New ------------------------------------------------------------------
@@ -188,7 +194,8 @@ class HostAgent:
         self._early_wake = restore.woken if restore else None
         self._woken_early = self._early_wake is not None
         self.mounts = MountManager(inst.dir, self.driver, self._guest_agent, static_mounts,
-                                   default_mount_type(self.config))
+                                   default_mount_type(self.config),
+                                   tuple(self.config.mount_types_unsupported))
 
     def _qemu_spec(self, static_mounts: list[MountRecord]) -> QemuSpec:
         inst, pinned = self.inst, read_pinned(self.inst)
@@ -325,6 +332,7 @@ class HostAgent:
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
             "portForwards": self.port_forwards(),
             "health": self.guest_health.get("summary", "-"),
+            "state": self.ready_state, "degradedBy": self.degraded_by,
         }) + "\n")
 
     def port_forwards(self) -> list[dict[str, Any]]:
@@ -678,14 +686,27 @@ class HostAgent:
                 for error in await self.mounts.mount_static():
                     self.events.add_error(error)
                     self.mount_errors = True
+            # Like Lima: after the final requirements, whatever they said.
+            if self.config.copy_to_host and self.resume_state is None and not self.attach_pid \
+                    and all(r.ok for r in results if r.requirement.kind == "essential"):
+                self.events.emit(phase="copying files to the host")
+                self.copy_errors = await copy_to_host(self.inst, list(self.config.copy_to_host),
+                                                      self.cleanups.push)
+                for error in self.copy_errors:
+                    self.events.add_error(error)
         finally:
             optional_task.cancel()
         failed: list[Any] = [r for r in results if not r.ok]
         for r in failed:
             self.events.add_error(f"{r.error} (hint: {r.requirement.debug_hint})")
         agent = {"connected": self.guest_agent is not None and self.guest_agent.connected}
+        self.degraded_by = [r.requirement.name for r in failed] + (
+            ["mounts"] if self.mount_errors else []) + (
+            ["copyToHost"] if self.copy_errors else [])
+        self.ready_state = "degraded" if self.degraded_by else "running"
+        self._write_runtime()
         await api_up.wait()
         self.events.emit(
-            running=True, degraded=bool(failed) or self.mount_errors, phase="running",
+            running=True, degraded=bool(self.degraded_by), phase="running",
             requirements=[r.to_json() for r in self.results], guestAgent=agent,
         )

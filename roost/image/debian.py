@@ -43,7 +43,7 @@ PACKAGES = [
     "systemd-sysv", "udev", "dbus", "libpam-systemd",
     "cloud-init", "cloud-guest-utils", "openssh-server", "sudo", "apt", "python3",
     "ca-certificates", "iproute2", "ifupdown", "isc-dhcp-client", "netbase",
-    "fuse3", "sshfs", "procps", "kmod", "e2fsprogs", "fdisk", "less", "locales", "zstd",
+    "fuse3", "sshfs", "procps", "kmod", "e2fsprogs", "fdisk", "less", "locales", "zstd", "tzdata",
     KERNEL_PACKAGE, "initramfs-tools",
 ]
 # Whose versions make the cache key: what the guest's behaviour depends on.

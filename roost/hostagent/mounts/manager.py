@@ -55,8 +55,13 @@ class Hotplug(Protocol):
 def default_mount_type(config: Config) -> str:
     if config.mount_type:
         return config.mount_type
-    # The C virtiofsd needs root; without it 9p works for everyone.
-    return "virtiofs" if find_virtiofsd() and os.geteuid() == 0 else "9p"
+    # The C virtiofsd needs root; without it 9p works for everyone, on an
+    # image whose kernel has 9p (Debian's cloud kernel has not).
+    preferred = ["virtiofs"] if find_virtiofsd() and os.geteuid() == 0 else []
+    for kind in [*preferred, "9p", "reverse-sshfs"]:
+        if kind not in config.mount_types_unsupported:
+            return kind
+    return "reverse-sshfs"
 
 
 def check_host_path(location: str) -> str:
@@ -164,9 +169,11 @@ def _virtiofsd_socket(inst_dir: Path, rec: MountRecord) -> Path:
 class MountManager:
     def __init__(self, inst_dir: Path, driver: Hotplug,
                  opener: Callable[[], Awaitable[GuestAgentClient]],
-                 static: list[MountRecord], default_type: str = "virtiofs") -> None:
+                 static: list[MountRecord], default_type: str = "virtiofs",
+                 unsupported: tuple[str, ...] = ()) -> None:
         self.inst_dir = inst_dir
         self.default_type = default_type
+        self.unsupported = unsupported
         self.driver = driver
         self.opener = opener
         self.records: dict[str, MountRecord] = {r.mount_point: r for r in static}
@@ -275,6 +282,11 @@ class MountManager:
         location = check_host_path(location)
         mount_point = check_guest_path(mount_point)
         kind = kind or self.default_type
+        if kind in self.unsupported:
+            raise UsageError(f"this instance's image does not support {kind} mounts "
+                             f"(mountTypesUnsupported in roost.yaml); use --type "
+                             + " or ".join(k for k in ("virtiofs", "reverse-sshfs")
+                                           if k not in self.unsupported))
         if kind == "9p":
             raise UsageError(
                 "9p cannot be hot-mounted: QEMU 7.2 declares a 9p export (fsdev) only at "

@@ -1,0 +1,187 @@
+"""A real distribution: the debian-12 template (systemd, OpenSSH, sudo, the
+real cloud-init from roost's NoCloud seed), with every roost feature on it.
+
+One VM for the module: a TCG boot of it takes a minute or two.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
+
+NAME = "deb"
+GUEST_HTTP_PORT = 18090
+STATIC_GUEST = "/mnt/static"
+
+
+def host_user() -> tuple[str, int]:
+    return pwd.getpwuid(os.getuid()).pw_name, os.getuid()
+
+
+@pytest.fixture(scope="module")
+def share(roost: Roost) -> Path:
+    d = roost.home / "deb-share"
+    d.mkdir(exist_ok=True)
+    (d / "hello.txt").write_text("from the host\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def debian(roost: Roost, share: Path) -> Iterator[str]:
+    config = roost.home / "deb.yaml"
+    config.write_text(
+        "base: debian-12\n"
+        "guestAgent:\n  allowExec: true\n"
+        "env:\n  ROOST_E2E_VAR: from-roost-yaml\n"
+        "mounts:\n"
+        f"  - location: {share}\n    mountPoint: {STATIC_GUEST}\n    writable: true\n"
+        "healthChecks:\n"
+        "  - name: marker\n    healthCmd: test -e /tmp/healthy\n    healthIntervalSecs: 1\n"
+        "provision:\n"
+        "  - mode: user\n    script: |\n      id -un > /tmp/user-step\n"
+        "  - mode: system\n    script: |\n      id -un > /tmp/system-step\n"
+        "  - mode: data\n    path: /etc/roost-e2e-data\n    content: \"data step\\n\"\n"
+        "    permissions: \"600\"\n"
+        "  - mode: boot\n    script: |\n      cat /proc/sys/kernel/random/boot_id > /run/boot-step\n"
+        "copyToHost:\n"
+        "  - guest: /etc/roost-e2e-data\n    host: \"{{.Dir}}/copied/data.txt\"\n"
+        "    deleteOnStop: true\n"
+    )
+    roost.run("create", NAME, "--config", str(config), "--memory", "1GiB", "--disk", "4GiB")
+    roost.run("start", NAME, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    try:
+        yield NAME
+    finally:
+        roost.run("delete", "--force", NAME, timeout=180, check=False)
+
+
+def sh(roost: Roost, script: str, check: bool = True) -> str:
+    proc = roost.run("shell", NAME, "--", "sh", "-c", script, check=check, timeout=120)
+    return proc.stdout if check else proc.stdout + proc.stderr
+
+
+def test_running_not_degraded_from_cloud_init(roost: Roost, debian: str) -> None:
+    row = roost.ls()[debian]
+    assert row["status"] == "Running", row
+    assert row["degradedBy"] == []
+    status = sh(roost, "cloud-init status --long")
+    assert "status: done" in status
+    assert "DataSourceNoCloud" in status or "NoCloud" in sh(
+        roost, "sudo -n cat /run/cloud-init/result.json")
+    assert "systemd" in sh(roost, "ps -p 1 -o comm=")
+    info = json.loads(roost.run("info", debian, "--json").stdout)
+    reqs = {r["name"]: r for r in info["hostagent"]["requirements"]}
+    assert reqs["cloud-init"]["ok"] and reqs["guest-agent"]["ok"], reqs
+
+
+def test_the_host_user_with_sudo_and_the_hostname(roost: Roost, debian: str) -> None:
+    name, uid = host_user()
+    assert sh(roost, "id -un; id -u").split() == [name, str(uid)]
+    assert sh(roost, "hostname").strip() == debian
+    assert sh(roost, "sudo -n id -u").strip() == "0"
+    assert sh(roost, "echo $ROOST_E2E_VAR").strip() == "from-roost-yaml"
+
+
+def test_each_provisioning_mode_ran_as_its_user(roost: Roost, debian: str) -> None:
+    name, _ = host_user()
+    assert sh(roost, "cat /tmp/user-step").strip() == name
+    assert sh(roost, "cat /tmp/system-step").strip() == "root"
+    assert sh(roost, "sudo -n cat /etc/roost-e2e-data") == "data step\n"
+    assert sh(roost, "stat -c '%a %U' /etc/roost-e2e-data").split() == ["600", "root"]
+    # `boot` runs in cloud-init's bootcmd: this boot.
+    assert sh(roost, "cat /run/boot-step") == sh(roost, "cat /proc/sys/kernel/random/boot_id")
+
+
+def test_copy_to_host(roost: Roost, debian: str) -> None:
+    copied = roost.home / debian / "copied" / "data.txt"
+    assert copied.read_text() == "data step\n"
+
+
+def test_guest_loopback_server_reaches_the_host_through_the_agent(
+        roost: Roost, debian: str) -> None:
+    sh(roost, f"nohup python3 -m http.server {GUEST_HTTP_PORT} --bind 127.0.0.1 "
+              ">/dev/null 2>&1 </dev/null & echo $! > /tmp/http.pid")
+
+    def forwarded() -> bool:
+        forwards = roost.ls()[debian]["portForwards"]
+        return any(f.get("guestPort") == GUEST_HTTP_PORT or
+                   str(f.get("guestAddr", "")).endswith(f":{GUEST_HTTP_PORT}")
+                   for f in forwards)
+
+    wait_until(forwarded, 30, "the guest's port forwarded")
+    fwd = [f for f in roost.ls()[debian]["portForwards"]
+           if str(f.get("guestAddr", "")).endswith(f":{GUEST_HTTP_PORT}")]
+    assert fwd and fwd[0]["via"] == "agent", fwd
+    with socket.create_connection(("127.0.0.1", GUEST_HTTP_PORT), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        s.settimeout(20)
+        assert s.recv(12).startswith(b"HTTP/1.0 200")
+    sh(roost, "kill $(cat /tmp/http.pid)")
+
+
+def test_static_and_hot_mounts_both_ways(roost: Roost, debian: str, share: Path,
+                                         tmp_path: Path) -> None:
+    assert sh(roost, f"cat {STATIC_GUEST}/hello.txt") == "from the host\n"
+    sh(roost, f"echo from the guest > {STATIC_GUEST}/back.txt")
+    assert (share / "back.txt").read_text() == "from the guest\n"
+    for kind in ("virtiofs", "reverse-sshfs"):
+        hot = tmp_path / kind
+        hot.mkdir()
+        (hot / "in.txt").write_text(f"{kind} in\n")
+        point = f"/mnt/hot-{kind}"
+        roost.run("mount", "add", debian, str(hot), point, "--type", kind, "--writable")
+        assert sh(roost, f"cat {point}/in.txt") == f"{kind} in\n"
+        sh(roost, f"echo out > {point}/out.txt")
+        assert (hot / "out.txt").read_text() == "out\n"
+        roost.run("mount", "remove", debian, point)
+    refused = roost.run("mount", "add", debian, str(tmp_path), "/mnt/nine", "--type", "9p",
+                        check=False)
+    assert refused.returncode != 0 and "9p" in refused.stderr
+
+
+def test_health_check_and_exec(roost: Roost, debian: str) -> None:
+    def health() -> str:
+        checks = json.loads(roost.run("health", debian, "--json").stdout)
+        rows = checks.get("checks", checks) if isinstance(checks, dict) else checks
+        return str(next(c["status"] for c in rows if c["name"] == "marker"))
+
+    sh(roost, "touch /tmp/healthy")
+    wait_until(lambda: health() == "healthy", 30, "the health check to pass")
+    out = roost.run("exec", debian, "--", "sh", "-c", "id -u; echo exec-ok")
+    assert out.stdout.split() == ["0", "exec-ok"]
+
+
+def test_snapshot_and_suspend_resume(roost: Roost, debian: str) -> None:
+    sh(roost, "echo before > /tmp/snap-marker; sync")
+    roost.run("snapshot", "create", debian, "--tag", "s1", timeout=300)
+    assert "s1" in roost.run("snapshot", "list", debian).stdout
+    sh(roost, "nohup sleep 100000 >/dev/null 2>&1 </dev/null & echo $! > /tmp/sleeper.pid")
+    pid = sh(roost, "cat /tmp/sleeper.pid").strip()
+    roost.run("suspend", debian, timeout=300)
+    assert roost.ls()[debian]["status"] == "Suspended"
+    started = time.monotonic()
+    roost.run("resume", debian, timeout=300)
+    assert time.monotonic() - started < 60
+    assert sh(roost, f"kill -0 {pid} && echo alive").strip() == "alive"
+    roost.run("snapshot", "delete", debian, "--tag", "s1", timeout=300)
+
+
+def test_zz_a_file_survives_stop_and_start(roost: Roost, debian: str) -> None:
+    sh(roost, "echo kept > ~/kept.txt; sync")
+    copied = roost.home / debian / "copied" / "data.txt"
+    roost.run("stop", debian, timeout=180)
+    assert roost.ls()[debian]["status"] == "Stopped"
+    assert not copied.exists()  # deleteOnStop
+    roost.run("start", debian, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    assert sh(roost, "cat ~/kept.txt") == "kept\n"
+    assert roost.ls()[debian]["status"] == "Running"
+    assert copied.read_text() == "data step\n"
