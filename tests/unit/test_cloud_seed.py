@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-from pathlib import Path
-
 import tempfile
 from functools import cache
+from pathlib import Path
 
 import yaml
 
@@ -43,7 +42,9 @@ def user_data(i: GuestIdentity) -> dict[str, object]:
 
 def test_user_data_makes_the_host_user_with_sudo_and_pinned_host_key() -> None:
     doc = user_data(ident())
-    (user,) = doc["users"]  # type: ignore[misc]
+    users = doc["users"]
+    assert isinstance(users, list) and len(users) == 1
+    user = users[0]
     assert user["name"] == "alice" and user["uid"] == 1234
     assert user["sudo"] == "ALL=(ALL) NOPASSWD:ALL" and user["lock_passwd"] is True
     assert user["ssh_authorized_keys"] == ["ssh-ed25519 AAAA roost"]
