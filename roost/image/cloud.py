@@ -1,0 +1,275 @@
+"""Cloud images from Lima's `images:` list: the first entry for the host's
+arch that can be had, fetched into the cache once (or a local file used in
+place), verified against its digest, unpacked, its format read from its
+bytes.
+
+As in Lima, a candidate the network cannot deliver (refused, 404, cut off)
+gives way to the next; a digest mismatch stops everything, since the
+bytes are not the ones the configuration trusts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from roost.errors import RoostError, UsageError
+from roost.image.builtin import images_dir
+from roost.image.cloudcache import (
+    ENTRY_PREFIX,
+    CacheEntry,
+    EntryMeta,
+    FileKind,
+    entry_for,
+    locked,
+    remove,
+)
+from roost.image.content import (
+    DiskFormat,
+    ImageFormatError,
+    decompress,
+    detect_compression,
+    detect_disk_format,
+)
+from roost.image.download import (
+    DigestMismatch,
+    DownloadError,
+    DownloadProgress,
+    download,
+    partial_files,
+    same_file_digest,
+)
+from roost.store.instance import write_atomic
+
+if TYPE_CHECKING:
+    from roost.config.model import Image
+
+Step = Callable[[str], None]
+# platform.machine() spellings of Lima's arch names.
+_ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "armv8l": "armv7l",
+                 "armv7": "armv7l", "ppc64el": "ppc64le"}
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return _ARCH_ALIASES.get(machine, machine)
+
+
+def candidates(images: Sequence[Image], arch: str) -> list[Image]:
+    """The entries for `arch`, in the order given."""
+    found = [image for image in images if image.arch == arch]
+    if not found:
+        listed = ", ".join(sorted({image.arch for image in images})) or "none"
+        raise UsageError(f"images: no image for arch {arch} (the list has: {listed}); "
+                         f"add an entry with `arch: {arch}`")
+    return found
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    path: Path
+    format: str  # "qcow2", "raw", or "file" (kernel, initrd)
+    location: str
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class FetchedImage:
+    disk: Path
+    format: Literal["qcow2", "raw"]
+    kernel: Path | None
+    initrd: Path | None
+    kernel_cmdline: str | None
+    location: str
+    digest: str | None
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.disk, self.kernel, self.initrd) if p is not None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def entry_of(path: Path) -> CacheEntry | None:
+    """The cache entry a file belongs to; None for a file used in place."""
+    parent = path.parent
+    if parent.parent == images_dir() and parent.name.startswith(ENTRY_PREFIX):
+        return CacheEntry(parent)
+    return None
+
+
+def _cached(entry: CacheEntry) -> FetchedFile | None:
+    meta = entry.meta()
+    if meta is None:
+        return None
+    return FetchedFile(entry.data, meta.format, meta.location, meta.digest)
+
+
+def _install(entry: CacheEntry, src: Path, location: str, digest: str | None,
+             kind: FileKind, step: Step, move: bool) -> FetchedFile:
+    """Make `src` the entry's data (unpacked if it is a compressed disk) and
+    mark the entry complete. `move`: src is the entry's own download."""
+    compression = detect_compression(src) if kind == "disk" else None
+    fmt: str = "file"
+    if compression is not None:
+        step(f"unpacking {location} ({compression})")
+        unpacked = entry.directory / "data.tmp"
+        decompress(src, unpacked, compression, location)
+        try:
+            fmt = detect_disk_format(unpacked, location)
+        except ImageFormatError:
+            unpacked.unlink()
+            raise
+        unpacked.replace(entry.data)
+        if move:
+            for p in partial_files(src):
+                p.unlink(missing_ok=True)
+    else:
+        if kind == "disk":
+            fmt = detect_disk_format(src, location)
+        src.replace(entry.data)
+        for p in partial_files(src):
+            p.unlink(missing_ok=True)
+    entry.write_meta(EntryMeta.now(location, digest, entry.data.stat().st_size, fmt,
+                                   compression, kind))
+    return FetchedFile(entry.data, fmt, location, digest)
+
+
+def _fetch_url(location: str, digest: str | None, kind: FileKind,
+               progress: DownloadProgress | None, step: Step) -> FetchedFile:
+    entry = entry_for(location, digest)
+    cached = _cached(entry)  # no lock, no request: meta.json is written last
+    if cached is not None:
+        return cached
+    with locked(entry):
+        cached = _cached(entry)  # another roost finished it while we waited
+        if cached is not None:
+            return cached
+        step(f"downloading {location}")
+        try:
+            download(location, entry.partial, digest, progress)
+        except DownloadError:
+            if not entry.partial.exists():
+                remove(entry)  # nothing to resume
+            raise
+        except DigestMismatch:
+            remove(entry)
+            raise
+        try:
+            return _install(entry, entry.partial, location, digest, kind, step, move=True)
+        except ImageFormatError:
+            remove(entry)
+            raise
+
+
+def _verification_record(path: Path) -> Path:
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:32]
+    return images_dir() / "verified" / f"{key}.json"
+
+
+def _verify_local(path: Path, digest: str, step: Step) -> None:
+    """Hash a local image once; later uses trust path, size and mtime."""
+    st = path.stat()
+    stamp = {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+             "digest": digest}
+    record = _verification_record(path)
+    with suppress(OSError, ValueError):
+        if json.loads(record.read_text()) == stamp:
+            return
+    step(f"verifying {path}")
+    actual = same_file_digest(path, digest)
+    if actual != digest:
+        raise DigestMismatch(f"{path}: digest mismatch: expected {digest}, got {actual}")
+    record.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(record, json.dumps(stamp) + "\n")
+
+
+def _use_local(location: str, digest: str | None, kind: FileKind, step: Step) -> FetchedFile:
+    path = Path(location)
+    if not path.is_file():
+        raise DownloadError(f"{location}: no such file")
+    if digest:
+        _verify_local(path, digest, step)
+    if kind != "disk":
+        return FetchedFile(path, "file", location, digest)
+    compression = detect_compression(path)
+    if compression is None:  # used in place: the user's own file may have a backing file
+        return FetchedFile(path, detect_disk_format(path, location, self_contained=False),
+                           location, digest)
+    st = path.stat()  # without a digest, a changed file is a new entry
+    entry = entry_for(location if digest else f"{location}:{st.st_size}:{st.st_mtime_ns}",
+                      digest)
+    cached = _cached(entry)
+    if cached is not None:
+        return cached
+    with locked(entry):
+        cached = _cached(entry)
+        if cached is not None:
+            return cached
+        try:
+            return _install(entry, path, location, digest, kind, step, move=False)
+        except ImageFormatError:
+            remove(entry)
+            raise
+
+
+def fetch_file(location: str, digest: str | None = None, kind: FileKind = "disk",
+               progress: DownloadProgress | None = None, step: Step = _quiet) -> FetchedFile:
+    """One file of an image. DownloadError: unavailable (try another);
+    DigestMismatch, ImageFormatError: refused."""
+    if location.startswith(("http://", "https://")):
+        return _fetch_url(location, digest, kind, progress, step)
+    return _use_local(location, digest, kind, step)
+
+
+def fetch_image(images: Sequence[Image], progress: DownloadProgress | None = None,
+                arch: str | None = None, step: Step = _quiet) -> FetchedImage:
+    """The first candidate for `arch` (default: the host's) whose disk, kernel
+    and initrd can all be had."""
+    arch = arch or host_arch()
+    failures = []
+    for image in candidates(images, arch):
+        try:
+            disk = fetch_file(image.location, image.digest, "disk", progress, step)
+            kernel = initrd = None
+            if image.kernel is not None:
+                kernel = fetch_file(image.kernel.location, image.kernel.digest, "kernel",
+                                    progress, step)
+            if image.initrd is not None:
+                initrd = fetch_file(image.initrd.location, image.initrd.digest, "initrd",
+                                    progress, step)
+        except DownloadError as e:
+            failures.append(str(e))
+            continue
+        fmt: DiskFormat = "qcow2" if disk.format == "qcow2" else "raw"
+        return FetchedImage(
+            disk.path, fmt, kernel.path if kernel else None, initrd.path if initrd else None,
+            image.kernel.cmdline if image.kernel else None, image.location, image.digest)
+    raise RoostError(
+        f"no image for {arch} could be fetched:\n"
+        + "".join(f"  - {failure}\n" for failure in failures)
+        + "hint: check the network (a proxy goes in https_proxy) and the locations in images:")
+
+
+@contextmanager
+def holding(fetched: FetchedImage) -> Iterator[None]:
+    """Keep the cache entries of `fetched` from removal (`roost image rm`,
+    `prune`) while an instance is made from them and pinned."""
+    with ExitStack() as stack:
+        for path in fetched.files():
+            entry = entry_of(path)
+            if entry is None:
+                continue
+            stack.enter_context(locked(entry, shared=True))
+            if not path.exists():
+                raise RoostError(f"{path} was removed from the image cache meanwhile "
+                                 "(`roost image rm` or `prune`); start again to fetch it")
+        yield
+
