@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   xz-utils          # kernel modules are xz-compressed
   cpio              # tests read the initramfs back with it
   apt dpkg          # the built-in image is assembled from Debian packages
+  curl              # bench/cloudboot.py compares image downloads with curl -o
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

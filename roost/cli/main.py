@@ -162,19 +162,46 @@ def image() -> None:
     """Manage guest images."""
 
 
+@image.command("list")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def image_list(as_json: bool) -> None:
+    """Cached images: cloud images (by location and digest) and built-in ones,
+    with the instances made from each."""
+    from roost.cli import images
+
+    images.list_images(as_json)
+
+
+@image.command("pull")
+@click.argument("location")
+@click.option("--digest", help="sha256:<hex> or sha512:<hex> the download must match")
+def image_pull(location: str, digest: str | None) -> None:
+    """Download the cloud image at LOCATION (a URL or a path) into the cache;
+    prints where it is."""
+    from roost.cli import images
+
+    images.pull(location, digest)
+
+
+@image.command("rm")
+@click.argument("location_or_digest")
+@click.option("--force", "-f", is_flag=True,
+              help="remove it even while instances are made from it (their disks break)")
+def image_rm(location_or_digest: str, force: bool) -> None:
+    """Remove a cached cloud image, named by its location or digest."""
+    from roost.cli import images
+
+    images.rm(location_or_digest, force)
+
+
 @image.command("prune")
 @click.option("--dry-run", is_flag=True, help="only show what would be removed")
 def image_prune(dry_run: bool) -> None:
-    """Remove cached built-in images that no instance uses (the newest stays)."""
-    from roost.image.prune import prune
+    """Remove cached images no instance uses: cloud images and unfinished
+    downloads, built-in images but the newest."""
+    from roost.cli import images
 
-    removed = prune(dry_run)
-    verb = "would remove" if dry_run else "removed"
-    for item in removed:
-        click.echo(f"{verb} {item.directory} ({item.size / 2**20:.1f} MiB)")
-    total = sum(item.size for item in removed) / 2**20
-    click.echo(f"{verb} {len(removed)} unused image(s), {total:.1f} MiB" if removed
-               else "no unused images")
+    images.prune_images(dry_run)
 
 
 @image.command("build")

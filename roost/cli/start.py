@@ -163,7 +163,7 @@ def start(name: str, config_file: str | None, timeout: float, *,
 
                 config = load_config(inst.config)  # validated before anything starts
                 inst.remove_stale_runtime_files()
-                prepare_disk(inst, config.image, config.disk, progress.step)
+                prepare_disk(inst, config, progress.step, progress.download)
             progress.step("starting the host agent")
             proc = spawn_hostagent(inst)
             deadline = time.monotonic() + SPAWN_SECONDS

@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Literal
 from roost.errors import RoostError, UsageError
 from roost.image.builtin import images_dir
 from roost.image.cloudcache import (
-    ENTRY_PREFIX,
     CacheEntry,
     EntryMeta,
     FileKind,
@@ -95,14 +94,6 @@ class FetchedImage:
 
 def _quiet(_: str) -> None:
     pass
-
-
-def entry_of(path: Path) -> CacheEntry | None:
-    """The cache entry a file belongs to; None for a file used in place."""
-    parent = path.parent
-    if parent.parent == images_dir() and parent.name.startswith(ENTRY_PREFIX):
-        return CacheEntry(parent)
-    return None
 
 
 def _cached(entry: CacheEntry) -> FetchedFile | None:
@@ -256,20 +247,4 @@ def fetch_image(images: Sequence[Image], progress: DownloadProgress | None = Non
         f"no image for {arch} could be fetched:\n"
         + "".join(f"  - {failure}\n" for failure in failures)
         + "hint: check the network (a proxy goes in https_proxy) and the locations in images:")
-
-
-@contextmanager
-def holding(fetched: FetchedImage) -> Iterator[None]:
-    """Keep the cache entries of `fetched` from removal (`roost image rm`,
-    `prune`) while an instance is made from them and pinned."""
-    with ExitStack() as stack:
-        for path in fetched.files():
-            entry = entry_of(path)
-            if entry is None:
-                continue
-            stack.enter_context(locked(entry, shared=True))
-            if not path.exists():
-                raise RoostError(f"{path} was removed from the image cache meanwhile "
-                                 "(`roost image rm` or `prune`); start again to fetch it")
-        yield
 

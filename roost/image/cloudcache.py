@@ -22,13 +22,14 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from roost.errors import RoostError
 from roost.image.builtin import images_dir
+from roost.image.download import partial_files
 from roost.store.instance import write_atomic
 
 ENTRY_PREFIX = "cloud-"
@@ -84,6 +85,12 @@ class CacheEntry:
         except (OSError, ValueError, TypeError):
             return None
         return meta if self.data.exists() else None
+
+    def partial_location(self) -> str | None:
+        """The URL an unfinished download is of, if it got that far."""
+        with suppress(OSError, ValueError, KeyError, TypeError):
+            return str(json.loads(partial_files(self.partial)[1].read_text())["url"])
+        return None
 
     def write_meta(self, meta: EntryMeta) -> None:
         write_atomic(self.meta_file, json.dumps(asdict(meta), indent=2) + "\n")

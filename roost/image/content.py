@@ -97,6 +97,15 @@ def detect_disk_format(path: Path, where: str, self_contained: bool = True) -> D
     return "raw"
 
 
+def virtual_size(path: Path) -> int:
+    """The size of the disk the guest sees: a qcow2's from its header."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if head.startswith(QCOW2_MAGIC) and len(head) == 32:
+        return int(struct.unpack(">Q", head[24:32])[0])
+    return path.stat().st_size
+
+
 def _check_qcow2_self_contained(head: bytes, where: str) -> None:
     version, backing_offset = struct.unpack(">IQ", head[4:16])
     if backing_offset:

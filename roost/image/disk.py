@@ -12,20 +12,26 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roost.errors import RoostError
 from roost.store.instance import Instance, write_atomic
+
+if TYPE_CHECKING:
+    from roost.config.model import Config
+    from roost.image.download import DownloadProgress
 
 PIN_FILE = "image.json"
 
 
 @dataclass(frozen=True)
 class PinnedImage:
-    kind: str  # "builtin" or "file"
+    # "builtin", "debian-12", "file" (config `image:` path) or "cloud" (config `images:`)
+    kind: str
     disk: Path  # the base the instance disk is backed by
     kernel: Path | None = None
     initrd: Path | None = None
-    kernel_cmdline: str | None = None
+    kernel_cmdline: str | None = None  # images[].kernel.cmdline
 
     def to_json(self) -> dict[str, str | None]:
         return {
@@ -34,6 +40,9 @@ class PinnedImage:
             "initrd": str(self.initrd) if self.initrd else None,
             "kernelCmdline": self.kernel_cmdline,
         }
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.disk, self.kernel, self.initrd) if p is not None]
 
 
 def read_pinned(inst: Instance) -> PinnedImage:
@@ -47,10 +56,10 @@ def read_pinned(inst: Instance) -> PinnedImage:
         data["kind"], Path(data["disk"]),
         Path(data["kernel"]) if data.get("kernel") else None,
         Path(data["initrd"]) if data.get("initrd") else None,
-        data.get("kernelCmdline"),
+        data.get("kernelCmdline"),  # absent in pins written before cloud images
     )
-    for p in (pinned.disk, pinned.kernel, pinned.initrd):
-        if p is not None and not p.exists():
+    for p in pinned.files():
+        if not p.exists():
             raise RoostError(
                 f"{p}, which instance {inst.name!r} was created from, is gone; "
                 f"delete and recreate the instance (`roost delete {inst.name}`)"
@@ -66,40 +75,52 @@ def _image_format(path: Path) -> str:
     return str(json.loads(proc.stdout)["format"])
 
 
-def prepare_disk(
-    inst: Instance, image: str, size: int, progress: Callable[[str], None] = lambda _: None
-) -> PinnedImage:
-    """Create disk.qcow2 and the image pin if the instance has none yet."""
-    if inst.disk.exists() and inst.path(PIN_FILE).exists():
-        return read_pinned(inst)
-    if image == "builtin":
+def _pick_image(config: Config, step: Callable[[str], None],
+                download: DownloadProgress | None) -> tuple[PinnedImage, str]:
+    """The image to pin and its format (qemu-img's -F for the backing file)."""
+    if config.images:
+        from roost.image.cloud import fetch_image
+
+        fetched = fetch_image(config.images, download, step=step)
+        return PinnedImage("cloud", fetched.disk, fetched.kernel, fetched.initrd,
+                           fetched.kernel_cmdline), fetched.format
+    if config.image == "builtin":
         from roost.image.builtin import ensure_builtin_image
 
-        built = ensure_builtin_image(progress)
-        pinned = PinnedImage("builtin", built.disk, built.kernel, built.initrd)
-        backing_format = "qcow2"
-    elif image == "debian-12":
+        built = ensure_builtin_image(step)
+        return PinnedImage("builtin", built.disk, built.kernel, built.initrd), "qcow2"
+    if config.image == "debian-12":
         from roost.image.debian import ensure_debian_image
 
-        pinned = PinnedImage("debian-12", ensure_debian_image(progress).disk)
-        backing_format = "qcow2"
-    else:
-        pinned = PinnedImage("file", Path(image))
-        backing_format = _image_format(pinned.disk)
-    progress("creating the instance disk")
-    tmp = inst.path("disk.qcow2.tmp")
-    proc = subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(pinned.disk), "-F", backing_format,
-         str(tmp), str(size)],
-        capture_output=True, text=True,
-    )
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RoostError(f"cannot create the instance disk: {proc.stderr.strip()}")
-    tmp.replace(inst.disk)
-    write_atomic(inst.path(PIN_FILE), json.dumps(pinned.to_json(), indent=2) + "\n")
-    if pinned.kind in ("builtin", "debian-12"):
-        from roost.image.prune import record_pin
+        return PinnedImage("debian-12", ensure_debian_image(step).disk), "qcow2"
+    pinned = PinnedImage("file", Path(config.image))
+    return pinned, _image_format(pinned.disk)
 
-        record_pin(pinned.disk.parent, inst.dir)  # `roost image prune` keeps it
+
+def prepare_disk(
+    inst: Instance, config: Config, step: Callable[[str], None] = lambda _: None,
+    download: DownloadProgress | None = None,
+) -> PinnedImage:
+    """Create disk.qcow2 and the image pin if the instance has none yet. The
+    disk is never smaller than the image (a cloud image's partitions fill it)."""
+    if inst.disk.exists() and inst.path(PIN_FILE).exists():
+        return read_pinned(inst)
+    from roost.image.content import virtual_size
+    from roost.image.prune import held_for_pinning, record_pins
+
+    pinned, backing_format = _pick_image(config, step, download)
+    with held_for_pinning(pinned.files()):  # `roost image rm`/`prune` keep off meanwhile
+        step("creating the instance disk")
+        tmp = inst.path("disk.qcow2.tmp")
+        proc = subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(pinned.disk),
+             "-F", backing_format, str(tmp), str(max(config.disk, virtual_size(pinned.disk)))],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            tmp.unlink(missing_ok=True)
+            raise RoostError(f"cannot create the instance disk: {proc.stderr.strip()}")
+        tmp.replace(inst.disk)
+        write_atomic(inst.path(PIN_FILE), json.dumps(pinned.to_json(), indent=2) + "\n")
+        record_pins(pinned.files(), inst.dir)  # `roost image prune` keeps them
     return pinned

@@ -12,11 +12,12 @@ import contextlib
 import hashlib
 import http.client
 import json
+import queue
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,20 +66,53 @@ def hash_file(path: Path, algo: str) -> Any:
     return h
 
 
-@dataclass
 class _Rate:
-    """Bytes per second over the last second or so."""
+    """Bytes per second over the last second or so (since the start, before)."""
 
-    done: int
-    at: float = 0.0
-    rate: float = 0.0
+    def __init__(self, done: int, now: float) -> None:
+        self.start = self.mark = (done, now)
+        self.rate = 0.0
 
     def update(self, done: int, now: float) -> float:
-        if now - self.at >= 1.0:
-            if self.at:
-                self.rate = (done - self.done) / (now - self.at)
-            self.done, self.at = done, now
+        base_done, base_at = self.mark
+        if now - base_at >= 1.0:
+            self.rate = (done - base_done) / (now - base_at)
+            self.mark = (done, now)
+        elif self.mark == self.start and now > base_at:
+            self.rate = (done - base_done) / (now - base_at)
         return self.rate
+
+
+class _HashPipe:
+    """Hashes the chunks on a thread of its own (hashlib lets go of the GIL),
+    so that hashing overlaps the network and the disk instead of adding to
+    them: it is the slowest of the three."""
+
+    def __init__(self, hasher: Any, buffers: int = 8) -> None:
+        self.hasher = hasher
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+        for _ in range(buffers):
+            self._free.put(bytearray(CHUNK_BYTES))
+        self._todo: queue.SimpleQueue[tuple[bytearray, int] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="roost-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buf, n = item
+            self.hasher.update(memoryview(buf)[:n])
+            self._free.put(buf)
+
+    def buffer(self) -> bytearray:
+        """A buffer to fill; blocks while the hasher is that far behind."""
+        return self._free.get()
+
+    def submit(self, buf: bytearray, n: int) -> None:
+        self._todo.put((buf, n))
+
+    def finish(self) -> None:
+        self._todo.put(None)
+        self._thread.join()
 
 
 class _Interrupted(Exception):
@@ -125,7 +159,7 @@ class _Download:
         self.hashed = 0  # bytes of the partial file the hasher has seen
         self.total: int | None = None
         self._reported = 0.0
-        self._rate = _Rate(0)
+        self._rate = _Rate(0, time.monotonic())
 
     def run(self) -> None:
         stalled = 0
@@ -193,22 +227,27 @@ class _Download:
     def _stream(self, resp: http.client.HTTPResponse, offset: int, mode: str) -> None:
         done = offset
         self._rate = _Rate(done, time.monotonic())
-        with open(self.partial, mode) as out:
-            buf = bytearray(CHUNK_BYTES)
-            view = memoryview(buf)
-            while True:
-                try:
-                    n = resp.readinto(buf)
-                except (OSError, http.client.HTTPException) as e:
-                    raise _Interrupted(_reason(e), done - offset) from None
-                if not n:
-                    break
-                out.write(view[:n])
-                if self.hasher is not None:
-                    self.hasher.update(view[:n])
-                    self.hashed += n
-                done += n
-                self._report(done)
+        pipe = _HashPipe(self.hasher) if self.hasher is not None else None
+        own = bytearray(CHUNK_BYTES)
+        try:
+            with open(self.partial, mode) as out:
+                while True:
+                    buf = pipe.buffer() if pipe else own
+                    try:
+                        n = resp.readinto(buf)
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Interrupted(_reason(e), done - offset) from None
+                    if not n:
+                        break
+                    out.write(memoryview(buf)[:n])
+                    if pipe:
+                        pipe.submit(buf, n)
+                        self.hashed += n
+                    done += n
+                    self._report(done)
+        finally:
+            if pipe:
+                pipe.finish()  # the hash then covers exactly the bytes written
         if self.total is not None and done != self.total:
             raise _Interrupted(f"got {done} of {self.total} bytes", done - offset)
         self.total = done
@@ -218,7 +257,7 @@ class _Download:
         if self.progress is None:
             return
         now = time.monotonic()
-        if final or now - self._reported >= REPORT_SECONDS:
+        if final or (now - self._reported >= REPORT_SECONDS and done != self.total):
             self._reported = now
             self.progress(self.url, done, self.total, self._rate.update(done, now))
 
