@@ -30,6 +30,7 @@ from roost.image.cloudcache import (
     remove,
 )
 from roost.image.content import (
+    Compression,
     DiskFormat,
     ImageFormatError,
     decompress,
@@ -103,34 +104,41 @@ def _cached(entry: CacheEntry) -> FetchedFile | None:
     return FetchedFile(entry.data, meta.format, meta.location, meta.digest)
 
 
-def _install(entry: CacheEntry, src: Path, location: str, digest: str | None,
-             kind: FileKind, step: Step, move: bool) -> FetchedFile:
-    """Make `src` the entry's data (unpacked if it is a compressed disk) and
-    mark the entry complete. `move`: src is the entry's own download."""
-    compression = detect_compression(src) if kind == "disk" else None
-    fmt: str = "file"
-    if compression is not None:
-        step(f"unpacking {location} ({compression})")
-        unpacked = entry.directory / "data.tmp"
-        decompress(src, unpacked, compression, location)
-        try:
-            fmt = detect_disk_format(unpacked, location)
-        except ImageFormatError:
-            unpacked.unlink()
-            raise
-        unpacked.replace(entry.data)
-        if move:
-            for p in partial_files(src):
-                p.unlink(missing_ok=True)
-    else:
-        if kind == "disk":
-            fmt = detect_disk_format(src, location)
-        src.replace(entry.data)
-        for p in partial_files(src):
-            p.unlink(missing_ok=True)
+def _complete(entry: CacheEntry, location: str, digest: str | None, fmt: str,
+              compression: Compression | None, kind: FileKind) -> FetchedFile:
     entry.write_meta(EntryMeta.now(location, digest, entry.data.stat().st_size, fmt,
                                    compression, kind))
     return FetchedFile(entry.data, fmt, location, digest)
+
+
+def _unpack(entry: CacheEntry, src: Path, compression: Compression, location: str,
+            digest: str | None, step: Step) -> FetchedFile:
+    """Unpack a compressed disk image `src` into the entry's data."""
+    step(f"unpacking {location} ({compression})")
+    unpacked = entry.directory / "data.tmp"
+    decompress(src, unpacked, compression, location)
+    try:
+        fmt = detect_disk_format(unpacked, location)
+    except ImageFormatError:
+        unpacked.unlink()
+        raise
+    unpacked.replace(entry.data)
+    return _complete(entry, location, digest, fmt, compression, "disk")
+
+
+def _adopt_download(entry: CacheEntry, location: str, digest: str | None, kind: FileKind,
+                    step: Step) -> FetchedFile:
+    """The verified download becomes the entry's data (unpacked if need be)."""
+    compression = detect_compression(entry.partial) if kind == "disk" else None
+    if compression is not None:
+        fetched = _unpack(entry, entry.partial, compression, location, digest, step)
+    else:
+        fmt = detect_disk_format(entry.partial, location) if kind == "disk" else "file"
+        entry.partial.replace(entry.data)
+        fetched = _complete(entry, location, digest, fmt, None, kind)
+    for p in partial_files(entry.partial):
+        p.unlink(missing_ok=True)
+    return fetched
 
 
 def _fetch_url(location: str, digest: str | None, kind: FileKind,
@@ -147,14 +155,14 @@ def _fetch_url(location: str, digest: str | None, kind: FileKind,
         try:
             download(location, entry.partial, digest, progress)
         except DownloadError:
-            if not entry.partial.exists():
+            if not entry.partial.exists() or entry.partial.stat().st_size == 0:
                 remove(entry)  # nothing to resume
             raise
         except DigestMismatch:
             remove(entry)
             raise
         try:
-            return _install(entry, entry.partial, location, digest, kind, step, move=True)
+            return _adopt_download(entry, location, digest, kind, step)
         except ImageFormatError:
             remove(entry)
             raise
@@ -205,7 +213,7 @@ def _use_local(location: str, digest: str | None, kind: FileKind, step: Step) ->
         if cached is not None:
             return cached
         try:
-            return _install(entry, path, location, digest, kind, step, move=False)
+            return _unpack(entry, path, compression, location, digest, step)
         except ImageFormatError:
             remove(entry)
             raise
