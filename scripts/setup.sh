@@ -16,6 +16,10 @@ DEBIAN_PACKAGES=(
   cpio              # tests read the initramfs back with it
   apt dpkg          # the built-in image is assembled from Debian packages
   curl              # bench/cloudboot.py compares image downloads with curl -o
+  mmdebstrap        # the debian-12 image: a real Debian root from packages
+  grub-pc-bin       # ... booted by SeaBIOS through GRUB (written into its MBR gap)
+  fdisk             # ... whose partition table sfdisk writes
+  ovmf              # UEFI firmware for images that boot with firmware.legacyBIOS: false
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -181,7 +181,8 @@ def _customize_script(staging: Path, raw: Path) -> str:
         'rm -f "$1"/etc/ssh/ssh_host_*',
         ': > "$1"/etc/machine-id',
         'rm -f "$1"/var/lib/dbus/machine-id',
-        'rm -rf "$1"/var/cache/apt/*.bin "$1"/var/lib/apt/lists/* "$1"/tmp/* "$1"/var/tmp/*',
+        # (mmdebstrap cleans apt's lists and caches itself, after this hook.)
+        'rm -rf "$1"/tmp/* "$1"/var/tmp/*',
         # The initramfs again, now with the small module list and zstd.
         'chroot "$1" update-initramfs -u -k all >/dev/null',
         'rm -f "$1"/boot/initrd.img-*.bak',
