@@ -1,12 +1,23 @@
 #!/usr/bin/env python3
-"""Cloud image benchmark. The download figure: roost's fetch (the real code
+"""Cloud image benchmark.
+
+The boot figure: `roost start` of a new debian-12 instance to Running
+(every requirement, cloud-init finished included) against a floor measured
+in the same run: the same image and the same QEMU command line (taken from
+the roost run: its devices, seed, RAM backing), launched by this script
+without roost on a fresh copy-on-write disk, to the first SSH banner on the
+forwarded port (one probe connection at a time). Runs interleave A B A B.
+Also reported: when cloud-init finished (host agent start to the final
+requirement) and the guest's own view (systemd-analyze).
+
+The download figure: roost's fetch (the real code
 path: streaming, sha256 over the bytes, format detection, the cache entry)
 against `curl -o` of the same file, both from one local HTTP server (a
 subprocess serving with sendfile, so that the clients are what is
 measured), interleaved A B A B; also the fetch without a digest (C), which
 is the transfer without the sha256 that curl does not do.
 
-    .venv/bin/python bench/cloudboot.py [--runs 3] [--mib 200]   # prints JSON
+    .venv/bin/python bench/cloudboot.py [--runs 3] [--mib 200] [--boot-runs 2] [--no-boot]
 """
 
 from __future__ import annotations
@@ -27,7 +38,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import summary
+from common import roost as run_roost
+from common import scratch_home, summary
 
 MIB = 1024**2
 
@@ -135,19 +147,141 @@ def download_figures(runs: int = 3, mib: int = 200) -> dict[str, Any]:
     }
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _events(home: Path, name: str) -> list[dict[str, Any]]:
+    from datetime import datetime
+
+    out = []
+    for line in (home / name / "ha.stdout.log").read_text().splitlines():
+        event = json.loads(line)
+        event["t"] = datetime.fromisoformat(event["time"].replace("Z", "+00:00")).timestamp()
+        out.append(event)
+    return out
+
+
+def _roost_boot(home: Path, name: str) -> dict[str, Any]:
+    """One `roost start` of a new debian-12 instance; its figures and its machine."""
+    run_roost(home, "create", name, "--template", "debian-12", "--memory", "1GiB",
+              "--disk", "4GiB")
+    started = time.monotonic()
+    run_roost(home, "start", name, "--timeout", "900")
+    seconds = time.monotonic() - started
+    events = _events(home, name)
+    t0 = float(events[0]["t"])
+
+    def first(phase: str) -> float:
+        return round(float(next(e["t"] for e in events
+                                if e["status"].get("phase") == phase)) - t0, 2)
+
+    running = next(e for e in events if e["status"].get("running"))
+    assert not running["status"].get("degraded"), running["status"].get("errors")
+    argv_line = next(ln for ln in (home / name / "ha.stderr.log").read_text().splitlines()
+                     if "starting /" in ln and "qemu-system" in ln)
+    guest = run_roost(home, "shell", name, "--", "systemd-analyze").strip().splitlines()[0]
+    return {
+        "seconds": seconds,
+        "banner_s": first("waiting: a command runs over SSH"),
+        "cloud_init_done_s": round(running["t"] - t0, 2),
+        "guest_systemd_analyze": guest,
+        "argv": argv_line.split("starting ", 1)[1].split(" "),
+        "base": json.loads((home / name / "image.json").read_text())["disk"],
+        "cidata": home / name / "cidata.iso",
+        "dir": str(home / name),
+    }
+
+
+def _banner_seconds(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
+    """From now to the first SSH identification line, one connection at a time."""
+    import socket
+
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the floor's QEMU exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.settimeout(10)
+                if sock.recv(8).startswith(b"SSH-"):
+                    return float(time.monotonic() - start)
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no SSH banner within {timeout}s")
+
+
+def _floor_boot(machine: dict[str, Any], scratch: Path) -> float:
+    """The roost run's QEMU command line, on a fresh disk, without roost."""
+    floor = scratch / "floor"
+    shutil.rmtree(floor, ignore_errors=True)
+    floor.mkdir(parents=True)
+    shutil.copy(machine["cidata"], floor / "cidata.iso")
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", machine["base"],
+                    "-F", "qcow2", str(floor / "disk.qcow2"), "4G"], check=True)
+    port = _free_port()
+    argv = [a.replace(machine["dir"], str(floor)) for a in machine["argv"]]
+    argv = [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
+            if "hostfwd=" in a else a for a in argv]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        return _banner_seconds(port, proc, 900)
+    finally:
+        proc.kill()  # ours: started above
+        proc.wait()
+
+
+def boot_figures(runs: int = 2) -> dict[str, Any]:
+    roost_runs: list[dict[str, Any]] = []
+    floors: list[float] = []
+    scratch = Path(tempfile.mkdtemp(prefix="rbench-cb-", dir="/tmp"))
+    try:
+        with scratch_home() as home:
+            run_roost(home, "image", "build", "debian-12")  # built before any clock runs
+            for i in range(runs):
+                run = _roost_boot(home, f"cb{i}")
+                roost_runs.append(run)
+                floors.append(_floor_boot(run, scratch))
+                run_roost(home, "delete", "--force", f"cb{i}")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    starts = [r["seconds"] for r in roost_runs]
+    accel = next((a for a in roost_runs[0]["argv"] if a.startswith(("tcg", "kvm"))), "?")
+    return {
+        "runs": runs, "accel": accel.split(",")[0],
+        "roost_start_to_running_s": summary(starts, 2),
+        "floor_qemu_to_banner_s": summary(floors, 2),
+        "ratio_start_over_floor": round(statistics.median(starts) / statistics.median(floors),
+                                        3),
+        "ratio_goal": 1.15,
+        "roost_banner_s": summary([r["banner_s"] for r in roost_runs], 2),
+        "cloud_init_done_s": summary([r["cloud_init_done_s"] for r in roost_runs], 2),
+        "guest_systemd_analyze": [r["guest_systemd_analyze"] for r in roost_runs],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--mib", type=int, default=200)
+    parser.add_argument("--boot-runs", type=int, default=2)
+    parser.add_argument("--no-boot", action="store_true", help="the download figure only")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
-    print(json.dumps({
-        "host": {"cpus": os.cpu_count()},
-        "download": download_figures(args.runs, args.mib),
-    }, indent=2))
+    out: dict[str, Any] = {"host": {"cpus": os.cpu_count(), "load": os.getloadavg()}}
+    out["download"] = download_figures(args.runs, args.mib)
+    if not args.no_boot:
+        out["boot"] = boot_figures(args.boot_runs)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -205,13 +205,24 @@ def image_prune(dry_run: bool) -> None:
 
 
 @image.command("build")
-def image_build() -> None:
-    """Build (or find in the cache) the built-in default image."""
+@click.argument("which", type=click.Choice(["builtin", "debian-12"]), default="builtin")
+def image_build(which: str) -> None:
+    """Build (or find in the cache) an image roost makes from Debian packages:
+    the built-in micro image, or debian-12."""
     from roost.cli.progress import Progress
-    from roost.image.builtin import ensure_builtin_image
 
-    with Progress("built-in image") as progress:
-        img = ensure_builtin_image(progress.step)
+    img: Any
+    with Progress(f"{which} image") as progress:
+        if which == "debian-12":
+            from roost.image.debian import ensure_debian_image
+
+            img = ensure_debian_image(progress.step)
+        else:
+            from roost.image.builtin import ensure_builtin_image
+
+            img = ensure_builtin_image(progress.step)
+    if "buildSeconds" in img.manifest:
+        click.echo(f"built in {img.manifest['buildSeconds']}s (cached for later starts)")
     sizes = img.manifest["sizes"]
     assert isinstance(sizes, dict)
     click.echo(f"{img.directory}")

@@ -49,7 +49,7 @@ PACKAGES = [
 # Whose versions make the cache key: what the guest's behaviour depends on.
 KEY_PACKAGES = ["cloud-init", "openssh-server", "systemd", "python3", "sudo", "libc6",
                 KERNEL_PACKAGE]
-DISK_BYTES = 2 * 1024**3
+DISK_BYTES = 3 * 1024**3
 PARTITION_START = 2048  # sectors: 1 MiB, the usual alignment and GRUB's MBR gap
 ROOT_LABEL = "roost-root"
 GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile",
@@ -181,8 +181,11 @@ def _customize_script(staging: Path, raw: Path) -> str:
         'rm -f "$1"/etc/ssh/ssh_host_*',
         ': > "$1"/etc/machine-id',
         'rm -f "$1"/var/lib/dbus/machine-id',
-        # (mmdebstrap cleans apt's lists and caches itself, after this hook.)
-        'rm -rf "$1"/tmp/* "$1"/var/tmp/*',
+        # The .debs and caches are still there; mmdebstrap's own cleanup (the
+        # lists too) comes after this hook, too late for the file system.
+        'rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/archives/*.deb '
+        '"$1"/var/cache/apt/*.bin',
+        'du -sxh "$1" >&2',
         # The initramfs again, now with the small module list and zstd.
         'chroot "$1" update-initramfs -u -k all >/dev/null',
         'rm -f "$1"/boot/initrd.img-*.bak',
