@@ -107,8 +107,7 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
 
     async def check_banner() -> None:
         try:
-            await banner.wait_for_banner(info.ssh.host, info.ssh.port, timeout=ESSENTIAL_TIMEOUT,
-                                         stagger=1.0, max_in_flight=2)  # TEMP
+            await banner.wait_for_banner(info.ssh.host, info.ssh.port, timeout=ESSENTIAL_TIMEOUT)
         except banner.BannerError as e:
             raise NotReady(str(e), permanent=not e.retryable) from None
 
