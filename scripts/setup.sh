@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   qemu-utils        # qemu-img for copy-on-write disks
   openssh-client    # roost shell, ssh readiness, ControlMaster forwarding
   openssh-sftp-server # reverse-sshfs mounts serve folders with sftp-server
+  openssh-server    # unit tests run their own sshd; the system service stays off
   e2fsprogs         # mkfs.ext4 -d builds the built-in image's root disk
   xz-utils          # kernel modules are xz-compressed
   cpio              # tests read the initramfs back with it
@@ -28,10 +29,35 @@ missing=()
 for pkg in "${DEBIAN_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
 done
+# openssh-server is for the tests only: if this run installs it, the install
+# must not start the system sshd (invoke-rc.d asks policy-rc.d; exit 101 is
+# "no"), and the service is left disabled afterwards.
+installs_sshd=false
+for pkg in "${missing[@]}"; do [ "$pkg" = openssh-server ] && installs_sshd=true; done
+POLICY_RC=/usr/sbin/policy-rc.d
+own_policy=false
+if $installs_sshd && [ ! -e "$POLICY_RC" ]; then
+  own_policy=true
+  trap 'as_root rm -f "$POLICY_RC"' EXIT
+  printf '#!/bin/sh\nexit 101\n' | as_root tee "$POLICY_RC" >/dev/null
+  as_root chmod 755 "$POLICY_RC"
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if $own_policy; then
+  as_root rm -f "$POLICY_RC"
+  trap - EXIT
+fi
+if $installs_sshd; then
+  now=""
+  [ -d /run/systemd/system ] && now=--now  # systemd runs: stop it too
+  if command -v systemctl >/dev/null; then
+    as_root systemctl disable ${now:+"$now"} ssh.service ssh.socket >/dev/null 2>&1 || true
+  fi
+  as_root update-rc.d ssh disable >/dev/null 2>&1 || true
 fi
 # The image builder resolves packages with apt-cache; it needs package lists.
 if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then

@@ -1,36 +1,65 @@
-"""A raw SSH identification-string probe (RFC 4253 section 4.2).
+"""A gentle SSH readiness probe: the server's identification string.
 
-With user-mode networking the host port accepts before the guest's sshd
-listens, so a connect proves nothing: only the server's identification
-string does. The server may send other lines first (never starting with
-"SSH-"); we skip a bounded number of them. Each read has its own deadline,
-and the probe is an ordinary coroutine, so cancelling it stops it at once,
-also in the middle of a read.
+With user-mode networking (slirp) the host port accepts before the guest's
+sshd listens, so only the identification string (RFC 4253 section 4.2)
+proves sshd is up; lines before it are skipped, up to a bound. One attempt
+ends in one of these ways:
+
+* refused: nothing listens on the host port yet (QEMU is starting);
+* accepted, then closed, perhaps after a few lines: the guest answered, so
+  its NIC is up and sshd is not listening yet, or sshd turned us away
+  ("Exceeded MaxStartups");
+* accepted and silent: slirp parked it (the guest NIC is not up yet), or a
+  slow sshd holds it (OpenSSH under TCG: 0.3-0.6 s, seconds under load).
+
+Slirp ignores a host connection until the guest answers its SYN, which it
+re-sends every 6-12 s for 75 s: closing a parked connection does not cancel
+it (measured: ones we had closed reached the guest's sshd 6-18 s later).
+So every attempt costs the guest an sshd start-up, abandoned or not, and
+abandoning one a slow sshd holds makes sshd start again for nothing. Hence:
+at most `max_in_flight` attempts at once (well under OpenSSH's MaxStartups
+10 and dropbear's 5 per address); silent attempts are started at growing
+intervals; a silent one is replaced only while the guest has never
+answered, and only after `parked_patience`; once it has answered, a silent
+attempt is sshd's and keeps its full `patience`. Refused and closed
+attempts cost the guest nothing but a SYN, so they are retried within
+`poll_interval`: the banner is seen that soon after sshd listens.
+
+Each read has its own deadline, and the probe is an ordinary coroutine, so
+cancelling it stops it at once, also in the middle of a read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SUPPORTED_PREFIXES = ("SSH-2.0-", "SSH-1.99-")
 MAX_PREAMBLE_LINES = 32
 MAX_LINE_BYTES = 1024  # RFC: the identification string is at most 255 bytes
 READ_TIMEOUT = 2.0  # an OpenSSH banner under TCG can take 0.6 s after accept
 CONNECT_TIMEOUT = 2.0
+THROTTLED_LINE = "Exceeded MaxStartups"  # what OpenSSH says before dropping us
 
 
 class BannerError(Exception):
     """No acceptable banner on this attempt.
 
     `retryable` is False for answers that will not change by retrying soon
-    (a non-SSH service, an SSH version we do not speak).
+    (a non-SSH service, an SSH version we do not speak). `refused`: the
+    connection was refused. `answered`: the server end closed or wrote
+    something, so the guest is reachable. `throttled`: sshd said it has too
+    many connections starting up.
     """
 
-    def __init__(self, message: str, retryable: bool = True) -> None:
+    def __init__(self, message: str, retryable: bool = True, *, refused: bool = False,
+                 answered: bool = False, throttled: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.refused = refused
+        self.answered = answered
+        self.throttled = throttled
 
 
 @dataclass(frozen=True)
@@ -50,10 +79,13 @@ async def _readline(reader: asyncio.StreamReader, timeout: float) -> bytes:
         raise BannerError(f"no data within {timeout:g}s") from None
     except asyncio.IncompleteReadError as e:
         if e.partial:
-            raise BannerError(f"connection closed mid-line after {e.partial[:40]!r}") from None
-        raise BannerError("connection closed before an SSH identification string") from None
+            raise BannerError(f"connection closed mid-line after {e.partial[:40]!r}",
+                              answered=True) from None
+        raise BannerError("connection closed before an SSH identification string",
+                          answered=True) from None
     except asyncio.LimitOverrunError:
-        raise BannerError(f"line longer than {MAX_LINE_BYTES} bytes", retryable=False) from None
+        raise BannerError(f"line longer than {MAX_LINE_BYTES} bytes", retryable=False,
+                          answered=True) from None
     return line
 
 
@@ -64,18 +96,25 @@ async def read_banner(
 ) -> Banner:
     preamble: list[str] = []
     while True:
-        raw = await _readline(reader, read_timeout)
+        try:
+            raw = await _readline(reader, read_timeout)
+        except BannerError as e:
+            if not preamble:
+                raise
+            raise BannerError(f"{e} (after {preamble[-1][:80]!r})", e.retryable, answered=True,
+                              throttled=preamble[-1] == THROTTLED_LINE) from None
         line = raw.rstrip(b"\r\n").decode("utf-8", "replace")
         if line.startswith("SSH-"):
             if line.startswith(SUPPORTED_PREFIXES):
                 return Banner(line, tuple(preamble))
-            raise BannerError(f"unsupported SSH protocol version: {line[:80]!r}", retryable=False)
+            raise BannerError(f"unsupported SSH protocol version: {line[:80]!r}",
+                              retryable=False, answered=True)
         preamble.append(line)
         if len(preamble) > max_preamble:
             raise BannerError(
                 f"no SSH identification string within {max_preamble} lines "
                 f"(first line: {preamble[0][:80]!r}); is this an SSH server?",
-                retryable=False,
+                retryable=False, answered=True,
             )
 
 
@@ -94,7 +133,7 @@ async def probe_banner(
     except TimeoutError:
         raise BannerError(f"connect to {host}:{port} timed out") from None
     except OSError as e:
-        raise BannerError(f"connect to {host}:{port}: {e.strerror or e}") from None
+        raise BannerError(f"connect to {host}:{port}: {e.strerror or e}", refused=True) from None
     try:
         return await read_banner(reader, read_timeout, max_preamble)
     finally:
@@ -103,69 +142,156 @@ async def probe_banner(
             await writer.wait_closed()
 
 
+@dataclass(frozen=True)
+class ProbePolicy:
+    """How gently `wait_for_banner` probes; the defaults suit slirp and TCG."""
+
+    max_in_flight: int = 3
+    # Longest one attempt waits for the identification string.
+    patience: float = 30.0
+    # Before the guest has ever answered, a silent attempt may be parked by
+    # slirp; it is replaced by a fresh one after this long.
+    parked_patience: float = 10.0
+    # Before the guest has answered: the gap after the newest silent attempt
+    # before another starts, doubling from the first to the max value.
+    first_spacing: float = 1.0
+    max_spacing: float = 4.0
+    # After it has answered, a silent attempt is a slow sshd's: the gap
+    # before a second one joins it.
+    answered_spacing: float = 10.0
+    # Refused or closed attempts are retried after a delay doubling from
+    # first_retry to poll_interval; a throttled one after throttled_backoff.
+    first_retry: float = 0.02
+    poll_interval: float = 0.05
+    throttled_backoff: float = 2.0
+    connect_timeout: float = CONNECT_TIMEOUT
+    max_preamble: int = MAX_PREAMBLE_LINES
+
+
+@dataclass
+class _Attempt:
+    started: float
+    after_answer: bool  # started once the guest was known to answer
+    task: asyncio.Task[Banner]
+
+
+@dataclass
+class _Prober:
+    host: str
+    port: int
+    policy: ProbePolicy
+    loop: asyncio.AbstractEventLoop
+    open: list[_Attempt] = field(default_factory=list)  # oldest first
+    answered: bool = False
+    silent_run: int = 0  # attempts started since one was refused or answered
+    retry_delay: float = 0.0
+    not_before: float = 0.0
+    started: int = 0
+    last_error: BannerError | None = None
+
+    def next_start(self) -> float:
+        """When the next attempt may start, if there is room for it."""
+        p = self.policy
+        if self.answered:
+            held = [a.started for a in self.open if a.after_answer]
+            if not held:
+                return self.not_before
+            return max(self.not_before, held[-1] + p.answered_spacing)
+        if not self.open:
+            return self.not_before
+        spacing = min(p.max_spacing, p.first_spacing * 2.0 ** max(0, self.silent_run - 1))
+        return max(self.not_before, self.open[-1].started + spacing)
+
+    def start(self, now: float) -> None:
+        p = self.policy
+        task = asyncio.ensure_future(probe_banner(
+            self.host, self.port, read_timeout=p.patience,
+            connect_timeout=p.connect_timeout, max_preamble=p.max_preamble))
+        self.open.append(_Attempt(now, self.answered, task))
+        self.started += 1
+        self.silent_run += 1
+
+    async def abandon(self, attempt: _Attempt) -> None:
+        # Awaited, so its socket is closed before a new one opens.
+        self.open.remove(attempt)
+        attempt.task.cancel()
+        await asyncio.gather(attempt.task, return_exceptions=True)
+
+    def finished(self, attempt: _Attempt) -> Banner | None:
+        """Account for a finished attempt; its banner, or None to go on."""
+        self.open.remove(attempt)
+        exc = attempt.task.exception()
+        if exc is None:
+            return attempt.task.result()
+        if not isinstance(exc, BannerError) or not exc.retryable:
+            raise exc
+        p, now = self.policy, self.loop.time()
+        self.last_error = exc
+        if exc.throttled:
+            self.not_before = now + p.throttled_backoff
+        elif exc.answered or exc.refused:
+            self.not_before = now + self.retry_delay
+            self.retry_delay = min(self.retry_delay * 2, p.poll_interval)
+        else:  # silent for its whole patience, or the connect timed out
+            return None
+        self.answered = self.answered or exc.answered
+        self.silent_run = 0
+        return None
+
+    def timeout_error(self, timeout: float) -> BannerError:
+        silent = len(self.open)
+        last = f"last attempt: {self.last_error}; " if self.last_error else ""
+        return BannerError(
+            f"no SSH banner from {self.host}:{self.port} within {timeout:g}s "
+            f"({last}{self.started} attempts, {silent} still silent)")
+
+
 async def wait_for_banner(
     host: str,
     port: int,
     *,
     timeout: float,
-    stagger: float = 0.1,
-    max_in_flight: int = 16,
-    read_timeout: float = READ_TIMEOUT,
-    retry_delay: float = 0.02,
+    policy: ProbePolicy | None = None,
 ) -> Banner:
     """Probe until a banner arrives, a permanent error, or `timeout`.
 
-    With user-mode networking, a connection made before the guest's NIC is
-    up is accepted by the host side and then parked: nothing ever arrives
-    on it, and it never reaches sshd. So a silent attempt is not waited out:
-    a fresh one starts every `stagger` seconds, and once `max_in_flight`
-    are open the oldest is dropped for it (dropping one that did reach a
-    slow sshd costs the guest a forked sshd, hence a generous window). A
-    refused or closed attempt is replaced after `retry_delay`. The first
-    banner wins; the rest are cancelled. Readiness thus follows the guest's
-    sshd by at most about `stagger`.
+    See the module docstring for why attempts are made as they are. The
+    first banner wins; the attempts still open are closed.
     """
     loop = asyncio.get_running_loop()
+    p = policy or ProbePolicy()
+    prober = _Prober(host, port, p, loop, retry_delay=p.first_retry, not_before=loop.time())
     deadline = loop.time() + timeout
-    in_flight: list[asyncio.Task[Banner]] = []  # oldest first
-    last_error: BannerError | None = None
-    next_start = loop.time()
     try:
         while True:
+            for attempt in [a for a in prober.open if a.task.done()]:
+                banner = prober.finished(attempt)
+                if banner is not None:
+                    return banner
             now = loop.time()
             if now >= deadline:
-                raise BannerError(
-                    f"no SSH banner from {host}:{port} within {timeout:g}s"
-                    + (f" (last attempt: {last_error})" if last_error else "")
-                )
-            if now >= next_start:
-                if len(in_flight) >= max_in_flight:
-                    in_flight.pop(0).cancel()
-                in_flight.append(asyncio.ensure_future(
-                    probe_banner(host, port, read_timeout=read_timeout)))
-                next_start = now + stagger
-            wait_until = min(deadline, next_start)
-            if not in_flight:
-                await asyncio.sleep(max(0.0, wait_until - loop.time()))
-                continue
-            done, _ = await asyncio.wait(
-                in_flight, timeout=max(0.0, wait_until - loop.time()),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for task in done:
-                in_flight.remove(task)
-                exc = task.exception()
-                if exc is None:
-                    return task.result()
-                if not isinstance(exc, BannerError):
-                    raise exc
-                if not exc.retryable:
-                    raise exc
-                last_error = exc
-                # A refused or closed attempt is replaced quickly.
-                next_start = min(next_start, loop.time() + retry_delay)
+                raise prober.timeout_error(timeout)
+            wake = min(deadline, prober.next_start())
+            if now >= wake:
+                if len(prober.open) < p.max_in_flight:
+                    prober.start(now)
+                    continue
+                wake = deadline
+                if not prober.answered:
+                    replace_at = prober.open[0].started + p.parked_patience
+                    if now >= replace_at:
+                        await prober.abandon(prober.open[0])
+                        continue
+                    wake = min(wake, replace_at)
+            timeout_left = max(0.0, wake - now)
+            if prober.open:
+                await asyncio.wait([a.task for a in prober.open], timeout=timeout_left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await asyncio.sleep(timeout_left)
     finally:
-        for task in in_flight:
+        tasks = [a.task for a in prober.open]
+        for task in tasks:
             task.cancel()
-        if in_flight:
-            await asyncio.gather(*in_flight, return_exceptions=True)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,15 +1,20 @@
-"""The SSH banner probe against small local servers that misbehave on purpose."""
+"""The SSH banner probe against small local servers that misbehave on purpose,
+a stand-in for slirp in front of a booting guest, and a real OpenSSH sshd."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
-from roost.hostagent.banner import BannerError, probe_banner, wait_for_banner
+from roost.hostagent.banner import BannerError, ProbePolicy, probe_banner, wait_for_banner
+
+from .banner_servers import Conn, CountingServer, SlirpModel, SshdDir, answers_after
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -83,7 +88,13 @@ async def test_preamble_lines_are_skipped() -> None:
 async def test_accept_then_close_is_retryable() -> None:
     with pytest.raises(BannerError, match="closed before") as e:
         await probe(sends())
-    assert e.value.retryable
+    assert e.value.retryable and e.value.answered and not e.value.throttled
+
+
+async def test_openssh_throttling_is_recognised() -> None:
+    with pytest.raises(BannerError, match="Exceeded MaxStartups") as e:
+        await probe(sends(b"Exceeded MaxStartups\r\n"))
+    assert e.value.retryable and e.value.throttled
 
 
 async def test_wrong_version_is_permanent() -> None:
@@ -109,7 +120,13 @@ async def test_hung_read_hits_the_per_read_deadline() -> None:
     with pytest.raises(BannerError, match=r"no data within 0\.2s") as e:
         await probe(sends(b"hello\r\n", then_wait=5), read_timeout=0.2)
     assert time.monotonic() - start < 1.5
-    assert e.value.retryable
+    assert e.value.retryable and e.value.answered  # it did say hello
+
+
+async def test_silence_is_not_an_answer() -> None:
+    with pytest.raises(BannerError, match=r"no data within 0\.2s") as e:
+        await probe(sends(then_wait=5), read_timeout=0.2)
+    assert e.value.retryable and not e.value.answered
 
 
 async def test_cancellation_during_read_stops_at_once() -> None:
@@ -123,6 +140,8 @@ async def test_cancellation_during_read_stops_at_once() -> None:
         assert time.monotonic() - start < 0.1
 
 
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -132,47 +151,161 @@ def free_port() -> int:
 async def test_connection_refused() -> None:
     with pytest.raises(BannerError, match=r"connect to 127\.0\.0\.1") as e:
         await probe_banner("127.0.0.1", free_port())
-    assert e.value.retryable
+    assert e.value.retryable and e.value.refused and not e.value.answered
 
 
-async def test_wait_retries_refused_until_server_appears() -> None:
+# -- wait_for_banner: bounds and latency, counted server-side ------------------
+
+# sshd must be seen within 100 ms of being able to answer; plus scheduling slack.
+LATENCY = 0.15
+# The default policy with its boot-time spans scaled down tenfold (slirp's
+# re-send becomes 0.6 s in SlirpModel), so the tests take seconds.
+FAST = ProbePolicy(parked_patience=1.0, first_spacing=0.1, max_spacing=0.4,
+                   answered_spacing=1.0, throttled_backoff=0.5)
+
+
+async def answers_now(conn: Conn) -> None:
+    await conn.send_banner()
+    await conn.client_closes(within=30)
+
+
+async def closes_until(ready: float, conn: Conn) -> None:
+    """A guest whose NIC is up: EOF at once until sshd listens at `ready`."""
+    if time.monotonic() >= ready:
+        await answers_now(conn)
+
+
+async def test_banner_follows_a_port_that_opens_late() -> None:
     port = free_port()
-
-    async def late_server() -> asyncio.Server:
-        await asyncio.sleep(0.3)
-        return await asyncio.start_server(
-            sends(b"SSH-2.0-late\r\n"), "127.0.0.1", port)
-
-    server_task = asyncio.ensure_future(late_server())
-    start = time.monotonic()
-    banner = await wait_for_banner("127.0.0.1", port, timeout=5)
-    elapsed = time.monotonic() - start
-    (await server_task).close()
-    assert banner.identification == "SSH-2.0-late"
-    # Retries are short: ready well within 100 ms of the server answering.
-    assert elapsed < 0.3 + 0.1
+    waiter = asyncio.ensure_future(wait_for_banner("127.0.0.1", port, timeout=10))
+    await asyncio.sleep(0.5)  # refused until then
+    async with CountingServer(answers_now, port) as server:
+        banner = await waiter
+        latency = time.monotonic() - server.listening_at
+    assert banner.identification == "SSH-2.0-conn0"
+    assert latency < LATENCY, latency
 
 
-async def test_wait_is_not_held_up_by_a_silent_connection() -> None:
-    # The first connection is parked (as slirp does before the guest NIC is
-    # up); later ones get the banner. The staggered attempt wins.
-    seen = 0
+async def test_banner_follows_a_guest_that_resets_until_sshd_listens() -> None:
+    ready = time.monotonic() + 1.0
+    async with CountingServer(lambda c: closes_until(ready, c)) as server:
+        await wait_for_banner("127.0.0.1", server.port, timeout=10)
+        latency = time.monotonic() - ready
+    assert latency < LATENCY, latency
+    assert server.peak == 1
+    # Resets are retried within the poll interval, not in a tight loop.
+    assert len(server.conns) < 1.0 / ProbePolicy().poll_interval + 5, len(server.conns)
 
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == 1:
-            await asyncio.sleep(10)
-            return
-        w.write(b"SSH-2.0-second\r\n")
-        await w.drain()
 
-    async with FakeServer(handler) as port:
+async def test_a_slow_sshd_keeps_its_connection_until_it_answers() -> None:
+    # No answer from the guest yet, so the silent first attempt might be
+    # parked: a second joins it after first_spacing, and that is all.
+    async with CountingServer(answers_after(2.5)) as server:
         start = time.monotonic()
-        banner = await wait_for_banner("127.0.0.1", port, timeout=5, stagger=0.1,
-                                       read_timeout=10)
-        assert banner.identification == "SSH-2.0-second"
-        assert time.monotonic() - start < 1.0
+        banner = await wait_for_banner("127.0.0.1", server.port, timeout=20)
+        elapsed = time.monotonic() - start
+    assert banner.identification == "SSH-2.0-conn0"
+    assert elapsed < 2.5 + LATENCY, elapsed
+    assert server.peak == 2 and len(server.conns) == 2
+    first = server.conns[0]
+    assert first.answered_at is not None and first.client_closed_at is not None
+    assert first.client_closed_at >= first.answered_at
+
+
+async def test_once_the_guest_answered_a_silent_attempt_is_sshds() -> None:
+    # The first connection is reset (guest up, sshd not yet); the next one
+    # is held by a slow sshd, which gets it alone.
+    async def behave(conn: Conn) -> None:
+        if conn.index > 0:
+            await answers_after(3.0)(conn)
+
+    async with CountingServer(behave) as server:
+        banner = await wait_for_banner("127.0.0.1", server.port, timeout=20)
+    assert banner.identification == "SSH-2.0-conn1"
+    assert server.peak == 1 and len(server.conns) == 2
+
+
+async def test_parked_attempts_are_replaced_only_after_parked_patience() -> None:
+    # Slirp before the guest NIC is up: the first K connections are parked.
+    parked = 4
+
+    async def behave(conn: Conn) -> None:
+        if conn.index < parked:
+            await conn.client_closes(within=30)
+        else:
+            await answers_now(conn)
+
+    async with CountingServer(behave) as server:
+        banner = await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=FAST)
+    assert banner.identification == f"SSH-2.0-conn{parked}"
+    assert server.peak == FAST.max_in_flight
+    answered_at = server.conns[parked].answered_at
+    assert answered_at is not None
+    replaced = [c for c in server.conns[:parked]
+                if c.client_closed_at is not None and c.client_closed_at < answered_at]
+    assert len(replaced) == 2  # with 3 in flight, for the 4th and 5th attempts
+    for conn in replaced:
+        assert conn.client_closed_at is not None
+        lived = conn.client_closed_at - conn.accepted
+        assert lived >= FAST.parked_patience - 0.01, (conn.index, lived)
+
+
+async def test_sshd_listening_before_the_nic_is_up() -> None:
+    # Like the built-in image: dropbear listens, then the NIC comes up.
+    # Parked attempts answer at slirp's next re-send, fresh ones at once.
+    model = SlirpModel(nic_up=2.0, sshd_listens=0.5)
+    async with CountingServer(model.behave) as server:
+        banner = await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=FAST)
+        latency = time.monotonic() - (model.origin + model.nic_up)
+        await asyncio.sleep(2 * model.resend)  # abandoned attempts still arrive
+    assert banner.identification.startswith("SSH-2.0-conn")
+    assert latency < FAST.max_spacing + LATENCY, latency
+    assert server.peak <= FAST.max_in_flight
+    # Every connection made reaches sshd, abandoned or not: few were made.
+    assert len(model.sessions) == len(server.conns) <= 2 * FAST.max_in_flight
+    assert model.peak_sessions() <= 2 * FAST.max_in_flight
+
+
+async def test_nic_up_long_before_sshd_listens() -> None:
+    # Like a Debian cloud image: the NIC is up long before sshd. Parked
+    # attempts are reset at their next re-send, then resets are polled.
+    model = SlirpModel(nic_up=0.5, sshd_listens=2.5)
+    async with CountingServer(model.behave) as server:
+        await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=FAST)
+        latency = time.monotonic() - (model.origin + model.sshd_listens)
+    assert latency < LATENCY, latency
+    assert server.peak <= FAST.max_in_flight
+    assert len(model.sessions) == 1  # sshd saw only the connection that won
+
+
+async def test_a_throttled_sshd_is_left_alone_for_a_while() -> None:
+    async def behave(conn: Conn) -> None:
+        loop = asyncio.get_running_loop()
+        if conn.index < 2:
+            await loop.sock_sendall(conn.sock, b"Exceeded MaxStartups\r\n")
+        else:
+            await answers_now(conn)
+
+    async with CountingServer(behave) as server:
+        await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=FAST)
+    accepted = [c.accepted for c in server.conns]
+    assert len(accepted) == 3
+    gaps = [b - a for a, b in itertools.pairwise(accepted)]
+    assert min(gaps) >= FAST.throttled_backoff - 0.01, gaps
+
+
+async def test_cancelling_the_wait_closes_its_connections() -> None:
+    async def silent(conn: Conn) -> None:
+        await conn.client_closes(within=30)
+
+    async with CountingServer(silent) as server:
+        task = asyncio.ensure_future(wait_for_banner("127.0.0.1", server.port, timeout=30))
+        await asyncio.sleep(1.5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert len(server.conns) == 2
+        assert not any(c.client_open() for c in server.conns)
 
 
 async def test_wait_gives_up_at_timeout_naming_the_last_error() -> None:
@@ -188,26 +321,62 @@ async def test_wait_stops_on_a_permanent_error() -> None:
     assert time.monotonic() - start < 1.0
 
 
-async def test_wait_outlasts_many_parked_connections() -> None:
-    # Like slirp before the guest NIC is up: every connection for a while is
-    # accepted and then parked forever. Readiness must follow the first
-    # answering connection closely, not wait out read timeouts.
-    answer_from = time.monotonic() + 1.0
-    parked: list[asyncio.Event] = []
+# -- against a real OpenSSH sshd -----------------------------------------------
 
-    async def handler(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        if time.monotonic() < answer_from:
-            ev = asyncio.Event()
-            parked.append(ev)
-            await asyncio.wait_for(ev.wait(), 30)
-            return
-        w.write(b"SSH-2.0-finally\r\n")
-        await w.drain()
+@pytest.fixture
+def sshd_dir() -> Iterator[SshdDir]:
+    # Throttling starts at 3 unauthenticated connections and drops them all:
+    # exactly the probe's bound.
+    d = SshdDir(max_startups=f"{ProbePolicy().max_in_flight}:100:{ProbePolicy().max_in_flight}")
+    yield d
+    d.remove()
 
-    async with FakeServer(handler) as port:
-        banner = await wait_for_banner("127.0.0.1", port, timeout=10, stagger=0.05,
-                                       max_in_flight=4, read_timeout=5)
-        late = time.monotonic() - answer_from
-    assert banner.identification == "SSH-2.0-finally"
-    assert late < 0.1 + 0.05, late
-    assert len(parked) > 4  # the cap dropped old attempts rather than waiting
+
+async def test_real_sshd_banner_without_throttling(sshd_dir: SshdDir) -> None:
+    sshd = await sshd_dir.start(free_port())
+    try:
+        banner = await wait_for_banner("127.0.0.1", sshd.port, timeout=10)
+    finally:
+        await sshd.stop()
+    assert banner.software.startswith("OpenSSH_"), banner
+    assert not sshd.throttling(), sshd.log
+
+
+async def test_real_sshd_that_starts_late(sshd_dir: SshdDir) -> None:
+    port = free_port()
+    waiter = asyncio.ensure_future(wait_for_banner("127.0.0.1", port, timeout=20))
+    await asyncio.sleep(0.5)
+    sshd = await sshd_dir.start(port)
+    try:
+        await waiter
+        latency = time.monotonic() - sshd.listening_at
+        start = time.monotonic()  # how long sshd itself takes to answer
+        await probe_banner("127.0.0.1", port)
+        own = time.monotonic() - start
+    finally:
+        await sshd.stop()
+    assert latency - own < LATENCY, (latency, own)
+    assert not sshd.throttling(), sshd.log
+
+
+async def test_real_sshd_that_is_slow_to_accept(sshd_dir: SshdDir) -> None:
+    # A stopped sshd: the kernel completes each connection and nothing is
+    # said, as with an sshd starved by a booting guest. The probe must stay
+    # within MaxStartups and keep its attempts until sshd answers them.
+    sshd = await sshd_dir.start(free_port())
+    try:
+        sshd.proc.send_signal(signal.SIGSTOP)
+        waiter = asyncio.ensure_future(wait_for_banner("127.0.0.1", sshd.port, timeout=20))
+        await asyncio.sleep(4.0)  # attempts at 0, 1 and 3 s
+        sshd.proc.send_signal(signal.SIGCONT)
+        resumed = time.monotonic()
+        banner = await waiter
+        after_resume = time.monotonic() - resumed
+    finally:
+        sshd.proc.send_signal(signal.SIGCONT)
+        await sshd.stop()
+    assert banner.software.startswith("OpenSSH_")
+    assert after_resume < 1.0, after_resume
+    accepted = [line for line in sshd.log if line.startswith("Connection from")]
+    assert len(accepted) == ProbePolicy().max_in_flight, sshd.log
+    assert not sshd.throttling(), sshd.log
