@@ -62,8 +62,10 @@ def files_for(ident: GuestIdentity) -> dict[str, bytes]:
         **provision_files(ident.provision),
     }
     if ident.env:
-        files["environment"] = "".join(
-            f"{k}={_quote_env(v)}\n" for k, v in sorted(ident.env.items())).encode()
+        env = sorted(ident.env.items())
+        # Sourced by the provisioning script, and in pam_env's format for logins.
+        files["environment"] = "".join(f"{k}={_quote_env(v)}\n" for k, v in env).encode()
+        files["environment.pam"] = "".join(f'{k}="{v}"\n' for k, v in env).encode()
     for check in ident.health_checks:
         files[f"integrations.d/{check['name']}.json"] = json.dumps(check).encode()
     return files

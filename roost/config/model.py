@@ -11,6 +11,7 @@ import os
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -301,7 +302,14 @@ def _env_value(v: Any) -> Any:
     return v
 
 
-EnvValue = Annotated[str, BeforeValidator(_env_value)]
+def _env_text(v: str) -> str:
+    # pam_env (/etc/environment) has no escapes: one line, no double quote.
+    if "\n" in v or '"' in v or "\0" in v:
+        raise ValueError('an environment value cannot hold a newline or a double quote (")')
+    return v
+
+
+EnvValue = Annotated[str, BeforeValidator(_env_value), AfterValidator(_env_text)]
 
 
 class GuestAgent(_Model):
