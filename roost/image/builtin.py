@@ -147,10 +147,18 @@ def resolve_packages() -> list[tuple[str, str]]:
         out = _run(["apt-get", "download", "--print-uris", *names])
     except RoostError as e:
         raise RoostError(f"{e}\nhint: run `apt-get update` first (scripts/setup.sh does)") from e
-    files = re.findall(r"^'[^']+' (\S+\.deb) ", out, re.M)
-    if len(files) != len(names):
-        raise RoostError(f"apt resolved {len(files)} of {len(names)} packages: {files}")
-    return list(zip(names, files, strict=True))
+    return pair_with_files(names, re.findall(r"^'[^']+' (\S+\.deb) ", out, re.M))
+
+
+def pair_with_files(names: list[str], files: list[str]) -> list[tuple[str, str]]:
+    """(package, .deb file name) in the order of `names`. apt prints the
+    files in an order of its own; a file is named <package>_<version>_<arch>."""
+    by_name = {filename.split("_", 1)[0]: filename for filename in files}
+    missing = [name for name in names if name not in by_name]
+    if missing or len(files) != len(names):
+        raise RoostError(f"apt resolved {len(files)} files for {len(names)} packages; "
+                         f"no file for {missing}: {files}")
+    return [(name, by_name[name]) for name in names]
 
 
 def _recipe_digest() -> str:
