@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +27,10 @@ from importlib import resources
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.image import kernel
+from roost.image import cpio, ext4, kernel
 from roost.image.cpio import NewcWriter
+from roost.image.ext4 import write_root_fs
+from roost.image.tools import run as _run
 from roost.store.paths import cache_dir
 
 Progress = Callable[[str], None]
@@ -122,16 +123,6 @@ def images_dir() -> Path:
     return cache_dir() / "images"
 
 
-def _run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RoostError(
-            f"`{' '.join(argv[:3])} ...` failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip()[-800:]}"
-        )
-    return proc.stdout
-
-
 def resolve_packages() -> list[tuple[str, str]]:
     """(package, .deb file name) for every package, as apt would fetch it now."""
     if shutil.which("apt-get") is None:
@@ -163,7 +154,9 @@ def pair_with_files(names: list[str], files: list[str]) -> list[tuple[str, str]]
 
 def _recipe_digest() -> str:
     h = hashlib.sha256(RECIPE_VERSION.encode())
-    h.update(Path(__file__).read_bytes())
+    # This module and the ones it builds with: a change to any is a new recipe.
+    for module in [__file__, kernel.__file__, cpio.__file__, ext4.__file__]:
+        h.update(Path(module).read_bytes())
     h.update(json.dumps([PACKAGES, GUEST_MODULES, _PRUNE, _PY_PRUNE, ROOT_FS_BYTES]).encode())
     guestfs = resources.files("roost.image") / "guestfs"
     for path in sorted(_walk(guestfs)):
@@ -262,9 +255,7 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
 
     progress("writing the base disk")
     raw = out / "root.raw"
-    _run(["mkfs.ext4", "-q", "-F", "-L", "roost-root", "-d", str(root),
-          "-E", "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
-          str(raw), f"{ROOT_FS_BYTES // 1024**2}M"])
+    write_root_fs(root, raw, ROOT_FS_BYTES, "roost-root")
     _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")])
     raw.unlink()
     root_bytes = sum(p.lstat().st_size for p in root.rglob("*") if p.is_file())
