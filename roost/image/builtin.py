@@ -27,15 +27,16 @@ from importlib import resources
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.image import cpio, ext4, kernel
+from roost.image import cpio, debpick, ext4, kernel
 from roost.image.cpio import NewcWriter
+from roost.image.debpick import extract_picked
 from roost.image.ext4 import write_root_fs
 from roost.image.tools import run as _run
 from roost.store.paths import cache_dir
 
 Progress = Callable[[str], None]
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 PACKAGES = [
     "busybox-static",
@@ -66,7 +67,43 @@ PACKAGES = [
     "libpcre2-8-0",
     "libmount1",
     "libselinux1",
+    # sudo's and PAM's libraries
+    "libpam0g",
+    "libaudit1",
+    "libcap-ng0",
+    # procps' library (it links libsystemd, and that its compressors)
+    "libproc2-0",
+    "libsystemd0",
+    "libcap2",
+    "libgcrypt20",
+    "libgpg-error0",
+    "liblz4-1",
+    "liblzma5",
+    "libzstd1",
+    # GNU install's (ACLs), bash's (terminfo)
+    "libacl1",
+    "libattr1",
+    "libtinfo6",
 ]
+# Packages of which the image takes only these files (globs): commands
+# shell scripts and Lima users expect that busybox-static lacks, each the
+# Debian binary. Nothing busybox has is replaced: its ash (/bin/sh) runs its
+# own applets before searching PATH, so a second `ps` or `timeout` would
+# only answer to bash and full paths.
+PICKED_FILES = {
+    "sudo": ["usr/bin/sudo", "usr/bin/sudoedit", "usr/libexec/sudo/sudoers.so",
+             "usr/libexec/sudo/libsudo_util.so.0*", "etc/sudoers"],
+    "libpam-modules": ["lib/x86_64-linux-gnu/security/pam_unix.so"],
+    "procps": ["usr/bin/pgrep", "usr/bin/pkill", "usr/bin/pidwait"],
+    "coreutils": [
+        *(f"usr/bin/{name}" for name in [
+            "nohup", "nice", "install", "stdbuf", "printenv", "comm", "join", "split"]),
+        "usr/libexec/coreutils/libstdbuf.so",
+    ],
+    "util-linux": ["usr/bin/flock", "bin/mountpoint"],
+    "libc-bin": ["usr/bin/getent"],
+    "bash": ["bin/bash"],
+}
 # Modules the initramfs loads: the root disk (crc32c: ext4 checksums) and
 # what sshd and the guest agent need right after (network, the agent's
 # port, the cidata ISO). Each group is loaded in order, the groups in
@@ -133,7 +170,7 @@ def resolve_packages() -> list[tuple[str, str]]:
         raise RoostError(
             f"cannot resolve {KERNEL_META_PACKAGE}; run `apt-get update` (scripts/setup.sh does)"
         )
-    names = [match.group(1), *PACKAGES]
+    names = [match.group(1), *PACKAGES, *PICKED_FILES]
     try:
         out = _run(["apt-get", "download", "--print-uris", *names])
     except RoostError as e:
@@ -155,9 +192,10 @@ def pair_with_files(names: list[str], files: list[str]) -> list[tuple[str, str]]
 def _recipe_digest() -> str:
     h = hashlib.sha256(RECIPE_VERSION.encode())
     # This module and the ones it builds with: a change to any is a new recipe.
-    for module in [__file__, kernel.__file__, cpio.__file__, ext4.__file__]:
+    for module in [__file__, kernel.__file__, cpio.__file__, debpick.__file__, ext4.__file__]:
         h.update(Path(module).read_bytes())
-    h.update(json.dumps([PACKAGES, GUEST_MODULES, _PRUNE, _PY_PRUNE, ROOT_FS_BYTES]).encode())
+    h.update(json.dumps(
+        [PACKAGES, PICKED_FILES, GUEST_MODULES, _PRUNE, _PY_PRUNE, ROOT_FS_BYTES]).encode())
     guestfs = resources.files("roost.image") / "guestfs"
     for path in sorted(_walk(guestfs)):
         h.update(path.encode())
@@ -231,8 +269,12 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
     root = out / "rootfs"
     root.mkdir()
     progress("unpacking packages")
-    for _, filename in debs:
-        _run(["dpkg-deb", "-x", str(debdir / filename), str(root)])
+    picked: dict[str, list[str]] = {}
+    for name, filename in debs:
+        if name in PICKED_FILES:
+            picked[name] = extract_picked(debdir / filename, root, PICKED_FILES[name])
+        else:
+            _run(["dpkg-deb", "-x", str(debdir / filename), str(root)])
     kernel_release = _kernel_release(root)
 
     progress("extracting the PVH kernel")
@@ -250,6 +292,7 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
     _install_busybox(root)
     _install_guestfs(root)
     _write_etc(root)
+    _install_sudo(root)
     _prepare_python(root)
     _run([str(root / "bin" / "busybox"), "depmod", "-b", str(root), kernel_release])
 
@@ -264,6 +307,7 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
         "recipe": RECIPE_VERSION,
         "kernelRelease": kernel_release,
         "packages": [filename for _, filename in debs],
+        "pickedFiles": picked,
         "modules": kept_modules,
         "sizes": {
             "vmlinux": (out / "vmlinux").stat().st_size,
@@ -347,9 +391,9 @@ def _write_etc(root: Path) -> None:
             "root:x:0:0:root:/root:/bin/sh\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
         ),
-        "group": "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+        "group": "root:x:0:\ntty:x:5:\nsudo:x:27:\nnogroup:x:65534:\n",
         "shadow": "root:*:19000:0:99999:7:::\n",
-        "shells": "/bin/sh\n/bin/ash\n",
+        "shells": "/bin/sh\n/bin/ash\n/bin/bash\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
         "profile": "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
         # Mounted by one `mount -a` in the boot script (one fork, not six).
@@ -382,6 +426,14 @@ def _write_etc(root: Path) -> None:
     sftp = root / "usr" / "lib" / "sftp-server"
     if not sftp.exists():
         sftp.symlink_to("openssh/sftp-server")
+
+
+def _install_sudo(root: Path) -> None:
+    """The modes Debian's sudo has once installed (its maintainer script sets
+    /etc/sudoers'); the user's rule is written at boot (usr/lib/roost/user.sh)."""
+    (root / "usr" / "bin" / "sudo").chmod(0o4755)
+    (root / "etc" / "sudoers").chmod(0o440)
+    (root / "etc" / "sudoers.d").mkdir(mode=0o755, exist_ok=True)
 
 
 def _prepare_python(root: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from roost.errors import RoostError
-from roost.image.builtin import pair_with_files
+from roost.image.builtin import PACKAGES, PICKED_FILES, pair_with_files
 
 
 def test_files_pair_with_their_packages_whatever_order_apt_prints_them() -> None:
@@ -22,3 +22,7 @@ def test_a_package_apt_gave_no_file_for_is_named() -> None:
     with pytest.raises(RoostError, match=r"no file for \['bash'\]"):
         pair_with_files(["libc6", "bash"], ["libc6_2.36_amd64.deb", "libc-bin_2.36_amd64.deb"])
 
+
+def test_a_package_is_either_unpacked_whole_or_picked_from() -> None:
+    assert not set(PACKAGES) & set(PICKED_FILES)
+    assert len(PACKAGES) == len(set(PACKAGES))
