@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,13 +27,16 @@ from importlib import resources
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.image import kernel
+from roost.image import cpio, debpick, ext4, kernel
 from roost.image.cpio import NewcWriter
+from roost.image.debpick import extract_picked
+from roost.image.ext4 import write_root_fs
+from roost.image.tools import run as _run
 from roost.store.paths import cache_dir
 
 Progress = Callable[[str], None]
 
-RECIPE_VERSION = "1"
+RECIPE_VERSION = "2"
 KERNEL_META_PACKAGE = "linux-image-amd64"
 PACKAGES = [
     "busybox-static",
@@ -65,7 +67,43 @@ PACKAGES = [
     "libpcre2-8-0",
     "libmount1",
     "libselinux1",
+    # sudo's and PAM's libraries
+    "libpam0g",
+    "libaudit1",
+    "libcap-ng0",
+    # procps' library (it links libsystemd, and that its compressors)
+    "libproc2-0",
+    "libsystemd0",
+    "libcap2",
+    "libgcrypt20",
+    "libgpg-error0",
+    "liblz4-1",
+    "liblzma5",
+    "libzstd1",
+    # GNU install's (ACLs), bash's (terminfo)
+    "libacl1",
+    "libattr1",
+    "libtinfo6",
 ]
+# Packages of which the image takes only these files (globs): commands
+# shell scripts and Lima users expect that busybox-static lacks, each the
+# Debian binary. Nothing busybox has is replaced: its ash (/bin/sh) runs its
+# own applets before searching PATH, so a second `ps` or `timeout` would
+# only answer to bash and full paths.
+PICKED_FILES = {
+    "sudo": ["usr/bin/sudo", "usr/bin/sudoedit", "usr/libexec/sudo/sudoers.so",
+             "usr/libexec/sudo/libsudo_util.so.0*", "etc/sudoers"],
+    "libpam-modules": ["lib/x86_64-linux-gnu/security/pam_unix.so"],
+    "procps": ["usr/bin/pgrep", "usr/bin/pkill", "usr/bin/pidwait"],
+    "coreutils": [
+        *(f"usr/bin/{name}" for name in [
+            "nohup", "nice", "install", "stdbuf", "printenv", "comm", "join", "split"]),
+        "usr/libexec/coreutils/libstdbuf.so",
+    ],
+    "util-linux": ["usr/bin/flock", "bin/mountpoint"],
+    "libc-bin": ["usr/bin/getent"],
+    "bash": ["bin/bash"],
+}
 # Modules the initramfs loads: the root disk (crc32c: ext4 checksums) and
 # what sshd and the guest agent need right after (network, the agent's
 # port, the cidata ISO). Each group is loaded in order, the groups in
@@ -122,16 +160,6 @@ def images_dir() -> Path:
     return cache_dir() / "images"
 
 
-def _run(argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
-    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RoostError(
-            f"`{' '.join(argv[:3])} ...` failed (exit {proc.returncode}): "
-            f"{proc.stderr.strip()[-800:]}"
-        )
-    return proc.stdout
-
-
 def resolve_packages() -> list[tuple[str, str]]:
     """(package, .deb file name) for every package, as apt would fetch it now."""
     if shutil.which("apt-get") is None:
@@ -142,21 +170,32 @@ def resolve_packages() -> list[tuple[str, str]]:
         raise RoostError(
             f"cannot resolve {KERNEL_META_PACKAGE}; run `apt-get update` (scripts/setup.sh does)"
         )
-    names = [match.group(1), *PACKAGES]
+    names = [match.group(1), *PACKAGES, *PICKED_FILES]
     try:
         out = _run(["apt-get", "download", "--print-uris", *names])
     except RoostError as e:
         raise RoostError(f"{e}\nhint: run `apt-get update` first (scripts/setup.sh does)") from e
-    files = re.findall(r"^'[^']+' (\S+\.deb) ", out, re.M)
-    if len(files) != len(names):
-        raise RoostError(f"apt resolved {len(files)} of {len(names)} packages: {files}")
-    return list(zip(names, files, strict=True))
+    return pair_with_files(names, re.findall(r"^'[^']+' (\S+\.deb) ", out, re.M))
+
+
+def pair_with_files(names: list[str], files: list[str]) -> list[tuple[str, str]]:
+    """(package, .deb file name) in the order of `names`. apt prints the
+    files in an order of its own; a file is named <package>_<version>_<arch>."""
+    by_name = {filename.split("_", 1)[0]: filename for filename in files}
+    missing = [name for name in names if name not in by_name]
+    if missing or len(files) != len(names):
+        raise RoostError(f"apt resolved {len(files)} files for {len(names)} packages; "
+                         f"no file for {missing}: {files}")
+    return [(name, by_name[name]) for name in names]
 
 
 def _recipe_digest() -> str:
     h = hashlib.sha256(RECIPE_VERSION.encode())
-    h.update(Path(__file__).read_bytes())
-    h.update(json.dumps([PACKAGES, GUEST_MODULES, _PRUNE, _PY_PRUNE, ROOT_FS_BYTES]).encode())
+    # This module and the ones it builds with: a change to any is a new recipe.
+    for module in [__file__, kernel.__file__, cpio.__file__, debpick.__file__, ext4.__file__]:
+        h.update(Path(module).read_bytes())
+    h.update(json.dumps(
+        [PACKAGES, PICKED_FILES, GUEST_MODULES, _PRUNE, _PY_PRUNE, ROOT_FS_BYTES]).encode())
     guestfs = resources.files("roost.image") / "guestfs"
     for path in sorted(_walk(guestfs)):
         h.update(path.encode())
@@ -230,8 +269,12 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
     root = out / "rootfs"
     root.mkdir()
     progress("unpacking packages")
-    for _, filename in debs:
-        _run(["dpkg-deb", "-x", str(debdir / filename), str(root)])
+    picked: dict[str, list[str]] = {}
+    for name, filename in debs:
+        if name in PICKED_FILES:
+            picked[name] = extract_picked(debdir / filename, root, PICKED_FILES[name])
+        else:
+            _run(["dpkg-deb", "-x", str(debdir / filename), str(root)])
     kernel_release = _kernel_release(root)
 
     progress("extracting the PVH kernel")
@@ -249,14 +292,13 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
     _install_busybox(root)
     _install_guestfs(root)
     _write_etc(root)
+    _install_sudo(root)
     _prepare_python(root)
     _run([str(root / "bin" / "busybox"), "depmod", "-b", str(root), kernel_release])
 
     progress("writing the base disk")
     raw = out / "root.raw"
-    _run(["mkfs.ext4", "-q", "-F", "-L", "roost-root", "-d", str(root),
-          "-E", "root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
-          str(raw), f"{ROOT_FS_BYTES // 1024**2}M"])
+    write_root_fs(root, raw, ROOT_FS_BYTES, "roost-root")
     _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")])
     raw.unlink()
     root_bytes = sum(p.lstat().st_size for p in root.rglob("*") if p.is_file())
@@ -265,6 +307,7 @@ def _build(out: Path, debs: list[tuple[str, str]], progress: Progress) -> None:
         "recipe": RECIPE_VERSION,
         "kernelRelease": kernel_release,
         "packages": [filename for _, filename in debs],
+        "pickedFiles": picked,
         "modules": kept_modules,
         "sizes": {
             "vmlinux": (out / "vmlinux").stat().st_size,
@@ -348,9 +391,9 @@ def _write_etc(root: Path) -> None:
             "root:x:0:0:root:/root:/bin/sh\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
         ),
-        "group": "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+        "group": "root:x:0:\ntty:x:5:\nsudo:x:27:\nnogroup:x:65534:\n",
         "shadow": "root:*:19000:0:99999:7:::\n",
-        "shells": "/bin/sh\n/bin/ash\n",
+        "shells": "/bin/sh\n/bin/ash\n/bin/bash\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
         "profile": "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
         # Mounted by one `mount -a` in the boot script (one fork, not six).
@@ -383,6 +426,14 @@ def _write_etc(root: Path) -> None:
     sftp = root / "usr" / "lib" / "sftp-server"
     if not sftp.exists():
         sftp.symlink_to("openssh/sftp-server")
+
+
+def _install_sudo(root: Path) -> None:
+    """The modes Debian's sudo has once installed (its maintainer script sets
+    /etc/sudoers'); the user's rule is written at boot (usr/lib/roost/user.sh)."""
+    (root / "usr" / "bin" / "sudo").chmod(0o4755)
+    (root / "etc" / "sudoers").chmod(0o440)
+    (root / "etc" / "sudoers.d").mkdir(mode=0o755, exist_ok=True)
 
 
 def _prepare_python(root: Path) -> None:
