@@ -79,6 +79,10 @@ def test_running_not_degraded_from_cloud_init(roost: Roost, debian: str) -> None
     assert "DataSourceNoCloud" in status or "NoCloud" in sh(
         roost, "sudo -n cat /run/cloud-init/result.json")
     assert "systemd" in sh(roost, "ps -p 1 -o comm=")
+    # cloud-init grew the root partition and file system to the 4 GiB disk.
+    root_kib = int(sh(roost, "df -k --output=size / | tail -n 1"))
+    assert root_kib > 3.5 * 1024**2, root_kib
+    assert "Valid schema" in sh(roost, "sudo -n cloud-init schema --system 2>&1")
     info = json.loads(roost.run("info", debian, "--json").stdout)
     reqs = {r["name"]: r for r in info["hostagent"]["requirements"]}
     assert reqs["cloud-init"]["ok"] and reqs["guest-agent"]["ok"], reqs
@@ -186,3 +190,15 @@ def test_zz_a_file_survives_stop_and_start(roost: Roost, debian: str) -> None:
     assert sh(roost, "cat ~/kept.txt") == "kept\n"
     assert roost.ls()[debian]["status"] == "Running"
     assert copied.read_text() == "data step\n"
+
+
+def test_zz_a_failing_step_makes_it_degraded_with_the_reason(roost: Roost, debian: str) -> None:
+    config = roost.home / debian / "roost.yaml"
+    config.write_text(config.read_text().replace(
+        "provision:\n", "provision:\n- mode: system\n  script: exit 7\n", 1))
+    roost.run("stop", debian, timeout=180)
+    started = roost.run("start", debian, "--timeout", str(START_TIMEOUT),
+                        timeout=START_TIMEOUT + 30)
+    assert "provisioning step" in started.stderr and "failed" in started.stderr
+    row = roost.ls()[debian]
+    assert row["status"] == "Degraded" and row["degradedBy"] == ["cloud-init"], row
