@@ -105,16 +105,21 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _prune_builtin(dry_run: bool) -> list[Pruned]:
+def _prune_built(dry_run: bool) -> list[Pruned]:
+    """Built images (the micro image, debian-12) no instance pins, each
+    kind's newest kept: the next `roost start` would build it again."""
+    from roost.image import debian
+
     with build_lock():  # never beside a build, which writes the newest image
-        newest = find_cached()
         removed = []
-        for image_dir in sorted(images_dir().glob(BUILTIN_PREFIX + "*")):
-            if (newest is not None and image_dir == newest.directory) or users(image_dir):
-                continue
-            removed.append(Pruned(image_dir, _size(image_dir)))
-            if not dry_run:
-                shutil.rmtree(image_dir)
+        for prefix, newest in ((BUILTIN_PREFIX, find_cached()),
+                               (f"{debian.NAME}-", debian.find_cached())):
+            for image_dir in sorted(images_dir().glob(prefix + "*")):
+                if (newest is not None and image_dir == newest.directory) or users(image_dir):
+                    continue
+                removed.append(Pruned(image_dir, _size(image_dir)))
+                if not dry_run:
+                    shutil.rmtree(image_dir)
         return removed
 
 
@@ -135,7 +140,7 @@ def prune(dry_run: bool = False) -> list[Pruned]:
     (and unfinished downloads) no instance pins."""
     if not images_dir().is_dir():
         return []
-    removed = _prune_builtin(dry_run)
+    removed = _prune_built(dry_run)
     for entry in entries():
         if users(entry.directory):
             continue

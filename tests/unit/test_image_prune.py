@@ -53,3 +53,18 @@ def test_prune_keeps_pinned_and_newest(tmp_path: Path, monkeypatch: pytest.Monke
     assert not old.exists()
     assert pinned_here.exists() and pinned_elsewhere.exists() and newest.exists()
     assert prune() == []
+
+
+def test_prune_keeps_the_newest_debian_image_and_pinned_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache, home = tmp_path / "cache", tmp_path / "home"
+    monkeypatch.setenv("ROOST_CACHE", str(cache / "roost"))
+    monkeypatch.setenv("ROOST_HOME", str(home))
+    built = []
+    for key, age in (("a", 300), ("b", 200), ("c", 100)):
+        d = make_image(cache, key, age).rename(cache / "roost" / "images" / f"debian-12-{key}")
+        built.append(d)
+    old, pinned, newest = built
+    make_instance(home, "deb", pinned)
+    assert [p.directory for p in prune()] == [old]
+    assert pinned.exists() and newest.exists() and not old.exists()
