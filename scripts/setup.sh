@@ -19,6 +19,8 @@ DEBIAN_PACKAGES=(
   curl              # bench/cloudboot.py compares image downloads with curl -o
   mmdebstrap        # the debian-12 image: a real Debian root from packages
   grub-pc-bin       # ... booted by SeaBIOS through GRUB (written into its MBR gap)
+  grub-efi-amd64-bin # ... or by UEFI (OVMF), GRUB on its EFI system partition
+  mtools dosfstools # ... a FAT file system made and filled without mounting it
   fdisk             # ... whose partition table sfdisk writes
   ovmf              # UEFI firmware for images that boot with firmware.legacyBIOS: false
 )

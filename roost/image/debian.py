@@ -6,9 +6,13 @@ kernel, on an MBR disk that SeaBIOS boots through GRUB. Like the official
 image it ships no users, no SSH host keys and an empty machine-id, so its
 first boot is a real cloud-init first boot from roost's NoCloud seed.
 
-The disk is assembled without root and without loop devices: the ext4 file
-system is written into the partition with `mkfs.ext4 -d -E offset=`, and
-GRUB's boot sector and core image are written into the MBR gap directly.
+The disk boots under SeaBIOS and under UEFI (OVMF), like Debian's own: an
+MBR with an EFI system partition (FAT, GRUB as /EFI/BOOT/BOOTX64.EFI)
+and the root partition last, so cloud-init's growpart can grow it; for
+the BIOS, GRUB's boot sector and core image sit in the MBR gap. It is all
+assembled without root and without loop devices: the ext4 file system is
+written into its partition with `mkfs.ext4 -d -E offset=`, the FAT one
+with mtools, the boot code by offset.
 The file system is made inside mmdebstrap's customize hook, so files get
 their owners from the build's own (possibly unshared) namespace.
 
@@ -50,11 +54,16 @@ PACKAGES = [
 KEY_PACKAGES = ["cloud-init", "openssh-server", "systemd", "python3", "sudo", "libc6",
                 KERNEL_PACKAGE]
 DISK_BYTES = 3 * 1024**3
-PARTITION_START = 2048  # sectors: 1 MiB, the usual alignment and GRUB's MBR gap
+SECTOR = 512
+ESP_START = 2048  # sectors: 1 MiB, the usual alignment; GRUB's core image before it
+ESP_SECTORS = 32 * 2048  # 32 MiB
+ROOT_START = ESP_START + ESP_SECTORS
 ROOT_LABEL = "roost-root"
-GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "configfile",
-                "search", "echo", "test", "boot", "serial", "terminal"]
+GRUB_PREFIX = "(hd0,msdos2)/boot/grub"
+GRUB_MODULES = ["part_msdos", "ext2", "normal", "linux", "configfile", "search", "echo",
+                "test", "boot", "serial", "terminal"]
 GRUB_DIR = Path("/usr/lib/grub/i386-pc")
+GRUB_EFI_DIR = Path("/usr/lib/grub/x86_64-efi")
 KERNEL_CMDLINE = "root=LABEL=roost-root ro console=tty0 console=ttyS0,115200 net.ifnames=0"
 
 # Written into the root before the file system is made.
@@ -171,7 +180,7 @@ def _customize_script(staging: Path, raw: Path) -> str:
     recursive) bind mount of it is the tree without them, for mkfs.
     """
     mkfs = _tool("mkfs.ext4", "e2fsprogs")
-    blocks = (DISK_BYTES - PARTITION_START * 512) // 4096
+    blocks = (DISK_BYTES - ROOT_START * SECTOR) // 4096
     q = shlex.quote
     view = q(str(raw.parent / "view"))
     return "; ".join([
@@ -185,13 +194,12 @@ def _customize_script(staging: Path, raw: Path) -> str:
         # lists too) comes after this hook, too late for the file system.
         'rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/archives/*.deb '
         '"$1"/var/cache/apt/*.bin',
-        'du -sxh "$1" >&2',
         # The initramfs again, now with the small module list and zstd.
         'chroot "$1" update-initramfs -u -k all >/dev/null',
         'rm -f "$1"/boot/initrd.img-*.bak',
         f'mkdir -p {view}',
         f'mount --bind "$1" {view}',
-        f'{mkfs} -q -F -L {ROOT_LABEL} -E offset={PARTITION_START * 512},root_owner=0:0 '
+        f'{mkfs} -q -F -L {ROOT_LABEL} -E offset={ROOT_START * SECTOR},root_owner=0:0 '
         f'-d {view} {q(str(raw))} {blocks} || {{ umount {view}; exit 1; }}',
         f'umount {view}',
     ])
@@ -202,8 +210,12 @@ def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
     mmdebstrap = _tool("mmdebstrap", "mmdebstrap")
     grub_mkimage = _tool("grub-mkimage", "grub-pc-bin")
     sfdisk = _tool("sfdisk", "fdisk")
-    if not (GRUB_DIR / "boot.img").exists():
-        raise RoostError(f"{GRUB_DIR}/boot.img is missing; `apt-get install grub-pc-bin`")
+    mkfs_fat = _tool("mkfs.fat", "dosfstools")
+    mcopy, mmd = _tool("mcopy", "mtools"), _tool("mmd", "mtools")
+    for need, package in ((GRUB_DIR / "boot.img", "grub-pc-bin"),
+                          (GRUB_EFI_DIR / "linux.mod", "grub-efi-amd64-bin")):
+        if not need.exists():
+            raise RoostError(f"{need} is missing; `apt-get install {package}`")
     staging = out / "staging"
     for rel, text in _FILES.items():
         path = staging / rel
@@ -213,10 +225,12 @@ def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
     raw = out / "disk.raw"
     with open(raw, "wb") as f:
         f.truncate(DISK_BYTES)
-    # One bootable Linux partition from 1 MiB to the end; cloud-init's
-    # growpart extends it to the instance disk's size at first boot.
-    proc = subprocess.run([sfdisk, "-q", str(raw)], input=f"label: dos\nstart={PARTITION_START}, "
-                          "type=83, bootable\n", capture_output=True, text=True)
+    # The EFI system partition, then Linux to the end (the last partition:
+    # cloud-init's growpart extends it to the instance disk's size).
+    layout = (f"label: dos\nstart={ESP_START}, size={ESP_SECTORS}, type=ef\n"
+              f"start={ROOT_START}, type=83, bootable\n")
+    proc = subprocess.run([sfdisk, "-q", str(raw)], input=layout, capture_output=True,
+                          text=True)
     if proc.returncode != 0:
         raise RoostError(f"sfdisk failed: {proc.stderr.strip()}")
 
@@ -233,27 +247,39 @@ def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
         raise RoostError(f"mmdebstrap failed (exit {proc.returncode}): "
                          f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
 
-    progress("installing GRUB")
+    progress("installing GRUB (BIOS and UEFI)")
     core = out / "core.img"
-    _run([grub_mkimage, "-O", "i386-pc", "-o", str(core),
-          "-p", "(hd0,msdos1)/boot/grub", *GRUB_MODULES], "grub-mkimage")
-    if core.stat().st_size > (PARTITION_START - 1) * 512:
+    _run([grub_mkimage, "-O", "i386-pc", "-o", str(core), "-p", GRUB_PREFIX,
+          "biosdisk", *GRUB_MODULES], "grub-mkimage")
+    if core.stat().st_size > (ESP_START - 1) * SECTOR:
         raise RoostError("GRUB's core image does not fit before the first partition")
+    efi = out / "BOOTX64.EFI"
+    _run([grub_mkimage, "-O", "x86_64-efi", "-o", str(efi), "-p", GRUB_PREFIX,
+          "fat", *GRUB_MODULES], "grub-mkimage (EFI)")
+    esp = out / "esp.img"
+    _run([mkfs_fat, "-C", "-n", "EFI", str(esp), str(ESP_SECTORS * SECTOR // 1024)],
+         "mkfs.fat")
+    _run([mmd, "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd")
+    _run([mcopy, "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy")
     with open(raw, "r+b") as f:
         # boot.img's code only: the partition table after byte 440 stays.
         f.write((GRUB_DIR / "boot.img").read_bytes()[:440])
-        f.seek(512)  # core.img from sector 1, where boot.img looks for it
+        f.seek(SECTOR)  # core.img from sector 1, where boot.img looks for it
         f.write(core.read_bytes())
+        f.seek(ESP_START * SECTOR)
+        f.write(esp.read_bytes())
+    for leftover in (core, efi, esp):
+        leftover.unlink()
 
     progress("writing the base disk")
     _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")],
          "qemu-img convert")
     raw.unlink()
-    core.unlink()
     shutil.rmtree(staging)
     manifest = {
         "name": NAME, "recipe": RECIPE_VERSION, "suite": SUITE, "packages": PACKAGES,
         "versions": versions, "python": "3.11", "kernelCmdline": KERNEL_CMDLINE,
+        "firmware": ["bios", "uefi"],
         "sizes": {"baseQcow2": (out / "base.qcow2").stat().st_size, "disk": DISK_BYTES},
         "buildSeconds": round(time.monotonic() - started, 1),
     }
