@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from roost.driver.channel import Dialer
 from roost.errors import RoostError
+
+if TYPE_CHECKING:
+    from roost.config.model import Config
+    from roost.image.disk import PinnedImage
+    from roost.store.instance import Instance
 
 
 class DriverError(RoostError):
@@ -27,6 +33,40 @@ class DriverInfo:
     guest_agent: str  # how the agent is reached, e.g. "virtio-serial:/path/ga.sock"
     pid: int | None = None
     capabilities: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host folder the VM has from launch (one of roost.yaml's mounts).
+
+    Plain facts, in no driver's terms: the driver decides what device
+    serves it.
+    """
+
+    id: str  # names the share's device
+    type: str  # "virtiofs" (served by a virtiofsd on `socket`) or "9p"
+    tag: str  # what the guest mounts it by
+    host_path: str
+    writable: bool
+    socket: Path | None = None  # virtiofs
+    # virtiofs: a hot-plug place of its own, so that a suspend can unplug it.
+    slot: str | None = None
+    queue_size: int = 1024  # virtiofs
+    security_model: str = "none"  # 9p
+
+
+@dataclass(frozen=True)
+class VMDescription:
+    """What VM to run, as the host agent knows it: the driver builds its
+    machine from this (QEMU: roost.driver.qemu.machine)."""
+
+    inst: Instance  # its files: disk, cidata, sockets, logs, RAM file, saved state
+    config: Config  # cpus, memory, CPU model, firmware, read-only root
+    image: PinnedImage  # what boots
+    ssh_port: int  # on the host's 127.0.0.1
+    shares: tuple[Share, ...] = ()
+    # The VM that suspend saved into inst.vmstate: loaded, not booted.
+    restore: bool = False
 
 
 @runtime_checkable

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -24,17 +23,10 @@ from typing import TYPE_CHECKING, Any
 from roost import __version__
 from roost.cidata import GuestIdentity, files_for, write_iso
 from roost.config.loader import Config, load_config
-from roost.driver.base import Driver, VMSnapshots
-from roost.driver.qemu import QemuDriver, find_qemu
-from roost.driver.qemu.accel import detect_accel
-from roost.driver.qemu.cmdline import (
-    KERNEL_APPEND,
-    BootSpec,
-    QemuSpec,
-    ensure_uefi_vars,
-    mac_address,
-    spec_to_json,
-)
+from roost.driver.base import Driver, VMDescription, VMSnapshots
+from roost.driver.factory import create_driver
+from roost.driver.qemu import QemuDriver
+from roost.driver.qemu.cmdline import mac_address
 from roost.errors import RoostError, UsageError
 from roost.hostagent import readiness
 from roost.hostagent.cleanup import CleanupError, CleanupStack
@@ -43,9 +35,8 @@ from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import (
     MountManager,
-    MountRecord,
+    boot_shares,
     default_mount_type,
-    qemu_args,
     static_records,
 )
 from roost.hostagent.mounts.sftp import serve_sftp
@@ -54,7 +45,7 @@ from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
 from roost.hostagent.portfwd.rules import HostAddr, Listener
 from roost.hostagent.readiness import SSH_COMMAND_TIMEOUT
 from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
-from roost.image.disk import PinnedImage, read_pinned
+from roost.image.disk import read_pinned
 from roost.sshutil.config import control_argv, guest_user, host_timezone, ssh_argv, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
 from roost.store import snapshots
@@ -188,41 +179,15 @@ class HostAgent:
         for rec in static_mounts if self.resume_state is not None else []:
             rec.detached = True  # the saved VM has them unmounted (MountManager.detach_all)
         # A restored VM is the machine it was saved from, whatever roost.yaml says now.
-        self.driver = restore.driver if restore else QemuDriver(self._qemu_spec(static_mounts),
-                                                                 inst.qemu_log)
+        self.driver = restore.driver if restore else create_driver(VMDescription(
+            inst=inst, config=self.config, image=read_pinned(inst), ssh_port=self.ssh_port,
+            shares=boot_shares(static_mounts, inst.dir), restore=self.resume_state is not None))
         self._prestarted = restore is not None
         self._early_wake = restore.woken if restore else None
         self._woken_early = self._early_wake is not None
         self.mounts = MountManager(inst.dir, self.driver, self._guest_agent, static_mounts,
                                    default_mount_type(self.config),
                                    tuple(self.config.mount_types_unsupported))
-
-    def _qemu_spec(self, static_mounts: list[MountRecord]) -> QemuSpec:
-        inst, pinned = self.inst, read_pinned(self.inst)
-        qemu = find_qemu()
-        return QemuSpec(
-            name=inst.name, qemu=qemu, accel=detect_accel(qemu), cpus=self.config.cpus,
-            memory=self.config.memory, disk=inst.disk, cidata=inst.cidata,
-            ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
-            serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
-            boot=self._boot_spec(pinned),
-            cpu_type=self.config.cpu_type,
-            extra=tuple(qemu_args(static_mounts, inst.dir,
-                                  virtiofs_devices=self.resume_state is None)),
-            ram_file=inst.ram_file,
-            incoming=inst.vmstate if self.resume_state else None,
-        )
-
-    def _boot_spec(self, pinned: PinnedImage) -> BootSpec:
-        if pinned.kind == "builtin":
-            return BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
-                            + (" roost.overlay=1" if self.config.read_only_root else ""))
-        if pinned.kernel is not None:  # an image's own kernel (Lima's images[].kernel)
-            return BootSpec(pinned.kernel, pinned.initrd,
-                            pinned.kernel_cmdline or "root=LABEL=cloudimg-rootfs ro console=ttyS0")
-        if not self.config.firmware.legacy_bios:
-            return BootSpec(uefi_vars=ensure_uefi_vars(self.inst.path("uefi-vars.fd")))
-        return BootSpec()  # SeaBIOS boots the disk
 
     def _stop_now(self) -> None:
         self._forced = True
@@ -498,13 +463,8 @@ class HostAgent:
                           + await self.mounts.readd(hot)):
                 self.events.add_error(f"after the failed suspend: {error}")
             raise
-        # The machine as saved: roost.yaml's virtiofs devices are unplugged.
-        machine = dataclasses.replace(
-            driver.spec, incoming=self.inst.vmstate,
-            extra=tuple(qemu_args([r for r in self.mounts.records.values() if not r.ephemeral],
-                                  self.inst.dir, virtiofs_devices=False)))
         write_atomic(self.inst.suspended, json.dumps({
-            "qemu": spec_to_json(machine), "configDigest": self.config_digest,
+            **driver.machine_as_saved(self.inst.vmstate), "configDigest": self.config_digest,
             "sshLocalPort": self.ssh_port, "instanceId": self.instance_id,
             "startedAt": self.started_at, "suspendedAt": rfc3339_now(), "mounts": hot,
             "saveSeconds": round(seconds, 3),

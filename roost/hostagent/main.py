@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from roost.driver.qemu.cmdline import spec_from_json
+from roost.driver.factory import restore_driver
 from roost.driver.qemu.driver import QemuDriver
 from roost.errors import RoostError
 from roost.hostagent.events import EventEmitter
@@ -99,10 +99,10 @@ async def _start_restore(inst: Instance, events: EventEmitter) -> Restore | None
     if not inst.suspended.exists() or inst.qemu_pid_alive():
         return None
     saved = json.loads(inst.suspended.read_text())
-    if "qemu" not in saved:  # saved by an older roost: HostAgent.new rebuilds the machine
+    driver = restore_driver(inst, saved)
+    if driver is None:  # saved by an older roost: HostAgent.new rebuilds the machine
         return None
-    driver = QemuDriver(spec_from_json(saved["qemu"]), inst.qemu_log)
-    events.emit(phase="restoring the saved state", sshLocalPort=driver.spec.ssh_port,
+    events.emit(phase="restoring the saved state", sshLocalPort=driver.info().ssh.port,
                 instanceId=saved.get("instanceId"))
     await driver.start()
     if saved.get("configDigest") and saved["configDigest"] == inst.config_digest():

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -14,22 +13,13 @@ from typing import Any
 from roost.driver.base import DriverError, DriverInfo, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
 from roost.driver.qemu.cmdline import QemuSpec, build_argv
+from roost.driver.qemu.machine import saved_entries
 
 log = logging.getLogger(__name__)
 
 QMP_CONNECT_SECONDS = 30.0
 POWERDOWN_SECONDS = 30.0
 QUIT_SECONDS = 5.0
-
-
-def find_qemu() -> str:
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        raise DriverError(
-            "qemu-system-x86_64 was not found; install it (scripts/setup.sh does: "
-            "apt-get install qemu-system-x86 qemu-utils)"
-        )
-    return qemu
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -229,6 +219,11 @@ class QemuDriver:
                 await self._qmp_execute("migrate_cancel")
                 raise DriverError(f"saving the VM state took over {timeout:g}s")
             await asyncio.sleep(0.01)
+
+    def machine_as_saved(self, state: Path) -> dict[str, Any]:
+        """suspended.json's entries from which this machine is built again
+        to load `state` (what save_state() wrote)."""
+        return saved_entries(self.spec, state)
 
     async def run_loaded(self, timeout: float = 120.0) -> None:
         """After -incoming (with -S): once the state is loaded, let the VM run."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from roost.config.model import Config, Mount
+from roost.driver.base import Share
 from roost.errors import RoostError, UsageError
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
@@ -37,7 +38,6 @@ from roost_guest.protocol import guest_mount_point_problem
 log = logging.getLogger(__name__)
 
 HOTPLUG_SLOTS = tuple(f"hp{i}" for i in range(8))
-STATIC_CHASSIS = 100  # pcie-root-port chassis numbers of roost.yaml's virtiofs shares
 MOUNT_TIMEOUT = 30.0
 
 
@@ -135,31 +135,16 @@ def _options(m: Mount, kind: str) -> dict[str, Any]:
     return {"cache": m.sshfs.cache, "followSymlinks": m.sshfs.follow_symlinks}
 
 
-def qemu_args(records: list[MountRecord], inst_dir: Path,
-              virtiofs_devices: bool = True) -> list[str]:
-    """Boot-time devices for static virtiofs and 9p mounts. Without
-    `virtiofs_devices`: the machine a suspended VM was saved as (its
-    virtiofs devices were unplugged; their root ports stay)."""
-    args: list[str] = []
-    for i, rec in enumerate(records):
-        if rec.type == "virtiofs":
-            args += ["-device", f"pcie-root-port,id={rec.slot},bus=pcie.0,"
-                                f"chassis={STATIC_CHASSIS + i}"]
-            if not virtiofs_devices:
-                continue
-            sock = str(_virtiofsd_socket(inst_dir, rec)).replace(",", ",,")
-            args += ["-chardev", f"socket,id={rec.device_id}-chr,path={sock}",
-                     "-device", f"vhost-user-fs-pci,id={rec.device_id},bus={rec.slot},"
-                                f"chardev={rec.device_id}-chr,tag={rec.tag},"
-                                f"queue-size={rec.options.get('queueSize', 1024)}"]
-        elif rec.type == "9p":
-            path = rec.location.replace(",", ",,")
-            ro = "" if rec.writable else ",readonly=on"
-            args += ["-fsdev", f"local,id={rec.device_id}-fs,path={path},"
-                               f"security_model={rec.options['securityModel']}{ro}",
-                     "-device", f"virtio-9p-pci,id={rec.device_id},"
-                                f"fsdev={rec.device_id}-fs,mount_tag={rec.tag}"]
-    return args
+def boot_shares(records: list[MountRecord], inst_dir: Path) -> tuple[Share, ...]:
+    """The shares whose devices the VM has from launch: roost.yaml's
+    virtiofs and 9p mounts (reverse-sshfs needs no device)."""
+    return tuple(
+        Share(id=rec.device_id or "", type=rec.type, tag=rec.tag, host_path=rec.location,
+              writable=rec.writable, slot=rec.slot,
+              socket=_virtiofsd_socket(inst_dir, rec) if rec.type == "virtiofs" else None,
+              queue_size=int(rec.options.get("queueSize", 1024)),
+              security_model=str(rec.options.get("securityModel", "none")))
+        for rec in records if rec.type in ("virtiofs", "9p"))
 
 
 def _virtiofsd_socket(inst_dir: Path, rec: MountRecord) -> Path:
