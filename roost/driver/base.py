@@ -1,10 +1,12 @@
-"""The driver interface."""
+"""The driver interface: `Driver`, which every driver is, and the optional
+capabilities as protocols of their own, found with isinstance()."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from roost.driver.channel import Dialer
 from roost.errors import RoostError
@@ -33,6 +35,13 @@ class DriverInfo:
     guest_agent: str  # how the agent is reached, e.g. "virtio-serial:/path/ga.sock"
     pid: int | None = None
     capabilities: list[str] = field(default_factory=list)
+
+
+def mac_address(name: str) -> str:
+    """The guest NIC's MAC, whatever the driver: the cidata network config
+    names it. Stable per instance, in the locally administered range Lima uses."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "52:55:55:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 @dataclass(frozen=True)
@@ -102,3 +111,44 @@ class VMSnapshots(Protocol):
 
     async def snapshot_delete(self, tag: str) -> None:
         """Delete `tag`."""
+
+
+@runtime_checkable
+class FileSystemHotplug(Protocol):
+    """Optional capability: file-system devices plugged into the running VM."""
+
+    def hotplug_slots(self) -> tuple[str, ...]:
+        """Where hot-plugged shares can go, in the order to use them."""
+
+    async def hotplug_virtiofs(self, share: Share) -> None:
+        """A virtiofs device for `share` at share.slot; its virtiofsd serves share.socket."""
+
+    async def unplug(self, device_id: str, timeout: float = 10.0) -> None:
+        """Take the device out; return once the guest has released it."""
+
+
+@runtime_checkable
+class Suspendable(Protocol):
+    """Optional capability: the VM's state saved into a file, and a VM
+    restored from it later (roost suspend, roost resume)."""
+
+    async def save_state(self, path: Path, timeout: float = 120.0) -> float:
+        """Save the VM's state into `path`; the VM ends paused. Seconds taken."""
+
+    async def continue_running(self) -> None:
+        """Let the VM run on after a save that failed (it may be left paused)."""
+
+    def machine_as_saved(self, state: Path) -> dict[str, Any]:
+        """suspended.json's entries from which restore_driver() builds this
+        machine again, to load `state` (what save_state() wrote)."""
+
+    async def run_loaded(self, timeout: float = 120.0) -> None:
+        """A restored VM: once its saved state is loaded, let it run."""
+
+    def discard_ram_file(self) -> None:
+        """Delete the guest RAM file, which only a saved state needs."""
+
+
+@runtime_checkable
+class SuspendableDriver(Driver, Suspendable, Protocol):
+    """What restore_driver() gives: a driver loading a saved state."""

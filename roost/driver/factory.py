@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from roost.driver.base import VMDescription
+from roost.driver.base import Driver, SuspendableDriver, VMDescription
 from roost.driver.qemu.driver import QemuDriver
 from roost.driver.qemu.machine import machine_spec, saved_spec
 from roost.store.instance import Instance
 
 
-def create_driver(vm: VMDescription) -> QemuDriver:
+def create_driver(vm: VMDescription) -> Driver:
     return QemuDriver(machine_spec(vm), vm.inst.qemu_log)
 
 
-def restore_driver(inst: Instance, saved: dict[str, Any]) -> QemuDriver | None:
+def restore_driver(inst: Instance, saved: dict[str, Any]) -> SuspendableDriver | None:
     """The driver that loads the state a suspend saved, on the machine it was
     saved from (`saved` is suspended.json); None when the file does not
     hold that machine (written by an older roost): create_driver() with

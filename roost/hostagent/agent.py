@@ -23,10 +23,15 @@ from typing import TYPE_CHECKING, Any
 from roost import __version__
 from roost.cidata import GuestIdentity, files_for, write_iso
 from roost.config.loader import Config, load_config
-from roost.driver.base import Driver, VMDescription, VMSnapshots
+from roost.driver.base import (
+    Driver,
+    FileSystemHotplug,
+    Suspendable,
+    VMDescription,
+    VMSnapshots,
+    mac_address,
+)
 from roost.driver.factory import create_driver
-from roost.driver.qemu import QemuDriver
-from roost.driver.qemu.cmdline import mac_address
 from roost.errors import RoostError, UsageError
 from roost.hostagent import readiness
 from roost.hostagent.cleanup import CleanupError, CleanupStack
@@ -185,7 +190,8 @@ class HostAgent:
         self._prestarted = restore is not None
         self._early_wake = restore.woken if restore else None
         self._woken_early = self._early_wake is not None
-        self.mounts = MountManager(inst.dir, self.driver, self._guest_agent, static_mounts,
+        hotplug = self.driver if isinstance(self.driver, FileSystemHotplug) else None
+        self.mounts = MountManager(inst.dir, hotplug, self._guest_agent, static_mounts,
                                    default_mount_type(self.config),
                                    tuple(self.config.mount_types_unsupported))
 
@@ -305,7 +311,7 @@ class HostAgent:
         return [*self.socket_forwards, *dynamic]
 
     def _discard_ram(self) -> None:
-        if not self._suspended and isinstance(self.driver, QemuDriver):
+        if not self._suspended and isinstance(self.driver, Suspendable):
             self.driver.discard_ram_file()
 
     def _remove_runtime_files(self) -> None:
@@ -441,9 +447,9 @@ class HostAgent:
 
     async def suspend(self) -> dict[str, Any]:
         """Save the VM's state to vmstate.bin and end QEMU; `roost resume` loads it."""
-        if not isinstance(self.driver, QemuDriver):
+        if not isinstance(self.driver, Suspendable):
             raise UsageError("this instance's driver cannot suspend")
-        driver: QemuDriver = self.driver
+        driver: Suspendable = self.driver
         try:
             client = await self._guest_agent()
             prep = await client.request("sleep-prep", timeout=120.0)
@@ -458,7 +464,7 @@ class HostAgent:
         except RoostError:
             self.inst.vmstate.unlink(missing_ok=True)
             with contextlib.suppress(RoostError):
-                await driver.hmp("cont")  # a failed migration may leave it paused
+                await driver.continue_running()  # a failed migration may leave it paused
             for error in (await self.mounts.reattach_static(mount_in_guest=True)
                           + await self.mounts.readd(hot)):
                 self.events.add_error(f"after the failed suspend: {error}")
@@ -477,7 +483,7 @@ class HostAgent:
 
     async def _run_restored(self) -> None:
         """Once the saved state is loaded, the VM runs: the saved state is used up."""
-        assert isinstance(self.driver, QemuDriver)
+        assert isinstance(self.driver, Suspendable)
         self.events.emit(phase="resuming")
         await self.driver.run_loaded()
         self.inst.drop_saved_state()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roost.driver.base import Share
+from roost.driver.base import Share, mac_address
 
 GUEST_AGENT_PORT_NAME = "io.roost.guest_agent.0"
 # Spare root ports for file-system hot-plug, in the order they are used.
@@ -106,12 +105,6 @@ def ensure_uefi_vars(path: Path) -> Path:
         tmp.write_bytes(OVMF_VARS.read_bytes())
         tmp.replace(path)
     return path
-
-
-def mac_address(name: str) -> str:
-    """Stable per instance, in the locally administered range Lima uses."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return "52:55:55:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def _option_value(value: str | Path) -> str:
