@@ -28,7 +28,7 @@ from common import scratch_home, summary
 
 from roost.driver.qemu.accel import detect_accel
 from roost.driver.qemu.cmdline import KERNEL_APPEND
-from roost.driver.qemu.driver import find_qemu
+from roost.driver.qemu.machine import find_qemu
 from roost.image.builtin import BuiltinImage, ensure_builtin_image
 from roost.image.cpio import NewcWriter
 

@@ -3,8 +3,21 @@
 Required behaviour is the `Driver` protocol. Optional capabilities
 (file-system hot-plug, snapshots, suspend/resume) are separate protocols,
 discovered with isinstance(), so a driver that lacks one needs no stub.
+Drivers are made by roost.driver.factory from a VMDescription.
 """
 
-from roost.driver.base import Driver, DriverError, DriverInfo, SSHAddress
+from roost.driver.base import (
+    Driver,
+    DriverError,
+    DriverInfo,
+    FileSystemHotplug,
+    Share,
+    SSHAddress,
+    Suspendable,
+    SuspendableDriver,
+    VMDescription,
+    VMSnapshots,
+)
 
-__all__ = ["Driver", "DriverError", "DriverInfo", "SSHAddress"]
+__all__ = ["Driver", "DriverError", "DriverInfo", "FileSystemHotplug", "SSHAddress", "Share",
+           "Suspendable", "SuspendableDriver", "VMDescription", "VMSnapshots"]

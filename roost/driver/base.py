@@ -1,12 +1,20 @@
-"""The driver interface."""
+"""The driver interface: `Driver`, which every driver is, and the optional
+capabilities as protocols of their own, found with isinstance()."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from roost.driver.channel import Dialer
 from roost.errors import RoostError
+
+if TYPE_CHECKING:
+    from roost.config.model import Config
+    from roost.image.disk import PinnedImage
+    from roost.store.instance import Instance
 
 
 class DriverError(RoostError):
@@ -27,6 +35,47 @@ class DriverInfo:
     guest_agent: str  # how the agent is reached, e.g. "virtio-serial:/path/ga.sock"
     pid: int | None = None
     capabilities: list[str] = field(default_factory=list)
+
+
+def mac_address(name: str) -> str:
+    """The guest NIC's MAC, whatever the driver: the cidata network config
+    names it. Stable per instance, in the locally administered range Lima uses."""
+    digest = hashlib.sha256(name.encode()).digest()
+    return "52:55:55:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+@dataclass(frozen=True)
+class Share:
+    """A host folder the VM has from launch (one of roost.yaml's mounts).
+
+    Plain facts, in no driver's terms: the driver decides what device
+    serves it.
+    """
+
+    id: str  # names the share's device
+    type: str  # "virtiofs" (served by a virtiofsd on `socket`) or "9p"
+    tag: str  # what the guest mounts it by
+    host_path: str
+    writable: bool
+    socket: Path | None = None  # virtiofs
+    # virtiofs: a hot-plug place of its own, so that a suspend can unplug it.
+    slot: str | None = None
+    queue_size: int = 1024  # virtiofs
+    security_model: str = "none"  # 9p
+
+
+@dataclass(frozen=True)
+class VMDescription:
+    """What VM to run, as the host agent knows it: the driver builds its
+    machine from this (QEMU: roost.driver.qemu.machine)."""
+
+    inst: Instance  # its files: disk, cidata, sockets, logs, RAM file, saved state
+    config: Config  # cpus, memory, CPU model, firmware, read-only root
+    image: PinnedImage  # what boots
+    ssh_port: int  # on the host's 127.0.0.1
+    shares: tuple[Share, ...] = ()
+    # The VM that suspend saved into inst.vmstate: loaded, not booted.
+    restore: bool = False
 
 
 @runtime_checkable
@@ -62,3 +111,44 @@ class VMSnapshots(Protocol):
 
     async def snapshot_delete(self, tag: str) -> None:
         """Delete `tag`."""
+
+
+@runtime_checkable
+class FileSystemHotplug(Protocol):
+    """Optional capability: file-system devices plugged into the running VM."""
+
+    def hotplug_slots(self) -> tuple[str, ...]:
+        """Where hot-plugged shares can go, in the order to use them."""
+
+    async def hotplug_virtiofs(self, share: Share) -> None:
+        """A virtiofs device for `share` at share.slot; its virtiofsd serves share.socket."""
+
+    async def unplug(self, device_id: str, timeout: float = 10.0) -> None:
+        """Take the device out; return once the guest has released it."""
+
+
+@runtime_checkable
+class Suspendable(Protocol):
+    """Optional capability: the VM's state saved into a file, and a VM
+    restored from it later (roost suspend, roost resume)."""
+
+    async def save_state(self, path: Path, timeout: float = 120.0) -> float:
+        """Save the VM's state into `path`; the VM ends paused. Seconds taken."""
+
+    async def continue_running(self) -> None:
+        """Let the VM run on after a save that failed (it may be left paused)."""
+
+    def machine_as_saved(self, state: Path) -> dict[str, Any]:
+        """suspended.json's entries from which restore_driver() builds this
+        machine again, to load `state` (what save_state() wrote)."""
+
+    async def run_loaded(self, timeout: float = 120.0) -> None:
+        """A restored VM: once its saved state is loaded, let it run."""
+
+    def discard_ram_file(self) -> None:
+        """Delete the guest RAM file, which only a saved state needs."""
+
+
+@runtime_checkable
+class SuspendableDriver(Driver, Suspendable, Protocol):
+    """What restore_driver() gives: a driver loading a saved state."""

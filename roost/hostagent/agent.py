@@ -1,86 +1,65 @@
 """The host agent of one instance: New, then Run, then cleanups in reverse.
 
 New loads the config, allocates the SSH port, writes the cidata ISO and
-ssh.config, and creates the driver. Run starts the driver, serves ha.sock,
-waits for the readiness requirements, then blocks until a signal or the
-VM's exit; every cleanup registered on the way then runs, newest first.
+ssh.config, has the driver made from a VMDescription, and wires the pieces
+together: the guest agent session (session.py), mounts (mounts/), port
+forwarding (portfwd/orchestrator.py) and checkpoints (checkpoint.py). Run
+starts the driver, serves ha.sock, waits for the readiness requirements
+(readiness.py), then blocks until a signal or the VM's exit; every cleanup
+registered on the way then runs, newest first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
 import signal
 import socket
-import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from roost import __version__
 from roost.cidata import GuestIdentity, files_for, write_iso
 from roost.config.loader import Config, load_config
-from roost.driver.base import Driver, VMSnapshots
-from roost.driver.qemu import QemuDriver, find_qemu
-from roost.driver.qemu.accel import detect_accel
-from roost.driver.qemu.cmdline import (
-    KERNEL_APPEND,
-    BootSpec,
-    QemuSpec,
-    ensure_uefi_vars,
+from roost.driver.base import (
+    Driver,
+    FileSystemHotplug,
+    Suspendable,
+    VMDescription,
     mac_address,
-    spec_to_json,
 )
-from roost.errors import RoostError, UsageError
+from roost.driver.factory import create_driver
 from roost.hostagent import readiness
+from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.copytohost import copy_to_host
+from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter, rfc3339_now
-from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.guestagent import GuestAgentError
 from roost.hostagent.mounts.manager import (
     MountManager,
-    MountRecord,
+    boot_shares,
     default_mount_type,
-    qemu_args,
     static_records,
 )
-from roost.hostagent.mounts.sftp import serve_sftp
-from roost.hostagent.portfwd.forward import SSHForward, UnixForward
-from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
-from roost.hostagent.portfwd.rules import HostAddr, Listener
-from roost.hostagent.readiness import SSH_COMMAND_TIMEOUT
+from roost.hostagent.portfwd.orchestrator import PortForwarding
 from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
-from roost.image.disk import PinnedImage, read_pinned
-from roost.sshutil.config import control_argv, guest_user, host_timezone, ssh_argv, write_ssh_files
+from roost.hostagent.session import GuestAgentSession
+from roost.hostagent.sshmaster import close_ssh_master, run_ssh
+from roost.image.disk import read_pinned
+from roost.sshutil.config import guest_user, host_timezone, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
-from roost.store import snapshots
 from roost.store.instance import Instance, write_atomic
 from roost.store.paths import config_dir
-from roost.store.snapshots import check_tag
-from roost_guest.ports import PROC_TABLES, parse_proc_table
 
 if TYPE_CHECKING:
     from roost.hostagent.api import ApiServer
     from roost.hostagent.main import Restore
 
 log = logging.getLogger("roost.hostagent")
-
-SSH_FALLBACK_AFTER = 10.0  # seconds without the guest agent before SSH forwarding
-SSH_POLL_SECONDS = 1.0
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-
-
-class HostAgentError(RoostError):
-    pass
 
 
 def _import_api_server() -> type[ApiServer]:
@@ -95,22 +74,6 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def run_ssh(inst: Instance, command: list[str], timeout: float) -> tuple[int, str]:
-    """Run a command in the guest through the ControlMaster; (status, output)."""
-    proc = await asyncio.create_subprocess_exec(
-        *ssh_argv(inst, command), stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        await proc.wait()
-        raise
-    return proc.returncode or 0, out.decode(errors="replace").strip()
-
-
 class HostAgent:
     def __init__(self, inst: Instance, events: EventEmitter) -> None:
         self.inst = inst
@@ -120,29 +83,25 @@ class HostAgent:
         self.driver: Driver
         self.ssh_port = 0
         self.instance_id = ""
-        self.guest_agent: GuestAgentClient | None = None
         self.attach_pid: int | None = None
         self.resume_state: dict[str, Any] | None = None
         self._prestarted = False  # QEMU already started (loading a saved state)
-        self._suspended = False
         self.mount_errors = False
         self.copy_errors: list[str] = []
-        self.guest_health: dict[str, Any] = {}
-        self._guest_agent_lock = asyncio.Lock()
         self.results: list[Result] = []
         self.started_at = rfc3339_now()
         self._stop = asyncio.Event()
         self._forced = False
-        self.forwarder: PortForwarder | None = None
-        self.mounts: MountManager
-        self.socket_forwards: list[dict[str, Any]] = []
         self.config_digest = ""
-        self._early_wake: asyncio.Future[GuestAgentClient] | None = None
+        # The pieces New wires together.
+        self.session: GuestAgentSession
+        self.mounts: MountManager
+        self.port_forwarding: PortForwarding
+        self.checkpoints: Checkpoints
         # What `roost ls` shows: starting until readiness is decided, then
         # running or degraded, with what failed.
         self.ready_state = "starting"
         self.degraded_by: list[str] = []
-        self._woken_early = False
 
     # -- New ------------------------------------------------------------------
 
@@ -188,41 +147,25 @@ class HostAgent:
         for rec in static_mounts if self.resume_state is not None else []:
             rec.detached = True  # the saved VM has them unmounted (MountManager.detach_all)
         # A restored VM is the machine it was saved from, whatever roost.yaml says now.
-        self.driver = restore.driver if restore else QemuDriver(self._qemu_spec(static_mounts),
-                                                                 inst.qemu_log)
+        self.driver = restore.driver if restore else create_driver(VMDescription(
+            inst=inst, config=self.config, image=read_pinned(inst), ssh_port=self.ssh_port,
+            shares=boot_shares(static_mounts, inst.dir), restore=self.resume_state is not None))
         self._prestarted = restore is not None
-        self._early_wake = restore.woken if restore else None
-        self._woken_early = self._early_wake is not None
-        self.mounts = MountManager(inst.dir, self.driver, self._guest_agent, static_mounts,
+        self.session = GuestAgentSession(
+            self.driver.guest_agent_dialer(), self.events, instance=inst.name,
+            allow_exec=self.config.guest_agent.allow_exec, changed=self._write_runtime,
+            early=restore.woken if restore else None)
+        hotplug = self.driver if isinstance(self.driver, FileSystemHotplug) else None
+        self.mounts = MountManager(inst.dir, hotplug, self.session.open, static_mounts,
                                    default_mount_type(self.config),
                                    tuple(self.config.mount_types_unsupported))
-
-    def _qemu_spec(self, static_mounts: list[MountRecord]) -> QemuSpec:
-        inst, pinned = self.inst, read_pinned(self.inst)
-        qemu = find_qemu()
-        return QemuSpec(
-            name=inst.name, qemu=qemu, accel=detect_accel(qemu), cpus=self.config.cpus,
-            memory=self.config.memory, disk=inst.disk, cidata=inst.cidata,
-            ssh_port=self.ssh_port, qmp_sock=inst.qmp_sock, ga_sock=inst.ga_sock,
-            serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
-            boot=self._boot_spec(pinned),
-            cpu_type=self.config.cpu_type,
-            extra=tuple(qemu_args(static_mounts, inst.dir,
-                                  virtiofs_devices=self.resume_state is None)),
-            ram_file=inst.ram_file,
-            incoming=inst.vmstate if self.resume_state else None,
-        )
-
-    def _boot_spec(self, pinned: PinnedImage) -> BootSpec:
-        if pinned.kind == "builtin":
-            return BootSpec(pinned.kernel, pinned.initrd, KERNEL_APPEND
-                            + (" roost.overlay=1" if self.config.read_only_root else ""))
-        if pinned.kernel is not None:  # an image's own kernel (Lima's images[].kernel)
-            return BootSpec(pinned.kernel, pinned.initrd,
-                            pinned.kernel_cmdline or "root=LABEL=cloudimg-rootfs ro console=ttyS0")
-        if not self.config.firmware.legacy_bios:
-            return BootSpec(uefi_vars=ensure_uefi_vars(self.inst.path("uefi-vars.fd")))
-        return BootSpec()  # SeaBIOS boots the disk
+        self.port_forwarding = PortForwarding(inst, list(self.config.port_forwards),
+                                              self.session, self.events, self._write_runtime)
+        self.checkpoints = Checkpoints(
+            inst, self.driver, self.session, self.mounts, self.events,
+            identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
+                      "instanceId": self.instance_id, "startedAt": self.started_at},
+            stop=self._stop.set, wait_ssh=self._wait_ssh_again)
 
     def _stop_now(self) -> None:
         self._forced = True
@@ -272,12 +215,12 @@ class HostAgent:
                              instanceId=self.instance_id)
             await self.driver.start()
         self.cleanups.push("stop the VM", lambda: self.driver.stop(
-            graceful=not (self._forced or self._suspended)))
+            graceful=not (self._forced or self.checkpoints.suspended)))
         woken: asyncio.Future[None] | None = None
         if self.resume_state is not None:
-            await self._run_restored()
-            woken = asyncio.ensure_future(self._wake())
-        self.cleanups.push("close the SSH master", self._close_ssh_master)
+            await self.checkpoints.run_restored()
+            woken = asyncio.ensure_future(self.checkpoints.wake(self.resume_state))
+        self.cleanups.push("close the SSH master", lambda: close_ssh_master(inst))
         self._write_runtime()
 
         # Readiness runs beside the API's start-up (aiohttp's import alone is
@@ -314,7 +257,8 @@ class HostAgent:
 
     async def _start_api(self) -> None:
         api_server = await asyncio.to_thread(_import_api_server)  # the loop goes on meanwhile
-        api = api_server(self.info, self.events.snapshot, self.mounts, self)
+        api = api_server(self.info, self.events.snapshot, self.mounts, self.session,
+                         self.checkpoints)
         await api.start(self.inst.ha_sock)
         self.cleanups.push("close ha.sock", lambda: api.close(self.inst.ha_sock))
 
@@ -330,35 +274,17 @@ class HostAgent:
         write_atomic(self.inst.runtime, json.dumps({
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
-            "portForwards": self.port_forwards(),
-            "health": self.guest_health.get("summary", "-"),
+            "portForwards": self.port_forwarding.active(),
+            "health": self.session.health.get("summary", "-"),
             "state": self.ready_state, "degradedBy": self.degraded_by,
         }) + "\n")
 
-    def port_forwards(self) -> list[dict[str, Any]]:
-        dynamic = self.forwarder.active() if self.forwarder is not None else []
-        return [*self.socket_forwards, *dynamic]
-
     def _discard_ram(self) -> None:
-        if not self._suspended and isinstance(self.driver, QemuDriver):
+        if not self.checkpoints.suspended and isinstance(self.driver, Suspendable):
             self.driver.discard_ram_file()
 
     def _remove_runtime_files(self) -> None:
         self.inst.runtime.unlink(missing_ok=True)
-
-    async def _close_ssh_master(self) -> None:
-        if not self.inst.ssh_sock.exists():
-            return
-        proc = await asyncio.create_subprocess_exec(
-            *control_argv(self.inst, "exit"), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-        )
-        try:
-            await asyncio.wait_for(proc.wait(), 5)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-        self.inst.ssh_sock.unlink(missing_ok=True)
 
     def info(self) -> dict[str, Any]:
         d = self.driver.info()
@@ -370,8 +296,8 @@ class HostAgent:
                        "sshAddress": f"{d.ssh.host}:{d.ssh.port}",
                        "guestAgent": d.guest_agent, "capabilities": d.capabilities},
             "requirements": [r.to_json() for r in self.results],
-            "portForwards": self.port_forwards(),
-            "portForwardsFailed": self.forwarder.failed() if self.forwarder else [],
+            "portForwards": self.port_forwarding.active(),
+            "portForwardsFailed": self.port_forwarding.failed(),
             "mounts": self.mounts.listing(),
             "status": self.events.snapshot(),
         }
@@ -382,10 +308,10 @@ class HostAgent:
                      ) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
         async def ping_agent() -> None:
             try:
-                client = await self._guest_agent()
+                client = await self.session.open()
                 await client.request("ping", timeout=2.0)
             except GuestAgentError as e:
-                await self._drop_guest_agent()
+                await self.session.drop()
                 raise NotReady(str(e)) from None
 
         async def ssh(command: list[str], timeout: float) -> tuple[int, str]:
@@ -397,262 +323,14 @@ class HostAgent:
             emit=self.events.emit_transient)
         return readiness.requirements(ctx, resumed)
 
-    async def _guest_agent(self) -> GuestAgentClient:
-        """The one session with the guest agent, opened on first use.
-
-        Serialized: a virtio-serial port takes one host connection at a time,
-        and a second dial would wait unanswered behind the first.
-        """
-        async with self._guest_agent_lock:
-            if self._early_wake is not None:
-                early, self._early_wake = self._early_wake, None
-                try:
-                    self.guest_agent = await early
-                except GuestAgentError as e:
-                    self.events.add_error(f"the guest agent did not wake: {e}")
-            if self.guest_agent is None or not self.guest_agent.connected:
-                client = GuestAgentClient(self.driver.guest_agent_dialer())
-                try:
-                    await client.connect()
-                except OSError as e:
-                    raise GuestAgentError(f"cannot connect to the guest agent: {e}") from None
-                self.guest_agent = client
-            return self.guest_agent
-
-    async def _drop_guest_agent(self) -> None:
-        client, self.guest_agent = self.guest_agent, None
-        if client is not None:
-            await client.close()
-
-    # -- port forwarding --------------------------------------------------------
-
-    def _port_forward_event(self, event: dict[str, Any]) -> None:
-        self.events.emit_transient(portForward=event)
-        self._write_runtime()
-
-    async def _start_port_forwarding(self) -> None:
-        """Static socket forwards now; dynamic ones follow the guest agent."""
-        opener = self._guest_agent
-        for rule in self.config.port_forwards:
-            if rule.guest_socket is None or rule.host_socket is None or rule.reverse:
-                continue
-            fwd = UnixForward(opener, rule.host_socket, rule.guest_socket)
-            entry = {"protocol": "unix", "guestAddr": rule.guest_socket,
-                     "hostAddr": rule.host_socket, "via": "agent"}
-            try:
-                await fwd.start()
-            except OSError as e:
-                self._port_forward_event({**entry, "type": "failed",
-                                          "error": f"cannot listen on {rule.host_socket}: {e}"})
-                continue
-            self.cleanups.push(f"stop {fwd.description}", fwd.stop)
-            self.socket_forwards.append(entry)
-            self._port_forward_event({**entry, "type": "forwarding"})
-        self.forwarder = PortForwarder(list(self.config.port_forwards), opener,
-                                       self._port_forward_event)
-        self.cleanups.push("stop port forwards", self.forwarder.close)
-        task = asyncio.ensure_future(self._follow_ports(self.forwarder))
-        self.cleanups.push("stop following guest ports", lambda: _cancel(task))
-
-    async def _follow_ports(self, forwarder: PortForwarder) -> None:
-        """Follow the guest agent's port events; without it, poll over SSH."""
-        unreachable_since = time.monotonic()
-        reverse = {r.guest_socket: r.host_socket for r in self.config.port_forwards
-                   if r.reverse and r.guest_socket and r.host_socket}
-        while True:
-            try:
-                await follow_guest_agent(forwarder, self._guest_agent, reverse,
-                                         self._guest_stream, self._guest_event)
-                unreachable_since = time.monotonic()
-                log.info("guest agent session ended; reconnecting")
-            except (GuestAgentError, OSError) as e:
-                log.debug("guest agent unreachable: %s", e)
-            await self._drop_guest_agent()
-            if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
-                await self._ssh_port_poll(forwarder)
-            await asyncio.sleep(0.2)
-
-    # -- suspend and resume -------------------------------------------------------
-
-    async def suspend(self) -> dict[str, Any]:
-        """Save the VM's state to vmstate.bin and end QEMU; `roost resume` loads it."""
-        if not isinstance(self.driver, QemuDriver):
-            raise UsageError("this instance's driver cannot suspend")
-        driver: QemuDriver = self.driver
-        try:
-            client = await self._guest_agent()
-            prep = await client.request("sleep-prep", timeout=120.0)
-        except GuestAgentError as e:
-            raise HostAgentError(f"the guest agent could not prepare for sleep: {e}") from None
-        detached = [m["mountPoint"] for m in self.mounts.listing()]
-        hot: list[dict[str, Any]] = []
-        try:
-            hot = await self.mounts.detach_all()  # shares block saving the VM state
-            await self._drop_guest_agent()
-            seconds = await driver.save_state(self.inst.vmstate)
-        except RoostError:
-            self.inst.vmstate.unlink(missing_ok=True)
-            with contextlib.suppress(RoostError):
-                await driver.hmp("cont")  # a failed migration may leave it paused
-            for error in (await self.mounts.reattach_static(mount_in_guest=True)
-                          + await self.mounts.readd(hot)):
-                self.events.add_error(f"after the failed suspend: {error}")
-            raise
-        # The machine as saved: roost.yaml's virtiofs devices are unplugged.
-        machine = dataclasses.replace(
-            driver.spec, incoming=self.inst.vmstate,
-            extra=tuple(qemu_args([r for r in self.mounts.records.values() if not r.ephemeral],
-                                  self.inst.dir, virtiofs_devices=False)))
-        write_atomic(self.inst.suspended, json.dumps({
-            "qemu": spec_to_json(machine), "configDigest": self.config_digest,
-            "sshLocalPort": self.ssh_port, "instanceId": self.instance_id,
-            "startedAt": self.started_at, "suspendedAt": rfc3339_now(), "mounts": hot,
-            "saveSeconds": round(seconds, 3),
-        }) + "\n")
-        self._suspended = True
-        self.events.emit(phase="suspended")
-        self._stop.set()  # the cleanups quit QEMU (its state is saved)
-        return {"saveSeconds": round(seconds, 3), "checkpoints": prep.get("checkpoints", []),
-                "detachedMounts": detached}
-
-    async def _run_restored(self) -> None:
-        """Once the saved state is loaded, the VM runs: the saved state is used up."""
-        assert isinstance(self.driver, QemuDriver)
-        self.events.emit(phase="resuming")
-        await self.driver.run_loaded()
-        self.inst.drop_saved_state()
-
-    async def _wake(self) -> None:
-        """Wake the restored guest (restore_cmds, clock); put back its runtime mounts."""
-        assert self.resume_state is not None
-        try:
-            client = await self._guest_agent()  # adopts the session that woke it early
-            if not self._woken_early:
-                await client.request("wake", timeout=60.0, time=time.time())
-        except GuestAgentError as e:
-            self.events.add_error(f"the guest agent did not wake: {e}")
-        # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
-        for error in (await self.mounts.reattach_static(mount_in_guest=False)
-                      + await self.mounts.readd(self.resume_state.get("mounts", []))):
-            self.events.add_error(f"after resume: {error}")
-
-    def _vm_snapshots(self) -> VMSnapshots:
-        if not isinstance(self.driver, VMSnapshots):
-            raise UsageError("this instance's driver cannot snapshot a running VM; stop it first")
-        return self.driver
-
-    async def snapshot_create(self, tag: str) -> dict[str, Any]:
-        check_tag(tag)
-        if snapshots.find(self.inst, tag) is not None:
-            raise UsageError(f"snapshot {tag!r} already exists")
-        kind = await self._vm_snapshots().snapshot_save(tag)
-        return {"tag": tag, "state": kind}
-
-    async def snapshot_apply(self, tag: str) -> dict[str, Any]:
-        snap = snapshots.find(self.inst, check_tag(tag))
-        if snap is None:
-            raise UsageError(f"no snapshot {tag!r}")
-        if not snap["vmStateSize"]:
-            raise UsageError(f"snapshot {tag!r} holds the disk only; stop the instance "
-                             "to apply it")
-        await self._vm_snapshots().snapshot_load(tag)
-        # The guest is back at the snapshot: its TCP state no longer matches
-        # the SSH master's, so a new master; a fresh guest agent session (its
-        # hello resets the guest's side); the wall clock set to now.
-        await self._close_ssh_master()
-        await self._drop_guest_agent()
-        with contextlib.suppress(GuestAgentError):
-            client = await self._guest_agent()
-            await client.request("set-clock", time=time.time())
-        await self._wait_ssh_again()
-        return {"tag": tag, "applied": True}
-
     async def _wait_ssh_again(self) -> None:
-        """The essential requirements again, as after boot."""
+        """The essential requirements again, as after boot (a snapshot was applied)."""
         essential, _, _ = self.requirements()
         for req in essential:
             result = await wait_for(req)
             if not result.ok:
                 raise HostAgentError(f"after the restore: {result.error} "
                                      f"(hint: {req.debug_hint})")
-
-    async def snapshot_delete(self, tag: str) -> dict[str, Any]:
-        if snapshots.find(self.inst, check_tag(tag)) is None:
-            raise UsageError(f"no snapshot {tag!r}")
-        await self._vm_snapshots().snapshot_delete(tag)
-        return {"tag": tag, "deleted": True}
-
-    async def execute(self, argv: list[str], timeout: float
-                      ) -> AsyncIterator[tuple[str, bytes | int]]:
-        if not self.config.guest_agent.allow_exec:
-            raise UsageError(
-                f"exec is disabled for {self.inst.name}: it is a dev-only door into the "
-                "guest; set guestAgent.allowExec: true in roost.yaml and restart to enable it")
-        try:
-            client = await self._guest_agent()
-            async for item in client.execute(argv, timeout):
-                yield item
-        except GuestAgentError as e:
-            raise HostAgentError(str(e)) from None
-
-    def _guest_event(self, event: dict[str, Any]) -> None:
-        """Health and worker changes, pushed by the guest agent, into our events."""
-        kind = event.get("event")
-        body = {k: v for k, v in event.items() if k != "event"}
-        if kind == "health":
-            self.guest_health = body
-            self.events.emit(guestHealth={"summary": body.get("summary", "-"),
-                                          "checks": body.get("checks", [])})
-        elif kind == "worker":
-            self.events.emit(worker={"state": body.get("state"),
-                                     "lastBusyAt": body.get("lastBusyAt")})
-        elif kind == "probes":
-            self.events.emit_transient(probes=body.get("probes", []))
-        else:
-            return
-        self._write_runtime()
-
-    async def guest_request(self, kind: str) -> dict[str, Any]:
-        try:
-            client = await self._guest_agent()
-        except GuestAgentError as e:
-            raise HostAgentError(f"the guest agent does not answer: {e}") from None
-        try:
-            return await client.request(kind, timeout=120.0)
-        except GuestAgentError as e:
-            if not client.connected:
-                raise HostAgentError(f"the guest agent does not answer: {e}") from None
-            raise UsageError(str(e)) from None  # the guest refused this request
-
-    async def _guest_stream(self, event: dict[str, Any], stream: Any) -> None:
-        """Guest-initiated streams other than reverse forwards: reverse sshfs."""
-        path = str(event.get("path", ""))
-        if path.startswith("sftp:/"):
-            await serve_sftp(stream, path[len("sftp:"):], bool(event.get("readonly")))
-        else:
-            await stream.reset(f"nothing on the host serves {path!r}")
-
-    async def _ssh_port_poll(self, forwarder: PortForwarder) -> None:
-        """One round of the fallback: guest listeners from /proc/net over SSH."""
-        if forwarder.fallback is None:
-            log.warning("guest agent unreachable; forwarding TCP ports over SSH")
-            await forwarder.close()
-            base = ssh_argv(self.inst, [])
-
-            def ssh_forward(host: HostAddr, guest_host: str, guest_port: int) -> SSHForward:
-                return SSHForward(base, host.ip, host.port, guest_host, guest_port)
-
-            forwarder.fallback = ssh_forward
-        tables = [t for t in PROC_TABLES if t[0] == "tcp"]
-        script = "; ".join(f"cat {path}; echo @@" for _, path, _ in tables)
-        status, out = await run_ssh(self.inst, ["sh", "-c", script], SSH_COMMAND_TIMEOUT)
-        if status != 0:
-            return
-        listeners = []
-        for (proto, _, state), text in zip(tables, out.split("@@"), strict=False):
-            listeners += [Listener(*t) for t in parse_proc_table(proto, state, text.strip())]
-        await forwarder.sync(listeners)
-        await asyncio.sleep(SSH_POLL_SECONDS)
 
     async def _run_list(self, reqs: list[Requirement]) -> list[Result]:
         results = []
@@ -668,13 +346,13 @@ class HostAgent:
     async def _become_ready(self, api_up: asyncio.Event,
                             woken: asyncio.Future[None] | None) -> None:
         essential, optional, final = self.requirements(resumed=self.resume_state is not None)
-        self.cleanups.push("disconnect the guest agent", self._drop_guest_agent)
+        self.cleanups.push("disconnect the guest agent", self.session.drop)
         # The guest agent is independent of SSH: wait for both at once.
         optional_task = asyncio.ensure_future(self._run_list(optional))
         try:
             results = await self._run_list(essential)
             if all(r.ok for r in results):
-                await self._start_port_forwarding()
+                await self.port_forwarding.start(self.cleanups)
                 results += await self._run_list(final)
             results += await optional_task
             if woken is not None:
@@ -699,7 +377,7 @@ class HostAgent:
         failed: list[Any] = [r for r in results if not r.ok]
         for r in failed:
             self.events.add_error(f"{r.error} (hint: {r.requirement.debug_hint})")
-        agent = {"connected": self.guest_agent is not None and self.guest_agent.connected}
+        agent = {"connected": self.session.connected}
         self.degraded_by = [r.requirement.name for r in failed] + (
             ["mounts"] if self.mount_errors else []) + (
             ["copyToHost"] if self.copy_errors else [])

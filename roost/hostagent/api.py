@@ -52,29 +52,35 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class Guest(Protocol):
-    """What the API asks of the guest agent session."""
+    """What the API asks of the guest agent session (roost.hostagent.session)."""
 
-    async def guest_request(self, kind: str) -> dict[str, Any]: ...
-
-    async def snapshot_create(self, tag: str) -> dict[str, Any]: ...
-
-    async def suspend(self) -> dict[str, Any]: ...
-
-    async def snapshot_apply(self, tag: str) -> dict[str, Any]: ...
-
-    async def snapshot_delete(self, tag: str) -> dict[str, Any]: ...
+    async def request(self, kind: str) -> dict[str, Any]: ...
 
     def execute(self, argv: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes | int]]:
         ...
 
 
+class Checkpoints(Protocol):
+    """What the API asks of suspend and snapshots (roost.hostagent.checkpoint)."""
+
+    async def suspend(self) -> dict[str, Any]: ...
+
+    async def snapshot_create(self, tag: str) -> dict[str, Any]: ...
+
+    async def snapshot_apply(self, tag: str) -> dict[str, Any]: ...
+
+    async def snapshot_delete(self, tag: str) -> dict[str, Any]: ...
+
+
 class ApiServer:
     def __init__(self, info: Callable[[], dict[str, Any]],
-                 status: Callable[[], dict[str, Any]], mounts: Mounts, guest: Guest) -> None:
+                 status: Callable[[], dict[str, Any]], mounts: Mounts, guest: Guest,
+                 checkpoints: Checkpoints) -> None:
         self._info = info
         self._status = status
         self._mounts = mounts
         self._guest = guest
+        self._checkpoints = checkpoints
         self.app = web.Application(middlewares=[_errors])
         self.app.router.add_get("/v1/info", self._get_info)
         self.app.router.add_get("/v1/status", self._get_status)
@@ -91,17 +97,17 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
 
     async def _suspend(self, request: web.Request) -> web.Response:
-        return web.json_response(await self._guest.suspend())
+        return web.json_response(await self._checkpoints.suspend())
 
     async def _snapshot(self, request: web.Request) -> web.Response:
         try:
             if request.method == "DELETE":
-                result = await self._guest.snapshot_delete(request.match_info["tag"])
+                result = await self._checkpoints.snapshot_delete(request.match_info["tag"])
             elif "tag" in request.match_info:
-                result = await self._guest.snapshot_apply(request.match_info["tag"])
+                result = await self._checkpoints.snapshot_apply(request.match_info["tag"])
             else:
                 body = await request.json()
-                result = await self._guest.snapshot_create(str(body["tag"]))
+                result = await self._checkpoints.snapshot_create(str(body["tag"]))
         except (ValueError, KeyError, TypeError):
             return _error(400, "expected JSON with tag")
         return web.json_response(result)
@@ -110,7 +116,7 @@ class ApiServer:
         """/v1/guest/{status,health,probes,diff}: the guest agent's answer as it is."""
         kind = request.path.rsplit("/", 1)[-1]
         try:
-            return web.json_response(await self._guest.guest_request(kind))
+            return web.json_response(await self._guest.request(kind))
         except UsageError as e:
             return _error(400, str(e))
         except RoostError as e:

@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from roost.driver.qemu.cmdline import spec_from_json
-from roost.driver.qemu.driver import QemuDriver
+from roost.driver.base import Driver, SuspendableDriver
+from roost.driver.factory import restore_driver
 from roost.errors import RoostError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
@@ -88,7 +88,7 @@ def _import_host_agent() -> type[HostAgent]:
 class Restore:
     """A QEMU loading a suspended instance's state (perhaps running it already)."""
 
-    driver: QemuDriver
+    driver: SuspendableDriver
     saved: dict[str, Any]  # suspended.json, read before the VM could run
     # When it runs: the guest agent session that is waking it (see _wake).
     woken: asyncio.Future[GuestAgentClient] | None = None
@@ -99,10 +99,10 @@ async def _start_restore(inst: Instance, events: EventEmitter) -> Restore | None
     if not inst.suspended.exists() or inst.qemu_pid_alive():
         return None
     saved = json.loads(inst.suspended.read_text())
-    if "qemu" not in saved:  # saved by an older roost: HostAgent.new rebuilds the machine
+    driver = restore_driver(inst, saved)
+    if driver is None:  # saved by an older roost: HostAgent.new rebuilds the machine
         return None
-    driver = QemuDriver(spec_from_json(saved["qemu"]), inst.qemu_log)
-    events.emit(phase="restoring the saved state", sshLocalPort=driver.spec.ssh_port,
+    events.emit(phase="restoring the saved state", sshLocalPort=driver.info().ssh.port,
                 instanceId=saved.get("instanceId"))
     await driver.start()
     if saved.get("configDigest") and saved["configDigest"] == inst.config_digest():
@@ -116,7 +116,7 @@ async def _start_restore(inst: Instance, events: EventEmitter) -> Restore | None
     return Restore(driver, saved)
 
 
-async def _wake(driver: QemuDriver) -> GuestAgentClient:
+async def _wake(driver: Driver) -> GuestAgentClient:
     """The guest agent's `wake`, sent as soon as the restored VM runs: under
     TCG the guest is slow until its code is translated again, and this way
     that happens while the host agent is still being imported."""
@@ -133,7 +133,7 @@ async def _wake(driver: QemuDriver) -> GuestAgentClient:
     return client
 
 
-async def _abandon(inst: Instance, driver: QemuDriver,
+async def _abandon(inst: Instance, driver: SuspendableDriver,
                    woken: asyncio.Future[GuestAgentClient] | None = None) -> None:
     """End a restore that cannot go on. Still paused, the saved state is kept
     for another try; once the VM has run, only a cold start is left."""
@@ -143,4 +143,4 @@ async def _abandon(inst: Instance, driver: QemuDriver,
             await (await woken).close()
     await driver.stop(graceful=False)
     if not inst.suspended.exists():
-        inst.ram_file.unlink(missing_ok=True)
+        driver.discard_ram_file()

@@ -4,11 +4,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+from roost.driver.base import mac_address
 from roost.driver.qemu.cmdline import (
     BootSpec,
     QemuSpec,
     build_argv,
-    mac_address,
     spec_from_json,
     spec_to_json,
 )

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from roost.driver.base import Share, mac_address
+
 GUEST_AGENT_PORT_NAME = "io.roost.guest_agent.0"
-HOTPLUG_SLOTS = 8
+# Spare root ports for file-system hot-plug, in the order they are used.
+HOTPLUG_SLOTS = tuple(f"hp{i}" for i in range(8))
+STATIC_CHASSIS = 100  # pcie-root-port chassis numbers of boot-time virtiofs shares
 GUEST_NET = "192.168.5.0/24"
 KERNEL_APPEND = "console=ttyS0 quiet panic=-1 cryptomgr.notests 8250.nr_uarts=1"
 
@@ -50,7 +53,13 @@ class QemuSpec:
     serial_log: Path
     pidfile: Path
     boot: BootSpec
-    extra: tuple[str, ...] = ()  # e.g. boot-time devices of static mounts
+    shares: tuple[Share, ...] = ()  # roost.yaml's mounts, devices from launch
+    # False: the machine a suspended VM was saved as. Its virtiofs devices
+    # were unplugged (they block saving the state); their root ports stay.
+    virtiofs_devices: bool = True
+    # More arguments, last. Suspended VMs saved by an older roost have their
+    # shares' devices here as arguments.
+    extra: tuple[str, ...] = ()
     # Guest RAM in this file (shared): suspend then saves only device state
     # (x-ignore-shared), and the RAM file is the rest of the saved VM.
     ram_file: Path | None = None
@@ -79,6 +88,7 @@ def spec_from_json(data: dict[str, Any]) -> QemuSpec:
 
     fields = typed(QemuSpec, data)
     fields["boot"] = BootSpec(**typed(BootSpec, data["boot"]))
+    fields["shares"] = tuple(Share(**typed(Share, s)) for s in data.get("shares", ()))
     fields["extra"] = tuple(data.get("extra", ()))
     return QemuSpec(**fields)
 
@@ -95,12 +105,6 @@ def ensure_uefi_vars(path: Path) -> Path:
         tmp.write_bytes(OVMF_VARS.read_bytes())
         tmp.replace(path)
     return path
-
-
-def mac_address(name: str) -> str:
-    """Stable per instance, in the locally administered range Lima uses."""
-    digest = hashlib.sha256(name.encode()).digest()
-    return "52:55:55:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
 def _option_value(value: str | Path) -> str:
@@ -162,8 +166,32 @@ def build_argv(spec: QemuSpec) -> list[str]:
         "-pidfile", str(spec.pidfile),
     ]
     # Spare root ports for file-system hot-plug (ACPI hot-plug on q35).
-    for i in range(HOTPLUG_SLOTS):
-        argv += ["-device", f"pcie-root-port,id=hp{i},bus=pcie.0,chassis={i + 1}"]
+    for i, slot in enumerate(HOTPLUG_SLOTS):
+        argv += ["-device", f"pcie-root-port,id={slot},bus=pcie.0,chassis={i + 1}"]
     if spec.incoming is not None:
         argv += ["-S", "-incoming", "defer"]
-    return argv + list(spec.extra)
+    return argv + share_argv(spec.shares, spec.virtiofs_devices) + list(spec.extra)
+
+
+def share_argv(shares: tuple[Share, ...], virtiofs_devices: bool = True) -> list[str]:
+    """Boot-time devices of the shares: virtiofs on a root port of its own
+    (unpluggable for a suspend), 9p as an fsdev (QEMU has no fsdev_add)."""
+    args: list[str] = []
+    for i, share in enumerate(shares):
+        if share.type == "virtiofs":
+            args += ["-device", f"pcie-root-port,id={share.slot},bus=pcie.0,"
+                                f"chassis={STATIC_CHASSIS + i}"]
+            if not virtiofs_devices:
+                continue
+            assert share.socket is not None, "a virtiofs share has virtiofsd's socket"
+            args += ["-chardev", f"socket,id={share.id}-chr,path={_option_value(share.socket)}",
+                     "-device", f"vhost-user-fs-pci,id={share.id},bus={share.slot},"
+                                f"chardev={share.id}-chr,tag={share.tag},"
+                                f"queue-size={share.queue_size}"]
+        elif share.type == "9p":
+            ro = "" if share.writable else ",readonly=on"
+            args += ["-fsdev", f"local,id={share.id}-fs,path={_option_value(share.host_path)},"
+                               f"security_model={share.security_model}{ro}",
+                     "-device", f"virtio-9p-pci,id={share.id},"
+                                f"fsdev={share.id}-fs,mount_tag={share.tag}"]
+    return args

@@ -6,30 +6,20 @@ import asyncio
 import contextlib
 import logging
 import os
-import shutil
 import signal
 from pathlib import Path
 from typing import Any
 
-from roost.driver.base import DriverError, DriverInfo, SSHAddress
+from roost.driver.base import DriverError, DriverInfo, Share, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
-from roost.driver.qemu.cmdline import QemuSpec, build_argv
+from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
+from roost.driver.qemu.machine import saved_entries
 
 log = logging.getLogger(__name__)
 
 QMP_CONNECT_SECONDS = 30.0
 POWERDOWN_SECONDS = 30.0
 QUIT_SECONDS = 5.0
-
-
-def find_qemu() -> str:
-    qemu = shutil.which("qemu-system-x86_64")
-    if qemu is None:
-        raise DriverError(
-            "qemu-system-x86_64 was not found; install it (scripts/setup.sh does: "
-            "apt-get install qemu-system-x86 qemu-utils)"
-        )
-    return qemu
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -44,6 +34,9 @@ async def _exit_status(proc: asyncio.subprocess.Process) -> int | None:
 
 
 class QemuDriver:
+    """Driver, with every optional capability: FileSystemHotplug, VMSnapshots
+    and Suspendable (see roost.driver.base)."""
+
     def __init__(self, spec: QemuSpec, log_path: Path) -> None:
         self.spec = spec
         self.log_path = log_path
@@ -102,10 +95,6 @@ class QemuDriver:
             await self._qmp_execute("migrate-set-capabilities", {"capabilities": [
                 {"capability": "x-ignore-shared", "state": True}]})
 
-    def discard_ram_file(self) -> None:
-        if self.spec.ram_file is not None:
-            self.spec.ram_file.unlink(missing_ok=True)
-
     async def attach(self, pid: int) -> None:
         """Take over a QEMU that a previous host agent started and lost.
 
@@ -150,20 +139,24 @@ class QemuDriver:
 
     # -- file-system hot-plug capability -------------------------------------
 
-    async def hotplug_virtiofs(self, device_id: str, slot: str, socket_path: Path,
-                               tag: str, queue_size: int = 1024) -> None:
+    def hotplug_slots(self) -> tuple[str, ...]:
+        return HOTPLUG_SLOTS
+
+    async def hotplug_virtiofs(self, share: Share) -> None:
         """vhost-user-fs-pci on a spare root port, talking to a running virtiofsd."""
-        chardev = f"{device_id}-chr"
+        if share.socket is None or share.slot is None:
+            raise DriverError(f"virtiofs share {share.id} needs virtiofsd's socket and a slot")
+        chardev = f"{share.id}-chr"
         await self._qmp_execute("chardev-add", {
             "id": chardev,
             "backend": {"type": "socket", "data": {
-                "addr": {"type": "unix", "data": {"path": str(socket_path)}},
+                "addr": {"type": "unix", "data": {"path": str(share.socket)}},
                 "server": False}},
         })
         try:
             await self._qmp_execute("device_add", {
-                "driver": "vhost-user-fs-pci", "id": device_id, "bus": slot,
-                "chardev": chardev, "tag": tag, "queue-size": queue_size,
+                "driver": "vhost-user-fs-pci", "id": share.id, "bus": share.slot,
+                "chardev": chardev, "tag": share.tag, "queue-size": share.queue_size,
             })
         except BaseException:
             with contextlib.suppress(Exception):
@@ -189,7 +182,7 @@ class QemuDriver:
 
     # -- snapshots of the running VM ------------------------------------------
 
-    async def hmp(self, command: str) -> str:
+    async def _hmp(self, command: str) -> str:
         """An HMP command through QMP; HMP reports errors as output text."""
         out = await self._qmp_execute("human-monitor-command", {"command-line": command})
         return str(out or "").strip()
@@ -201,7 +194,7 @@ class QemuDriver:
         saving VM state (vhost-user-fs, a mounted 9p export): then only the
         disk is snapshotted, consistently, while the VM runs on.
         """
-        out = await self.hmp(f"savevm {tag}")
+        out = await self._hmp(f"savevm {tag}")
         if not out:
             return "vm"
         if "blocked" in out.lower() or "migrat" in out.lower():
@@ -209,6 +202,18 @@ class QemuDriver:
                                     {"device": "root", "name": tag})
             return "disk"
         raise DriverError(f"savevm {tag}: {out}")
+
+    async def snapshot_load(self, tag: str) -> None:
+        out = await self._hmp(f"loadvm {tag}")
+        if out:
+            raise DriverError(f"loadvm {tag}: {out}")
+
+    async def snapshot_delete(self, tag: str) -> None:
+        out = await self._hmp(f"delvm {tag}")
+        if out:
+            raise DriverError(f"delvm {tag}: {out}")
+
+    # -- suspend and resume ---------------------------------------------------
 
     async def save_state(self, path: Path, timeout: float = 120.0) -> float:
         """Migrate the VM's state into `path` (it ends paused); seconds taken."""
@@ -229,6 +234,18 @@ class QemuDriver:
                 await self._qmp_execute("migrate_cancel")
                 raise DriverError(f"saving the VM state took over {timeout:g}s")
             await asyncio.sleep(0.01)
+
+    def machine_as_saved(self, state: Path) -> dict[str, Any]:
+        """suspended.json's entries from which this machine is built again
+        to load `state` (what save_state() wrote)."""
+        return saved_entries(self.spec, state)
+
+    async def continue_running(self) -> None:
+        await self._qmp_execute("cont")
+
+    def discard_ram_file(self) -> None:
+        if self.spec.ram_file is not None:
+            self.spec.ram_file.unlink(missing_ok=True)
 
     async def run_loaded(self, timeout: float = 120.0) -> None:
         """After -incoming (with -S): once the state is loaded, let the VM run."""
@@ -255,15 +272,7 @@ class QemuDriver:
                 await asyncio.wait_for(asyncio.shield(self._exit), QUIT_SECONDS)
         await self._kill()
 
-    async def snapshot_load(self, tag: str) -> None:
-        out = await self.hmp(f"loadvm {tag}")
-        if out:
-            raise DriverError(f"loadvm {tag}: {out}")
-
-    async def snapshot_delete(self, tag: str) -> None:
-        out = await self.hmp(f"delvm {tag}")
-        if out:
-            raise DriverError(f"delvm {tag}: {out}")
+    # -- QMP ------------------------------------------------------------------
 
     def _require_qmp(self) -> Any:
         if self._qmp is None:

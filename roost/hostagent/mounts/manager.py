@@ -2,9 +2,10 @@
 
 The registry lives here, in the host agent (runtime mounts are ephemeral,
 never written to roost.yaml). A hot-mount is a list of steps, each with its
-undo: start virtiofsd, attach the device to a spare root port over QMP,
-mount in the guest through the guest agent. When a step fails the steps
-that succeeded are undone, newest first, and the registry is unchanged.
+undo: start virtiofsd, have the driver plug its device into a spare slot
+(its FileSystemHotplug capability), mount in the guest through the guest
+agent. When a step fails the steps that succeeded are undone, newest
+first, and the registry is unchanged.
 
 9p cannot be hot-mounted on QEMU 7.2: an fsdev (the exported host folder)
 can only be declared at launch, and there is no fsdev_add. Hot-mounting 9p
@@ -26,9 +27,10 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from roost.config.model import Config, Mount
+from roost.driver.base import FileSystemHotplug, Share
 from roost.errors import RoostError, UsageError
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
@@ -36,20 +38,11 @@ from roost_guest.protocol import guest_mount_point_problem
 
 log = logging.getLogger(__name__)
 
-HOTPLUG_SLOTS = tuple(f"hp{i}" for i in range(8))
-STATIC_CHASSIS = 100  # pcie-root-port chassis numbers of roost.yaml's virtiofs shares
 MOUNT_TIMEOUT = 30.0
 
 
 class MountFailed(RoostError):
     """A mount that could not be made (the instance keeps running)."""
-
-
-class Hotplug(Protocol):
-    async def hotplug_virtiofs(self, device_id: str, slot: str, socket_path: Path,
-                               tag: str, queue_size: int = 1024) -> None: ...
-
-    async def unplug(self, device_id: str, timeout: float = 10.0) -> None: ...
 
 
 def default_mount_type(config: Config) -> str:
@@ -135,31 +128,19 @@ def _options(m: Mount, kind: str) -> dict[str, Any]:
     return {"cache": m.sshfs.cache, "followSymlinks": m.sshfs.follow_symlinks}
 
 
-def qemu_args(records: list[MountRecord], inst_dir: Path,
-              virtiofs_devices: bool = True) -> list[str]:
-    """Boot-time devices for static virtiofs and 9p mounts. Without
-    `virtiofs_devices`: the machine a suspended VM was saved as (its
-    virtiofs devices were unplugged; their root ports stay)."""
-    args: list[str] = []
-    for i, rec in enumerate(records):
-        if rec.type == "virtiofs":
-            args += ["-device", f"pcie-root-port,id={rec.slot},bus=pcie.0,"
-                                f"chassis={STATIC_CHASSIS + i}"]
-            if not virtiofs_devices:
-                continue
-            sock = str(_virtiofsd_socket(inst_dir, rec)).replace(",", ",,")
-            args += ["-chardev", f"socket,id={rec.device_id}-chr,path={sock}",
-                     "-device", f"vhost-user-fs-pci,id={rec.device_id},bus={rec.slot},"
-                                f"chardev={rec.device_id}-chr,tag={rec.tag},"
-                                f"queue-size={rec.options.get('queueSize', 1024)}"]
-        elif rec.type == "9p":
-            path = rec.location.replace(",", ",,")
-            ro = "" if rec.writable else ",readonly=on"
-            args += ["-fsdev", f"local,id={rec.device_id}-fs,path={path},"
-                               f"security_model={rec.options['securityModel']}{ro}",
-                     "-device", f"virtio-9p-pci,id={rec.device_id},"
-                                f"fsdev={rec.device_id}-fs,mount_tag={rec.tag}"]
-    return args
+def boot_shares(records: list[MountRecord], inst_dir: Path) -> tuple[Share, ...]:
+    """The shares whose devices the VM has from launch: roost.yaml's
+    virtiofs and 9p mounts (reverse-sshfs needs no device)."""
+    return tuple(_share(rec, inst_dir) for rec in records if rec.type in ("virtiofs", "9p"))
+
+
+def _share(rec: MountRecord, inst_dir: Path) -> Share:
+    """What the driver is told of a share: no host agent record crosses over."""
+    return Share(id=rec.device_id or "", type=rec.type, tag=rec.tag, host_path=rec.location,
+                 writable=rec.writable, slot=rec.slot,
+                 socket=_virtiofsd_socket(inst_dir, rec) if rec.type == "virtiofs" else None,
+                 queue_size=int(rec.options.get("queueSize", 1024)),
+                 security_model=str(rec.options.get("securityModel", "none")))
 
 
 def _virtiofsd_socket(inst_dir: Path, rec: MountRecord) -> Path:
@@ -167,14 +148,14 @@ def _virtiofsd_socket(inst_dir: Path, rec: MountRecord) -> Path:
 
 
 class MountManager:
-    def __init__(self, inst_dir: Path, driver: Hotplug,
+    def __init__(self, inst_dir: Path, hotplug: FileSystemHotplug | None,
                  opener: Callable[[], Awaitable[GuestAgentClient]],
                  static: list[MountRecord], default_type: str = "virtiofs",
                  unsupported: tuple[str, ...] = ()) -> None:
         self.inst_dir = inst_dir
         self.default_type = default_type
         self.unsupported = unsupported
-        self.driver = driver
+        self.hotplug = hotplug  # None: the driver cannot plug devices into a running VM
         self.opener = opener
         self.records: dict[str, MountRecord] = {r.mount_point: r for r in static}
         self._lock = asyncio.Lock()
@@ -208,14 +189,20 @@ class MountManager:
                 if daemon.adopt():
                     rec.virtiofsd = daemon
 
+    def _require_hotplug(self) -> FileSystemHotplug:
+        if self.hotplug is None:
+            raise UsageError("this instance's driver cannot plug file systems into a running "
+                             "VM; use --type reverse-sshfs")
+        return self.hotplug
+
     async def _plug(self, rec: MountRecord) -> None:
         """A virtiofs share's virtiofsd, then its device on the record's root port."""
         assert rec.device_id is not None and rec.slot is not None
+        hotplug = self._require_hotplug()
         daemon = self._virtiofsd(rec)
         await daemon.start()
         try:
-            await self.driver.hotplug_virtiofs(rec.device_id, rec.slot, daemon.socket_path,
-                                               rec.tag, int(rec.options.get("queueSize", 1024)))
+            await hotplug.hotplug_virtiofs(_share(rec, self.inst_dir))
         except BaseException:
             await daemon.stop()
             raise
@@ -224,7 +211,7 @@ class MountManager:
     async def _unplug(self, rec: MountRecord) -> None:
         """The device off its root port, then its virtiofsd (if it has them)."""
         if rec.type == "virtiofs" and rec.device_id and rec.slot:
-            await self.driver.unplug(rec.device_id)
+            await self._require_hotplug().unplug(rec.device_id)
         if rec.virtiofsd is not None:
             await rec.virtiofsd.stop()
             rec.virtiofsd = None
@@ -305,10 +292,11 @@ class MountManager:
             undo: list[Callable[[], Awaitable[None]]] = []
             try:
                 if kind == "virtiofs":
+                    slots = self._require_hotplug().hotplug_slots()
                     used = {r.slot for r in self.records.values()}
-                    free = [s for s in HOTPLUG_SLOTS if s not in used]
+                    free = [s for s in slots if s not in used]
                     if not free:
-                        raise UsageError(f"all {len(HOTPLUG_SLOTS)} hot-plug slots are in use; "
+                        raise UsageError(f"all {len(slots)} hot-plug slots are in use; "
                                          "remove a mount first (roost mount remove)")
                     rec.slot = free[0]
                     await self._plug(rec)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+from typing import Any
 
 from roost.hostagent.guestagent import TunnelStream
 
@@ -23,6 +24,16 @@ def find_sftp_server() -> str | None:
         if os.access(candidate, os.X_OK):
             return candidate
     return shutil.which("sftp-server")
+
+
+async def serve_guest_stream(event: dict[str, Any], stream: TunnelStream) -> None:
+    """A stream the guest opened that is no reverse port forward: a reverse
+    sshfs asking for its share ("sftp:/path"), or nothing the host serves."""
+    path = str(event.get("path", ""))
+    if path.startswith("sftp:/"):
+        await serve_sftp(stream, path[len("sftp:"):], bool(event.get("readonly")))
+    else:
+        await stream.reset(f"nothing on the host serves {path!r}")
 
 
 async def serve_sftp(stream: TunnelStream, location: str, readonly: bool) -> None:

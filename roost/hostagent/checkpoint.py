@@ -1,0 +1,144 @@
+"""A running VM's state saved and gone back to: suspend, resume, snapshots.
+
+Around the driver's save and load the guest is prepared: `sleep-prep`
+before a suspend and `wake` after the resume, every share out of the guest
+while the state is saved (shares block saving it) and back in after, and
+after a snapshot is applied a new SSH master, a new guest agent session and
+the clock set to now. What the driver can do is asked with isinstance()
+(Suspendable, VMSnapshots), so a driver without it says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from roost.driver.base import Driver, Suspendable, VMSnapshots
+from roost.errors import RoostError, UsageError
+from roost.hostagent.errors import HostAgentError
+from roost.hostagent.events import EventEmitter, rfc3339_now
+from roost.hostagent.guestagent import GuestAgentError
+from roost.hostagent.mounts.manager import MountManager
+from roost.hostagent.session import GuestAgentSession
+from roost.hostagent.sshmaster import close_ssh_master
+from roost.store import snapshots
+from roost.store.instance import Instance, write_atomic
+from roost.store.snapshots import check_tag
+
+SLEEP_PREP_TIMEOUT = 120.0
+WAKE_TIMEOUT = 60.0
+
+
+class Checkpoints:
+    def __init__(self, inst: Instance, driver: Driver, session: GuestAgentSession,
+                 mounts: MountManager, events: EventEmitter, *,
+                 identity: dict[str, Any], stop: Callable[[], None],
+                 wait_ssh: Callable[[], Awaitable[None]]) -> None:
+        self.inst = inst
+        self.driver = driver
+        self.session = session
+        self.mounts = mounts
+        self.events = events
+        self._identity = identity  # what the next host agent takes on: ports, ids, times
+        self._stop = stop  # ends the host agent (its cleanups quit the VM)
+        self._wait_ssh = wait_ssh  # SSH answers again, as after a boot
+        self.suspended = False  # the VM's state is saved: no guest shutdown, RAM file kept
+
+    # -- suspend and resume -------------------------------------------------------
+
+    async def suspend(self) -> dict[str, Any]:
+        """Save the VM's state to vmstate.bin and end the VM; `roost resume` loads it."""
+        if not isinstance(self.driver, Suspendable):
+            raise UsageError("this instance's driver cannot suspend")
+        driver: Suspendable = self.driver
+        try:
+            client = await self.session.open()
+            prep = await client.request("sleep-prep", timeout=SLEEP_PREP_TIMEOUT)
+        except GuestAgentError as e:
+            raise HostAgentError(f"the guest agent could not prepare for sleep: {e}") from None
+        detached = [m["mountPoint"] for m in self.mounts.listing()]
+        hot: list[dict[str, Any]] = []
+        try:
+            hot = await self.mounts.detach_all()  # shares block saving the VM state
+            await self.session.drop()
+            seconds = await driver.save_state(self.inst.vmstate)
+        except RoostError:
+            self.inst.vmstate.unlink(missing_ok=True)
+            with contextlib.suppress(RoostError):
+                await driver.continue_running()  # a failed migration may leave it paused
+            for error in (await self.mounts.reattach_static(mount_in_guest=True)
+                          + await self.mounts.readd(hot)):
+                self.events.add_error(f"after the failed suspend: {error}")
+            raise
+        write_atomic(self.inst.suspended, json.dumps({
+            **driver.machine_as_saved(self.inst.vmstate), **self._identity,
+            "suspendedAt": rfc3339_now(), "mounts": hot, "saveSeconds": round(seconds, 3),
+        }) + "\n")
+        self.suspended = True
+        self.events.emit(phase="suspended")
+        self._stop()
+        return {"saveSeconds": round(seconds, 3), "checkpoints": prep.get("checkpoints", []),
+                "detachedMounts": detached}
+
+    async def run_restored(self) -> None:
+        """Once the saved state is loaded, the VM runs: the saved state is used up."""
+        assert isinstance(self.driver, Suspendable), "only a Suspendable driver was restored"
+        self.events.emit(phase="resuming")
+        await self.driver.run_loaded()
+        self.inst.drop_saved_state()
+
+    async def wake(self, saved: dict[str, Any]) -> None:
+        """Wake the restored guest (restore_cmds, clock); put back its shares.
+        `saved` is the suspended.json it was restored from."""
+        try:
+            client = await self.session.open()  # adopts the session that woke it early
+            if not self.session.woken_early:
+                await client.request("wake", timeout=WAKE_TIMEOUT, time=time.time())
+        except GuestAgentError as e:
+            self.events.add_error(f"the guest agent did not wake: {e}")
+        # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
+        for error in (await self.mounts.reattach_static(mount_in_guest=False)
+                      + await self.mounts.readd(saved.get("mounts", []))):
+            self.events.add_error(f"after resume: {error}")
+
+    # -- snapshots of the running VM ------------------------------------------------
+
+    def _vm_snapshots(self) -> VMSnapshots:
+        if not isinstance(self.driver, VMSnapshots):
+            raise UsageError("this instance's driver cannot snapshot a running VM; stop it first")
+        return self.driver
+
+    async def snapshot_create(self, tag: str) -> dict[str, Any]:
+        check_tag(tag)
+        if snapshots.find(self.inst, tag) is not None:
+            raise UsageError(f"snapshot {tag!r} already exists")
+        kind = await self._vm_snapshots().snapshot_save(tag)
+        return {"tag": tag, "state": kind}
+
+    async def snapshot_apply(self, tag: str) -> dict[str, Any]:
+        snap = snapshots.find(self.inst, check_tag(tag))
+        if snap is None:
+            raise UsageError(f"no snapshot {tag!r}")
+        if not snap["vmStateSize"]:
+            raise UsageError(f"snapshot {tag!r} holds the disk only; stop the instance "
+                             "to apply it")
+        await self._vm_snapshots().snapshot_load(tag)
+        # The guest is back at the snapshot: its TCP state no longer matches
+        # the SSH master's, so a new master; a fresh guest agent session (its
+        # hello resets the guest's side); the wall clock set to now.
+        await close_ssh_master(self.inst)
+        await self.session.drop()
+        with contextlib.suppress(GuestAgentError):
+            client = await self.session.open()
+            await client.request("set-clock", time=time.time())
+        await self._wait_ssh()
+        return {"tag": tag, "applied": True}
+
+    async def snapshot_delete(self, tag: str) -> dict[str, Any]:
+        if snapshots.find(self.inst, check_tag(tag)) is None:
+            raise UsageError(f"no snapshot {tag!r}")
+        await self._vm_snapshots().snapshot_delete(tag)
+        return {"tag": tag, "deleted": True}

@@ -1,0 +1,9 @@
+"""The host agent's own errors."""
+
+from __future__ import annotations
+
+from roost.errors import RoostError
+
+
+class HostAgentError(RoostError):
+    """An operation of the running host agent failed (not the user's input)."""

@@ -1,0 +1,179 @@
+"""The host agent's API on a real Unix socket, served by the pieces that
+provide its operations (the guest agent session, mounts, checkpoints), with
+the real guest agent running on the host behind a driver that has no
+optional capability."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from roost.driver.base import DriverInfo, SSHAddress
+from roost.driver.channel import Dialer, UnixDialer
+from roost.errors import UsageError
+from roost.hostagent.api import ApiServer
+from roost.hostagent.checkpoint import Checkpoints
+from roost.hostagent.errors import HostAgentError
+from roost.hostagent.events import EventEmitter
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.mounts.manager import MountManager
+from roost.hostagent.session import GuestAgentSession
+from roost.store.instance import Instance
+
+
+@pytest.fixture(scope="module")
+def short_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="roost-api-") as d:
+        yield Path(d)  # Unix socket paths must stay short
+
+
+@pytest.fixture(scope="module")
+def agent_sock(short_dir: Path) -> Iterator[str]:
+    path = str(short_dir / "ga.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "roost_guest", "--unix", path,
+                             "--allow-exec"], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while not os.path.exists(path):
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    yield path
+    proc.terminate()
+    proc.wait(5)
+
+
+class CapabilityLessDriver:
+    """A driver with the Driver protocol only: no hot-plug, snapshots or suspend."""
+
+    def __init__(self, agent_sock: str) -> None:
+        self.agent_sock = agent_sock
+
+    async def start(self) -> None: ...
+    async def attach(self, pid: int) -> None: ...
+    async def wait(self) -> int | None: ...
+    async def stop(self, graceful: bool = True) -> None: ...
+
+    def info(self) -> DriverInfo:
+        return DriverInfo("plain", "tcg", SSHAddress("127.0.0.1", 22), self.agent_sock)
+
+    def guest_agent_dialer(self) -> Dialer:
+        return UnixDialer(self.agent_sock)
+
+
+def session(dialer: Dialer, allow_exec: bool = True,
+            early: asyncio.Future[GuestAgentClient] | None = None,
+            events: EventEmitter | None = None) -> GuestAgentSession:
+    return GuestAgentSession(dialer, events or EventEmitter(io.StringIO()), instance="dev",
+                             allow_exec=allow_exec, changed=lambda: None, early=early)
+
+
+async def test_one_session_shared_until_dropped(agent_sock: str) -> None:
+    s = session(UnixDialer(agent_sock))
+    first = await s.open()
+    assert await s.open() is first and s.connected
+    await s.drop()
+    assert not s.connected
+    again = await s.open()
+    assert again is not first and await again.request("ping") == {"pong": True}
+    await s.drop()
+
+
+async def test_the_session_that_woke_the_guest_is_adopted(agent_sock: str) -> None:
+    woke = GuestAgentClient(UnixDialer(agent_sock))
+    await woke.connect()
+    early: asyncio.Future[GuestAgentClient] = asyncio.get_running_loop().create_future()
+    early.set_result(woke)
+    s = session(UnixDialer(agent_sock), early=early)
+    assert s.woken_early and await s.open() is woke
+    await s.drop()
+
+    failed: asyncio.Future[GuestAgentClient] = asyncio.get_running_loop().create_future()
+    failed.set_exception(GuestAgentError("no answer"))
+    events = EventEmitter(io.StringIO())
+    s = session(UnixDialer(agent_sock), early=failed, events=events)
+    client = await s.open()  # dialled afresh
+    assert client.connected and client is not woke
+    assert events.snapshot()["errors"] == ["the guest agent did not wake: no answer"]
+    await s.drop()
+
+
+async def test_requests_refused_or_unanswered(agent_sock: str, short_dir: Path) -> None:
+    s = session(UnixDialer(agent_sock))
+    with pytest.raises(UsageError, match="unknown request type"):
+        await s.request("fly")  # the guest said no: the session stays
+    assert s.connected
+    await s.drop()
+    with pytest.raises(HostAgentError, match="does not answer"):
+        await session(UnixDialer(str(short_dir / "none.sock"))).request("status")
+
+
+@pytest.fixture
+async def api(agent_sock: str, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+              ) -> AsyncIterator[aiohttp.ClientSession]:
+    monkeypatch.setenv("ROOST_HOME", str(short_dir / "home"))
+    inst = Instance.at("dev")
+    inst.dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(inst.disk), "16M"],
+                   check=True)
+    driver = CapabilityLessDriver(agent_sock)
+    events = EventEmitter(io.StringIO())
+    guest = session(driver.guest_agent_dialer(), allow_exec=True, events=events)
+    mounts = MountManager(inst.dir, None, guest.open, [], default_type="virtiofs")
+
+    async def no_ssh() -> None:
+        raise AssertionError("not reached without snapshots")
+
+    checkpoints = Checkpoints(inst, driver, guest, mounts, events, identity={},
+                              stop=lambda: None, wait_ssh=no_ssh)
+    server = ApiServer(lambda: {"name": "dev"}, events.snapshot, mounts, guest, checkpoints)
+    await server.start(inst.ha_sock)
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(inst.ha_sock)),
+                                     base_url="http://roost") as http:
+        yield http
+    await server.close(inst.ha_sock)
+    await guest.drop()
+
+
+async def answer(resp: aiohttp.ClientResponse) -> tuple[int, Any]:
+    return resp.status, await resp.json()
+
+
+async def test_guest_requests_through_the_api(api: aiohttp.ClientSession) -> None:
+    status, body = await answer(await api.get("/v1/guest/status"))
+    assert status == 200 and "state" in body
+    async with api.post("/v1/exec", json={"argv": ["echo", "hi"], "timeout": 10}) as resp:
+        lines = [json.loads(line) for line in (await resp.text()).splitlines()]
+    assert base64.b64decode(lines[0]["stdout"]) == b"hi\n" and lines[-1] == {"exitCode": 0}
+
+
+async def test_capabilities_the_driver_lacks_are_usage_errors(api: aiohttp.ClientSession
+                                                              ) -> None:
+    status, body = await answer(await api.post("/v1/suspend"))
+    assert (status, body["error"]) == (400, "this instance's driver cannot suspend")
+    status, body = await answer(await api.post("/v1/snapshots", json={"tag": "a"}))
+    assert status == 400 and "cannot snapshot a running VM" in body["error"]
+    status, body = await answer(await api.post("/v1/mounts", json={
+        "location": "/tmp", "mountPoint": "/mnt/x", "type": "virtiofs"}))
+    assert status == 400 and "cannot plug file systems" in body["error"]
+    status, body = await answer(await api.get("/v1/mounts"))
+    assert (status, body) == (200, [])
+
+
+async def test_exec_is_off_unless_roost_yaml_enables_it(agent_sock: str) -> None:
+    s = session(UnixDialer(agent_sock), allow_exec=False)
+    with pytest.raises(UsageError, match=r"guestAgent\.allowExec: true"):
+        await anext(s.execute(["true"], 5))
+    assert s.client is None  # refused before the guest was asked
