@@ -192,8 +192,9 @@ def _customize_script(staging: Path, raw: Path) -> str:
         'rm -f "$1"/var/lib/dbus/machine-id',
         # The .debs and caches are still there; mmdebstrap's own cleanup (the
         # lists too) comes after this hook, too late for the file system.
-        'rm -rf "$1"/tmp/* "$1"/var/tmp/* "$1"/var/cache/apt/archives/*.deb '
-        '"$1"/var/cache/apt/*.bin',
+        # Not /tmp: mmdebstrap keeps its apt.conf there, and without it that
+        # cleanup's `apt-get update` would empty the *host's* package lists.
+        'rm -rf "$1"/var/tmp/* "$1"/var/cache/apt/archives/*.deb "$1"/var/cache/apt/*.bin',
         # The initramfs again, now with the small module list and zstd.
         'chroot "$1" update-initramfs -u -k all >/dev/null',
         'rm -f "$1"/boot/initrd.img-*.bak',
