@@ -10,7 +10,8 @@ from typing import Any
 import click
 
 from roost.errors import UsageError
-from roost.image.builtin import find_cached, images_dir
+from roost.image.buildcache import images_dir
+from roost.image.builtin import find_cached
 from roost.image.cloudcache import entries
 from roost.image.prune import BUILT_PREFIXES, BUILTIN_PREFIX, prune, remove_images, users
 from roost.store.paths import roost_home

@@ -12,22 +12,20 @@ recipe, so a rebuild happens only when either changes:
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from roost.errors import RoostError
 from roost.image import cpio, debpick, ext4, kernel
+from roost.image.buildcache import build_once, images_dir, newest_built
 from roost.image.cpio import NewcWriter
 from roost.image.debpick import extract_picked
 from roost.image.ext4 import write_root_fs
@@ -156,10 +154,6 @@ class BuiltinImage:
         return data
 
 
-def images_dir() -> Path:
-    return cache_dir() / "images"
-
-
 def resolve_packages() -> list[tuple[str, str]]:
     """(package, .deb file name) for every package, as apt would fetch it now."""
     if shutil.which("apt-get") is None:
@@ -221,35 +215,16 @@ def cache_key(debs: list[tuple[str, str]]) -> str:
 
 def find_cached() -> BuiltinImage | None:
     """The newest built image, without asking apt (for commands that must be fast)."""
-    built = sorted(images_dir().glob("builtin-*/manifest.json"), key=lambda p: p.stat().st_mtime)
-    return BuiltinImage(built[-1].parent) if built else None
-
-
-@contextmanager
-def build_lock() -> Iterator[None]:
-    images_dir().mkdir(parents=True, exist_ok=True)
-    with open(images_dir() / ".build.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+    newest = newest_built("builtin")
+    return BuiltinImage(newest) if newest is not None else None
 
 
 def ensure_builtin_image(progress: Progress = lambda _: None) -> BuiltinImage:
     """Return the image for the current package versions, building it if needed."""
     progress("resolving packages")
     debs = resolve_packages()
-    key = cache_key(debs)
-    image = BuiltinImage(images_dir() / f"builtin-{key}")
-    if (image.directory / "manifest.json").exists():
-        return image
-    with build_lock():
-        if (image.directory / "manifest.json").exists():
-            return image
-        tmp = Path(tempfile.mkdtemp(prefix=f".builtin-{key}.", dir=images_dir()))
-        try:
-            _build(tmp, debs, progress)
-            tmp.rename(image.directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    image = BuiltinImage(images_dir() / f"builtin-{cache_key(debs)}")
+    build_once(image.directory, lambda tmp: _build(tmp, debs, progress))
     return image
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from roost.errors import RoostError, UsageError
-from roost.image.builtin import images_dir
+from roost.image.buildcache import images_dir
 from roost.image.cloudcache import (
     CacheEntry,
     EntryMeta,

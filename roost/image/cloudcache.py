@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from roost.errors import RoostError
-from roost.image.builtin import images_dir
+from roost.image.buildcache import images_dir
 from roost.image.download import partial_files
 from roost.store.instance import write_atomic
 

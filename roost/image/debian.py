@@ -27,14 +27,13 @@ import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.image.builtin import build_lock, images_dir
+from roost.image.buildcache import build_once, images_dir, newest_built
 from roost.store.instance import write_atomic
 
 Progress = Callable[[str], None]
@@ -148,28 +147,16 @@ def cache_key(versions: dict[str, str]) -> str:
 
 def find_cached() -> DebianImage | None:
     """The newest built image, without asking apt."""
-    built = sorted(images_dir().glob(f"{NAME}-*/manifest.json"),
-                   key=lambda p: p.stat().st_mtime)
-    return DebianImage(built[-1].parent) if built else None
+    newest = newest_built(NAME)
+    return DebianImage(newest) if newest is not None else None
 
 
 def ensure_debian_image(progress: Progress = lambda _: None) -> DebianImage:
     """The image for the current package versions, built if needed (about a minute)."""
     progress("resolving Debian package versions")
     versions = package_versions()
-    key = cache_key(versions)
-    image = DebianImage(images_dir() / f"{NAME}-{key}")
-    if (image.directory / "manifest.json").exists():
-        return image
-    with build_lock():
-        if (image.directory / "manifest.json").exists():
-            return image
-        tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-{key}.", dir=images_dir()))
-        try:
-            _build(tmp, versions, progress)
-            tmp.rename(image.directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    image = DebianImage(images_dir() / f"{NAME}-{cache_key(versions)}")
+    build_once(image.directory, lambda tmp: _build(tmp, versions, progress))
     return image
 
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from roost.errors import RoostError, UsageError
-from roost.image.builtin import build_lock, find_cached, images_dir
+from roost.image.buildcache import build_lock, images_dir
+from roost.image.builtin import find_cached
 from roost.image.cloudcache import (
     ENTRY_PREFIX,
     CacheEntry,
