@@ -19,21 +19,14 @@ import pytest
 
 from roost.driver.channel import UnixDialer
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from tests.unit.guest_agent_process import guest_agent_on
 
 
 @pytest.fixture(scope="module")
 def agent_sock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path = str(tmp_path_factory.mktemp("ga") / "ga.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "roost_guest", "--unix", path],
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    yield path
-    proc.terminate()
-    proc.wait(5)
+    with guest_agent_on(path):
+        yield path
 
 
 @pytest.fixture

@@ -9,11 +9,8 @@ import asyncio
 import base64
 import io
 import json
-import os
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import MountManager
 from roost.hostagent.session import GuestAgentSession
 from roost.store.instance import Instance
+from tests.unit.guest_agent_process import guest_agent_on
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +41,8 @@ def short_dir() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def agent_sock(short_dir: Path) -> Iterator[str]:
     path = str(short_dir / "ga.sock")
-    proc = subprocess.Popen([sys.executable, "-m", "roost_guest", "--unix", path,
-                             "--allow-exec"], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(path):
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
-    yield path
-    proc.terminate()
-    proc.wait(5)
+    with guest_agent_on(path, "--allow-exec"):
+        yield path
 
 
 class CapabilityLessDriver:
