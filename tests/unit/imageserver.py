@@ -159,3 +159,8 @@ def serving(files: dict[str, bytes] | None = None) -> Iterator[ImageServer]:
         httpd.shutdown()
         httpd.server_close()
         thread.join()
+
+
+def sha256(data: bytes) -> str:
+    """A digest as roost.yaml spells it."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import subprocess
@@ -21,13 +20,9 @@ from roost.image.cloudcache import EntryBusy
 from roost.image.disk import prepare_disk, read_pinned
 from roost.image.prune import held_for_pinning, prune, remove_images, users
 from roost.store.instance import Instance
-from tests.unit.imageserver import serving
+from tests.unit.imageserver import serving, sha256
 
 MIB = 1024**2
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 @pytest.fixture

@@ -26,11 +26,7 @@ from roost.image import download as download_mod
 from roost.image.cloud import candidates, fetch_file, fetch_image, host_arch
 from roost.image.content import ImageFormatError
 from roost.image.download import DigestMismatch, DownloadError
-from tests.unit.imageserver import serving
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+from tests.unit.imageserver import serving, sha256
 
 
 @pytest.fixture
