@@ -102,3 +102,15 @@ def test_parse_size_rejects(text: str) -> None:
 def test_format_size() -> None:
     assert [format_size(n) for n in (2 * 1024**3, 1536 * 1024**2, 512, 20 * 1024**3)] == [
         "2GiB", "1.5GiB", "512B", "20GiB"]
+
+
+def test_what_a_cloud_image_cannot_honour_is_refused_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="readOnlyRoot needs the built-in image"):
+        parse_config({"image": "debian-12", "readOnlyRoot": True})
+    with pytest.raises(ConfigError, match="readOnlyRoot needs the built-in image"):
+        parse_config({"images": [{"location": "https://example.org/x.qcow2"}],
+                      "readOnlyRoot": True})
+    with pytest.raises(ConfigError, match="mountType 9p is listed in mountTypesUnsupported"):
+        parse_config({"mountType": "9p", "mountTypesUnsupported": ["9p"]})
+    with pytest.raises(ConfigError, match="give image or images, not both"):
+        parse_config({"image": "debian-12", "images": [{"location": "/x.qcow2"}]})
