@@ -6,7 +6,9 @@ import io
 from collections.abc import Mapping
 from pathlib import Path
 
-SECRET_FILES = ("dropbear_ed25519_host_key",)
+from roost.cidata.builtin import DROPBEAR_HOST_KEY
+
+SECRET_FILES = (DROPBEAR_HOST_KEY,)  # mode 0600 on the ISO
 
 
 def write_iso(path: Path, files: Mapping[str, bytes]) -> None:

@@ -11,23 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import pwd
 from collections.abc import Callable
 from pathlib import Path
 
 from roost.config.model import CopyToHost
-from roost.sshutil.config import ssh_argv
+from roost.sshutil.config import guest_user, ssh_argv
 from roost.store.instance import Instance
 
 COPY_TIMEOUT = 120.0
 
 
 def host_path(entry: CopyToHost, inst: Instance) -> Path:
-    uid = os.getuid()
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
+    user, uid = guest_user()  # the host user, whom the guest user mirrors
     values = {"{{.Dir}}": str(inst.dir), "{{.Home}}": str(Path.home()), "{{.Name}}": inst.name,
               "{{.User}}": user, "{{.UID}}": str(uid)}
     path = entry.host

@@ -9,11 +9,8 @@ requirement at once (the instance is then degraded, not left waiting).
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from roost.cidata import BOOT_DONE_MARKER
 from roost.driver.base import DriverInfo
@@ -28,7 +25,6 @@ SSH_COMMAND_TIMEOUT = 20.0
 # How often a cloud image's boot is looked at over SSH (each look forks a
 # few processes in a guest that cloud-init already keeps busy).
 CLOUD_INIT_POLL = 1.0
-AGENT_MISSING_POLL = 5.0
 
 RunSSH = Callable[[list[str], float], Awaitable[tuple[int, str]]]
 
@@ -102,8 +98,7 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
     """
     inst, info = ctx.inst, ctx.info
     logs = f"the guest console log {inst.serial_log} and {inst.qemu_log}"
-    ssh_ok = asyncio.Event()
-    agent_missing: dict[str, Any] = {"checked": 0.0}
+    watch = CloudInitWatch(ctx) if ctx.cloud_image else None
 
     async def check_banner() -> None:
         try:
@@ -115,21 +110,15 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
         status, out = await ctx.run_ssh(["true"], SSH_COMMAND_TIMEOUT)
         if status != 0:
             raise NotReady(f"`ssh true` exited {status}: {out[-300:]}")
-        ssh_ok.set()
 
     async def check_agent() -> None:
         try:
             await ctx.ping_agent()
         except NotReady:
-            # A cloud image without python3 says so; waiting longer won't help.
-            now = time.monotonic()
-            if ctx.cloud_image and ssh_ok.is_set() and \
-                    now - agent_missing["checked"] > AGENT_MISSING_POLL:
-                agent_missing["checked"] = now
-                status, out = await ctx.run_ssh(
-                    ["cat", "/run/roost/guestagent-missing"], SSH_COMMAND_TIMEOUT)
-                if status == 0 and out:
-                    raise NotReady(out, permanent=True) from None
+            # A cloud image without python3 says so (roost-boot's note, read
+            # by the cloud-init watch's polls); waiting longer won't help.
+            if watch is not None and watch.state.agent_missing:
+                raise NotReady(watch.state.agent_missing, permanent=True) from None
             raise
 
     async def check_boot_done() -> None:
@@ -161,8 +150,7 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
                     OPTIONAL_TIMEOUT + (ESSENTIAL_TIMEOUT if ctx.cloud_image else 0.0),
                     retry_interval=0.1 if not ctx.cloud_image else 0.5),
     ]
-    if ctx.cloud_image:
-        watch = CloudInitWatch(ctx)
+    if watch is not None:
         final = [Requirement(
             "cloud-init", "final", "cloud-init has finished", watch.check,
             "see /var/log/cloud-init.log and /var/log/cloud-init-output.log in the guest "
