@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -166,7 +166,7 @@ class PortForward(_Model):
 
 ProvisionMode = Literal["boot", "dependency", "data", "system", "user"]
 # Lima's order: every boot, `boot` first (cloud-init bootcmd), then the rest.
-PROVISION_ORDER: tuple[str, ...] = ("boot", "dependency", "data", "system", "user")
+PROVISION_ORDER: tuple[str, ...] = get_args(ProvisionMode)
 
 
 class Provision(_Model):

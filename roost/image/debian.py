@@ -34,6 +34,7 @@ from pathlib import Path
 
 from roost.errors import RoostError
 from roost.image.buildcache import build_once, images_dir, newest_built
+from roost.image.tools import run
 from roost.store.instance import write_atomic
 
 Progress = Callable[[str], None]
@@ -104,14 +105,6 @@ class DebianImage:
         return data
 
 
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
-    proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RoostError(f"{what} failed (exit {proc.returncode}): "
-                         f"{(proc.stderr or proc.stdout).strip()[-1500:]}")
-    return proc.stdout
-
-
 def _tool(name: str, package: str) -> str:
     for d in ("", "/usr/sbin", "/sbin", "/usr/bin"):
         path = shutil.which(name, path=d or None)
@@ -123,7 +116,7 @@ def _tool(name: str, package: str) -> str:
 
 def package_versions() -> dict[str, str]:
     """The candidate version apt would install now of each key package."""
-    out = _run(["apt-cache", "policy", *KEY_PACKAGES], "apt-cache policy")
+    out = run(["apt-cache", "policy", *KEY_PACKAGES])
     versions: dict[str, str] = {}
     current = ""
     for line in out.splitlines():
@@ -237,18 +230,17 @@ def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
 
     progress("installing GRUB (BIOS and UEFI)")
     core = out / "core.img"
-    _run([grub_mkimage, "-O", "i386-pc", "-o", str(core), "-p", GRUB_PREFIX,
-          "biosdisk", *GRUB_MODULES], "grub-mkimage")
+    run([grub_mkimage, "-O", "i386-pc", "-o", str(core), "-p", GRUB_PREFIX,
+          "biosdisk", *GRUB_MODULES])
     if core.stat().st_size > (ESP_START - 1) * SECTOR:
         raise RoostError("GRUB's core image does not fit before the first partition")
     efi = out / "BOOTX64.EFI"
-    _run([grub_mkimage, "-O", "x86_64-efi", "-o", str(efi), "-p", GRUB_PREFIX,
-          "fat", *GRUB_MODULES], "grub-mkimage (EFI)")
+    run([grub_mkimage, "-O", "x86_64-efi", "-o", str(efi), "-p", GRUB_PREFIX,
+          "fat", *GRUB_MODULES])
     esp = out / "esp.img"
-    _run([mkfs_fat, "-C", "-n", "EFI", str(esp), str(ESP_SECTORS * SECTOR // 1024)],
-         "mkfs.fat")
-    _run([mmd, "-i", str(esp), "::/EFI", "::/EFI/BOOT"], "mmd")
-    _run([mcopy, "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"], "mcopy")
+    run([mkfs_fat, "-C", "-n", "EFI", str(esp), str(ESP_SECTORS * SECTOR // 1024)])
+    run([mmd, "-i", str(esp), "::/EFI", "::/EFI/BOOT"])
+    run([mcopy, "-i", str(esp), str(efi), "::/EFI/BOOT/BOOTX64.EFI"])
     with open(raw, "r+b") as f:
         # boot.img's code only: the partition table after byte 440 stays.
         f.write((GRUB_DIR / "boot.img").read_bytes()[:440])
@@ -260,8 +252,7 @@ def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
         leftover.unlink()
 
     progress("writing the base disk")
-    _run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")],
-         "qemu-img convert")
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out / "base.qcow2")])
     raw.unlink()
     shutil.rmtree(staging)
     manifest = {
