@@ -231,12 +231,12 @@ def _build(out: Path, versions: dict[str, str], progress: Progress) -> None:
     progress("installing GRUB (BIOS and UEFI)")
     core = out / "core.img"
     run([grub_mkimage, "-O", "i386-pc", "-o", str(core), "-p", GRUB_PREFIX,
-          "biosdisk", *GRUB_MODULES])
+        "biosdisk", *GRUB_MODULES])
     if core.stat().st_size > (ESP_START - 1) * SECTOR:
         raise RoostError("GRUB's core image does not fit before the first partition")
     efi = out / "BOOTX64.EFI"
     run([grub_mkimage, "-O", "x86_64-efi", "-o", str(efi), "-p", GRUB_PREFIX,
-          "fat", *GRUB_MODULES])
+        "fat", *GRUB_MODULES])
     esp = out / "esp.img"
     run([mkfs_fat, "-C", "-n", "EFI", str(esp), str(ESP_SECTORS * SECTOR // 1024)])
     run([mmd, "-i", str(esp), "::/EFI", "::/EFI/BOOT"])
