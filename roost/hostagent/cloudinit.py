@@ -62,17 +62,23 @@ def _json(text: str) -> dict[str, object]:
     return v1 if isinstance(v1, dict) else {}
 
 
+def printable(text: str) -> str:
+    """The guest's text as it may reach the user's terminal: no escape
+    sequences or other control characters (the guest is not trusted)."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _error_lines(errors: object) -> list[str]:
     if not isinstance(errors, list):
         return []
-    return [str(e).strip()[:500] for e in errors if str(e).strip()]
+    return [printable(str(e).strip()[:500]) for e in errors if str(e).strip()]
 
 
 def _last_log_line(text: str) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # cloud-init's boxed tables (ci-info: +---+) say nothing on one line.
     useful = [ln for ln in lines if not ln.replace("ci-info:", "").strip().startswith(("+", "|"))]
-    return (useful or lines or [""])[-1][:300]
+    return printable((useful or lines or [""])[-1][:300])
 
 
 def parse(output: str) -> CloudInitState:
@@ -91,5 +97,5 @@ def parse(output: str) -> CloudInitState:
     return CloudInitState(
         stage=stage, finished=finished, errors=list(dict.fromkeys(errors))[:MAX_ERRORS],
         log_line=_last_log_line(sec.get("log", "")), boot_done=sec.get("done", ""),
-        agent_missing=sec.get("agent", ""),
+        agent_missing=printable(sec.get("agent", "")[:300]),
     )

@@ -49,7 +49,7 @@ def _check_marker(line: str, boot_id: str, log: str) -> None:
     if parts[0] != boot_id:
         raise NotReady("boot-done marker is from another boot")
     if len(parts) > 1 and parts[1] != "0":
-        step = f" {parts[2]}" if len(parts) > 2 else ""
+        step = f" {cloudinit.printable(parts[2][:80])}" if len(parts) > 2 else ""
         raise NotReady(f"provisioning step{step} failed; see {log} in the guest",
                        permanent=True)
 

@@ -48,3 +48,12 @@ def test_result_errors_win_and_garbage_is_no_crash() -> None:
     garbage = parse("@@status\n{not json\n@@result\n[1,2]\n@@agent\nno python3\n")
     assert not garbage.finished and not garbage.failed
     assert garbage.agent_missing == "no python3"
+
+
+def test_guest_text_cannot_drive_the_users_terminal() -> None:
+    state = parse(probe_output(
+        {"stage": None, "init": stage(3.0, ["bad\x1b]0;pwned\x07thing"])}, None,
+        log="ok\nclear\x1b[2J\x1b[H screen\n", agent="no\x1b[31m python"))
+    assert "\x1b" not in state.log_line and state.log_line == "clear?[2J?[H screen"
+    assert state.errors == ["init: bad?]0;pwned?thing"]
+    assert state.agent_missing == "no?[31m python"
