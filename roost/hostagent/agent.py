@@ -160,7 +160,8 @@ class HostAgent:
                                    default_mount_type(self.config),
                                    tuple(self.config.mount_types_unsupported))
         self.port_forwarding = PortForwarding(inst, list(self.config.port_forwards),
-                                              self.session, self.events, self._write_runtime)
+                                              self.session, self.events, self._write_runtime,
+                                              self.mounts.sftp.serve_guest_stream)
         self.checkpoints = Checkpoints(
             inst, self.driver, self.session, self.mounts, self.events,
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,

@@ -1,0 +1,112 @@
+"""The child side of roost.hostagent.userns: run as `python -I nsexec.py SPEC`.
+
+It makes a user and mount namespace of its own, tells the parent (which
+writes the id maps from outside), becomes root of that namespace (the
+share owner outside), builds the file-system view the spec asks for, and
+execs the program. Standard library only and import-light: it runs for
+every share a guest mounts.
+
+SPEC (JSON): {"argv": [...], "binds": [[source, target, readonly], ...],
+"newRoot": bool, "chdir": str, "ready": fd, "go": fd}. With newRoot the
+program sees an empty tmpfs root holding only the binds; without it the
+host's tree with each bind mounted over its target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import stat
+import sys
+from typing import Any
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
+# statvfs's f_flag -> the mount flags a remount inside a user namespace must
+# keep (the kernel locks them on mounts inherited from a more privileged one).
+_LOCKED = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
+           (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
+           (os.ST_RELATIME, MS_RELATIME))
+NEW_ROOT = "/tmp"  # the tmpfs goes over it; sources are held open as fds first
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    _check(_libc.mount(source.encode() if source else None, target.encode(),
+                       fstype.encode() if fstype else None, flags, None),
+           f"mount {source} on {target}")
+
+
+def _bind(fd: int, target: str, readonly: bool) -> None:
+    source = f"/proc/self/fd/{fd}"
+    _mount(source, target, None, MS_BIND | MS_REC)
+    flags = MS_BIND | MS_REMOUNT | MS_NOSUID
+    if not stat.S_ISCHR(os.stat(target).st_mode):  # /dev/null must stay a device
+        flags |= MS_NODEV
+    st = os.statvfs(target)
+    for st_flag, ms_flag in _LOCKED:
+        if st.f_flag & st_flag:
+            flags |= ms_flag
+    if readonly:
+        flags |= MS_RDONLY
+    _mount(None, target, None, flags)
+
+
+def _make_target(path: str, is_dir: bool) -> None:
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a"):
+            pass
+
+
+def main(spec: dict[str, Any]) -> None:
+    _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
+    # Held (in the new mount namespace: a bind's source must be in it) before
+    # anything is mounted, so that a source under NEW_ROOT stays reachable.
+    binds = [(os.open(src, os.O_PATH | os.O_CLOEXEC), os.path.isdir(src), dst, bool(ro))
+             for src, dst, ro in spec["binds"]]
+    os.write(spec["ready"], b"1")
+    if os.read(spec["go"], 1) != b"1":
+        sys.exit(126)  # the parent could not map us
+    os.setresgid(0, 0, 0)
+    with contextlib.suppress(PermissionError):  # denied here: there are none to drop
+        os.setgroups([])
+    os.setresuid(0, 0, 0)
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    if spec["newRoot"]:
+        _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV)
+        os.chmod(NEW_ROOT, 0o755)
+    for fd, is_dir, dst, ro in binds:
+        target = NEW_ROOT + dst if spec["newRoot"] else dst
+        if spec["newRoot"]:
+            _make_target(target, is_dir)
+        _bind(fd, target, ro)
+        os.close(fd)
+    if spec["newRoot"]:
+        os.chroot(NEW_ROOT)
+    os.chdir(spec.get("chdir") or "/")
+    for fd in (spec["ready"], spec["go"]):
+        os.close(fd)
+    os.execv(spec["argv"][0], spec["argv"])
+
+
+if __name__ == "__main__":
+    try:
+        main(json.loads(sys.argv[1]))
+    except OSError as e:
+        sys.stderr.write(f"roost nsexec: {e}\n")
+        sys.exit(127)
