@@ -15,6 +15,7 @@ import click
 
 from roost.cli import haclient
 from roost.errors import RoostError, UsageError
+from roost.hostagent.apimodels import ExecRequest
 from roost.store.instance import Instance
 
 GUEST_AGENT_LOG = "/run/roost/guestagent.log"
@@ -25,8 +26,9 @@ def execute(name: str, argv: list[str], timeout: float) -> int:
     if not argv:
         raise UsageError("give the command after --, e.g. roost exec NAME -- uname -a")
     code = 1
-    for line in haclient.stream_lines(inst.ha_sock, "POST", "/v1/exec",
-                                      {"argv": argv, "timeout": timeout}, timeout=None):
+    body = ExecRequest(argv=argv, timeout=timeout)
+    for line in haclient.stream_lines(inst.ha_sock, "POST", "/v1/exec", body.wire(),
+                                      timeout=None):
         if "stdout" in line:
             sys.stdout.buffer.write(base64.b64decode(line["stdout"]))
             sys.stdout.flush()
