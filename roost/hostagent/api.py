@@ -186,6 +186,7 @@ class ApiServer:
         self._guest = guest
         self._checkpoints = checkpoints
         self.routes = self._route_table()
+        self._openapi: dict[str, Any] | None = None  # made on first request
         self.app = web.Application(middlewares=[_errors])
         for route in self.routes:
             self.app.router.add_route(route.method, route.path, _accepting(route))
@@ -231,7 +232,9 @@ class ApiServer:
         ]
 
     async def _get_openapi(self, request: web.Request, _: None) -> web.Response:
-        return web.json_response(openapi.document(self.routes, __version__, ANSWER_SCHEMAS))
+        if self._openapi is None:
+            self._openapi = openapi.document(self.routes, __version__, ANSWER_SCHEMAS)
+        return web.json_response(self._openapi)
 
     async def _suspend(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(await self._checkpoints.suspend())
