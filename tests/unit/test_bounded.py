@@ -197,11 +197,9 @@ async def test_unread_guest_events_keep_only_the_newest(
                 await asyncio.sleep(0.3)
             await asyncio.sleep(0.5)  # the last close reported too
             kept = [await anext(client.events()) for _ in range(3)]
-            assert client._events.empty()
+            assert client._events.empty() and client.events_dropped >= 3
             removed = [p["port"] for e in kept if e["event"] == "ports"
                        for p in e["removed"]]
-            assert ports[-1] in removed  # the newest is kept
-            assert ports[0] not in removed + [p["port"] for e in kept
-                                              if e["event"] == "ports" for p in e["added"]]
+            assert ports[-1] in removed  # the newest are the ones kept
         finally:
             await client.close()
