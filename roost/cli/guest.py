@@ -15,6 +15,8 @@ import click
 
 from roost.cli import haclient
 from roost.errors import RoostError, UsageError
+from roost.hostagent.apimodels import ExecRequest
+from roost.store import logfile
 from roost.store.instance import Instance
 
 GUEST_AGENT_LOG = "/run/roost/guestagent.log"
@@ -25,8 +27,9 @@ def execute(name: str, argv: list[str], timeout: float) -> int:
     if not argv:
         raise UsageError("give the command after --, e.g. roost exec NAME -- uname -a")
     code = 1
-    for line in haclient.stream_lines(inst.ha_sock, "POST", "/v1/exec",
-                                      {"argv": argv, "timeout": timeout}, timeout=None):
+    body = ExecRequest(argv=argv, timeout=timeout)
+    for line in haclient.stream_lines(inst.ha_sock, "POST", "/v1/exec", body.wire(),
+                                      timeout=None):
         if "stdout" in line:
             sys.stdout.buffer.write(base64.b64decode(line["stdout"]))
             sys.stdout.flush()
@@ -60,32 +63,24 @@ def status(name: str, as_json: bool) -> None:
 
 def _tail(path: Path, lines: int) -> int:
     """Print the last `lines` lines; return the offset reached."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    text = data.decode(errors="replace").splitlines(keepends=True)
-    sys.stdout.write("".join(text[-lines:]) if lines > 0 else "")
+    data, offset = logfile.tail(path, lines)
+    sys.stdout.write(data.decode(errors="replace"))
     sys.stdout.flush()
-    return len(data)
+    return offset
 
 
 def _follow(path: Path, offset: int) -> None:
-    while True:
-        try:
-            with open(path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < offset:  # truncated: a new boot rewrote it
-                    offset = 0
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        if data:
-            offset += len(data)
-            sys.stdout.write(data.decode(errors="replace"))
-            sys.stdout.flush()
-        time.sleep(0.2)
+    """Print what is appended, across the log's rotation or truncation."""
+    log = logfile.Follower(path, offset)
+    try:
+        while True:
+            data = log.read()
+            if data:
+                sys.stdout.write(data.decode(errors="replace"))
+                sys.stdout.flush()
+            time.sleep(0.2)
+    finally:
+        log.close()
 
 
 def logs(name: str, source: str, lines: int, follow: bool) -> int:

@@ -24,6 +24,9 @@ from roost_guest import protocol
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT = 5.0
+# Guest events not yet taken by events(): beyond this, the oldest go (a
+# reader that comes later starts from a fresh `ports` request anyway).
+EVENT_BACKLOG = 1000
 
 
 class GuestAgentError(Exception):
@@ -170,7 +173,8 @@ class GuestAgentClient:
         self._ids = itertools.count(1)
         self._stream_ids = itertools.count(2, 2)  # host streams are even
         self._streams: dict[int, TunnelStream] = {}
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_BACKLOG)
+        self.events_dropped = 0
         self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue()
         self._exec_output: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
@@ -221,7 +225,7 @@ class GuestAgentClient:
             self._pending.clear()
             for stream in list(self._streams.values()):
                 stream._reset_local(error)
-            self._events.put_nowait(None)
+            self._put_event(None)
             self.closed.set()
 
     def _route(self, obj: dict[str, Any]) -> None:
@@ -257,9 +261,18 @@ class GuestAgentClient:
             if queue is not None:
                 queue.put_nowait(obj)
         elif "event" in obj:
-            self._events.put_nowait(obj)
+            self._put_event(obj)
         else:
             log.warning("unexpected message from guest agent: %r", obj)
+
+    def _put_event(self, event: dict[str, Any] | None) -> None:
+        if self._events.full():
+            self._events.get_nowait()
+            self.events_dropped += 1
+            if self.events_dropped == 1:
+                log.warning("guest events pile up unread; keeping the newest %d",
+                            EVENT_BACKLOG)
+        self._events.put_nowait(event)
 
     async def _send_frame(self, frame: bytes) -> None:
         if self._writer is None or not self.connected:
