@@ -279,8 +279,8 @@ class Agent:
         """sshfs speaks SFTP over a stream that the host joins to sftp-server."""
         path = mounts.check_mount_point(req.get("mountPoint"))
         ours, theirs = socket.socketpair()
-        stream = conn.offer_stream(ours, {"path": "sftp:" + str(req.get("remotePath")),
-                                          "readonly": bool(req.get("readonly"))})
+        # The host serves what it granted this token for, whatever we claim.
+        stream = conn.offer_stream(ours, {"path": "sftp", "token": str(req.get("token"))})
         try:
             proc = mounts.start_sshfs(req, theirs)
         except mounts.MountError:
