@@ -7,9 +7,10 @@ execs the program. Standard library only and import-light: it runs for
 every share a guest mounts.
 
 SPEC (JSON): {"argv": [...], "binds": [[source, target, readonly], ...],
-"newRoot": bool, "chdir": str, "ready": fd, "go": fd}. With newRoot the
-program sees an empty tmpfs root holding only the binds; without it the
-host's tree with each bind mounted over its target.
+"scratch": dir or null, "chroot": bool, "chdir": str, "ready": fd, "go":
+fd}. A scratch directory gets a fresh tmpfs (in the namespace only) in
+which the binds under it are made; with chroot it becomes the root, so
+the program sees nothing but those binds.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 _LOCKED = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
            (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
            (os.ST_RELATIME, MS_RELATIME))
-NEW_ROOT = "/tmp"  # the tmpfs goes over it; sources are held open as fds first
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -76,7 +76,8 @@ def _make_target(path: str, is_dir: bool) -> None:
 def main(spec: dict[str, Any]) -> None:
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
     # Held (in the new mount namespace: a bind's source must be in it) before
-    # anything is mounted, so that a source under NEW_ROOT stays reachable.
+    # anything is mounted, so that a source under the scratch directory stays
+    # reachable.
     binds = [(os.open(src, os.O_PATH | os.O_CLOEXEC), os.path.isdir(src), dst, bool(ro))
              for src, dst, ro in spec["binds"]]
     os.write(spec["ready"], b"1")
@@ -87,18 +88,17 @@ def main(spec: dict[str, Any]) -> None:
         os.setgroups([])
     os.setresuid(0, 0, 0)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    if spec["newRoot"]:
-        _mount("tmpfs", NEW_ROOT, "tmpfs", MS_NOSUID | MS_NODEV)
-        os.chmod(NEW_ROOT, 0o755)
+    scratch = spec["scratch"]
+    if scratch:  # a fresh tmpfs over it (in here only), where the binds go
+        _mount("tmpfs", scratch, "tmpfs", MS_NOSUID | MS_NODEV)
+        os.chmod(scratch, 0o755)
     for fd, is_dir, dst, ro in binds:
-        target = NEW_ROOT + dst if spec["newRoot"] else dst
-        if spec["newRoot"]:
-            _make_target(target, is_dir)
-        _bind(fd, target, ro)
+        if scratch and (dst + "/").startswith(scratch + "/"):
+            _make_target(dst, is_dir)
+        _bind(fd, dst, ro)
         os.close(fd)
-    if spec["newRoot"]:
-        os.chroot(NEW_ROOT)
-    os.chdir(spec.get("chdir") or "/")
+    if spec["chroot"]:
+        os.chroot(scratch)
     for fd in (spec["ready"], spec["go"]):
         os.close(fd)
     os.execv(spec["argv"][0], spec["argv"])

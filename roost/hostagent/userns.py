@@ -36,6 +36,9 @@ from typing import IO
 from roost.errors import RoostError
 
 MAP_SECONDS = 5.0
+# A tmpfs over it inside the namespace holds the share: the daemon reaches it
+# by a path of its own, whatever directories above the share it may not enter.
+SCRATCH = "/tmp"
 # Run as a file (python -I): the standard library is all it imports.
 NSEXEC = Path(__file__).with_name("nsexec.py")
 
@@ -125,18 +128,19 @@ def _write_maps(pid: int, owner: Owner, setgroups: bool) -> None:
 
 
 async def spawn_confined(argv: list[str], binds: list[Bind], owner: Owner, *,
-                         new_root: bool, chdir: str = "/", setgroups: bool = False,
+                         chroot: bool, chdir: str = "/", setgroups: bool = False,
                          stdin: int | IO[bytes] | None = subprocess.DEVNULL,
                          stdout: int | IO[bytes] | None = None,
                          stderr: int | IO[bytes] | None = None,
                          pass_fds: tuple[int, ...] = (),
                          env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     """Start `argv` confined as the module says; the process is `argv[0]`
-    itself (nsexec execs it), a child of ours to reap."""
+    itself (nsexec execs it), a child of ours to reap. Bind targets under
+    SCRATCH are made on a fresh tmpfs there; with `chroot` that is the root."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     spec = {"argv": argv, "binds": [[b.source, b.target, b.readonly] for b in binds],
-            "newRoot": new_root, "chdir": chdir, "ready": ready_w, "go": go_r}
+            "scratch": SCRATCH, "chroot": chroot, "chdir": chdir, "ready": ready_w, "go": go_r}
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-I", str(NSEXEC), json.dumps(spec),

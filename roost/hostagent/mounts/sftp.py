@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from roost.hostagent.guestagent import TunnelStream
-from roost.hostagent.userns import Bind, ConfineError, Owner, spawn_confined
+from roost.hostagent.userns import SCRATCH, Bind, ConfineError, Owner, spawn_confined
 
 CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server",
               "/usr/lib/ssh/sftp-server", "/usr/libexec/openssh/sftp-server")
 # Where the share is in sftp-server's root, and so the path the guest's sshfs asks for.
-SHARE_IN_ROOT = "/share"
+SHARE_IN_ROOT = "/share"  # after the chroot into SCRATCH
 # sftp-server refuses to run for a uid with no passwd entry: one for uid 0 (the owner).
 ACCOUNT_FILES = {f"/etc/{n}": Path(__file__).with_name("sftp-root") / "etc" / n
                  for n in ("passwd", "group")}
@@ -107,9 +107,10 @@ async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
     binds = [Bind(grant.location, SHARE_IN_ROOT, not grant.writable)]
     binds += [Bind(path, path, True) for path in (*runtime_files(binary), "/dev/null")]
     binds += [Bind(str(source), target, True) for target, source in ACCOUNT_FILES.items()]
+    binds = [Bind(b.source, SCRATCH + b.target, b.readonly) for b in binds]
     try:
         proc = await spawn_confined(
-            argv, binds, Owner.of_share(grant.location), new_root=True, chdir=SHARE_IN_ROOT,
+            argv, binds, Owner.of_share(grant.location), chroot=True, chdir=SHARE_IN_ROOT,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL)
     except (ConfineError, OSError) as e:

@@ -20,7 +20,7 @@ import socket
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.hostagent.userns import Bind, Owner, spawn_confined
+from roost.hostagent.userns import SCRATCH, Bind, Owner, spawn_confined
 from roost.store.instance import pid_running, write_atomic
 
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
@@ -29,6 +29,7 @@ STOP_SECONDS = 3.0
 # What virtiofsd logs once it waits for QEMU on the socket.
 READY_LINE = "Waiting for vhost-user socket connection"
 SOCKET_ENV = "ROOST_VIRTIOFSD_SOCKET"
+SHARE_IN_NAMESPACE = SCRATCH + "/share"  # what it serves, the share bound there
 
 
 class VirtiofsdError(RoostError):
@@ -67,7 +68,7 @@ class Virtiofsd:
         return self.socket_path.with_name(self.socket_path.name + ".pid")
 
     def _argv(self, fd: int) -> list[str]:
-        source = self.source.replace(",", ",,")  # -o takes a comma-separated list
+        source = SHARE_IN_NAMESPACE.replace(",", ",,")  # -o takes a comma-separated list
         # sandbox=chroot: one process (the namespace sandbox forks a child that
         # outlives a SIGTERMed parent), inside our own namespaces anyway.
         # rlimit-nofile=0: raising it needs privilege it does not have.
@@ -104,8 +105,8 @@ class Virtiofsd:
             fd = listener.fileno()
             with open(self.log_path, "ab") as log:
                 self._proc = await spawn_confined(
-                    self._argv(fd), [Bind(self.source, self.source, not self.writable)],
-                    Owner.of_share(self.source), new_root=False, setgroups=True,
+                    self._argv(fd), [Bind(self.source, SHARE_IN_NAMESPACE, not self.writable)],
+                    Owner.of_share(self.source), chroot=False, setgroups=True,
                     stdout=log, stderr=log, pass_fds=(fd,), env=self._environment())
         except BaseException:
             self.socket_path.unlink(missing_ok=True)
