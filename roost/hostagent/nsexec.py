@@ -1,16 +1,18 @@
 """The child side of roost.hostagent.userns: run as `python -I nsexec.py SPEC`.
 
 It makes a user and mount namespace of its own, tells the parent (which
-writes the id maps from outside), becomes root of that namespace (the
-share owner outside), builds the file-system view the spec asks for, and
-execs the program. Standard library only and import-light: it runs for
-every share a guest mounts.
+writes the id maps from outside: the share owner's uid and gid, mapped to
+themselves, and no other), becomes the owner, builds the file-system view
+the spec asks for and execs the program, with the namespace's capabilities
+only when asked (virtiofsd switches to the guest's ids per request).
+Standard library only and import-light: it runs for every share a guest
+mounts.
 
 SPEC (JSON): {"argv": [...], "binds": [[source, target, readonly], ...],
-"scratch": dir or null, "chroot": bool, "chdir": str, "ready": fd, "go":
-fd}. A scratch directory gets a fresh tmpfs (in the namespace only) in
-which the binds under it are made; with chroot it becomes the root, so
-the program sees nothing but those binds.
+"scratch": dir or null, "chroot": bool, "chdir": str, "uid": n, "gid": n,
+"keepCaps": bool, "files": {path: text}, "ready": fd, "go": fd}. A scratch directory gets a fresh
+tmpfs (in the namespace only) in which the binds under it are made; with
+chroot it becomes the root, so the program sees nothing but those binds.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 _LOCKED = ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
            (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME),
            (os.ST_RELATIME, MS_RELATIME))
+
+_PR_SET_KEEPCAPS, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 8, 47, 2
+_CAP_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -73,6 +78,23 @@ def _make_target(path: str, is_dir: bool) -> None:
             pass
 
 
+def _capabilities(ambient: bool) -> None:
+    """Every capability we may hold (in this namespace only) made effective
+    again after a setuid; with `ambient`, kept across exec though the
+    program runs as a uid other than 0."""
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # effective, permitted, inheritable; two words each
+    _check(_libc.capget(header, data), "capget")
+    data[0], data[3] = data[1], data[4]  # effective = permitted
+    if ambient:
+        data[2], data[5] = data[1], data[4]  # inheritable = permitted
+    _check(_libc.capset(header, data), "capset")
+    for cap in range(64) if ambient else ():
+        if ((data[1] if cap < 32 else data[4]) >> (cap % 32)) & 1:
+            _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, cap, 0, 0),
+                   f"ambient capability {cap}")
+
+
 def main(spec: dict[str, Any]) -> None:
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
     # Held (in the new mount namespace: a bind's source must be in it) before
@@ -83,10 +105,15 @@ def main(spec: dict[str, Any]) -> None:
     os.write(spec["ready"], b"1")
     if os.read(spec["go"], 1) != b"1":
         sys.exit(126)  # the parent could not map us
-    os.setresgid(0, 0, 0)
+    # The owner's ids, the only ones mapped (files made from here on are
+    # theirs), keeping the capabilities the namespace's creator has in it.
+    uid, gid = spec["uid"], spec["gid"]
+    os.setresgid(gid, gid, gid)
     with contextlib.suppress(PermissionError):  # denied here: there are none to drop
         os.setgroups([])
-    os.setresuid(0, 0, 0)
+    _check(_libc.prctl(_PR_SET_KEEPCAPS, 1, 0, 0, 0), "keep capabilities")
+    os.setresuid(uid, uid, uid)
+    _capabilities(ambient=False)
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     scratch = spec["scratch"]
     if scratch:  # a fresh tmpfs over it (in here only), where the binds go
@@ -97,8 +124,16 @@ def main(spec: dict[str, Any]) -> None:
             _make_target(dst, is_dir)
         _bind(fd, dst, ro)
         os.close(fd)
+    for path, text in spec["files"].items():  # small files of its own, on the scratch tmpfs
+        _make_target(path, False)
+        with open(path, "w") as f:
+            f.write(text)
     if spec["chroot"]:
         os.chroot(scratch)
+    os.chdir(spec["chdir"])
+    # Without keepCaps, exec as a uid other than 0 leaves the program none.
+    if spec["keepCaps"]:
+        _capabilities(ambient=True)
     for fd in (spec["ready"], spec["go"]):
         os.close(fd)
     os.execv(spec["argv"][0], spec["argv"])

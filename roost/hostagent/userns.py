@@ -4,9 +4,10 @@ virtiofsd and sftp-server act for the guest, and guest root is not
 trusted. Each runs in a user and a mount namespace of its own
 (roost.hostagent.nsexec does the inside):
 
-* as root of that namespace, which is the share's owner outside and no
-  one else: a file the guest creates is the owner's, a chown to any other
-  uid fails, and files the owner could not touch stay untouchable;
+* as the share's owner, whose uid and gid are the only ones mapped in
+  that namespace: a file the guest creates is the owner's, a chown to any
+  other uid fails, and files the owner could not touch stay untouchable
+  (virtiofsd keeps the namespace's capabilities, which reach no further);
 * seeing the share read-only when the user shared it read-only (a bind
   mount remounted ro: guest root remounting its own mount rw changes
   nothing here);
@@ -104,14 +105,13 @@ def _tool(name: str) -> str | None:
 
 
 def _write_maps(pid: int, owner: Owner, setgroups: bool) -> None:
-    if os.geteuid() == 0:
-        Path(f"/proc/{pid}/uid_map").write_text(f"0 {owner.uid} 1\n")
-        Path(f"/proc/{pid}/gid_map").write_text(f"0 {owner.gid} 1\n")
-        return
-    if not setgroups:  # an unprivileged process may map itself, setgroups denied
-        Path(f"/proc/{pid}/setgroups").write_text("deny\n")
-        Path(f"/proc/{pid}/uid_map").write_text(f"0 {owner.uid} 1\n")
-        Path(f"/proc/{pid}/gid_map").write_text(f"0 {owner.gid} 1\n")
+    """The owner's ids mapped to themselves, so the guest sees the share's
+    files as the owner's (the guest user has the host user's uid)."""
+    if os.geteuid() == 0 or not setgroups:
+        if os.geteuid() != 0:  # an unprivileged process may map itself, setgroups denied
+            Path(f"/proc/{pid}/setgroups").write_text("deny\n")
+        Path(f"/proc/{pid}/uid_map").write_text(f"{owner.uid} {owner.uid} 1\n")
+        Path(f"/proc/{pid}/gid_map").write_text(f"{owner.gid} {owner.gid} 1\n")
         return
     problem = setgroups_problem()
     if problem:
@@ -120,8 +120,10 @@ def _write_maps(pid: int, owner: Owner, setgroups: bool) -> None:
     sub = subordinate_gid(user)
     # One subordinate gid beside the user's own is what makes newgidmap
     # allow setgroups; nothing in the share can be given to it but by chgrp.
-    for argv in ([_tool("newuidmap"), str(pid), "0", str(owner.uid), "1"],
-                 [_tool("newgidmap"), str(pid), "0", str(owner.gid), "1", "1", str(sub), "1"]):
+    spare = 0 if owner.gid != 0 else 1  # an inside gid that is not the owner's
+    for argv in ([_tool("newuidmap"), str(pid), str(owner.uid), str(owner.uid), "1"],
+                 [_tool("newgidmap"), str(pid), str(owner.gid), str(owner.gid), "1",
+                  str(spare), str(sub), "1"]):
         done = subprocess.run([str(a) for a in argv], capture_output=True, text=True)
         if done.returncode != 0:
             raise ConfineError(f"{Path(str(argv[0])).name} failed: {done.stderr.strip()}")
@@ -129,6 +131,7 @@ def _write_maps(pid: int, owner: Owner, setgroups: bool) -> None:
 
 async def spawn_confined(argv: list[str], binds: list[Bind], owner: Owner, *,
                          chroot: bool, chdir: str = "/", setgroups: bool = False,
+                         capabilities: bool = False, files: dict[str, str] | None = None,
                          stdin: int | IO[bytes] | None = subprocess.DEVNULL,
                          stdout: int | IO[bytes] | None = None,
                          stderr: int | IO[bytes] | None = None,
@@ -136,11 +139,14 @@ async def spawn_confined(argv: list[str], binds: list[Bind], owner: Owner, *,
                          env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     """Start `argv` confined as the module says; the process is `argv[0]`
     itself (nsexec execs it), a child of ours to reap. Bind targets under
-    SCRATCH are made on a fresh tmpfs there; with `chroot` that is the root."""
+    SCRATCH are made on a fresh tmpfs there, and `files` written there; with
+    `chroot` that is the root."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     spec = {"argv": argv, "binds": [[b.source, b.target, b.readonly] for b in binds],
-            "scratch": SCRATCH, "chroot": chroot, "chdir": chdir, "ready": ready_w, "go": go_r}
+            "scratch": SCRATCH, "chroot": chroot, "chdir": chdir, "uid": owner.uid,
+            "gid": owner.gid, "keepCaps": capabilities, "files": files or {},
+            "ready": ready_w, "go": go_r}
     try:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-I", str(NSEXEC), json.dumps(spec),

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from roost.errors import RoostError
 from roost.image.buildcache import build_once, images_dir, newest_built
-from roost.image.tools import run
+from roost.image.tools import find_tool, run
 from roost.store.instance import write_atomic
 
 Progress = Callable[[str], None]
@@ -121,10 +121,9 @@ class DebianImage:
 
 
 def _tool(name: str, package: str) -> str:
-    for d in ("", "/usr/sbin", "/sbin", "/usr/bin"):
-        path = shutil.which(name, path=d or None)
-        if path:
-            return path
+    path = find_tool(name)
+    if path:
+        return path
     raise RoostError(f"{name} was not found; the {NAME} image needs it "
                      f"(`apt-get install {package}`, or run scripts/setup.sh)")
 

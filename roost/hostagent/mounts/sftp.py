@@ -24,7 +24,6 @@ import secrets
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from roost.hostagent.guestagent import TunnelStream
@@ -34,9 +33,6 @@ CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server",
               "/usr/lib/ssh/sftp-server", "/usr/libexec/openssh/sftp-server")
 # Where the share is in sftp-server's root, and so the path the guest's sshfs asks for.
 SHARE_IN_ROOT = "/share"  # after the chroot into SCRATCH
-# sftp-server refuses to run for a uid with no passwd entry: one for uid 0 (the owner).
-ACCOUNT_FILES = {f"/etc/{n}": Path(__file__).with_name("sftp-root") / "etc" / n
-                 for n in ("passwd", "group")}
 
 
 def find_sftp_server() -> str | None:
@@ -106,11 +102,14 @@ async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
         argv.append("-R")
     binds = [Bind(grant.location, SHARE_IN_ROOT, not grant.writable)]
     binds += [Bind(path, path, True) for path in (*runtime_files(binary), "/dev/null")]
-    binds += [Bind(str(source), target, True) for target, source in ACCOUNT_FILES.items()]
     binds = [Bind(b.source, SCRATCH + b.target, b.readonly) for b in binds]
+    owner = Owner.of_share(grant.location)
+    # sftp-server refuses to run for a uid with no passwd entry.
+    accounts = {f"{SCRATCH}/etc/passwd": f"share:x:{owner.uid}:{owner.gid}::{SHARE_IN_ROOT}:/\n",
+                f"{SCRATCH}/etc/group": f"share:x:{owner.gid}:\n"}
     try:
         proc = await spawn_confined(
-            argv, binds, Owner.of_share(grant.location), chroot=True, chdir=SHARE_IN_ROOT,
+            argv, binds, owner, chroot=True, chdir=SHARE_IN_ROOT, files=accounts,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL)
     except (ConfineError, OSError) as e:

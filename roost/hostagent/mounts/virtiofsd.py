@@ -106,7 +106,7 @@ class Virtiofsd:
             with open(self.log_path, "ab") as log:
                 self._proc = await spawn_confined(
                     self._argv(fd), [Bind(self.source, SHARE_IN_NAMESPACE, not self.writable)],
-                    Owner.of_share(self.source), chroot=False, setgroups=True,
+                    Owner.of_share(self.source), chroot=False, setgroups=True, capabilities=True,
                     stdout=log, stderr=log, pass_fds=(fd,), env=self._environment())
         except BaseException:
             self.socket_path.unlink(missing_ok=True)
