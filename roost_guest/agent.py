@@ -6,7 +6,7 @@ of a second of boot, and each connection here is a simple read loop.
 
 Serves the same protocol on every channel it finds: the virtio-serial port,
 a Unix socket (tests, and the SSH-forwarded fallback) and vsock where the
-guest has it.
+guest has it (answering the host only: see vsock.py).
 """
 
 from __future__ import annotations
@@ -625,7 +625,7 @@ def close_listener(sock: socket.socket, path: str) -> None:
 USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N]
   --port DEVICE    serve the virtio-serial port DEVICE
   --unix PATH      listen on a Unix socket at PATH
-  --vsock-port N   listen on vsock port N (0: off)
+  --vsock-port N   listen on vsock port N, for the host (CID 2) only (0: off)
   --allow-exec     serve the dev-only exec request (audited)
   --audit-log PATH where exec runs are logged (default /var/log/roost/exec.log)
   --integrations-dir DIR, --probes-dir DIR

@@ -8,6 +8,9 @@ through descriptors the driver passes over QMP (not `exec:`).
 A security default does not weaken silently: a QEMU built without seccomp
 is an error naming the way out, ROOST_QEMU_SANDBOX=off, and a VM started
 that way is logged as unsandboxed.
+
+QEMU 7.2 installs the filter before -daemonize forks, which spawn=deny then
+kills (measured: SIGSYS): the driver starts QEMU as its child instead.
 """
 
 from __future__ import annotations
