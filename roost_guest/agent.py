@@ -6,7 +6,7 @@ of a second of boot, and each connection here is a simple read loop.
 
 Serves the same protocol on every channel it finds: the virtio-serial port,
 a Unix socket (tests, and the SSH-forwarded fallback) and vsock where the
-guest has it.
+guest has it (answering the host only: see vsock.py).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from roost_guest import (
     ports,
     protocol,
     tunnel,
+    vsock,
     worker,
 )
 
@@ -587,9 +588,14 @@ def serve_virtio_port(agent: Agent, path: str) -> None:
             discarding = True
 
 
-def serve_listener(agent: Agent, sock: socket.socket, name: str) -> None:
+def serve_listener(agent: Agent, sock: socket.socket, name: str,
+                   admit: Optional[Callable[[Any], bool]] = None) -> None:
+    """Serve each connection `admit` (given the peer's address) lets in."""
     while True:
-        client, _ = sock.accept()
+        client, peer = sock.accept()
+        if admit is not None and not admit(peer):
+            client.close()
+            continue
         conn = Connection(agent, SocketChannel(client, name))
         threading.Thread(target=conn.serve, daemon=True).start()
 
@@ -616,24 +622,10 @@ def close_listener(sock: socket.socket, path: str) -> None:
         os.unlink(path)
 
 
-def vsock_listener(port: int) -> Optional[socket.socket]:
-    family = getattr(socket, "AF_VSOCK", None)
-    if family is None:
-        return None
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.bind((socket.VMADDR_CID_ANY, port))
-        sock.listen(16)
-        return sock
-    except OSError as e:
-        log("vsock port %d unavailable: %s" % (port, e))
-        return None
-
-
 USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N]
   --port DEVICE    serve the virtio-serial port DEVICE
   --unix PATH      listen on a Unix socket at PATH
-  --vsock-port N   listen on vsock port N (0: off)
+  --vsock-port N   listen on vsock port N, for the host (CID 2) only (0: off)
   --allow-exec     serve the dev-only exec request (audited)
   --audit-log PATH where exec runs are logged (default /var/log/roost/exec.log)
   --integrations-dir DIR, --probes-dir DIR
@@ -711,11 +703,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         sock = unix_listener(args.unix)
         threads.append(threading.Thread(target=serve_listener, args=(agent, sock, args.unix)))
     if args.vsock_port:
-        vsock = vsock_listener(args.vsock_port)
-        if vsock is not None:
-            threads.append(
-                threading.Thread(target=serve_listener, args=(agent, vsock, "vsock"))
-            )
+        vsock_sock = vsock.listener(args.vsock_port, log)
+        if vsock_sock is not None:
+            threads.append(threading.Thread(
+                target=serve_listener,
+                args=(agent, vsock_sock, "vsock", vsock.HostOnly(log))))
     if args.port:
         threads.append(threading.Thread(target=serve_virtio_port, args=(agent, args.port)))
     if not threads:
