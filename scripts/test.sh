@@ -19,4 +19,12 @@ if [ "$rc" -eq 5 ]; then
   echo "test: pytest collected no tests; that is a failure" >&2
   exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+
+# Again as a normal user, as most people run roost (no root, no sudo): the
+# end-to-end tests on the built-in image (the debian-12 ones run above).
+if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
+  echo "test: the end-to-end suite again as a normal user (scripts/test-as-user.sh)"
+  bash scripts/test-as-user.sh tests/e2e --ignore=tests/e2e/test_debian.py \
+    --ignore=tests/e2e/test_debian_uefi.py
+fi
