@@ -553,30 +553,31 @@ class Agent:
 
     def reply(self, conn: Connection, req: Dict[str, Any], handler: Handler,
               generation: int) -> None:
+        """Serve one request and send its answer. Its id leaves the in-flight
+        set before the answer goes: the host may reuse it as soon as it has one."""
         req_id = req.get("id")
+        error = ""
         try:
-            try:
-                result = handler(conn, req)
-            except RequestError as e:
-                conn.send_error(req_id, str(e))
-                return
-            except Exception as e:  # a bug must not take the agent down
-                log("request %s failed: %r" % (short(req.get("type")), e))
-                conn.send_error(req_id, "internal error: %s" % short(e))
-                return
+            result = handler(conn, req)
+        except RequestError as e:
+            error = str(e)
+        except Exception as e:  # a bug must not take the agent down
+            log("request %s failed: %r" % (short(req.get("type")), e))
+            error = "internal error: %s" % short(e)
+        else:
             if result is ANSWERED:
                 return
             try:
                 frame = protocol.encode_json({"id": req_id, "ok": True, "result": result})
             except protocol.ProtocolError as e:
-                conn.send_error(req_id, "reply not sendable: %s" % e)
-                return
-            try:
-                conn.send_raw(frame, generation)
-            except OSError as e:
-                log("reply failed: %s" % e)
-        finally:
-            conn.finish(req_id)
+                error = "reply not sendable: %s" % e
+        conn.finish(req_id)
+        if error:
+            frame = protocol.encode_json({"id": req_id, "ok": False, "error": error})
+        try:
+            conn.send_raw(frame, generation)
+        except OSError as e:
+            log("reply failed: %s" % e)
 
     def open_tunnel(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         stream_id = req.get("stream")
@@ -588,6 +589,7 @@ class Agent:
         except tunnel.TunnelError as e:
             raise RequestError(str(e)) from None
         stream = conn.add_stream(stream_id, sock, req.get("proto") == "udp")
+        conn.finish(req.get("id"))
         try:
             # Answered here, before the stream's first data frame can go out.
             conn.send({"id": req.get("id"), "ok": True, "result": {"stream": stream_id}})

@@ -24,6 +24,7 @@ class VirtioPort:
         self._master = self._slave = -1
         self._server: asyncio.Server | None = None
         self._host: asyncio.StreamWriter | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._master, self._slave = pty.openpty()
@@ -37,6 +38,8 @@ class VirtioPort:
             self._server.close()
         if self._host is not None:
             self._host.close()
+        if self._tasks:  # each ends at the EOF of its closed connection
+            await asyncio.wait(self._tasks, timeout=5)
         for fd in (self._master, self._slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -46,6 +49,10 @@ class VirtioPort:
         if self._host is not None:  # a new host connection replaces the old one
             self._host.close()
         self._host = writer
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
         loop = asyncio.get_running_loop()
         loop.add_reader(self._master, self._to_host, writer)
         try:
