@@ -4,27 +4,19 @@ the guest events nobody has read yet."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from roost.cli.start import EventFollower
-from roost.driver.channel import UnixDialer
-from roost.hostagent import guestagent
 from roost.hostagent.events import MAX_ERROR_CHARS, MAX_ERRORS, EventEmitter
-from roost.hostagent.guestagent import GuestAgentClient
 from roost.store import logfile
-from tests.unit.guest_agent_process import guest_agent_on
 
 # A host agent's stdout and stderr, as `roost start` spawns it: files, rotated
 # at a small size. It writes N events (one a millisecond), a print and N
@@ -167,39 +159,3 @@ def test_a_follower_starts_over_when_the_file_is_truncated(tmp_path: Path) -> No
         f.write(b"new\n")
     assert follower.read() == b"new\n"
     follower.close()
-
-
-@pytest.fixture
-def agent_sock() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(dir="/tmp", prefix="roost-bnd-") as d:
-        yield f"{d}/ga.sock"  # Unix socket paths must stay short
-
-
-async def test_unread_guest_events_keep_only_the_newest(
-        agent_sock: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real guest agent reports this host's listening ports: each socket
-    opened and closed is an event, and nothing reads them here."""
-    monkeypatch.setattr(guestagent, "EVENT_BACKLOG", 3)
-    with guest_agent_on(agent_sock):
-        client = GuestAgentClient(UnixDialer(agent_sock))
-        await client.connect()
-        try:
-            await client.request("events")
-            ports = []
-            deadline = time.monotonic() + 30
-            while client.events_dropped < 3:
-                assert time.monotonic() < deadline
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    s.listen()
-                    ports.append(s.getsockname()[1])
-                    await asyncio.sleep(0.3)
-                await asyncio.sleep(0.3)
-            await asyncio.sleep(0.5)  # the last close reported too
-            kept = [await anext(client.events()) for _ in range(3)]
-            assert client._events.empty() and client.events_dropped >= 3
-            removed = [p["port"] for e in kept if e["event"] == "ports"
-                       for p in e["removed"]]
-            assert ports[-1] in removed  # the newest are the ones kept
-        finally:
-            await client.close()

@@ -105,6 +105,8 @@ class PortForwarding:
                 log.info("guest agent session ended; reconnecting")
             except (GuestAgentError, OSError) as e:
                 log.debug("guest agent unreachable: %s", e)
+            except Exception:  # a bug must not end port forwarding for good
+                log.exception("following the guest agent failed; reconnecting")
             await self.session.drop()
             if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
                 await self._ssh_poll(forwarder)
