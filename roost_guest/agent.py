@@ -12,6 +12,7 @@ guest has it (answering the host only: see vsock.py).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
@@ -800,6 +801,8 @@ def serve_listener(agent: Agent, sock: socket.socket, name: str,
         try:
             client, peer = sock.accept()
         except OSError as e:  # e.g. out of file descriptors: later may do
+            if e.errno in (errno.EBADF, errno.EINVAL):  # the listener was closed
+                return
             log("%s: accept failed: %s" % (name, e))
             time.sleep(0.1)
             continue
