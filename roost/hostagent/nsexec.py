@@ -95,6 +95,51 @@ def _capabilities(ambient: bool) -> None:
                    f"ambient capability {cap}")
 
 
+# No setuid or setgid bit through a share: a program the guest planted in a
+# root-owned share and made setuid would run as root on the host. The mode
+# argument of each call that sets one (x86-64 numbers), by its position.
+_MODE_ARG = {90: 1, 91: 1, 268: 2,          # chmod, fchmod, fchmodat
+             2: 2, 257: 3, 85: 1,           # open, openat, creat
+             83: 1, 258: 2, 133: 1, 259: 2}  # mkdir, mkdirat, mknod, mknodat
+_HIDDEN_MODE = (437, 452)  # openat2, fchmodat2: the mode is out of reach; ENOSYS
+_AUDIT_ARCH_X86_64, _X32_BIT = 0xC000003E, 0x40000000
+_SET_ID_BITS = 0o6000
+_SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 0x7FFF0000, 0x00050000
+_PR_SET_NO_NEW_PRIVS, _PR_SET_SECCOMP, _SECCOMP_MODE_FILTER = 38, 22, 2
+
+
+def _no_set_id_bits_filter() -> list[tuple[int, int, int, int]]:
+    """A classic BPF program for seccomp: (code, jt, jf, k) instructions."""
+    ld, jeq, jset, ret = 0x20, 0x15, 0x45, 0x06  # ld [k]; jeq #k; jset #k; ret #k
+    eperm, enosys = _SECCOMP_RET_ERRNO | 1, _SECCOMP_RET_ERRNO | 38
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, _AUDIT_ARCH_X86_64), (ret, 0, 0, enosys),
+            (ld, 0, 0, 0), (jset, 0, 1, _X32_BIT), (ret, 0, 0, enosys)]
+    for nr in _HIDDEN_MODE:
+        prog += [(jeq, 0, 1, nr), (ret, 0, 0, enosys)]
+    for nr, arg in _MODE_ARG.items():
+        # nr? then load the mode's low word: a set-id bit is EPERM, else allow.
+        prog += [(jeq, 0, 4, nr), (ld, 0, 0, 16 + 8 * arg), (jset, 0, 1, _SET_ID_BITS),
+                 (ret, 0, 0, eperm), (ret, 0, 0, _SECCOMP_RET_ALLOW)]
+    return [*prog, (ret, 0, 0, _SECCOMP_RET_ALLOW)]
+
+
+def _refuse_set_id_bits() -> None:
+    prog = _no_set_id_bits_filter()
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8),
+                    ("jf", ctypes.c_uint8), ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    insns = (SockFilter * len(prog))(*(SockFilter(*i) for i in prog))
+    fprog = SockFprog(len(prog), insns)
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    _check(_libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0),
+           "seccomp filter")
+
+
 def main(spec: dict[str, Any]) -> None:
     _check(_libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
     # Held (in the new mount namespace: a bind's source must be in it) before
@@ -136,6 +181,7 @@ def main(spec: dict[str, Any]) -> None:
         _capabilities(ambient=True)
     for fd in (spec["ready"], spec["go"]):
         os.close(fd)
+    _refuse_set_id_bits()
     os.execv(spec["argv"][0], spec["argv"])
 
 
