@@ -401,6 +401,8 @@ def test_forged_owners_through_virtiofs(roost: Roost, vm: str, hostile_dir: Path
             mknod char-dev c 1 3; echo mknod-char=$?
             mknod block-dev b 8 0; echo mknod-block=$?
             mkfifo a-fifo; echo mkfifo=$?
+            echo more >> from-host.txt; echo append=$?
+            rm rel-link; echo delete=$?
             chmod 0777 .
             su -s /bin/sh nobody -c 'touch by-nobody' 2>&1; echo nobody-create=$?
             ls -ln""", check=False)
@@ -415,6 +417,9 @@ def test_forged_owners_through_virtiofs(roost: Roost, vm: str, hostile_dir: Path
         # Guest uids other than root map to no one on the host: EINVAL.
         assert codes["nobody-create"] != 0 and "Invalid argument" in out
         assert codes["chmod-setuid"] == 0 and codes["mkfifo"] == 0
+        assert codes["append"] == 0 and codes["delete"] == 0
+        assert (share / "from-host.txt").read_text() == "host data\nmore\n"
+        assert not (share / "rel-link").is_symlink()
         seen = owners(share)
         detail["host"] = seen
         assert {(uid, gid) for uid, gid, _ in seen.values()} == {(UNUSED_UID, UNUSED_UID)}
@@ -455,7 +460,11 @@ def test_setuid_program_planted_in_a_writable_share(roost: Roost, vm: str, hosti
                          f"owned by uid {owner}; a host user runs it") as detail:
         guest(roost, vm, f"python3 -c 'import base64, sys; open(\"{point}/euid\", \"wb\")"
                          f".write(base64.b64decode(sys.stdin.read()))' && "
-                         f"chmod 4755 {point}/euid", input=program)
+                         f"chmod 4755 {point}/euid && echo more >> {point}/from-host.txt && "
+                         f"rm {point}/rel-link", input=program)
+        assert (share / "from-host.txt").read_text() == "host data\nmore\n"
+        assert not (share / "rel-link").is_symlink()
+        assert {uid for uid, _, _ in owners(share).values()} == {owner}
         st = os.stat(share / "euid")
         detail["hostMode"] = stat.filemode(st.st_mode)
         detail["hostOwner"] = st.st_uid
@@ -596,30 +605,32 @@ def test_listener_flood(roost: Roost, vm: str) -> None:
     ha = host_agent_pid(roost, vm)
     fds_before, rss_before = _fd_count(ha), rss_kib(ha)
     with attack("listener-flood", f"guest root opens {count} listening ports at once, "
-                "then closes them") as detail, Sampler(roost, vm, ha) as sampler:
-        flood = guest_tool_popen(roost, vm, "flood", "listen", str(count),
-                                 str(FLOOD_FIRST_PORT), "600", prefix="ulimit -n 8192; ")
-        started = time.monotonic()
-        try:
-            assert flood.stdout is not None
-            assert json.loads(flood.stdout.readline()) == {"listening": count}
-            wait_until(lambda: _flood_forwards(roost, vm, count) == count, 300,
-                       f"{count} forwards")
-            detail["forwardAllSeconds"] = round(time.monotonic() - started, 1)
-            detail["fdsAtPeak"] = _fd_count(ha)
-            detail["rssAtPeakKiB"] = rss_kib(ha)
-        finally:
-            assert flood.stdin is not None
-            flood.stdin.close()
-            flood.wait(timeout=120)
-        closed = time.monotonic()
-        wait_until(lambda: _flood_forwards(roost, vm, count) == 0, 300, "the forwards to end")
-        detail["releaseAllSeconds"] = round(time.monotonic() - closed, 1)
-        wait_until(lambda: _fd_count(ha) <= fds_before + 4, 30, "the host agent's fds")
+                "then closes them") as detail:
+        with Sampler(roost, vm, ha) as sampler:
+            flood = guest_tool_popen(roost, vm, "flood", "listen", str(count),
+                                     str(FLOOD_FIRST_PORT), "600", prefix="ulimit -n 8192; ")
+            started = time.monotonic()
+            try:
+                assert flood.stdout is not None
+                assert json.loads(flood.stdout.readline()) == {"listening": count}
+                wait_until(lambda: _flood_forwards(roost, vm, count) == count, 300,
+                           f"{count} forwards")
+                detail["forwardAllSeconds"] = round(time.monotonic() - started, 1)
+                detail["fdsAtPeak"] = _fd_count(ha)
+                detail["rssAtPeakKiB"] = rss_kib(ha)
+            finally:
+                assert flood.stdin is not None
+                flood.stdin.close()
+                flood.wait(timeout=120)
+            closed = time.monotonic()
+            wait_until(lambda: _flood_forwards(roost, vm, count) == 0, 300,
+                       "the forwards to end")
+            detail["releaseAllSeconds"] = round(time.monotonic() - closed, 1)
+            wait_until(lambda: _fd_count(ha) <= fds_before + 4, 30, "the host agent's fds")
         detail.update(rssBeforeKiB=rss_before, **sampler.figures(),
                       lsSeconds=sampler.ls_seconds, infoSeconds=sampler.info_seconds)
-        sampler.check()
         detail["hostAgent"] = host_agent_serves(roost, vm, ha)
+        sampler.check()
     figure("listenerFlood", {"listeners": count, **detail})
 
 
@@ -633,21 +644,23 @@ def test_event_flood(roost: Roost, vm: str) -> None:
     log = roost.home / vm / "ha.stderr.log"
     log_from = log.stat().st_size
     with attack("event-flood", f"guest root churns {count} listeners for {FLOOD_SECS:g}s"
-                ) as detail, Sampler(roost, vm, ha) as sampler:
-        got = guest_tool(roost, vm, "flood", "churn", str(FLOOD_SECS), str(count),
-                         str(FLOOD_FIRST_PORT), timeout=FLOOD_SECS + 300)
-        ended = time.monotonic()
-        wait_until(lambda: _flood_forwards(roost, vm, count) == 0, 300,
-                   "the host's forwards to match the guest (none)")
+                ) as detail:
+        with Sampler(roost, vm, ha) as sampler:
+            got = guest_tool(roost, vm, "flood", "churn", str(FLOOD_SECS), str(count),
+                             str(FLOOD_FIRST_PORT), timeout=FLOOD_SECS + 300)
+            ended = time.monotonic()
+            wait_until(lambda: _flood_forwards(roost, vm, count) == 0, 300,
+                       "the host's forwards to match the guest (none)")
+            settled = time.monotonic() - ended
         detail.update(got, floodSeconds=FLOOD_SECS, hostAgentRssKiBBefore=rss_before,
                       hostAgentRssKiB=rss_kib(ha), **sampler.figures(),
-                      settledSeconds=round(time.monotonic() - ended, 1),
+                      settledSeconds=round(settled, 1),
                       eventsDroppedWarning="guest events pile up" in log.read_text(
                           errors="replace")[log_from:])
+        detail["hostAgent"] = host_agent_serves(roost, vm, ha)
         assert got["cycles"] > 0
         assert 0 < got["guestAgentRssKiB"] < RSS_BOUND_KIB
         sampler.check()
-        detail["hostAgent"] = host_agent_serves(roost, vm, ha)
     figure("eventFlood", detail)
 
 
@@ -687,6 +700,8 @@ def test_forged_owners_through_9p(roost: Roost, nine_vm: tuple[str, Path, Path])
     name, rw, _ = nine_vm
     ha = host_agent_pid(roost, name)
     qemu_uid = os.stat(f"/proc/{roost.pid(name, 'qemu.pid')}").st_uid
+    (rw / "from-host.txt").write_text("host data\n")
+    (rw / "doomed.txt").write_text("host data\n")
     with attack("9p-forged-owners",
                 f"guest root in a 9p share: chown {GUEST_UID}, setuid/setgid, device nodes, "
                 "symlinks") as detail:
@@ -695,6 +710,8 @@ def test_forged_owners_through_9p(roost: Roost, nine_vm: tuple[str, Path, Path])
             chmod 6755 owned; echo setuid=$?
             mknod char-dev c 1 3; echo mknod=$?
             ln -s /etc/shadow a-link; echo symlink=$?
+            echo more >> from-host.txt; echo append=$?
+            rm doomed.txt; echo delete=$?
             ls -ln""", check=False)
         detail["guest"] = out
         seen = {k: v for k, v in owners(rw).items() if k != "."}
@@ -703,7 +720,10 @@ def test_forged_owners_through_9p(roost: Roost, nine_vm: tuple[str, Path, Path])
         # mapped-xattr: the guest's owners and modes live in xattrs; on the host
         # every file is QEMU's user's, a plain file with no setuid bit.
         assert {(uid, gid) for uid, gid, _ in seen.values()} == {(qemu_uid, qemu_uid)}
-        assert all(mode[0] == "-" and "s" not in mode.lower() for _, _, mode in seen.values())
+        made = {k: mode for k, (_, _, mode) in seen.items() if k != "from-host.txt"}
+        assert all(mode[0] == "-" and not set(mode[1:]) & set("xsSt") for mode in made.values())
+        assert (rw / "from-host.txt").read_text() == "host data\nmore\n"
+        assert not (rw / "doomed.txt").exists()
         detail["hostAgent"] = host_agent_serves(roost, name, ha)
 
 
