@@ -40,7 +40,7 @@ MAP_SECONDS = 5.0
 # A tmpfs over it inside the namespace holds the share: the daemon reaches it
 # by a path of its own, whatever directories above the share it may not enter.
 SCRATCH = "/tmp"
-# Run as a file (python -I): the standard library is all it imports.
+# Run as a file (python -I -S): the standard library is all it imports.
 NSEXEC = Path(__file__).with_name("nsexec.py")
 
 
@@ -149,7 +149,7 @@ async def spawn_confined(argv: list[str], binds: list[Bind], owner: Owner, *,
             "ready": ready_w, "go": go_r}
     try:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-I", str(NSEXEC), json.dumps(spec),
+            sys.executable, "-I", "-S", str(NSEXEC), json.dumps(spec),
             stdin=stdin, stdout=stdout, stderr=stderr, start_new_session=True,
             pass_fds=(ready_w, go_r, *pass_fds), env=env or {})
     finally:

@@ -92,11 +92,8 @@ class SftpGrants:
         await serve_sftp(stream, grant)
 
 
-async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
-    binary = find_sftp_server()
-    if binary is None:
-        await stream.reset("no sftp-server on the host (Debian: openssh-sftp-server)")
-        return
+async def start_sftp_server(binary: str, grant: Grant) -> asyncio.subprocess.Process:
+    """sftp-server for `grant`, confined (see the module's doc), on pipes."""
     argv = [binary, "-d", SHARE_IN_ROOT, "-e", "-l", "ERROR"]
     if not grant.writable:
         argv.append("-R")
@@ -107,11 +104,19 @@ async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
     # sftp-server refuses to run for a uid with no passwd entry.
     accounts = {f"{SCRATCH}/etc/passwd": f"share:x:{owner.uid}:{owner.gid}::{SHARE_IN_ROOT}:/\n",
                 f"{SCRATCH}/etc/group": f"share:x:{owner.gid}:\n"}
+    return await spawn_confined(
+        argv, binds, owner, chroot=True, chdir=SHARE_IN_ROOT, files=accounts,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+
+
+async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
+    binary = find_sftp_server()
+    if binary is None:
+        await stream.reset("no sftp-server on the host (Debian: openssh-sftp-server)")
+        return
     try:
-        proc = await spawn_confined(
-            argv, binds, owner, chroot=True, chdir=SHARE_IN_ROOT, files=accounts,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL)
+        proc = await start_sftp_server(binary, grant)
     except (ConfineError, OSError) as e:
         await stream.reset(f"sftp-server could not be confined: {e}")
         return
