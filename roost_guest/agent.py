@@ -165,10 +165,8 @@ class Connection:
         """Handle incoming bytes; False when the connection must close."""
         try:
             messages = self.decoder.feed(data)
-        except protocol.ProtocolError as e:
-            log("%s: %s; closing the session" % (self.channel.name, e))
-            self.send_error(None, "protocol error: %s; session closed" % e, closed=True)
-            return False
+        except protocol.ProtocolError:
+            return False  # fed after it failed
         for msg in messages:
             try:
                 self.handle(msg)
@@ -177,6 +175,11 @@ class Connection:
                 req_id = msg.obj.get("id") if isinstance(msg, protocol.JsonMessage) else None
                 self.send_error(req_id if protocol.valid_id(req_id) else None,
                                 "internal error: %s" % short(e))
+        broken = self.decoder.error
+        if broken is not None:  # the frames before it were served; this session ends
+            log("%s: %s; closing the session" % (self.channel.name, broken))
+            self.send_error(None, "protocol error: %s; session closed" % broken, closed=True)
+            return False
         return True
 
     def handle(self, msg: protocol.Message) -> None:
@@ -660,6 +663,10 @@ class PortWatcher:
                 log("port scan failed (%s); using /proc/net" % e)
                 self._scanner = ports.ProcScanner()
                 self.scanner_kind = "ProcScanner"
+                continue
+            except Exception as e:  # a bug: this scan is lost, the watcher goes on
+                log("port scan failed: %r" % (e,))
+                time.sleep(1)
                 continue
             with self._lock:
                 before, self._current = self._current, now

@@ -252,19 +252,20 @@ def parse_length(header: bytes) -> int:
 class FrameDecoder:
     """Incremental decoder: feed bytes as they arrive, get whole messages.
 
-    After a ProtocolError the decoder is poisoned: the stream has lost its
-    frame boundaries and the connection must be closed. What it had not
-    consumed, from the failing frame's header on, stays in `unconsumed`
-    (where the guest looks for the next session's hello).
+    A frame that breaks the framing poisons the decoder: feed still returns
+    the messages before it, and sets `error`; the stream has lost its frame
+    boundaries and the connection must be closed (a later feed raises).
+    What it had not consumed, from the failing frame's header on, stays in
+    `unconsumed` (where the guest looks for the next session's hello).
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._failed = False
+        self.error: Optional[ProtocolError] = None
         self.frames = 0  # frames decoded, valid or not
 
     def feed(self, data: bytes) -> List[Message]:
-        if self._failed:
+        if self.error is not None:
             raise ProtocolError("connection already failed")
         self._buf += data
         out: List[Message] = []
@@ -278,9 +279,8 @@ class FrameDecoder:
                 out.append(decode_body(bytes(self._buf[pos + HEADER_SIZE : end])))
                 self.frames += 1
                 pos = end
-        except ProtocolError:
-            self._failed = True
-            raise
+        except ProtocolError as e:
+            self.error = e
         finally:
             del self._buf[:pos]
         return out

@@ -265,6 +265,8 @@ class GuestAgentClient:
                 if self._lost:
                     error = self._lost
                     break
+                if decoder.error is not None:  # after the frames before it
+                    raise decoder.error
                 data = await reader.read(1 << 18)
                 if not data:
                     break
@@ -274,8 +276,10 @@ class GuestAgentClient:
         except OSError as e:
             error = f"guest agent connection failed: {e}"
         except asyncio.CancelledError:
-            error = self._lost or "session closed by the host"
-            raise
+            if self._lost is None:
+                error = "session closed by the host"
+                raise
+            error = self._lost  # ended by _lose: the reader ends as if it read that
         except Exception as e:  # a bug here ends the session with an error, never silently
             log.exception("guest agent session failed")
             error = f"guest agent session failed: {e!r}"
@@ -578,6 +582,8 @@ class GuestAgentClient:
             self._reader_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader_task
+        if self.error is None:  # the reader was cancelled before it ever ran
+            self._end("session closed by the host")
 
 
 async def _skip_to_sync(reader: asyncio.StreamReader, nonce: int) -> tuple[bytes, int | None]:

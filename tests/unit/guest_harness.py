@@ -36,7 +36,7 @@ class MemoryChannel(guest.Channel):
         """The JSON messages written since the last take (data frames left out)."""
         decoder = protocol.FrameDecoder()
         messages = decoder.feed(bytes(self.out))
-        assert decoder.pending == 0, "the agent wrote a partial frame"
+        assert decoder.error is None and decoder.pending == 0, "the agent wrote a bad frame"
         self.out.clear()
         out = []
         for msg in messages:

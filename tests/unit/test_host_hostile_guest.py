@@ -130,6 +130,7 @@ async def test_a_silent_guest_fails_the_heartbeat(guest: RawGuest) -> None:
     await session.request("ping", timeout=2)  # the heartbeat; never answered
     await asyncio.wait_for(client.closed.wait(), 2)
     assert client.error is not None and "does not answer" in client.error
+    assert client._reader_task is not None and client._reader_task.exception() is None
     # A guest that answers keeps its session.
     client, session = await _connect(guest, heartbeat_idle=0.2, heartbeat_timeout=0.3)
     for _ in range(3):
