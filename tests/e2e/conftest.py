@@ -71,6 +71,14 @@ class Roost:
             return None
 
 
+def as_guest_root(*command: str) -> list[str]:
+    """`command` for `roost shell`, run as root in the guest. The guest user
+    is the host user (root only when the suite runs as root), with
+    passwordless sudo; scratch files that need no root go in that user's
+    home, the shell's working directory."""
+    return ["sudo", "-n", *command]
+
+
 def pid_running(pid: int | None) -> bool:
     if pid is None:
         return False

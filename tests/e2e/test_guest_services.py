@@ -9,7 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import HEALTH_FLAG, Roost, small_vm
+from tests.e2e.conftest import HEALTH_FLAG, Roost, as_guest_root, small_vm
 
 
 def test_exec_output_exit_code_and_audit(roost: Roost, vm: str) -> None:
@@ -84,7 +84,7 @@ def test_a_killed_guest_agent_is_followed_again(roost: Roost, vm: str) -> None:
     # session and subscribes again: a port opened after is forwarded.
     old = guest_agent_pid(roost, vm)
     assert old.isdigit(), old
-    roost.run("shell", vm, "--", "kill", "-9", old)
+    roost.run("shell", vm, "--", *as_guest_root("kill", "-9", old))
     killed = time.monotonic()
     while not (new := guest_agent_pid(roost, vm)).isdigit() or new == old:
         assert time.monotonic() - killed < 30, "the guest agent was not respawned"
@@ -159,14 +159,14 @@ def test_health_checks_grace_timeout_and_bad_file(roost: Roost, vm: str) -> None
     # Killed, not left: the check runs again every 5 s, so one `sleep 30` may be
     # in flight; a leaked one is still there after longer than the 0.5 s timeout.
     assert roost.run("shell", vm, "--", "sh", "-c", OUTLIVING_SLEEPS).stdout == ""
-    roost.run("shell", vm, "--", "sh", "-c",
-              "echo '{oops' > /etc/roost/integrations.d/broken.json")
+    roost.run("shell", vm, "--",
+              *as_guest_root("sh", "-c", "echo '{oops' > /etc/roost/integrations.d/broken.json"))
     while not health(roost, vm)["errors"]:
         assert time.monotonic() < deadline, "the bad file was not reported"
         time.sleep(0.3)
     assert health(roost, vm)["errors"][0]["file"].endswith("broken.json")
     assert check(roost, vm, "web")["status"] == "healthy"  # a bad file is not fatal
-    roost.run("shell", vm, "--", "rm", "/etc/roost/integrations.d/broken.json")
+    roost.run("shell", vm, "--", *as_guest_root("rm", "/etc/roost/integrations.d/broken.json"))
     # Pushed to the host: the host agent's events and `roost ls` know.
     assert roost.ls()[vm]["health"] == "error"
     table = roost.run("ls").stdout
@@ -178,7 +178,8 @@ def test_health_checks_grace_timeout_and_bad_file(roost: Roost, vm: str) -> None
 def test_probe_with_json_output(roost: Roost, vm: str) -> None:
     spec = json.dumps({"name": "free", "cmd": "echo '{\"ok\": true, \"n\": 3}'",
                        "interval_secs": 1, "output_format": "json"})
-    roost.run("shell", vm, "--", "sh", "-c", "cat > /etc/roost/probes.d/free.json", input=spec)
+    roost.run("shell", vm, "--", *as_guest_root("sh", "-c", "cat > /etc/roost/probes.d/free.json"),
+              input=spec)
     deadline = time.monotonic() + 30
     while True:
         result = json.loads(roost.run("probes", vm, "--json").stdout)
@@ -188,17 +189,17 @@ def test_probe_with_json_output(roost: Roost, vm: str) -> None:
         assert time.monotonic() < deadline, f"probe never succeeded: {result}"
         time.sleep(0.3)
     assert probes["free"]["output"] == {"ok": True, "n": 3}
-    roost.run("shell", vm, "--", "rm", "/etc/roost/probes.d/free.json")
+    roost.run("shell", vm, "--", *as_guest_root("rm", "/etc/roost/probes.d/free.json"))
 
 
 def test_diff_of_a_read_only_root(roost: Roost, tmp_path: Path) -> None:
     config = tmp_path / "ro.yaml"
     config.write_text("readOnlyRoot: true\n")
     with small_vm(roost, "ro", "--config", str(config)):
-        roost.run("shell", "ro", "--", "sh", "-c",
-                  "echo hello > /root/created.txt; echo more >> /etc/profile; "
+        roost.run("shell", "ro", "--", *as_guest_root(
+                  "sh", "-c", "echo hello > /root/created.txt; echo more >> /etc/profile; "
                   "rm /etc/shells; rm -rf /usr/lib/roost/acpid-gone 2>/dev/null; "
-                  "rm -rf /etc/acpi && mkdir -p /etc/acpi/PWRF && echo new > /etc/acpi/PWRF/x")
+                  "rm -rf /etc/acpi && mkdir -p /etc/acpi/PWRF && echo new > /etc/acpi/PWRF/x"))
         changes = {c["path"]: c for c in json.loads(roost.run("diff", "ro", "--json").stdout)}
         assert changes["/root/created.txt"] == {"path": "/root/created.txt",
                                                 "kind": "created", "size": 6}
@@ -208,9 +209,9 @@ def test_diff_of_a_read_only_root(roost: Roost, tmp_path: Path) -> None:
         assert changes["/etc/acpi/PWRF/00000080"]["kind"] == "deleted"
         assert changes["/etc/acpi/PWRF/x"]["kind"] == "created"
         # More changes than one frame carries: the answer comes in parts.
-        roost.run("shell", "ro", "--", "python3", "-c",
-                  "import os; os.makedirs('/root/many'); "
-                  "[open('/root/many/f%04d' % i, 'w').close() for i in range(2500)]")
+        roost.run("shell", "ro", "--", *as_guest_root(
+                  "python3", "-c", "import os; os.makedirs('/root/many'); "
+                  "[open('/root/many/f%04d' % i, 'w').close() for i in range(2500)]"))
         paths = list(json.loads(roost.run("diff", "ro", "--json").stdout))
         assert paths == sorted(paths, key=lambda c: c["path"])
         assert sum(p["path"].startswith("/root/many/") for p in paths) == 2500

@@ -76,6 +76,13 @@ def guest_background(roost: Roost, vm: str, command: str) -> int:
     return int(out.strip())
 
 
+def guest_wait_listening(roost: Roost, vm: str, port: int) -> None:
+    """Return once a TCP socket listens on 127.0.0.1:`port` in the guest."""
+    listen_row = f" 0100007F:{port:04X} 00000000:0000 0A "  # /proc/net/tcp, state LISTEN
+    roost.run("shell", vm, "--", "sh", "-c",
+              f"until grep -q '{listen_row}' /proc/net/tcp; do sleep 0.05; done", timeout=60)
+
+
 def guest_kill(roost: Roost, vm: str, pid: int) -> None:
     roost.run("shell", vm, "--", "kill", str(pid))
 
@@ -124,8 +131,9 @@ def events(roost: Roost, vm: str) -> list[dict[str, Any]]:
 def test_http_server_on_guest_loopback_appears_and_goes(roost: Roost, vm: str) -> None:
     port = free_port()
     pid = guest_background(roost, vm, f"python3 -m http.server {port} --bind 127.0.0.1")
-    # python3 itself takes a moment to start under TCG; the forward follows
-    # its listen() well within that.
+    # python3 and its imports take 3-7 s to start under TCG on a busy host:
+    # time the forward from the guest's listen(), not from the launch.
+    guest_wait_listening(roost, vm, port)
     elapsed = wait_fetch(f"http://127.0.0.1:{port}/", timeout=5)
     assert elapsed < 5
     assert {"type": "forwarding", "protocol": "tcp", "guestAddr": f"127.0.0.1:{port}",

@@ -41,13 +41,13 @@ def assert_sandboxed(roost: Roost, name: str) -> int:
 
 def test_booted_and_resumed_qemu_is_sandboxed(roost: Roost, jail: str) -> None:
     booted = assert_sandboxed(roost, jail)
-    roost.run("shell", jail, "--", "sh", "-c", "echo kept > /root/kept")
+    roost.run("shell", jail, "--", "sh", "-c", "echo kept > kept")
     roost.run("suspend", jail, timeout=300)
     # QEMU wrote its state through the descriptor the driver opened.
     assert stat.S_IMODE((roost.home / jail / "vmstate.bin").stat().st_mode) == 0o600
     roost.run("resume", jail, timeout=300)
     assert assert_sandboxed(roost, jail) != booted
-    assert roost.run("shell", jail, "--", "cat", "/root/kept").stdout == "kept\n"
+    assert roost.run("shell", jail, "--", "cat", "kept").stdout == "kept\n"
 
 
 async def migrate_to_a_program(qmp_sock: Path) -> None:

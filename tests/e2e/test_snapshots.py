@@ -23,14 +23,14 @@ def snaps(roost: Roost, name: str) -> dict[str, dict[str, object]]:
 
 
 def test_running_snapshot_restores_files_and_processes(roost: Roost, small: str) -> None:
-    roost.run("shell", small, "--", "sh", "-c", "echo before > /root/state; sync")
+    roost.run("shell", small, "--", "sh", "-c", "echo before > state; sync")
     pid = roost.run("shell", small, "--", "sh", "-c",
                     "sleep 10000 </dev/null >/dev/null 2>&1 & echo $!").stdout.strip()
     roost.run("snapshot", "create", small, "--tag", "live", timeout=300)
     assert snaps(roost, small)["live"]["vmStateSize"]
-    roost.run("shell", small, "--", "sh", "-c", f"echo after > /root/state; kill {pid}")
+    roost.run("shell", small, "--", "sh", "-c", f"echo after > state; kill {pid}")
     roost.run("snapshot", "apply", small, "--tag", "live", timeout=300)
-    assert roost.run("shell", small, "--", "cat", "/root/state").stdout == "before\n"
+    assert roost.run("shell", small, "--", "cat", "state").stdout == "before\n"
     # The process killed after the snapshot runs again: memory came back too.
     assert roost.run("shell", small, "--", "kill", "-0", pid, check=False).returncode == 0
     assert roost.ls()[small]["status"] == "Running"
@@ -39,15 +39,15 @@ def test_running_snapshot_restores_files_and_processes(roost: Roost, small: str)
 
 
 def test_stopped_snapshot_apply(roost: Roost, small: str) -> None:
-    roost.run("shell", small, "--", "sh", "-c", "echo v1 > /root/disk-state; sync")
+    roost.run("shell", small, "--", "sh", "-c", "echo v1 > disk-state; sync")
     roost.run("stop", small, timeout=120)
     roost.run("snapshot", "create", small, "--tag", "cold")
     roost.run("start", small, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    roost.run("shell", small, "--", "sh", "-c", "echo v2 > /root/disk-state; sync")
+    roost.run("shell", small, "--", "sh", "-c", "echo v2 > disk-state; sync")
     roost.run("stop", small, timeout=120)
     roost.run("snapshot", "apply", small, "--tag", "cold")
     roost.run("start", small, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    assert roost.run("shell", small, "--", "cat", "/root/disk-state").stdout == "v1\n"
+    assert roost.run("shell", small, "--", "cat", "disk-state").stdout == "v1\n"
     assert not snaps(roost, small)["cold"]["vmStateSize"]
 
 

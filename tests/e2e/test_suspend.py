@@ -42,9 +42,9 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
     roost.run("mount", "add", sleeper, str(share), "/mnt/s", "--type", "virtiofs")
     port = free_port()
     roost.run("shell", sleeper, "--", "sh", "-c",
-              f"echo kept > /root/kept; sync; "
+              f"echo kept > kept; sync; "
               f"python3 -m http.server {port} --bind 127.0.0.1 </dev/null >/dev/null 2>&1 & "
-              "echo $! > /root/server.pid")
+              "echo $! > server.pid")
 
     def port_open() -> bool:
         with socket.socket() as s:
@@ -61,9 +61,9 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
     started = time.monotonic()
     roost.run("resume", sleeper, timeout=300)
     assert time.monotonic() - started < 30
-    assert roost.run("shell", sleeper, "--", "cat", "/root/kept").stdout == "kept\n"
+    assert roost.run("shell", sleeper, "--", "cat", "kept").stdout == "kept\n"
     assert roost.run("shell", sleeper, "--", "sh", "-c",
-                     "kill -0 $(cat /root/server.pid) && echo alive").stdout == "alive\n"
+                     "kill -0 $(cat server.pid) && echo alive").stdout == "alive\n"
     assert roost.run("shell", sleeper, "--", "cat", "/mnt/s/f.txt").stdout == "shared\n"
     wait_until(port_open, 10, "the forward after resume")
     assert not (roost.home / sleeper / "vmstate.bin").exists()
@@ -73,7 +73,7 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
 
 
 def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper: str) -> None:
-    roost.run("shell", sleeper, "--", "sh", "-c", "echo before > /root/state; sync")
+    roost.run("shell", sleeper, "--", "sh", "-c", "echo before > state; sync")
     roost.run("suspend", sleeper, timeout=300)
     config = roost.home / sleeper / "roost.yaml"
     good = config.read_text()
@@ -88,11 +88,11 @@ def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper
     finally:
         config.write_text(good)
     roost.run("resume", sleeper, timeout=300)
-    assert roost.run("shell", sleeper, "--", "cat", "/root/state").stdout == "before\n"
+    assert roost.run("shell", sleeper, "--", "cat", "state").stdout == "before\n"
 
 
 def test_stop_force_drops_the_saved_state(roost: Roost, sleeper: str) -> None:
-    roost.run("shell", sleeper, "--", "sh", "-c", "echo on-disk > /root/disk; sync")
+    roost.run("shell", sleeper, "--", "sh", "-c", "echo on-disk > disk; sync")
     roost.run("suspend", sleeper, timeout=300)
     out = roost.run("stop", "--force", sleeper).stdout
     assert "saved state dropped" in out
@@ -100,7 +100,7 @@ def test_stop_force_drops_the_saved_state(roost: Roost, sleeper: str) -> None:
     assert not any((roost.home / sleeper / f).exists()
                    for f in ("ram.bin", "vmstate.bin", "suspended.json"))
     roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
-    assert roost.run("shell", sleeper, "--", "cat", "/root/disk").stdout == "on-disk\n"
+    assert roost.run("shell", sleeper, "--", "cat", "disk").stdout == "on-disk\n"
 
 
 def test_suspend_resume_with_static_virtiofs_shares(roost: Roost, vm: str) -> None:

@@ -17,6 +17,9 @@ def _events(roost: Roost, name: str) -> list[dict[str, object]]:
 
 
 def test_qemu_killed_host_agent_reports_and_exits(roost: Roost, vm: str) -> None:
+    # Its own file (this may run without test_lifecycle.py), synced: the
+    # disk keeps it through QEMU's death.
+    roost.run("shell", vm, "--", "sh", "-c", "echo synced > ~/before-the-kill.txt && sync")
     ha_pid, qemu_pid = roost.pid(vm, "ha.pid"), roost.pid(vm, "qemu.pid")
     assert pid_running(ha_pid) and pid_running(qemu_pid) and qemu_pid is not None
     os.kill(qemu_pid, signal.SIGKILL)
@@ -27,7 +30,7 @@ def test_qemu_killed_host_agent_reports_and_exits(roost: Roost, vm: str) -> None
     assert any("QEMU" in e or "qemu" in e for e in last["errors"]), last
     assert roost.ls()[vm]["status"] in ("Stopped", "Broken")
     start(roost, vm)
-    assert roost.run("shell", vm, "--", "cat", "note.txt").stdout == "persisted\n"
+    assert roost.run("shell", vm, "--", "cat", "before-the-kill.txt").stdout == "synced\n"
 
 
 def test_host_agent_killed_is_broken_and_stop_cleans_up(roost: Roost, vm: str) -> None:
