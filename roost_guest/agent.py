@@ -33,7 +33,9 @@ from roost_guest import (
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional
+    from typing import Any, Callable, Dict, List, Optional, Union
+
+    StreamEnd = Union[tunnel.Stream, execute.Port]
 
 if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
@@ -91,7 +93,7 @@ class Connection:
         self.decoder = protocol.FrameDecoder()
         self._write_lock = threading.Lock()
         self._streams_lock = threading.Lock()
-        self.streams: Dict[int, tunnel.Stream] = {}
+        self.streams: Dict[int, StreamEnd] = {}
         self.listeners: Dict[str, socket.socket] = {}
         self._next_stream = 1  # guest-initiated streams are odd
         self.subscribed = False
@@ -167,6 +169,20 @@ class Connection:
         with self._streams_lock:
             self.streams.pop(stream_id, None)
 
+    def add_exec(self, run: execute.Exec) -> bool:
+        """Register a command's streams; False if the host reused a stream id."""
+        with self._streams_lock:
+            if any(port.id in self.streams for port in run.ports):
+                return False
+            for port in run.ports:
+                self.streams[port.id] = port
+        return True
+
+    def exec_done(self, stream_ids: List[int]) -> None:
+        with self._streams_lock:
+            for stream_id in stream_ids:
+                self.streams.pop(stream_id, None)
+
     def close(self) -> None:
         """The host left: end every stream and subscription of this session."""
         with self._write_lock:
@@ -227,7 +243,6 @@ class Agent:
             "set-clock": self.set_clock,
             "sleep-prep": self.sleep_prep,
             "wake": self.wake,
-            "exec": self.execute,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
@@ -367,20 +382,44 @@ class Agent:
     def worker_changed(self, status: Dict[str, Any]) -> None:
         self.broadcast({"event": "worker", **status})
 
-    def execute(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+    def start_exec(self, conn: Connection, req: Dict[str, Any]) -> None:
+        """Spawn the command and answer {"pid"}, or {"error", "exitCode"} when it
+        cannot run; only then does it start to flow (see roost_guest.execute)."""
+        req_id = req.get("id")
+        try:
+            run = self._spawn(conn, req)
+        except RequestError as e:
+            with contextlib.suppress(OSError):
+                conn.send({"id": req_id, "ok": False, "error": str(e)})
+            return
+        except execute.ExecError as e:  # served: the command could not run
+            with contextlib.suppress(OSError):
+                conn.send({"id": req_id, "ok": True,
+                           "result": {"error": str(e), "exitCode": e.exit_code}})
+            return
+        try:
+            conn.send({"id": req_id, "ok": True, "result": {"pid": run.pid}})
+        except OSError:
+            run.hangup()  # the host is gone: the run's loop kills the command
+        run.start()
+
+    def _spawn(self, conn: Connection, req: Dict[str, Any]) -> execute.Exec:
         if not self.opts.allow_exec:
             raise RequestError("exec is disabled in this guest (guestAgent.allowExec: false)")
-        exec_id = req.get("exec")
-
-        def emit(name: str, data: bytes) -> None:
-            conn.send({"event": "exec-output", "exec": exec_id, "fd": name,
-                       "data": execute.encode_chunk(data)})
-
         try:
-            return execute.run(req.get("argv") or [], float(req.get("seconds") or 0), emit,
-                               self.opts.audit_log)
+            spec = execute.Spec(req)
         except execute.ExecError as e:
             raise RequestError(str(e)) from None
+        run = execute.Exec(spec, conn.send, conn.send_data, conn.exec_done,
+                           self.opts.audit_log)
+        if not conn.add_exec(run):
+            raise RequestError("exec stream ids already in use")
+        try:
+            run.spawn()
+        except execute.ExecError:
+            conn.exec_done(spec.stream_ids())
+            raise
+        return run
 
     def broadcast(self, event: Dict[str, Any]) -> None:
         with self._sub_lock:
@@ -407,17 +446,23 @@ class Agent:
         if kind in ("window", "eof", "reset"):
             self.stream_control(conn, req)
             return
+        if kind in execute.CONTROL_TYPES:
+            port = conn.streams.get(req.get("stream"))  # type: ignore[arg-type]
+            if isinstance(port, execute.Port):
+                port.control(req)
+            return
         if kind == "hello":
             # A new host session; on virtio-serial the old one may not have
             # ended with an EOF we saw.
             conn.reset_session()
             conn.send_raw(protocol.sync_frame(int(req.get("nonce", 0))))
             return
-        if kind == "tunnel":
-            # Connecting may take a while; never hold up the channel.
-            threading.Thread(target=self.open_tunnel, args=(conn, req), daemon=True).start()
+        if kind in ("tunnel", "exec"):
+            # Connecting or spawning may take a while; never hold up the channel.
+            opener = self.open_tunnel if kind == "tunnel" else self.start_exec
+            threading.Thread(target=opener, args=(conn, req), daemon=True).start()
             return
-        if kind in ("mount", "umount", "exec", "diff", "sleep-prep", "wake"):
+        if kind in ("mount", "umount", "diff", "sleep-prep", "wake"):
             handler = self.handlers[kind]
             threading.Thread(target=self.reply, args=(conn, req, handler), daemon=True).start()
             return

@@ -28,6 +28,19 @@ per stream, and the receiver grants more with ``{"type": "window",
 "stream": S}`` ends one direction; ``{"type": "reset", "stream": S,
 "error": ...}`` aborts the stream. None of these carry an ``id``.
 
+Exec (dev only; roost_guest.execute). The host asks ``{"type": "exec",
+"id", "stream": S, "stderr": E, "argv", "seconds" (a time limit), "tty",
+"rows", "cols", "term"}``; the guest answers ``{"pid"}`` once the command runs, or
+``{"error", "exitCode"}`` (127, 126) when it cannot. Stream S carries stdin
+to the guest and stdout back; E carries stderr. With ``"tty": true`` there
+is no E and S is the terminal, both ways. Streams, windows and eof are as
+for tunnels. After the output ends comes ``{"event": "exit", "stream": S,
+"exitCode", "signal", "timedOut", "killed", "seconds"}``. The host may send
+``{"type": "exec-signal" | "exec-kill", "stream": S, "signal": NAME}``
+(NAME from EXEC_SIGNALS; a kill turns into SIGKILL after a grace) and
+``{"type": "exec-resize", "stream": S, "rows", "cols"}``; a reset of S, or
+the end of the session, kills the command.
+
 Standard library only, and Python 3.8 compatible: it runs in the guest.
 """
 
@@ -54,6 +67,10 @@ MAX_DATA_CHUNK = MAX_FRAME - 1 - _STREAM.size
 WINDOW = 1024 * 1024
 # Data frames are cut at this size so that streams interleave fairly.
 DATA_CHUNK = 128 * 1024
+
+# Signals the host may send to a command's session (exec-signal, exec-kill).
+EXEC_SIGNALS = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP",
+                "WINCH")
 
 # Hybrid vsock (Firecracker, Cloud Hypervisor): the host writes
 # "CONNECT <port>\n" to the VMM's Unix socket and reads "OK <port>\n".

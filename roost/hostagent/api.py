@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from roost.errors import RoostError, UsageError
+from roost.hostagent import execws
+from roost.hostagent.execstream import ExecSpec, GuestExec
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,8 +56,7 @@ class Guest(Protocol):
 
     async def request(self, kind: str) -> dict[str, Any]: ...
 
-    def execute(self, argv: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes | int]]:
-        ...
+    async def start_exec(self, spec: ExecSpec) -> GuestExec: ...
 
 
 class Checkpoints(Protocol):
@@ -93,7 +92,7 @@ class ApiServer:
         self.app.router.add_post("/v1/snapshots", self._snapshot)
         self.app.router.add_post("/v1/snapshots/{tag}/apply", self._snapshot)
         self.app.router.add_delete("/v1/snapshots/{tag}", self._snapshot)
-        self.app.router.add_post("/v1/exec", self._post_exec)
+        self.app.router.add_get("/v1/exec", self._exec)
         self._runner: web.AppRunner | None = None
 
     async def _suspend(self, request: web.Request) -> web.Response:
@@ -122,43 +121,9 @@ class ApiServer:
         except RoostError as e:
             return _error(503, str(e))
 
-    async def _post_exec(self, request: web.Request) -> web.StreamResponse:
-        """Streams JSON lines: {"stdout"|"stderr": base64}..., then {"exitCode": n}."""
-        try:
-            body = await request.json()
-            argv = [str(a) for a in body["argv"]]
-            timeout = float(body.get("timeout") or 0)
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "expected JSON with argv (a list) and timeout")
-        chunks = self._guest.execute(argv, timeout)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            return _error(500, "exec ended without a status")
-        except UsageError as e:
-            return _error(403, str(e))
-        except RoostError as e:
-            return _error(502, str(e))
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-        try:
-            item: tuple[str, bytes | int] | None = first
-            while item is not None:
-                kind, data = item
-                line: dict[str, Any]
-                if kind == "exit":
-                    line = {"exitCode": data}
-                else:
-                    assert isinstance(data, bytes)
-                    line = {kind: base64.b64encode(data).decode()}
-                await resp.write((json.dumps(line) + "\n").encode())
-                item = await anext(chunks, None)
-        except RoostError as e:
-            await resp.write((json.dumps({"error": str(e)}) + "\n").encode())
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-        await resp.write_eof()
-        return resp
+    async def _exec(self, request: web.Request) -> web.StreamResponse:
+        """A WebSocket: the command's stdin, output, signals and exit (execws)."""
+        return await execws.serve(request, self._guest.start_exec)
 
     async def _get_mounts(self, request: web.Request) -> web.Response:
         return web.json_response(self._mounts.listing())

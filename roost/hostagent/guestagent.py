@@ -10,12 +10,11 @@ resets every stream.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from roost.driver.channel import Dialer
@@ -37,9 +36,11 @@ class StreamReset(GuestAgentError):
 class TunnelStream:
     """A byte (or datagram) stream to a socket in the guest, with credit."""
 
-    def __init__(self, client: GuestAgentClient, stream_id: int) -> None:
+    def __init__(self, client: GuestAgentClient, stream_id: int,
+                 datagram: bool = False) -> None:
         self.client = client
         self.id = stream_id
+        self.datagram = datagram
         self._credit = protocol.WINDOW
         self._credit_changed = asyncio.Event()
         self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -88,7 +89,7 @@ class TunnelStream:
             if self.closed:
                 raise StreamReset(self.error or "stream closed")
             n = min(len(view), self._credit, protocol.DATA_CHUNK)
-            if len(data) <= protocol.DATA_CHUNK:
+            if self.datagram:
                 n = len(view)  # a datagram is never split; it may overdraw once
             chunk, view = view[:n], view[n:]
             self._credit -= len(chunk)
@@ -172,7 +173,7 @@ class GuestAgentClient:
         self._streams: dict[int, TunnelStream] = {}
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue()
-        self._exec_output: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._stream_events: dict[int, Callable[[dict[str, Any]], None]] = {}
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
         self.closed = asyncio.Event()
 
@@ -252,10 +253,8 @@ class GuestAgentClient:
                 stream = TunnelStream(self, stream_id)
                 self._streams[stream_id] = stream
                 self._accepted.put_nowait((obj, stream))
-        elif obj.get("event") == "exec-output":
-            queue = self._exec_output.get(str(obj.get("exec")))
-            if queue is not None:
-                queue.put_nowait(obj)
+        elif "event" in obj and obj.get("stream") in self._stream_events:
+            self._stream_events[obj["stream"]](obj)  # e.g. a command's exit (execstream)
         elif "event" in obj:
             self._events.put_nowait(obj)
         else:
@@ -273,6 +272,10 @@ class GuestAgentClient:
     def _send_nowait(self, obj: dict[str, Any]) -> None:
         if self._writer is not None and self.connected:
             self._writer.write(protocol.encode_json(obj))
+
+    async def notify(self, type_: str, **params: Any) -> None:
+        """A message that wants no answer (such as a command's signal)."""
+        await self._send_json({"type": type_, **params})
 
     async def request(self, type_: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
         req_id = next(self._ids)
@@ -294,12 +297,25 @@ class GuestAgentClient:
             result[result.pop("parts")] = parts
         return result
 
+    def new_stream(self, datagram: bool = False) -> TunnelStream:
+        """A host stream, registered so that no frame of it arrives unclaimed;
+        the request that opens it names its id."""
+        stream = TunnelStream(self, next(self._stream_ids), datagram)
+        self._streams[stream.id] = stream
+        return stream
+
+    def watch_stream(self, stream_id: int, on_event: Callable[[dict[str, Any]], None]) -> None:
+        """Route the guest's events that name `stream_id` to `on_event`."""
+        self._stream_events[stream_id] = on_event
+
+    def unwatch_stream(self, stream_id: int) -> None:
+        self._stream_events.pop(stream_id, None)
+
     async def open_stream(self, proto: str, *, host: str | None = None,
                           port: int | None = None, path: str | None = None,
                           timeout: float = 10.0) -> TunnelStream:
         """Open a tunnel to host:port (tcp, udp) or path (unix) in the guest."""
-        stream = TunnelStream(self, next(self._stream_ids))
-        self._streams[stream.id] = stream
+        stream = self.new_stream(datagram=proto == "udp")
         params: dict[str, Any] = {"stream": stream.id, "proto": proto}
         if path is not None:
             params["path"] = path
@@ -312,32 +328,6 @@ class GuestAgentClient:
             stream.closed = True
             raise
         return stream
-
-    async def execute(self, argv: list[str], timeout: float
-                      ) -> AsyncIterator[tuple[str, bytes | int]]:
-        """Run argv in the guest: ("stdout"|"stderr", chunk)..., then ("exit", code)."""
-        exec_id = secrets.token_hex(8)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._exec_output[exec_id] = queue
-        done = asyncio.ensure_future(self.request(
-            "exec", timeout=(timeout or 86400) + 30, argv=argv, seconds=timeout, exec=exec_id))
-        try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    event = getter.result()
-                    yield str(event.get("fd")), base64.b64decode(str(event.get("data", "")))
-                    continue
-                getter.cancel()
-                while not queue.empty():  # output that came before the reply
-                    event = queue.get_nowait()
-                    yield str(event.get("fd")), base64.b64decode(str(event.get("data", "")))
-                yield "exit", int(done.result().get("exitCode", 1))
-                return
-        finally:
-            done.cancel()
-            self._exec_output.pop(exec_id, None)
 
     async def accepted(self) -> tuple[dict[str, Any], TunnelStream]:
         """The next guest-initiated stream: its accept event and the stream."""
