@@ -527,7 +527,7 @@ class Exec:
     # -- the end ---------------------------------------------------------------
 
     def _finish(self, result: Dict[str, Any]) -> None:
-        """Close every fd, report the exit (after the output it follows), audit."""
+        """Close every fd, audit, report the exit (after the output it follows)."""
         fds = set(self._outputs)
         if self._stdin_open or self.spec.tty:
             fds.add(self._stdin_fd)
@@ -540,10 +540,10 @@ class Exec:
         result["seconds"] = round(time.time() - self._started, 3)
         if self._error:
             result["error"] = self._error
+        _audit(self._audit_log, {"time": self._started, "argv": self.spec.argv,
+                                 "tty": self.spec.tty, **result})  # before anyone hears of it
         self._on_done(self.spec.stream_ids())
         self._send({"event": "exit", "stream": self.spec.stream, **result})
-        _audit(self._audit_log, {"time": self._started, "argv": self.spec.argv,
-                                 "tty": self.spec.tty, **result})
         with self._lock:
             os.close(self._wake_r)
             os.close(self._wake_w)

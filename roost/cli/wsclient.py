@@ -82,6 +82,9 @@ def _parse_head(head: bytes) -> tuple[int, dict[str, str]]:
 
 
 def _raise_http_error(status: int, body: bytes) -> None:
+    if status == 405:  # a host agent from before WebSocket endpoints
+        raise RoostError("this instance's host agent is older than this roost and cannot "
+                         "serve it; restart the instance (roost stop, roost start)")
     try:
         message = str(json.loads(body)["error"])
     except (ValueError, KeyError, TypeError):

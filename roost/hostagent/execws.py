@@ -113,6 +113,10 @@ async def serve(request: web.Request, start: Start) -> web.WebSocketResponse:
         return ws
     try:
         await Bridge(ws, run).serve()
+    except Exception as e:  # a bug: the client learns of it, the traceback goes to the log
+        log.exception("exec of %s failed", run.spec.argv[0])
+        await _fail(ws, 500, f"the host agent failed: {type(e).__name__}: {e} "
+                             "(the traceback is in ha.stderr.log)")
     finally:
         await run.close()
     return ws

@@ -62,6 +62,19 @@ def test_exec_ctrl_c_kills_the_group_and_exits_130(roost: Roost, vm: str) -> Non
     assert not guest_has(roost, vm, "sleep 1234") and not guest_has(roost, vm, "sleep 1235")
 
 
+def read_size_until(fd: int, size: bytes, timeout: float = 60) -> bytes:
+    """Ask the remote terminal its size until it is `size` (a resize travels on
+    its own: SIGWINCH here, a message to the guest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.write(fd, b"stty size\r")
+        try:
+            return read_until(fd, size, timeout=1)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def read_until(fd: int, text: bytes, timeout: float = 60) -> bytes:
     out = b""
     deadline = time.monotonic() + timeout
@@ -86,9 +99,7 @@ def test_exec_tty_is_interactive(roost: Roost, vm: str) -> None:
         os.write(master, b"test -t 0 && echo tty-$((6*7)); stty size\r")
         out = read_until(master, b"tty-42\r\n30 90\r\n")
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-        time.sleep(1)
-        os.write(master, b"stty size\r")
-        out = read_until(master, b"33 111\r\n")
+        out = read_size_until(master, b"33 111\r\n")
         os.write(master, b"sleep 1238\r")
         time.sleep(1)
         os.write(master, b"\x03")  # ^C goes to the guest's terminal: sleep ends, sh stays

@@ -151,6 +151,19 @@ async def test_a_client_that_does_not_read_slows_the_command(ha_sock: Path) -> N
     assert await proc.wait() == 0 and total == size
 
 
+def read_size_until(fd: int, size: bytes, timeout: float = 60) -> bytes:
+    """Ask the remote terminal its size until it is `size` (a resize travels on
+    its own: SIGWINCH here, a message to the guest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.write(fd, b"stty size\r")
+        try:
+            return read_until(fd, size, timeout=1)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def read_until(fd: int, text: bytes, timeout: float = 20) -> bytes:
     out = b""
     deadline = time.monotonic() + timeout
@@ -187,9 +200,7 @@ def drive_shell(master: int, pid: int) -> int:
     assert b"30 90\r\n" in out  # the local terminal's size, from the start
     # A resize of the local terminal reaches the guest's (SIGWINCH).
     fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
-    time.sleep(0.5)
-    os.write(master, b"stty size\r")
-    read_until(master, b"33 111")
+    read_size_until(master, b"33 111\r\n")
     os.write(master, b"sleep 100\r")
     time.sleep(0.5)
     os.write(master, b"\x03")  # ^C is a byte for the remote terminal: sleep ends, sh stays
@@ -198,3 +209,40 @@ def drive_shell(master: int, pid: int) -> int:
     os.write(master, b"exit 5\r")
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+async def serve_on(path: Path, app: web.Application) -> web.AppRunner:
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.UnixSite(runner, str(path)).start()
+    return runner
+
+
+async def test_refusals_say_what_to_do(short_dir: Path) -> None:
+    # exec off in roost.yaml: a usage error (exit 2), before the guest is asked.
+    off = GuestAgentSession(UnixDialer(str(short_dir / "none.sock")),
+                            EventEmitter(io.StringIO()), instance="dev", allow_exec=False,
+                            changed=lambda: None)
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await execws.serve(request, off.start_exec)
+
+    app.router.add_get("/v1/exec", handler)
+    runner = await serve_on(short_dir / "off.sock", app)
+    code, _, err = await cli(short_dir / "off.sock", ["true"], stdin=b"")
+    assert code == 2 and b"guestAgent.allowExec: true" in err
+    await runner.cleanup()
+    # A host agent of an older roost (POST /v1/exec, no WebSocket).
+    async def old_exec(request: web.Request) -> web.StreamResponse:
+        return web.json_response({})
+
+    old = web.Application()
+    old.router.add_post("/v1/exec", old_exec)
+    runner = await serve_on(short_dir / "old.sock", old)
+    code, _, err = await cli(short_dir / "old.sock", ["true"], stdin=b"")
+    assert code == 1 and b"restart the instance" in err
+    await runner.cleanup()
+    # No host agent at all.
+    code, _, err = await cli(short_dir / "gone.sock", ["true"], stdin=b"")
+    assert code == 1 and b"cannot reach the host agent" in err
