@@ -6,12 +6,13 @@ of a second of boot, and each connection here is a simple read loop.
 
 Serves the same protocol on every channel it finds: the virtio-serial port,
 a Unix socket (tests, and the SSH-forwarded fallback) and vsock where the
-guest has it.
+guest has it (answering the host only: see vsock.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import sys
@@ -27,19 +28,22 @@ from roost_guest import (
     ports,
     protocol,
     tunnel,
+    vsock,
     worker,
 )
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Union
+    from typing import Any, Callable, Dict, List, Optional, Set, Union
 
     StreamEnd = Union[tunnel.Stream, execute.Port]
 
 if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
 _STARTED = time.monotonic()
+# What a handler returns when it has sent its reply itself.
+ANSWERED: Dict[str, Any] = {}
 HOOK_TIMEOUT = 30.0
 PART_ITEMS = 1000  # list items per "part" event: well under the frame limit
 
@@ -84,18 +88,46 @@ class SocketChannel(Channel):
             self.sock.close()
 
 
-class Connection:
-    """One host session on a channel: requests, event subscriptions, streams."""
+def new_epoch() -> int:
+    """A random name for one incarnation of the guest side's session state."""
+    return int.from_bytes(os.urandom(6), "big")
 
-    def __init__(self, agent: "Agent", channel: Channel) -> None:
+
+def short(value: object) -> str:
+    """A peer's value in a message of ours: never long, whatever it was."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class Connection:
+    """One host session on a channel: requests, event subscriptions, streams.
+
+    Nothing a frame holds may end the loop that feeds it: a bad frame gets
+    an error reply, a frame that loses the frame boundaries ends the
+    session (feed returns False), and a bug in handling one frame is
+    logged and answered like a bad frame.
+    """
+
+    LOG_FIRST = 5  # bad frames logged per session, then one in LOG_EVERY
+    LOG_EVERY = 1000
+
+    def __init__(self, agent: "Agent", channel: Channel, epoch: int = 0) -> None:
         self.agent = agent
         self.channel = channel
+        self.epoch = epoch  # sent in the sync frame (see roost_guest.protocol)
         self.decoder = protocol.FrameDecoder()
         self._write_lock = threading.Lock()
         self._streams_lock = threading.Lock()
         self.streams: Dict[int, StreamEnd] = {}
         self.listeners: Dict[str, socket.socket] = {}
         self._next_stream = 1  # guest-initiated streams are odd
+        # Ids of requests served on threads of their own; a second request
+        # with the same id before the first is answered is refused.
+        self._in_flight: Set[int] = set()
+        # +1 at each hello: a reply to a request of an earlier host session
+        # is dropped, not delivered to a new request that reuses its id.
+        self.generation = 0
+        self.bad_frames = 0
         self.subscribed = False
         self.closed = False
 
@@ -105,29 +137,63 @@ class Connection:
     def send_data(self, stream_id: int, data: bytes) -> None:
         self.send_raw(protocol.encode_data(stream_id, data))
 
-    def send_raw(self, frame: bytes) -> None:
+    def send_raw(self, frame: bytes, generation: Optional[int] = None) -> None:
         with self._write_lock:
             if self.closed:
                 raise OSError("session closed")
+            if generation is not None and generation != self.generation:
+                return  # for a host session that has ended
             self.channel.write(frame)
+
+    def send_error(self, req_id: Optional[int], error: str, closed: bool = False) -> None:
+        """An error reply (to `req_id`, or to no request); never raises."""
+        reply: Dict[str, Any] = {"ok": False, "error": error}
+        if req_id is not None:
+            reply["id"] = req_id
+        if closed:
+            reply["closed"] = True  # the host knows its session is over
+        try:
+            self.send(reply)
+        except (OSError, protocol.ProtocolError) as e:
+            log("%s: cannot send an error reply: %s" % (self.channel.name, e))
+
+    def complain(self, problem: str) -> None:
+        self.bad_frames += 1
+        n = self.bad_frames
+        if n <= self.LOG_FIRST or n % self.LOG_EVERY == 0:
+            log("%s: %s (%d bad frames in this session)" % (self.channel.name, problem, n))
 
     def feed(self, data: bytes) -> bool:
         """Handle incoming bytes; False when the connection must close."""
         try:
             messages = self.decoder.feed(data)
-        except protocol.ProtocolError as e:
-            log("%s: %s; closing the connection" % (self.channel.name, e))
-            with contextlib.suppress(OSError):
-                self.send({"ok": False, "error": "protocol error: %s" % e})
-            return False
+        except protocol.ProtocolError:
+            return False  # fed after it failed
         for msg in messages:
-            if isinstance(msg, protocol.JsonMessage):
-                self.agent.dispatch(self, msg.obj)
-            else:
-                stream = self.streams.get(msg.stream_id)
-                if stream is not None:
-                    stream.deliver(msg.data)
+            try:
+                self.handle(msg)
+            except Exception as e:  # a bug must not take the session down
+                self.complain("handling a frame failed: %r" % (e,))
+                req_id = msg.obj.get("id") if isinstance(msg, protocol.JsonMessage) else None
+                self.send_error(req_id if protocol.valid_id(req_id) else None,
+                                "internal error: %s" % short(e))
+        broken = self.decoder.error
+        if broken is not None:  # the frames before it were served; this session ends
+            log("%s: %s; closing the session" % (self.channel.name, broken))
+            self.send_error(None, "protocol error: %s; session closed" % broken, closed=True)
+            return False
         return True
+
+    def handle(self, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.JsonMessage):
+            self.agent.dispatch(self, msg.obj)
+        elif isinstance(msg, protocol.StreamData):
+            stream = self.streams.get(msg.stream_id)
+            if stream is not None and msg.data:
+                stream.deliver(msg.data)
+        else:
+            self.complain(msg.reason)
+            self.send_error(msg.req_id, msg.reason)
 
     def serve(self) -> None:
         try:
@@ -135,11 +201,29 @@ class Connection:
                 data = self.channel.read()
                 if not data or not self.feed(data):
                     return
-        except OSError as e:
-            log("%s: %s" % (self.channel.name, e))
+        except Exception as e:  # OSError, or a bug: the session ends, the agent goes on
+            log("%s: %r" % (self.channel.name, e))
         finally:
             self.close()
             self.channel.close()
+
+    def in_flight(self, req_id: Optional[int]) -> bool:
+        with self._streams_lock:
+            return req_id in self._in_flight
+
+    def begin(self, req_id: Optional[int]) -> bool:
+        """Register a request served on its own thread; False if its id is in flight."""
+        if req_id is None:
+            return True
+        with self._streams_lock:
+            if req_id in self._in_flight:
+                return False
+            self._in_flight.add(req_id)
+            return True
+
+    def finish(self, req_id: Optional[int]) -> None:
+        with self._streams_lock:
+            self._in_flight.discard(req_id)
 
     def add_stream(self, stream_id: int, sock: socket.socket,
                    datagram: bool = False) -> tunnel.Stream:
@@ -155,7 +239,11 @@ class Connection:
         (`event` plus the stream id), then started. OSError if the host is gone."""
         with self._streams_lock:
             stream_id = self._next_stream
-            self._next_stream += 2
+            while stream_id in self.streams:
+                stream_id += 2
+            self._next_stream = stream_id + 2
+            if self._next_stream > protocol.MAX_STREAM_ID:
+                self._next_stream = 1
         stream = self.add_stream(stream_id, sock)
         try:
             self.send({"event": "accept", "stream": stream_id, **event})
@@ -191,7 +279,10 @@ class Connection:
 
     def reset_session(self) -> None:
         self.agent.unsubscribe(self)
+        with self._write_lock:
+            self.generation += 1
         with self._streams_lock:
+            self._in_flight.clear()
             streams = list(self.streams.values())
             listeners = list(self.listeners.items())
             self.listeners.clear()
@@ -219,7 +310,11 @@ class Connection:
             try:
                 self.offer_stream(client, {"path": path})
             except OSError:
-                return
+                return  # the host left
+            except Exception as e:  # a bug: this connection is lost, the listener goes on
+                log("%s: offering a stream failed: %r" % (path, e))
+                with contextlib.suppress(OSError):
+                    client.close()
 
 
 class Agent:
@@ -243,11 +338,14 @@ class Agent:
             "set-clock": self.set_clock,
             "sleep-prep": self.sleep_prep,
             "wake": self.wake,
+            "exec": self.start_exec,
+            "tunnel": self.open_tunnel,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
         self._subscribers: List[Connection] = []
         self._sub_lock = threading.Lock()
+        self.epoch = new_epoch()  # this process's; the virtio-serial port has its own
 
     def info(self) -> Dict[str, Any]:
         return {
@@ -258,6 +356,7 @@ class Agent:
             "uptime": _uptime(),
             "agentUptime": round(time.monotonic() - _STARTED, 3),
             "pid": os.getpid(),
+            "epoch": self.epoch,
             "ports": ports.as_dicts(self.ports.current()),
             "portScanner": self.ports.scanner_kind,
         }
@@ -294,8 +393,8 @@ class Agent:
         """sshfs speaks SFTP over a stream that the host joins to sftp-server."""
         path = mounts.check_mount_point(req.get("mountPoint"))
         ours, theirs = socket.socketpair()
-        stream = conn.offer_stream(ours, {"path": "sftp:" + str(req.get("remotePath")),
-                                          "readonly": bool(req.get("readonly"))})
+        # The host serves what it granted this token for, whatever we claim.
+        stream = conn.offer_stream(ours, {"path": "sftp", "token": str(req.get("token"))})
         try:
             proc = mounts.start_sshfs(req, theirs)
         except mounts.MountError:
@@ -382,26 +481,36 @@ class Agent:
     def worker_changed(self, status: Dict[str, Any]) -> None:
         self.broadcast({"event": "worker", **status})
 
-    def start_exec(self, conn: Connection, req: Dict[str, Any]) -> None:
+    def start_exec(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """Spawn the command and answer {"pid"}, or {"error", "exitCode"} when it
-        cannot run; only then does it start to flow (see roost_guest.execute)."""
-        req_id = req.get("id")
+        cannot run; only after the answer does it start to flow (roost_guest.execute)."""
         try:
             run = self._spawn(conn, req)
-        except RequestError as e:
-            with contextlib.suppress(OSError):
-                conn.send({"id": req_id, "ok": False, "error": str(e)})
-            return
         except execute.ExecError as e:  # served: the command could not run
-            with contextlib.suppress(OSError):
-                conn.send({"id": req_id, "ok": True,
-                           "result": {"error": str(e), "exitCode": e.exit_code}})
-            return
+            return {"error": str(e), "exitCode": e.exit_code}
+        conn.finish(req.get("id"))
         try:
-            conn.send({"id": req_id, "ok": True, "result": {"pid": run.pid}})
+            # Answered here, before the command's first output can go out.
+            conn.send({"id": req.get("id"), "ok": True, "result": {"pid": run.pid}})
         except OSError:
             run.hangup()  # the host is gone: the run's loop kills the command
         run.start()
+        return ANSWERED
+
+    def exec_control(self, conn: Connection, req: Dict[str, Any]) -> None:
+        """exec-signal, exec-kill, exec-resize: to the command of a host stream."""
+        kind = req["type"]
+        stream_id = req.get("stream")
+        if not protocol.valid_stream_id(stream_id, parity=0):
+            conn.send_error(None, "%s needs a host stream id (even, in 1..2**32-1), got %s"
+                            % (kind, short(stream_id)))
+            return
+        port = conn.streams.get(stream_id)
+        if isinstance(port, execute.Port):
+            port.control(req)
+        elif port is not None:
+            conn.send_error(None, "%s for stream %d, which is no command's" % (kind, stream_id))
+        # else the command has ended: the host learns of it from its exit event
 
     def _spawn(self, conn: Connection, req: Dict[str, Any]) -> execute.Exec:
         if not self.opts.allow_exec:
@@ -422,11 +531,17 @@ class Agent:
         return run
 
     def broadcast(self, event: Dict[str, Any]) -> None:
+        """Send `event` to every subscriber; never raises (watcher threads call it)."""
+        try:
+            frame = protocol.encode_json(event)
+        except protocol.ProtocolError as e:
+            log("event %s not sent: %s" % (short(event.get("event")), e))
+            return
         with self._sub_lock:
             subscribers = list(self._subscribers)
         for conn in subscribers:
             try:
-                conn.send(event)
+                conn.send_raw(frame)
             except OSError:
                 self.unsubscribe(conn)
 
@@ -436,88 +551,129 @@ class Agent:
                 self._subscribers.remove(conn)
 
     def ports_changed(self, added: List[Any], removed: List[Any]) -> None:
-        self.broadcast({"event": "ports", "added": ports.as_dicts(added),
-                        "removed": ports.as_dicts(removed)})
+        # In parts that each fit a frame, however many sockets the guest opens.
+        for i in range(0, max(len(added), len(removed)), PART_ITEMS):
+            self.broadcast({"event": "ports", "added": ports.as_dicts(added[i : i + PART_ITEMS]),
+                            "removed": ports.as_dicts(removed[i : i + PART_ITEMS])})
 
     # -- requests ---------------------------------------------------------
 
+    # Served on a thread of their own: they may take a while, and the
+    # channel's other requests and streams must not wait for them.
+    THREADED = ("tunnel", "mount", "umount", "exec", "diff", "sleep-prep", "wake")
+
     def dispatch(self, conn: Connection, req: Dict[str, Any]) -> None:
+        """One JSON message from the host; every problem gets an error reply."""
         kind = req.get("type")
-        if kind in ("window", "eof", "reset"):
+        if kind in protocol.STREAM_CONTROL:
             self.stream_control(conn, req)
             return
         if kind in execute.CONTROL_TYPES:
-            port = conn.streams.get(req.get("stream"))  # type: ignore[arg-type]
-            if isinstance(port, execute.Port):
-                port.control(req)
+            self.exec_control(conn, req)
+            return
+        req_id = req.get("id")
+        if req_id is not None and not protocol.valid_id(req_id):
+            conn.send_error(None, "request id must be an integer in 0..2**53, got %s"
+                            % short(req_id))
+            return
+        if not isinstance(kind, str):
+            conn.send_error(req_id, "request type must be a string, got %s" % short(kind))
             return
         if kind == "hello":
-            # A new host session; on virtio-serial the old one may not have
-            # ended with an EOF we saw.
-            conn.reset_session()
-            conn.send_raw(protocol.sync_frame(int(req.get("nonce", 0))))
+            self.hello(conn, req)
             return
-        if kind in ("tunnel", "exec"):
-            # Connecting or spawning may take a while; never hold up the channel.
-            opener = self.open_tunnel if kind == "tunnel" else self.start_exec
-            threading.Thread(target=opener, args=(conn, req), daemon=True).start()
-            return
-        if kind in ("mount", "umount", "diff", "sleep-prep", "wake"):
-            handler = self.handlers[kind]
-            threading.Thread(target=self.reply, args=(conn, req, handler), daemon=True).start()
-            return
-        self.reply(conn, req, self.handlers.get(str(kind)))
-
-    def reply(self, conn: Connection, req: Dict[str, Any], handler: Any) -> None:
-        req_id = req.get("id")
+        handler = self.handlers.get(kind)
         if handler is None:
-            reply: Dict[str, Any] = {
-                "id": req_id, "ok": False, "error": "unknown request type %r" % req.get("type"),
-            }
-        else:
-            try:
-                reply = {"id": req_id, "ok": True, "result": handler(conn, req)}
-            except RequestError as e:
-                reply = {"id": req_id, "ok": False, "error": str(e)}
-            except Exception as e:  # a bug must not take the agent down
-                log("request %r failed: %r" % (req.get("type"), e))
-                reply = {"id": req_id, "ok": False, "error": "internal error: %r" % (e,)}
+            conn.send_error(req_id, "unknown request type %s" % short(kind))
+            return
+        if kind not in self.THREADED:
+            if conn.in_flight(req_id):
+                conn.send_error(req_id, "request id %s is already in flight" % req_id)
+            else:
+                self.reply(conn, req, handler, conn.generation)
+            return
+        if not conn.begin(req_id):
+            conn.send_error(req_id, "request id %s is already in flight" % req_id)
+            return
+        threading.Thread(target=self.reply, args=(conn, req, handler, conn.generation),
+                         daemon=True).start()
+
+    def hello(self, conn: Connection, req: Dict[str, Any]) -> None:
+        """A new host session; on virtio-serial the old one may not have ended
+        with an EOF we saw."""
+        nonce = req.get("nonce")
+        if not protocol.valid_id(nonce):
+            conn.send_error(None, "hello needs a nonce, an integer in 0..2**53, got %s"
+                            % short(nonce))
+            return
+        conn.reset_session()
+        conn.send_raw(protocol.sync_frame(nonce, conn.epoch))
+
+    def reply(self, conn: Connection, req: Dict[str, Any], handler: Handler,
+              generation: int) -> None:
+        """Serve one request and send its answer. Its id leaves the in-flight
+        set before the answer goes: the host may reuse it as soon as it has one."""
+        req_id = req.get("id")
+        error = ""
         try:
-            conn.send(reply)
-        except protocol.ProtocolError as e:
-            conn.send({"id": req_id, "ok": False, "error": "reply not sendable: %s" % e})
+            result = handler(conn, req)
+        except RequestError as e:
+            error = str(e)
+        except Exception as e:  # a bug must not take the agent down
+            log("request %s failed: %r" % (short(req.get("type")), e))
+            error = "internal error: %s" % short(e)
+        else:
+            if result is ANSWERED:
+                return
+            try:
+                frame = protocol.encode_json({"id": req_id, "ok": True, "result": result})
+            except protocol.ProtocolError as e:
+                error = "reply not sendable: %s" % e
+        conn.finish(req_id)
+        if error:
+            frame = protocol.encode_json({"id": req_id, "ok": False, "error": error})
+        try:
+            conn.send_raw(frame, generation)
         except OSError as e:
             log("reply failed: %s" % e)
 
-    def open_tunnel(self, conn: Connection, req: Dict[str, Any]) -> None:
+    def open_tunnel(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         stream_id = req.get("stream")
-        if not isinstance(stream_id, int) or stream_id in conn.streams:
-            reply = {"id": req.get("id"), "ok": False, "error": "bad or duplicate stream id"}
-        else:
-            try:
-                sock = tunnel.open_local(req)
-            except tunnel.TunnelError as e:
-                reply = {"id": req.get("id"), "ok": False, "error": str(e)}
-            else:
-                stream = conn.add_stream(stream_id, sock, req.get("proto") == "udp")
-                reply = {"id": req.get("id"), "ok": True, "result": {"stream": stream_id}}
-                try:
-                    conn.send(reply)
-                except OSError:
-                    stream.reset()
-                    return
-                stream.start()
-                return
-        with contextlib.suppress(OSError):
-            conn.send(reply)
+        if not protocol.valid_stream_id(stream_id, parity=0) or stream_id in conn.streams:
+            raise RequestError("bad or duplicate stream id %s (host streams are even, "
+                               "1..2**32-1)" % short(stream_id))
+        try:
+            sock = tunnel.open_local(req)
+        except tunnel.TunnelError as e:
+            raise RequestError(str(e)) from None
+        stream = conn.add_stream(stream_id, sock, req.get("proto") == "udp")
+        conn.finish(req.get("id"))
+        try:
+            # Answered here, before the stream's first data frame can go out.
+            conn.send({"id": req.get("id"), "ok": True, "result": {"stream": stream_id}})
+        except OSError:
+            stream.reset()
+            return ANSWERED
+        stream.start()
+        return ANSWERED
 
     def stream_control(self, conn: Connection, req: Dict[str, Any]) -> None:
-        stream = conn.streams.get(req.get("stream"))  # type: ignore[arg-type]
+        kind = req["type"]
+        stream_id = req.get("stream")
+        if not protocol.valid_stream_id(stream_id):
+            conn.send_error(None, "%s needs a stream id in 1..2**32-1, got %s"
+                            % (kind, short(stream_id)))
+            return
+        stream = conn.streams.get(stream_id)
         if stream is None:
             return  # already gone; the peer learns from our own reset or eof
-        kind = req["type"]
         if kind == "window":
-            stream.grant(int(req.get("bytes", 0)))
+            n = req.get("bytes")
+            if not protocol.is_int(n) or not 0 <= n <= protocol.WINDOW:
+                conn.send_error(None, "window needs bytes in 0..%d, got %s"
+                                % (protocol.WINDOW, short(n)))
+                return
+            stream.grant(n)
         elif kind == "eof":
             stream.eof()
         else:
@@ -561,6 +717,10 @@ class PortWatcher:
                 self._scanner = ports.ProcScanner()
                 self.scanner_kind = "ProcScanner"
                 continue
+            except Exception as e:  # a bug: this scan is lost, the watcher goes on
+                log("port scan failed: %r" % (e,))
+                time.sleep(1)
+                continue
             with self._lock:
                 before, self._current = self._current, now
             if now != before:
@@ -576,67 +736,146 @@ def _uptime() -> float:
 
 
 HELLO_MARK = protocol.KIND_JSON + b'{"type":"hello"'
+HELLO_MAX = 256  # a hello frame is a few dozen bytes
+
+
+class PortSessions:
+    """The host sessions on the virtio-serial port, one after another.
+
+    The port has no connections, only bytes: a host session is what
+    follows a hello frame, until EOF (the host left: read() gives EOF while
+    no host is connected to the port's backend), a frame that breaks the
+    framing, or the next hello. Outside a session, input is dropped up to
+    the next hello: at start (what the port holds was meant for an agent
+    process before this one), after EOF and after a broken frame.
+    """
+
+    def __init__(self, agent: Agent, channel: Channel) -> None:
+        self.agent = agent
+        self.channel = channel
+        # Announced at start: a host whose session has another epoch knows
+        # the guest side of it is gone (the agent restarted) and says hello.
+        self.epoch = new_epoch()
+        self.conn: Optional[Connection] = None
+        self._tail = b""  # a hello and its header may straddle two reads
+
+    def announce(self) -> None:
+        """Blocks until a host is connected (the port holds writes until then)."""
+        self.channel.write(protocol.encode_json({"event": "started", "epoch": self.epoch}))
+
+    def data(self, data: bytes) -> None:
+        try:
+            while data:
+                if self.conn is None:
+                    data = self._from_hello(data)
+                    if not data:
+                        return
+                    self.conn = Connection(self.agent, self.channel, self.epoch)
+                if self.conn.feed(data):
+                    return
+                # A broken frame: a hello after it may start the next session.
+                data = self.conn.decoder.unconsumed
+                self.end()
+        except Exception as e:  # a bug: this session ends, the port is served on
+            log("%s: %r; dropping the session" % (self.channel.name, e))
+            self.end()
+
+    def end(self) -> None:
+        if self.conn is not None:
+            self.conn.close()  # the host left: its streams end with it
+        self.conn = None
+        self._tail = b""
+
+    def _from_hello(self, data: bytes) -> bytes:
+        """`data` from the first hello frame on; b"" (keeping a tail) if none."""
+        buf = self._tail + data
+        pos = protocol.HEADER_SIZE
+        while True:
+            at = buf.find(HELLO_MARK, pos)
+            if at < 0:
+                self._tail = buf[-(len(HELLO_MARK) + protocol.HEADER_SIZE - 1) :]
+                return b""
+            length = int.from_bytes(buf[at - protocol.HEADER_SIZE : at], "big")
+            if len(HELLO_MARK) < length <= HELLO_MAX:
+                self._tail = b""
+                return buf[at - protocol.HEADER_SIZE :]
+            pos = at + 1
+
+
+class PortChannel(Channel):
+    """The virtio-serial port's file descriptor. Writes are split: the port
+    takes at most 32 KiB per write()."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self.fd = fd
+        self.name = name
+
+    def read(self) -> bytes:
+        return os.read(self.fd, 65536)
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.fd, view[:32768])
+            view = view[n:]
+
+    def close(self) -> None:
+        pass  # the port outlives its sessions
 
 
 def serve_virtio_port(agent: Agent, path: str) -> None:
-    """Serve the virtio-serial port for the agent's whole life.
-
-    read() gives EOF while no host is connected to the port's backend; each
-    EOF ends a host session, so the next data starts a fresh decoder.
-    Writes are split: the port takes at most 32 KiB per write().
-    """
+    """Serve the virtio-serial port for the agent's whole life: whatever
+    goes wrong, the port is opened again and served on."""
     while not os.path.exists(path):
         time.sleep(0.05)
-    fd = os.open(path, os.O_RDWR)
-
-    class PortChannel(Channel):
-        name = path
-
-        def read(self) -> bytes:
-            return os.read(fd, 65536)
-
-        def write(self, data: bytes) -> None:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view[:32768])
-                view = view[n:]
-
-        def close(self) -> None:
-            pass
-
-    channel = PortChannel()
-    conn: Optional[Connection] = None
-    discarding = False
     while True:
-        data = os.read(fd, 65536)
-        if not data:
-            if conn is not None:
-                conn.close()  # the host left: its streams end with it
-            conn = None
-            discarding = False
-            time.sleep(0.02)
-            continue
-        if discarding:
-            # After a protocol error, drop input until the host disconnects
-            # or starts a new session with a hello frame.
-            at = data.find(HELLO_MARK)
-            if at < protocol.HEADER_SIZE:
+        try:
+            serve_port_once(agent, path)
+        except Exception as e:
+            log("%s: %r; opening the port again" % (path, e))
+        time.sleep(0.5)
+
+
+def serve_port_once(agent: Agent, path: str) -> None:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    channel = PortChannel(fd, path)
+    sessions = PortSessions(agent, channel)
+    try:
+        sessions.announce()
+        while True:
+            data = channel.read()
+            if not data:
+                sessions.end()
+                time.sleep(0.02)
                 continue
-            data = data[at - protocol.HEADER_SIZE :]
-            discarding = False
-            conn = None
-        if conn is None:
-            conn = Connection(agent, channel)
-        if not conn.feed(data):
-            conn.close()
-            discarding = True
+            sessions.data(data)
+    finally:
+        sessions.end()
+        os.close(fd)
 
 
-def serve_listener(agent: Agent, sock: socket.socket, name: str) -> None:
+def serve_listener(agent: Agent, sock: socket.socket, name: str,
+                   admit: Optional[Callable[[Any], bool]] = None) -> None:
+    """Serve each connection `admit` (given the peer's address) lets in."""
     while True:
-        client, _ = sock.accept()
-        conn = Connection(agent, SocketChannel(client, name))
-        threading.Thread(target=conn.serve, daemon=True).start()
+        try:
+            client, peer = sock.accept()
+        except OSError as e:  # e.g. out of file descriptors: later may do
+            if e.errno in (errno.EBADF, errno.EINVAL):  # the listener was closed
+                return
+            log("%s: accept failed: %s" % (name, e))
+            time.sleep(0.1)
+            continue
+        if admit is not None and not admit(peer):
+            client.close()
+            continue
+        try:
+            conn = Connection(agent, SocketChannel(client, name), agent.epoch)
+            threading.Thread(target=conn.serve, daemon=True).start()
+        except Exception as e:  # e.g. no more threads: this client only
+            log("%s: cannot serve a connection: %r" % (name, e))
+            with contextlib.suppress(OSError):
+                client.close()
 
 
 def unix_listener(path: str, mode: int = 0o600) -> socket.socket:
@@ -661,24 +900,10 @@ def close_listener(sock: socket.socket, path: str) -> None:
         os.unlink(path)
 
 
-def vsock_listener(port: int) -> Optional[socket.socket]:
-    family = getattr(socket, "AF_VSOCK", None)
-    if family is None:
-        return None
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.bind((socket.VMADDR_CID_ANY, port))
-        sock.listen(16)
-        return sock
-    except OSError as e:
-        log("vsock port %d unavailable: %s" % (port, e))
-        return None
-
-
 USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N]
   --port DEVICE    serve the virtio-serial port DEVICE
   --unix PATH      listen on a Unix socket at PATH
-  --vsock-port N   listen on vsock port N (0: off)
+  --vsock-port N   listen on vsock port N, for the host (CID 2) only (0: off)
   --allow-exec     serve the dev-only exec request (audited)
   --audit-log PATH where exec runs are logged (default /var/log/roost/exec.log)
   --integrations-dir DIR, --probes-dir DIR
@@ -756,11 +981,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         sock = unix_listener(args.unix)
         threads.append(threading.Thread(target=serve_listener, args=(agent, sock, args.unix)))
     if args.vsock_port:
-        vsock = vsock_listener(args.vsock_port)
-        if vsock is not None:
-            threads.append(
-                threading.Thread(target=serve_listener, args=(agent, vsock, "vsock"))
-            )
+        vsock_sock = vsock.listener(args.vsock_port, log)
+        if vsock_sock is not None:
+            threads.append(threading.Thread(
+                target=serve_listener,
+                args=(agent, vsock_sock, "vsock", vsock.HostOnly(log))))
     if args.port:
         threads.append(threading.Thread(target=serve_virtio_port, args=(agent, args.port)))
     if not threads:

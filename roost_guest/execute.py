@@ -90,9 +90,10 @@ class Spec:
 
 
 def _stream_id(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2 ** 32:
-        raise ExecError("exec needs %s: a stream id" % name)
-    return value
+    if not protocol.valid_stream_id(value, parity=0):
+        raise ExecError("exec needs %s: a host stream id (even, in 1..2**32-1), got %r"
+                        % (name, value))
+    return int(value)
 
 
 def _size(value: Any, name: str) -> int:
@@ -398,6 +399,7 @@ class Exec:
             if exited_at is not None and self._ended(credit, gone, now - quiet_since):
                 break
             self._feed_stdin()
+            self._grant_stdin()  # what it dropped too: poll may block for long next
             wakes = [t for t in (None if killed else deadline, kill_at,
                                  None if exited_at is None else quiet_since + QUIET_AFTER_EXIT)
                      if t is not None]
@@ -407,7 +409,10 @@ class Exec:
                     with contextlib.suppress(OSError):
                         os.read(self._wake_r, 4096)
                     continue
-                if ev & select.POLLOUT and fd == self._stdin_fd:
+                # POLLERR alone: the command closed its stdin, and the write
+                # that says so (EPIPE) drops what waits; without it, poll spins.
+                if ev & (select.POLLOUT | select.POLLERR) and fd == self._stdin_fd \
+                        and self._pending:
                     self._write_stdin()
                 readable = ev & (select.POLLIN | select.POLLHUP | select.POLLERR)
                 if fd in self._outputs and readable and self._read_output(fd, credit):

@@ -9,24 +9,34 @@ payload; the length counts the kind byte and the payload.
 * kind ``D``: bytes of a tunnelled stream: a 4-byte big-endian stream id,
   then data.
 
-A frame longer than MAX_FRAME, an unknown kind or a JSON payload that is
-not an object is a protocol error: the receiver answers with an error
-frame and closes that connection only.
+Two kinds of bad input. A frame longer than MAX_FRAME or of an unknown kind
+loses the frame boundaries: the decoder fails for good (ProtocolError) and
+the receiver closes that session only. A frame whose boundaries are intact
+but whose content is no valid message (JSON that is malformed, not an
+object or nested deeper than MAX_DEPTH; a data frame without a stream id)
+decodes to a BadFrame: the guest answers it with an error reply, the host
+drops it, and the session goes on. Fields are typed: ids, stream ids and
+nonces are JSON integers (never booleans) in the ranges below.
 
 Sessions. The host opens each session with ``{"type": "hello", "nonce":
-N}``; the guest answers with the frame ``{"sync": N}`` (see sync_frame).
-Over virtio-serial the guest may have written into a session the host has
-already left, so the host drops every byte before that exact frame.
+N}``; the guest answers with the frame ``{"sync": N, "epoch": E}`` (see
+sync_frame, find_sync). Over virtio-serial the guest may have written into
+a session the host has already left, so the host drops every byte before
+that frame. E names the guest side's session state: when the guest agent
+(re)starts serving the virtio-serial port it announces a fresh epoch with
+the event ``{"event": "started", "epoch": E}``; a host whose session has
+another epoch knows that session is gone and opens a new one.
 
 Streams (tunnels). The host opens a stream with the request ``{"type":
 "tunnel", "stream": S, "proto": "tcp"|"udp"|"unix", "host", "port" |
 "path"}``; host streams have even ids, guest-initiated ones odd ids. Data
-flows in ``D`` frames (for UDP one datagram per frame). Flow control is by
-credit: each side may have at most WINDOW unacknowledged bytes in flight
-per stream, and the receiver grants more with ``{"type": "window",
-"stream": S, "bytes": n}`` once it has handed data on. ``{"type": "eof",
-"stream": S}`` ends one direction; ``{"type": "reset", "stream": S,
-"error": ...}`` aborts the stream. None of these carry an ``id``.
+flows in ``D`` frames (for UDP one datagram per frame; empty data frames
+carry nothing and are ignored). Flow control is by credit: each side may
+have at most WINDOW unacknowledged bytes in flight per stream, and the
+receiver grants more with ``{"type": "window", "stream": S, "bytes": n}``
+once it has handed data on. ``{"type": "eof", "stream": S}`` ends one
+direction; ``{"type": "reset", "stream": S, "error": ...}`` aborts the
+stream. None of these carry an ``id``.
 
 Exec (dev only; roost_guest.execute). The host asks ``{"type": "exec",
 "id", "stream": S, "stderr": E, "argv", "seconds" (a time limit), "tty",
@@ -38,8 +48,10 @@ for tunnels. After the output ends comes ``{"event": "exit", "stream": S,
 "exitCode", "signal", "timedOut", "killed", "seconds"}``. The host may send
 ``{"type": "exec-signal" | "exec-kill", "stream": S, "signal": NAME}``
 (NAME from EXEC_SIGNALS; a kill turns into SIGKILL after a grace) and
-``{"type": "exec-resize", "stream": S, "rows", "cols"}``; a reset of S, or
-the end of the session, kills the command.
+``{"type": "exec-resize", "stream": S, "rows", "cols"}``; one with a wrong
+field is answered ``{"event": "exec-refused", "stream": S, "error"}``, one
+for a stream that is no command's is dropped. S and E are host streams
+(even ids). A reset of S, or the end of the session, kills the command.
 
 Standard library only, and Python 3.8 compatible: it runs in the guest.
 """
@@ -51,7 +63,7 @@ import struct
 
 TYPE_CHECKING = False  # typing costs ~70 ms of guest boot under TCG
 if TYPE_CHECKING:
-    from typing import Any, Dict, List, Union
+    from typing import Any, Dict, List, Optional, Tuple, TypeGuard, Union
 
 MAX_FRAME = 256 * 1024
 KIND_JSON = b"J"
@@ -75,6 +87,19 @@ EXEC_SIGNALS = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "S
 # Hybrid vsock (Firecracker, Cloud Hypervisor): the host writes
 # "CONNECT <port>\n" to the VMM's Unix socket and reads "OK <port>\n".
 VSOCK_PORT = 52
+
+# Deeper JSON is refused on both sides: no message of ours nests beyond a
+# handful of levels, and a bound far below the interpreter's recursion
+# limit keeps every later walk of a message (encoding, logging) safe.
+MAX_DEPTH = 64
+# Ids, nonces and epochs stay exact in any JSON implementation (2**53).
+MAX_ID = 2**53
+MAX_STREAM_ID = 2**32 - 1  # what the data frame's 4-byte field holds
+STREAM_CONTROL = ("window", "eof", "reset")
+# Events the guest sends about one host stream (see Exec above).
+STREAM_EVENTS = ("exit", "exec-refused")
+# A sync frame is {"sync": N, "epoch": E}: a few dozen bytes.
+SYNC_MAX = 128
 
 
 class ProtocolError(Exception):
@@ -112,37 +137,121 @@ class StreamData:
         return "StreamData(%d, %d bytes)" % (self.stream_id, len(self.data))
 
 
+class BadFrame:
+    """A whole frame that holds no valid message; the session goes on.
+
+    `req_id` is the request's id when the frame was an object with a valid
+    one (so that the error reply reaches the request), else None."""
+
+    __slots__ = ("reason", "req_id")
+
+    def __init__(self, reason: str, req_id: Optional[int] = None) -> None:
+        self.reason = reason
+        self.req_id = req_id
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BadFrame) and other.reason == self.reason
+
+    def __repr__(self) -> str:
+        return "BadFrame(%r)" % (self.reason,)
+
+
 if TYPE_CHECKING:
-    Message = Union[JsonMessage, StreamData]
+    Message = Union[JsonMessage, StreamData, BadFrame]
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    """A JSON integer: Python's bool is an int, the wire's true is not."""
+    return type(value) is int
+
+
+def valid_id(value: object) -> TypeGuard[int]:
+    """A request id (also what a nonce or an epoch may be)."""
+    return type(value) is int and 0 <= value <= MAX_ID
+
+
+def valid_stream_id(value: object, parity: Optional[int] = None) -> TypeGuard[int]:
+    """A stream id that fits a data frame; parity 0: the host's, 1: the guest's."""
+    if type(value) is not int or not 0 < value <= MAX_STREAM_ID:
+        return False
+    return parity is None or value % 2 == parity
+
+
+def too_deep(obj: object, limit: int = MAX_DEPTH) -> bool:
+    """Whether lists and objects in `obj` nest deeper than `limit` (no recursion)."""
+    stack: List[Tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children: Any
+        if isinstance(item, dict):
+            children = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+    return False
+
+
+def _may_be_deep(text: Union[str, bytes]) -> bool:
+    # Cheap first: nesting needs at least as many brackets as levels.
+    if isinstance(text, str):
+        return text.count("[") + text.count("{") > MAX_DEPTH
+    return text.count(b"[") + text.count(b"{") > MAX_DEPTH
 
 
 def encode_json(obj: Dict[str, Any]) -> bytes:
-    body = KIND_JSON + json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    """The frame for `obj`; ProtocolError when it cannot be one (too large,
+    too deep, not JSON): the sender answers that with an error instead."""
+    try:
+        text = json.dumps(obj, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as e:
+        raise ProtocolError("message cannot be encoded as JSON: %s" % e) from None
+    body = KIND_JSON + text.encode("utf-8")
     if len(body) > MAX_FRAME:
         raise ProtocolError("JSON message of %d bytes exceeds the frame limit" % len(body))
+    if _may_be_deep(text) and too_deep(obj):
+        raise ProtocolError("JSON message nests deeper than %d levels" % MAX_DEPTH)
     return _HEADER.pack(len(body)) + body
 
 
 def encode_data(stream_id: int, data: bytes) -> bytes:
     if len(data) > MAX_DATA_CHUNK:
         raise ProtocolError("data chunk of %d bytes exceeds %d" % (len(data), MAX_DATA_CHUNK))
+    if not valid_stream_id(stream_id):
+        raise ProtocolError("stream id %r does not fit a data frame" % (stream_id,))
     body = KIND_DATA + _STREAM.pack(stream_id) + data
     return _HEADER.pack(len(body)) + body
 
 
+def decode_json(payload: bytes) -> Union[JsonMessage, BadFrame]:
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        return BadFrame("malformed JSON frame: %s" % e)
+    except RecursionError:
+        return BadFrame("JSON frame nests deeper than %d levels" % MAX_DEPTH)
+    if not isinstance(obj, dict):
+        return BadFrame("JSON frame is not an object but %s" % type(obj).__name__)
+    if _may_be_deep(payload) and too_deep(obj):
+        req_id = obj.get("id")
+        return BadFrame("JSON frame nests deeper than %d levels" % MAX_DEPTH,
+                        req_id if valid_id(req_id) else None)
+    return JsonMessage(obj)
+
+
 def decode_body(body: bytes) -> Message:
+    """One frame's message; ProtocolError only for an unknown kind."""
     kind = body[:1]
     if kind == KIND_JSON:
-        try:
-            obj = json.loads(body[1:].decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ProtocolError("malformed JSON frame: %s" % e) from None
-        if not isinstance(obj, dict):
-            raise ProtocolError("JSON frame is not an object")
-        return JsonMessage(obj)
+        return decode_json(body[1:])
     if kind == KIND_DATA:
         if len(body) < 1 + _STREAM.size:
-            raise ProtocolError("data frame too short for a stream id")
+            return BadFrame("data frame too short for a stream id")
         (stream_id,) = _STREAM.unpack_from(body, 1)
         return StreamData(stream_id, bytes(body[1 + _STREAM.size :]))
     raise ProtocolError("unknown frame kind %r" % (kind,))
@@ -164,39 +273,46 @@ def parse_length(header: bytes) -> int:
 class FrameDecoder:
     """Incremental decoder: feed bytes as they arrive, get whole messages.
 
-    After a ProtocolError the decoder is poisoned: the stream has lost its
-    frame boundaries and the connection must be closed.
+    A frame that breaks the framing poisons the decoder: feed still returns
+    the messages before it, and sets `error`; the stream has lost its frame
+    boundaries and the connection must be closed (a later feed raises).
+    What it had not consumed, from the failing frame's header on, stays in
+    `unconsumed` (where the guest looks for the next session's hello).
     """
 
     def __init__(self) -> None:
         self._buf = bytearray()
-        self._failed = False
+        self.error: Optional[ProtocolError] = None
+        self.frames = 0  # frames decoded, valid or not
 
     def feed(self, data: bytes) -> List[Message]:
-        if self._failed:
+        if self.error is not None:
             raise ProtocolError("connection already failed")
         self._buf += data
         out: List[Message] = []
-        while len(self._buf) >= HEADER_SIZE:
-            try:
-                length = parse_length(bytes(self._buf[:HEADER_SIZE]))
-            except ProtocolError:
-                self._failed = True
-                raise
-            if len(self._buf) < HEADER_SIZE + length:
-                break
-            body = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
-            del self._buf[: HEADER_SIZE + length]
-            try:
-                out.append(decode_body(body))
-            except ProtocolError:
-                self._failed = True
-                raise
+        pos = 0
+        try:
+            while len(self._buf) - pos >= HEADER_SIZE:
+                length = parse_length(bytes(self._buf[pos : pos + HEADER_SIZE]))
+                end = pos + HEADER_SIZE + length
+                if len(self._buf) < end:
+                    break
+                out.append(decode_body(bytes(self._buf[pos + HEADER_SIZE : end])))
+                self.frames += 1
+                pos = end
+        except ProtocolError as e:
+            self.error = e
+        finally:
+            del self._buf[:pos]
         return out
 
     @property
     def pending(self) -> int:
         return len(self._buf)
+
+    @property
+    def unconsumed(self) -> bytes:
+        return bytes(self._buf)
 
 
 # Guest paths a mount may never cover (the mount request's contract; the
@@ -220,9 +336,33 @@ def guest_mount_point_problem(path: object) -> str:
     return ""
 
 
-def sync_frame(nonce: int) -> bytes:
+def sync_frame(nonce: int, epoch: int) -> bytes:
     """The exact bytes that start a session's valid data (see module doc)."""
-    return encode_json({"sync": nonce})
+    return encode_json({"sync": nonce, "epoch": epoch})
+
+
+def find_sync(buf: bytes, nonce: int) -> Tuple[int, Optional[int]]:
+    """Where the sync frame for `nonce` ends in `buf`, and the epoch it carries.
+
+    (-1, None) while no such whole frame is in `buf`: read more, keeping
+    at least the last SYNC_MAX + HEADER_SIZE bytes (a frame may straddle
+    reads). Anything else that merely looks like one is skipped."""
+    mark = KIND_JSON + b'{"sync":%d' % nonce
+    pos = HEADER_SIZE
+    while True:
+        at = buf.find(mark, pos)
+        if at < 0:
+            return -1, None
+        pos = at + 1
+        (length,) = _HEADER.unpack_from(buf, at - HEADER_SIZE)
+        end = at + length
+        if not len(mark) < length <= SYNC_MAX or end > len(buf):
+            continue
+        msg = decode_json(buf[at + 1 : end])
+        if isinstance(msg, JsonMessage) and msg.obj.get("sync") == nonce \
+                and is_int(msg.obj.get("sync")):
+            epoch = msg.obj.get("epoch")
+            return end, epoch if valid_id(epoch) else None
 
 
 def vsock_connect_line(port: int = VSOCK_PORT) -> bytes:

@@ -38,15 +38,16 @@ def open_local(req: Dict[str, Any]) -> socket.socket:
     try:
         if proto == "unix":
             path = req.get("path")
-            if not isinstance(path, str) or not path.startswith("/"):
+            if not isinstance(path, str) or not path.startswith("/") or "\0" in path:
                 raise TunnelError("unix tunnel needs an absolute path")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(CONNECT_TIMEOUT)
             sock.connect(path)
         elif proto in ("tcp", "udp"):
             host, port = req.get("host"), req.get("port")
-            if not isinstance(host, str) or not isinstance(port, int):
-                raise TunnelError("%s tunnel needs host and port" % proto)
+            if not isinstance(host, str) or "\0" in host or type(port) is not int \
+                    or not 0 < port < 65536:
+                raise TunnelError("%s tunnel needs host and port (1..65535)" % proto)
             kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
             sock = socket.socket(family, kind)

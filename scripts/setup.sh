@@ -23,7 +23,11 @@ DEBIAN_PACKAGES=(
   mtools dosfstools # ... a FAT file system made and filled without mounting it
   fdisk             # ... whose partition table sfdisk writes
   ovmf              # UEFI firmware for images that boot with firmware.legacyBIOS: false
+  uidmap            # newuidmap/newgidmap: a normal user's virtiofsd, confined as them
 )
+if [ "${1:-}" = "--dev" ]; then
+  DEBIAN_PACKAGES+=(python3-venv)  # scripts/test-as-user.sh: a venv on the system's python3
+fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
@@ -64,6 +68,15 @@ fi
 # The image builder resolves packages with apt-cache; it needs package lists.
 if ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
   as_root apt-get update -qq
+fi
+
+# The tests run the end-to-end suite as a normal user too (scripts/test-as-user.sh):
+# one with a subordinate id range, as Debian's adduser gives every new user.
+TEST_USER=roosttest
+if [ "${1:-}" = "--dev" ] && [ "$(id -u)" -eq 0 ]; then
+  id "$TEST_USER" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$TEST_USER"
+  grep -q "^$TEST_USER:" /etc/subuid 2>/dev/null || usermod --add-subuids 200000-265535 "$TEST_USER"
+  grep -q "^$TEST_USER:" /etc/subgid 2>/dev/null || usermod --add-subgids 200000-265535 "$TEST_USER"
 fi
 
 PYTHON=${PYTHON:-python3}

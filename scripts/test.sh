@@ -11,6 +11,8 @@ bash scripts/setup.sh --dev
 # The end-to-end suite must run, not skip: its conftest fails when QEMU or
 # the image cannot be had, and this makes a run with no e2e tests fail too.
 export ROOST_REQUIRE_E2E=1
+# The hostile guest's event flood: 15 s in the suite (the note's figure is a 60 s run).
+export ROOST_FLOOD_SECS=${ROOST_FLOOD_SECS:-15}
 set +e
 .venv/bin/python -m pytest -ra "$@"
 rc=$?
@@ -19,4 +21,13 @@ if [ "$rc" -eq 5 ]; then
   echo "test: pytest collected no tests; that is a failure" >&2
   exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+
+# Again as a normal user, as most people run roost (no root, no sudo): the
+# end-to-end files on the built-in image whose guest commands need no guest
+# root (the others write to /root and /etc in the guest as the guest user).
+if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
+  echo "test: end-to-end tests again as a normal user (scripts/test-as-user.sh)"
+  bash scripts/test-as-user.sh tests/e2e/test_lifecycle.py tests/e2e/test_mounts.py \
+    tests/e2e/test_cli_errors.py tests/e2e/test_micro_tools.py
+fi

@@ -30,6 +30,7 @@ from typing import Any
 
 from roost.cli import wsclient
 from roost.errors import RoostError, UsageError
+from roost.hostagent.apimodels import ExecRequest
 
 STDOUT, STDERR = 1, 2
 READ_CHUNK = 64 * 1024
@@ -250,17 +251,16 @@ def terminal_size() -> tuple[int, int]:
 
 def _term() -> str:
     term = os.environ.get("TERM", "")
-    ok = len(term) <= 64 and all(c.isalnum() or c in "-_.+" for c in term)
+    ok = len(term) <= 64 and term.isascii() and all(c.isalnum() or c in "-_.+" for c in term)
     return term if ok else ""
 
 
 def run(ha_sock: Path, argv: list[str], timeout: float, tty: bool) -> int:
     """Run argv in the guest with our stdin and output; its exit status."""
     sock, leftover = wsclient.connect(ha_sock, "/v1/exec")
-    spec: dict[str, Any] = {"argv": argv, "timeout": timeout, "tty": tty}
-    if tty:
-        rows, cols = terminal_size()
-        spec.update(rows=rows, cols=cols, term=_term())
+    rows, cols = terminal_size() if tty else (0, 0)
+    spec = ExecRequest(argv=argv, timeout=timeout, tty=tty, rows=rows, cols=cols,
+                       term=_term() if tty else "").wire()
     client = ExecClient(sock, leftover, timeout)
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)

@@ -14,6 +14,7 @@ import click
 
 from roost.cli import haclient
 from roost.errors import UsageError
+from roost.store import logfile
 from roost.store.instance import Instance
 
 GUEST_AGENT_LOG = "/run/roost/guestagent.log"
@@ -48,32 +49,24 @@ def status(name: str, as_json: bool) -> None:
 
 def _tail(path: Path, lines: int) -> int:
     """Print the last `lines` lines; return the offset reached."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return 0
-    text = data.decode(errors="replace").splitlines(keepends=True)
-    sys.stdout.write("".join(text[-lines:]) if lines > 0 else "")
+    data, offset = logfile.tail(path, lines)
+    sys.stdout.write(data.decode(errors="replace"))
     sys.stdout.flush()
-    return len(data)
+    return offset
 
 
 def _follow(path: Path, offset: int) -> None:
-    while True:
-        try:
-            with open(path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < offset:  # truncated: a new boot rewrote it
-                    offset = 0
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        if data:
-            offset += len(data)
-            sys.stdout.write(data.decode(errors="replace"))
-            sys.stdout.flush()
-        time.sleep(0.2)
+    """Print what is appended, across the log's rotation or truncation."""
+    log = logfile.Follower(path, offset)
+    try:
+        while True:
+            data = log.read()
+            if data:
+                sys.stdout.write(data.decode(errors="replace"))
+                sys.stdout.flush()
+            time.sleep(0.2)
+    finally:
+        log.close()
 
 
 def logs(name: str, source: str, lines: int, follow: bool) -> int:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from roost.errors import RoostError, UsageError
+
+if TYPE_CHECKING:
+    from roost.hostagent.apimodels import MountType
 
 
 def _fail(e: RoostError) -> None:
@@ -262,10 +265,11 @@ def mount() -> None:
 @NAME
 @click.argument("host_path", type=click.Path(exists=True, file_okay=False))
 @click.argument("guest_path")
+# The choices are apimodels.MountType's (a test checks); not imported: start-up time.
 @click.option("--type", "kind", type=click.Choice(["virtiofs", "9p", "reverse-sshfs"]),
               help="default: the instance's mountType (virtiofs where virtiofsd exists)")
 @click.option("--writable", is_flag=True, help="let the guest write (default: read-only)")
-def mount_add(name: str, host_path: str, guest_path: str, kind: str | None,
+def mount_add(name: str, host_path: str, guest_path: str, kind: MountType | None,
               writable: bool) -> None:
     """Mount HOST_PATH at GUEST_PATH in the running instance NAME."""
     from roost.cli import mounts

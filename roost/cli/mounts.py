@@ -10,23 +10,26 @@ from typing import Any
 import click
 
 from roost.cli import haclient
+from roost.hostagent.apimodels import MountAdd, MountRemove, MountType
 from roost.store.instance import Instance
 
 MOUNT_TIMEOUT = 120.0  # a hot-plug under TCG takes a second or two
 
 
-def add(name: str, host_path: str, guest_path: str, kind: str | None, writable: bool) -> None:
+def add(name: str, host_path: str, guest_path: str, kind: MountType | None,
+        writable: bool) -> None:
     inst = Instance.at(name).require_running()
-    body = {"location": os.path.abspath(os.path.expanduser(host_path)),
-            "mountPoint": guest_path, "type": kind or "", "writable": writable}
-    rec = haclient.request(inst.ha_sock, "POST", "/v1/mounts", body, timeout=MOUNT_TIMEOUT)
+    body = MountAdd(location=os.path.abspath(os.path.expanduser(host_path)),
+                    mount_point=guest_path, type=kind or "", writable=writable)
+    rec = haclient.request(inst.ha_sock, "POST", "/v1/mounts", body.wire(),
+                           timeout=MOUNT_TIMEOUT)
     mode = "rw" if rec["writable"] else "ro"
     click.echo(f"mounted {rec['location']} at {rec['mountPoint']} ({rec['type']}, {mode})")
 
 
 def remove(name: str, guest_path: str) -> None:
     inst = Instance.at(name).require_running()
-    query = urllib.parse.urlencode({"mountPoint": guest_path})
+    query = urllib.parse.urlencode(MountRemove(mount_point=guest_path).wire())
     haclient.request(inst.ha_sock, "DELETE", f"/v1/mounts?{query}", timeout=MOUNT_TIMEOUT)
     click.echo(f"unmounted {guest_path}")
 

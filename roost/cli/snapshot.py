@@ -11,6 +11,7 @@ import click
 
 from roost.cli import haclient
 from roost.errors import RoostError
+from roost.hostagent.apimodels import SnapshotCreate
 from roost.store import snapshots
 from roost.store.instance import Instance, Status, operation_lock
 
@@ -30,7 +31,8 @@ def create(name: str, tag: str) -> None:
     snapshots.check_tag(tag)
     inst, running = _instance(name)
     if running:
-        result = haclient.request(inst.ha_sock, "POST", "/v1/snapshots", {"tag": tag},
+        result = haclient.request(inst.ha_sock, "POST", "/v1/snapshots",
+                                  SnapshotCreate(tag=tag).wire(),
                                   timeout=SNAPSHOT_TIMEOUT)
         state = "disk and VM state" if result["state"] == "vm" else (
             "disk only: a shared folder device blocks saving the VM state")

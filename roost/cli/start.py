@@ -15,6 +15,7 @@ import click
 
 from roost.cli.progress import Progress
 from roost.errors import RoostError, UsageError
+from roost.store import logfile
 from roost.store.instance import Instance, Status, operation_lock
 
 POLL_SECONDS = 0.02
@@ -23,6 +24,8 @@ SPAWN_SECONDS = 30.0
 
 def spawn_hostagent(inst: Instance) -> subprocess.Popen[bytes]:
     """The host agent runs detached: own session, output to the instance's logs."""
+    for log in (inst.ha_stdout, inst.ha_stderr):
+        logfile.start_afresh(log)
     with open(inst.ha_stdout, "wb") as out, open(inst.ha_stderr, "wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "roost.hostagent", inst.name],
@@ -32,21 +35,19 @@ def spawn_hostagent(inst: Instance) -> subprocess.Popen[bytes]:
 
 
 class EventFollower:
-    """Reads whole JSON lines appended to ha.stdout.log."""
+    """Reads whole JSON lines appended to ha.stdout.log (across its rotation)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
+        self._log = logfile.Follower(path)
         self._partial = b""
 
+    def close(self) -> None:
+        self._log.close()
+
     def poll(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                data = f.read()
-        except FileNotFoundError:
+        data = self._log.read()
+        if not data:
             return []
-        self._offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
         events = []
@@ -60,14 +61,16 @@ class EventFollower:
 
 def _tail(path: Path, n: int = 15) -> str:
     try:
-        lines = path.read_text(errors="replace").splitlines()
+        data, _ = logfile.tail(path, n)
     except OSError:
         return ""
-    return "\n".join(f"    {line}" for line in lines[-n:])
+    return "\n".join(f"    {line}" for line in data.decode(errors="replace").splitlines())
 
 
 def _report_failure(inst: Instance, status: dict[str, Any], reason: str) -> None:
     click.echo(f"roost: error: {inst.name}: {reason}", err=True)
+    if status.get("errorsDropped"):
+        click.echo(f"  ({status['errorsDropped']} older errors not kept)", err=True)
     for err in status.get("errors", []):
         click.echo(f"  - {err}", err=True)
     for path in (inst.ha_stderr, inst.serial_log, inst.qemu_log):
@@ -78,7 +81,12 @@ def _report_failure(inst: Instance, status: dict[str, Any], reason: str) -> None
 
 def follow(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
            progress: Progress) -> int:
-    follower = EventFollower(inst.ha_stdout)
+    with contextlib.closing(EventFollower(inst.ha_stdout)) as follower:
+        return _follow_events(inst, proc, timeout, progress, follower)
+
+
+def _follow_events(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
+                   progress: Progress, follower: EventFollower) -> int:
     deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while True:

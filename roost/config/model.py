@@ -57,7 +57,9 @@ class SSH(_Model):
 
 
 class NinePOptions(_Model):
-    security_model: Literal["none", "mapped-xattr", "mapped-file", "passthrough"] = "none"
+    # mapped-xattr: the guest's owners and modes are kept in xattrs, every file on the
+    # host stays QEMU's user's ("none" under a root QEMU lets the guest chown to anyone).
+    security_model: Literal["none", "mapped-xattr", "mapped-file", "passthrough"] = "mapped-xattr"
     protocol_version: Literal["9p2000", "9p2000.u", "9p2000.L"] = "9p2000.L"
     msize: Size = 512 * 1024
     cache: Literal["none", "loose", "fscache", "mmap"] | None = None

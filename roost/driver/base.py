@@ -61,7 +61,7 @@ class Share:
     # virtiofs: a hot-plug place of its own, so that a suspend can unplug it.
     slot: str | None = None
     queue_size: int = 1024  # virtiofs
-    security_model: str = "none"  # 9p
+    security_model: str = "mapped-xattr"  # 9p
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,7 @@ class HostAgent:
         self.started_at = rfc3339_now()
         self._stop = asyncio.Event()
         self._forced = False
+        self._runtime_write_due = False  # a runtime.json write is scheduled
         self.config_digest = ""
         # The pieces New wires together.
         self.session: GuestAgentSession
@@ -153,14 +154,15 @@ class HostAgent:
         self._prestarted = restore is not None
         self.session = GuestAgentSession(
             self.driver.guest_agent_dialer(), self.events, instance=inst.name,
-            allow_exec=self.config.guest_agent.allow_exec, changed=self._write_runtime,
+            allow_exec=self.config.guest_agent.allow_exec, changed=self._runtime_changed,
             early=restore.woken if restore else None)
         hotplug = self.driver if isinstance(self.driver, FileSystemHotplug) else None
         self.mounts = MountManager(inst.dir, hotplug, self.session.open, static_mounts,
                                    default_mount_type(self.config),
                                    tuple(self.config.mount_types_unsupported))
         self.port_forwarding = PortForwarding(inst, list(self.config.port_forwards),
-                                              self.session, self.events, self._write_runtime)
+                                              self.session, self.events, self._runtime_changed,
+                                              self.mounts.sftp.serve_guest_stream)
         self.checkpoints = Checkpoints(
             inst, self.driver, self.session, self.mounts, self.events,
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
@@ -269,7 +271,15 @@ class HostAgent:
             self.events.add_error(f"readiness failed: {task.exception()}")
             self._stop.set()
 
+    def _runtime_changed(self) -> None:
+        """runtime.json once for a burst of changes (a guest that closes two
+        thousand listeners at once stops as many forwards in one go)."""
+        if not self._runtime_write_due:
+            self._runtime_write_due = True
+            asyncio.get_running_loop().call_soon(self._write_runtime)
+
     def _write_runtime(self) -> None:
+        self._runtime_write_due = False
         info = self.driver.info()
         write_atomic(self.inst.runtime, json.dumps({
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,

@@ -1,4 +1,10 @@
-"""The host agent's HTTP API on ha.sock (mode 0600)."""
+"""The host agent's HTTP API on ha.sock (mode 0600).
+
+Its routes are one table (ApiServer._route_table) that registers them and
+describes them at GET /v1/openapi.json. Each handler gets its input already
+checked against its model (roost.hostagent.apimodels); a wrong one is a 400
+naming the field.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,27 @@ import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
 from aiohttp import web
 
+from roost import __version__
 from roost.errors import RoostError, UsageError
-from roost.hostagent import execws
+from roost.hostagent import execws, openapi
+from roost.hostagent.apiinput import InputError, field_names, from_json, from_strings
+from roost.hostagent.apimodels import (
+    ApiInput,
+    MountAdd,
+    MountRemove,
+    MountType,
+    SnapshotCreate,
+    SnapshotRef,
+)
 from roost.hostagent.execstream import ExecSpec, GuestExec
+from roost.hostagent.openapi import Reply, Route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+GUEST_REQUESTS = ("status", "health", "probes", "diff")  # answered by the guest agent
 
 
 class Mounts(Protocol):
@@ -39,8 +57,13 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     says what it was (the traceback goes to ha.stderr.log), never just 500."""
     try:
         return await handler(request)
-    except web.HTTPException:
-        raise
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        routing = request.match_info.http_exception is not None  # no such route or method
+        message = f"{e.reason}: {request.method} {request.path}" if routing else e.text
+        allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        return web.json_response({"error": message}, status=e.status, headers=allow)
     except UsageError as e:
         return _error(400, str(e))
     except RoostError as e:
@@ -49,6 +72,40 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, f"the host agent failed: {type(e).__name__}: {e} "
                            "(the traceback is in ha.stderr.log)")
+
+
+def _accepting(route: Route) -> Handler:
+    """The route's handler, given its input once checked."""
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return await route.handler(request, await _input(route, request))
+
+    return handle
+
+
+async def _input(route: Route, request: web.Request) -> ApiInput | None:
+    """The request's body, query or path as the route's model; InputError if
+    it is not that, or brings what the route does not take."""
+    where = f"{route.method} {route.path}"
+    model, source = route.takes, route.takes_in if route.takes is not None else None
+    if source != "query" and request.query:
+        raise InputError(f"{where} takes no query parameters (got {', '.join(request.query)})")
+    if source != "body" and request.body_exists:
+        raise InputError(f"{where} takes no request body")
+    if model is None:
+        return None
+    if source == "query":
+        for name in request.query:
+            if len(request.query.getall(name)) > 1:
+                raise InputError(f"query parameter {name}: given more than once")
+        return from_strings(model, request.query, "query parameter")
+    if source == "path":
+        return from_strings(model, request.match_info, "path parameter")
+    if not request.body_exists:
+        raise InputError(f"{where} takes a JSON object body with: {', '.join(field_names(model))}")
+    if request.content_type != openapi.JSON:
+        raise web.HTTPUnsupportedMediaType(
+            text=f"send the body as {openapi.JSON} (got {request.content_type})")
+    return from_json(model, await request.read())
 
 
 class Guest(Protocol):
@@ -71,6 +128,39 @@ class Checkpoints(Protocol):
     async def snapshot_delete(self, tag: str) -> dict[str, Any]: ...
 
 
+_OBJECT: dict[str, Any] = {"type": "object"}
+# Named answer schemas of the OpenAPI document (the inputs' come from apimodels).
+ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Status": {
+        "type": "object", "description": "The host agent's status, as in its last event.",
+        "required": ["running", "degraded", "exiting"],
+        "properties": {
+            "running": {"type": "boolean"}, "degraded": {"type": "boolean"},
+            "exiting": {"type": "boolean"},
+            "errors": {"type": "array", "items": {"type": "string"},
+                       "description": "the newest errors, oldest first"},
+            "errorsDropped": {"type": "integer", "minimum": 1,
+                              "description": "older errors no longer listed"},
+        },
+    },
+    "Mount": {
+        "type": "object",
+        "required": ["location", "mountPoint", "type", "writable", "ephemeral", "state"],
+        "properties": {
+            "location": {"type": "string"}, "mountPoint": {"type": "string"},
+            "type": {"enum": list(get_args(MountType))}, "writable": {"type": "boolean"},
+            "ephemeral": {"type": "boolean", "description": "added at run time"},
+            "state": {"enum": ["mounted", "failed"]}, "slot": {"type": "string"},
+            "error": {"type": "string"},
+        },
+    },
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
 class ApiServer:
     def __init__(self, info: Callable[[], dict[str, Any]],
                  status: Callable[[], dict[str, Any]], mounts: Mounts, guest: Guest,
@@ -80,38 +170,68 @@ class ApiServer:
         self._mounts = mounts
         self._guest = guest
         self._checkpoints = checkpoints
+        self.routes = self._route_table()
+        self._openapi: dict[str, Any] | None = None  # made on first request
         self.app = web.Application(middlewares=[_errors])
-        self.app.router.add_get("/v1/info", self._get_info)
-        self.app.router.add_get("/v1/status", self._get_status)
-        self.app.router.add_get("/v1/mounts", self._get_mounts)
-        self.app.router.add_post("/v1/mounts", self._post_mount)
-        self.app.router.add_delete("/v1/mounts", self._delete_mount)
-        for kind in ("status", "health", "probes", "diff"):
-            self.app.router.add_get(f"/v1/guest/{kind}", self._get_guest)
-        self.app.router.add_post("/v1/suspend", self._suspend)
-        self.app.router.add_post("/v1/snapshots", self._snapshot)
-        self.app.router.add_post("/v1/snapshots/{tag}/apply", self._snapshot)
-        self.app.router.add_delete("/v1/snapshots/{tag}", self._snapshot)
-        self.app.router.add_get("/v1/exec", self._exec)
+        for route in self.routes:
+            self.app.router.add_route(route.method, route.path, _accepting(route))
         self._runner: web.AppRunner | None = None
 
-    async def _suspend(self, request: web.Request) -> web.Response:
+    def _route_table(self) -> list[Route]:
+        guest_errors = {503: "the guest agent does not answer"}
+        snapshot = Reply("done; what was saved or restored", _OBJECT)
+        return [
+            Route("GET", "/v1/openapi.json", "This document.", self._get_openapi,
+                  {200: Reply("the OpenAPI 3.1 description of this API", _OBJECT)}),
+            Route("GET", "/v1/info", "The instance, its driver, requirements, forwards, "
+                  "mounts and status.", self._get_info, {200: Reply("the instance", _OBJECT)}),
+            Route("GET", "/v1/status", "The status, as in the last event.", self._get_status,
+                  {200: Reply("the status", _ref("Status"))}),
+            Route("GET", "/v1/mounts", "Static and runtime mounts.", self._get_mounts,
+                  {200: Reply("the mounts", {"type": "array", "items": _ref("Mount")})}),
+            Route("POST", "/v1/mounts", "Mount a host folder in the running guest.",
+                  self._post_mount, {201: Reply("mounted", _ref("Mount"))}, takes=MountAdd),
+            Route("DELETE", "/v1/mounts", "Unmount a runtime mount.", self._delete_mount,
+                  {200: Reply("unmounted", _OBJECT)}, {404: "nothing is mounted there"},
+                  takes=MountRemove, takes_in="query"),
+            *(Route("GET", f"/v1/guest/{kind}", f"The guest agent's {kind}, as it answers.",
+                    self._get_guest, {200: Reply(f"the guest agent's {kind}", _OBJECT)},
+                    guest_errors) for kind in GUEST_REQUESTS),
+            Route("POST", "/v1/suspend", "Save the VM's state to disk and stop.",
+                  self._suspend, {200: Reply("suspended", _OBJECT)}),
+            Route("POST", "/v1/snapshots", "Snapshot the running VM (disk and state).",
+                  self._snapshot_create, {200: snapshot}, takes=SnapshotCreate),
+            Route("POST", "/v1/snapshots/{tag}/apply", "Bring the VM back to a snapshot.",
+                  self._snapshot_apply, {200: snapshot}, takes=SnapshotRef, takes_in="path"),
+            Route("DELETE", "/v1/snapshots/{tag}", "Delete a snapshot.", self._snapshot_delete,
+                  {200: snapshot}, takes=SnapshotRef, takes_in="path"),
+            Route("GET", "/v1/exec", "Run a command in the guest (guestAgent.allowExec) "
+                  "over a WebSocket: its stdin, output, signals and exit.", self._exec,
+                  {101: Reply("switching to the WebSocket; its messages are in x-websocket",
+                              None)},
+                  {400: "not a WebSocket upgrade (or a query or body was sent)"},
+                  websocket=execws.WEBSOCKET),
+        ]
+
+    async def _get_openapi(self, request: web.Request, _: None) -> web.Response:
+        if self._openapi is None:
+            self._openapi = openapi.document(self.routes, __version__, ANSWER_SCHEMAS)
+        return web.json_response(self._openapi)
+
+    async def _suspend(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(await self._checkpoints.suspend())
 
-    async def _snapshot(self, request: web.Request) -> web.Response:
-        try:
-            if request.method == "DELETE":
-                result = await self._checkpoints.snapshot_delete(request.match_info["tag"])
-            elif "tag" in request.match_info:
-                result = await self._checkpoints.snapshot_apply(request.match_info["tag"])
-            else:
-                body = await request.json()
-                result = await self._checkpoints.snapshot_create(str(body["tag"]))
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "expected JSON with tag")
-        return web.json_response(result)
+    async def _snapshot_create(self, request: web.Request, body: SnapshotCreate
+                               ) -> web.Response:
+        return web.json_response(await self._checkpoints.snapshot_create(body.tag))
 
-    async def _get_guest(self, request: web.Request) -> web.Response:
+    async def _snapshot_apply(self, request: web.Request, ref: SnapshotRef) -> web.Response:
+        return web.json_response(await self._checkpoints.snapshot_apply(ref.tag))
+
+    async def _snapshot_delete(self, request: web.Request, ref: SnapshotRef) -> web.Response:
+        return web.json_response(await self._checkpoints.snapshot_delete(ref.tag))
+
+    async def _get_guest(self, request: web.Request, _: None) -> web.Response:
         """/v1/guest/{status,health,probes,diff}: the guest agent's answer as it is."""
         kind = request.path.rsplit("/", 1)[-1]
         try:
@@ -121,34 +241,27 @@ class ApiServer:
         except RoostError as e:
             return _error(503, str(e))
 
-    async def _exec(self, request: web.Request) -> web.StreamResponse:
+    async def _exec(self, request: web.Request, _: None) -> web.StreamResponse:
         """A WebSocket: the command's stdin, output, signals and exit (execws)."""
         return await execws.serve(request, self._guest.start_exec)
 
-    async def _get_mounts(self, request: web.Request) -> web.Response:
+    async def _get_mounts(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(self._mounts.listing())
 
-    async def _post_mount(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            location, mount_point = str(body["location"]), str(body["mountPoint"])
-            kind, writable = str(body.get("type", "")), bool(body.get("writable", False))
-        except (ValueError, KeyError, TypeError):
-            return _error(400, "expected JSON with location, mountPoint, type, writable")
-        return web.json_response(await self._mounts.add(location, mount_point, kind, writable),
-                                 status=201)
+    async def _post_mount(self, request: web.Request, body: MountAdd) -> web.Response:
+        rec = await self._mounts.add(body.location, body.mount_point, body.type, body.writable)
+        return web.json_response(rec, status=201)
 
-    async def _delete_mount(self, request: web.Request) -> web.Response:
-        mount_point = request.query.get("mountPoint", "")
+    async def _delete_mount(self, request: web.Request, query: MountRemove) -> web.Response:
         try:
-            return web.json_response(await self._mounts.remove(mount_point))
+            return web.json_response(await self._mounts.remove(query.mount_point))
         except UsageError as e:
             return _error(404 if "nothing is mounted" in str(e) else 400, str(e))
 
-    async def _get_info(self, request: web.Request) -> web.Response:
+    async def _get_info(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(self._info())
 
-    async def _get_status(self, request: web.Request) -> web.Response:
+    async def _get_status(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(self._status())
 
     async def start(self, path: Path) -> None:

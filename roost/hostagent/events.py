@@ -4,7 +4,10 @@
      "sshLocalPort", "phase", "guestAgent", "requirements", ...}}
 
 Each event is a full snapshot of the status, so a reader needs only the
-last line. Writes are serialized and flushed line by line.
+last line. Writes are serialized and flushed line by line; the file is
+rotated past a size (roost.store.logfile), and status.errors keeps only the
+newest MAX_ERRORS, counting the others in errorsDropped: a host agent that
+runs for months stays the same size.
 """
 
 from __future__ import annotations
@@ -15,14 +18,20 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from roost.store.logfile import Rotation
+
+MAX_ERRORS = 50
+MAX_ERROR_CHARS = 2000  # one error's message (a guest's output may be in it)
+
 
 def rfc3339_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class EventEmitter:
-    def __init__(self, out: TextIO) -> None:
+    def __init__(self, out: TextIO, rotation: Rotation | None = None) -> None:
         self._out = out
+        self._rotation = rotation  # of `out`'s file, when it is one
         self._lock = threading.Lock()
         self.status: dict[str, Any] = {"running": False, "degraded": False, "exiting": False,
                                        "errors": []}
@@ -35,8 +44,7 @@ class EventEmitter:
                 else:
                     self.status[key] = value
             event = {"time": rfc3339_now(), "status": _compact(self.status)}
-            self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self._out.flush()
+            self._write(event)
             return copy.deepcopy(event)
 
     def emit_transient(self, **fields: Any) -> None:
@@ -44,12 +52,25 @@ class EventEmitter:
         with self._lock:
             status = {**_compact(self.status), **fields}
             event = {"time": rfc3339_now(), "status": status}
-            self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
-            self._out.flush()
+            self._write(event)
+
+    def _write(self, event: dict[str, Any]) -> None:
+        self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._out.flush()
+        if self._rotation is not None:
+            self._rotation.check()
 
     def add_error(self, message: str) -> None:
+        if len(message) > MAX_ERROR_CHARS:
+            cut = " ... (cut short)"
+            message = message[:MAX_ERROR_CHARS - len(cut)] + cut
         with self._lock:
-            self.status["errors"] = [*self.status.get("errors", []), message]
+            errors = [*self.status.get("errors", []), message]
+            if len(errors) > MAX_ERRORS:
+                dropped = len(errors) - MAX_ERRORS
+                self.status["errorsDropped"] = self.status.get("errorsDropped", 0) + dropped
+                errors = errors[dropped:]
+            self.status["errors"] = errors
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:

@@ -17,6 +17,7 @@ from typing import Any
 
 from roost.errors import RoostError
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, TunnelStream
+from roost_guest.protocol import is_int
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,24 @@ class ExecSpec:
     rows: int = 0  # the pty's size (0: the guest's default)
     cols: int = 0
     term: str = ""  # TERM for a pty
+
+
+# The exit event's fields, as the client gets them, and the types they must have.
+EXIT_FIELDS: dict[str, tuple[type, ...]] = {
+    "exitCode": (int,), "signal": (int, type(None)), "timedOut": (bool,),
+    "killed": (bool,), "seconds": (int, float), "error": (str,)}
+
+
+def exit_problem(event: dict[str, Any]) -> str:
+    """What is wrong with an exit event from the guest ("" when nothing is)."""
+    if "exitCode" not in event:
+        return "no exitCode"
+    for name, types in EXIT_FIELDS.items():
+        value = event.get(name)
+        if name in event and (type(value) not in types
+                              or (type(value) is int and not -2**31 <= value < 2**31)):
+            return f"{name} of a wrong type or range: {value!r:.60}"
+    return ""
 
 
 class CannotRun(RoostError):
@@ -65,21 +84,32 @@ class GuestExec:
         try:
             result = await client.request("exec", timeout=START_TIMEOUT, **params)
             if "error" in result:
-                raise CannotRun(str(result["error"]), int(result.get("exitCode") or 127))
+                code = result.get("exitCode")
+                raise CannotRun(str(result["error"])[:2000],
+                                code if is_int(code) and 1 <= code <= 255 else 127)
+            pid = result.get("pid")
+            if not is_int(pid) or pid <= 0:
+                raise GuestAgentError(f"the guest agent's exec reply has no pid: {result!r:.100}")
         except BaseException:
             await run.close()
             raise
-        run.pid = int(result.get("pid") or 0)
+        run.pid = pid
         return run
 
-    def _on_event(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "exit" and not self._exit.done():
-            self._exit.set_result({k: v for k, v in event.items()
-                                   if k in ("exitCode", "signal", "timedOut", "killed",
-                                            "seconds", "error")})
-        elif event.get("event") == "exec-refused":
-            log.warning("the guest refused a control of exec stream %d: %s",
+    def _on_event(self, event: dict[str, Any]) -> str:
+        """The guest's exit or refusal of a control; what is wrong with it ("" if nothing)."""
+        if event["event"] == "exec-refused":
+            log.warning("the guest refused a control of exec stream %d: %.200s",
                         self.stdio.id, event.get("error"))
+            return ""
+        if problem := exit_problem(event):
+            return problem
+        if not self._exit.done():
+            self._exit.set_result({k: event[k] for k in EXIT_FIELDS if k in event})
+        # The guest has dropped the command's streams: stdin still on its way
+        # will never be credited, and a send waiting for credit would wait forever.
+        self.stdio.stop_sending("the command has exited")
+        return ""
 
     @property
     def exited(self) -> bool:

@@ -4,10 +4,12 @@ GuestExec.
 
 Client to host agent: first a text message naming the command,
 ``{"argv": [...], "timeout": s, "tty": bool, "rows": n, "cols": n,
-"term": name}``; then binary messages of stdin, within the credit granted,
-and text messages ``{"type": "eof"}``, ``{"type": "resize", "rows",
-"cols"}``, ``{"type": "signal", "signal": "INT"}`` and ``{"type": "kill",
-"signal": "INT"}`` (the signal, then SIGKILL after the guest's grace).
+"term": name}`` (apimodels.ExecRequest); then binary messages of stdin,
+within the credit granted, and text messages ``{"type": "eof"}``,
+``{"type": "resize", "rows", "cols"}``, ``{"type": "signal", "signal":
+"INT"}`` and ``{"type": "kill", "signal": "INT"}`` (the signal, then
+SIGKILL after the guest's grace; apimodels.EXEC_CONTROLS). Each is checked
+as strictly as the API's bodies: a wrong one is an error naming the field.
 
 Host agent to client: ``{"type": "started", "pid", "window": n}`` (n bytes
 of stdin credit), then binary messages of output whose first byte is 1
@@ -28,15 +30,24 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from roost.errors import RoostError, UsageError
+from roost.hostagent.apiinput import InputError, from_json
+from roost.hostagent.apimodels import (
+    EXEC_CONTROLS,
+    ApiInput,
+    ExecEof,
+    ExecRequest,
+    ExecResize,
+    ExecSignal,
+)
 from roost.hostagent.execstream import CannotRun, ExecSpec, GuestExec
 from roost.hostagent.guestagent import GuestAgentError, TunnelStream
+from roost.hostagent.openapi import WebSocket
 from roost_guest import protocol
 
 log = logging.getLogger(__name__)
@@ -49,43 +60,69 @@ MAX_ARGV_BYTES = protocol.MAX_FRAME - 4096  # the guest's request must fit one f
 Start = Callable[[ExecSpec], Awaitable[GuestExec]]
 
 
+def _message(kind: str, description: str, required: list[str],
+             properties: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "description": description, "required": ["type", *required],
+            "additionalProperties": False,
+            "properties": {"type": {"const": kind}, **properties}}
+
+
+_INT = {"type": "integer"}
+# The protocol as GET /v1/openapi.json shows it (an x-websocket of the route).
+WEBSOCKET = WebSocket(
+    description=(
+        "The client's first message is a JSON text message, an ExecRequest. The host "
+        "agent answers ExecStarted (or ExecFailure, then closes). Then stdin goes as "
+        "binary messages within the window granted by ExecStarted and ExecWindow, and "
+        "controls as text messages (ExecEof, ExecResize, ExecSignal: type signal sends "
+        "it to the command's whole session, kill then SIGKILLs it after a grace); "
+        "output comes as binary messages; last ExecExit (or ExecFailure), then the "
+        "close. A wrong message is an ExecFailure of status 400 naming the field. A "
+        "client that leaves before the exit has the command killed (SIGHUP, then "
+        "SIGKILL)."),
+    client=(ExecRequest, *dict.fromkeys(EXEC_CONTROLS.values())),
+    server={
+        "ExecStarted": _message("started", "The command runs; `window` bytes of stdin "
+                                "may be sent.", ["pid", "window"],
+                                {"pid": _INT, "window": _INT}),
+        "ExecWindow": _message("window", "`bytes` more of stdin may be sent.", ["bytes"],
+                               {"bytes": _INT}),
+        "ExecExit": _message("exit", "The command ended, after all its output.", ["exitCode"], {
+            "exitCode": _INT, "signal": {"type": ["integer", "null"]},
+            "timedOut": {"type": "boolean"}, "killed": {"type": "boolean"},
+            "seconds": {"type": "number"}, "error": {"type": "string"}}),
+        "ExecFailure": _message("error", "The exec failed; the WebSocket closes.",
+                                ["error", "status"], {
+            "error": {"type": "string"}, "status": {"enum": [400, 500, 502]},
+            "exitCode": {**_INT, "description": "the command could not run: 127 not "
+                                                "found, 126 not executable"}}),
+    },
+    binary="stdin from the client (within the granted window); output to it, whose "
+           "first byte is the channel: 1 stdout, 2 stderr",
+)
+
+
 def parse_spec(text: str) -> ExecSpec:
-    """The command message, checked; UsageError says what is wrong."""
-    try:
-        body = json.loads(text)
-    except ValueError:
-        raise UsageError("the exec request is not JSON") from None
-    if not isinstance(body, dict):
-        raise UsageError("the exec request must be a JSON object")
-    unknown = set(body) - {"argv", "timeout", "tty", "rows", "cols", "term"}
-    if unknown:
-        raise UsageError(f"unknown exec request fields: {', '.join(sorted(unknown))}")
-    argv = body.get("argv")
-    if not isinstance(argv, list) or not argv or not all(
-            isinstance(a, str) and "\0" not in a for a in argv):
-        raise UsageError("exec needs argv: a non-empty list of strings without NUL bytes")
-    size = len(json.dumps(argv))
+    """The command message, checked against ExecRequest; InputError (a
+    UsageError) names each wrong field."""
+    body = from_json(ExecRequest, text, "the exec request")
+    size = len(json.dumps(body.argv))
     if size > MAX_ARGV_BYTES:
-        raise UsageError(f"the command line is {size} bytes; at most {MAX_ARGV_BYTES} fit")
-    timeout = body.get("timeout", 0)
-    if (not isinstance(timeout, int | float) or isinstance(timeout, bool)
-            or not math.isfinite(timeout) or not 0 <= timeout < 1e9):
-        raise UsageError("exec timeout must be a number of seconds >= 0 (0: no limit)")
-    tty = body.get("tty", False)
-    if not isinstance(tty, bool):
-        raise UsageError("exec tty must be true or false")
-    rows, cols = _size(body.get("rows", 0), "rows"), _size(body.get("cols", 0), "cols")
-    term = body.get("term", "")
-    if not isinstance(term, str) or len(term) > 64 or not all(
-            c.isalnum() or c in "-_.+" for c in term):
-        raise UsageError("exec term must be a terminal name such as xterm-256color")
-    return ExecSpec(argv, float(timeout), tty, rows, cols, term)
+        raise InputError(f"argv: the command line is {size} bytes; at most {MAX_ARGV_BYTES} fit")
+    return ExecSpec(list(body.argv), body.timeout, body.tty, body.rows, body.cols, body.term)
 
 
-def _size(value: Any, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 65536:
-        raise UsageError(f"exec {name} must be an integer from 0 to 65535")
-    return value
+def parse_control(text: str) -> ApiInput:
+    """A control message, checked against its model (by its type)."""
+    try:
+        kind = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        kind = None
+    model = EXEC_CONTROLS.get(kind) if isinstance(kind, str) else None
+    if model is None:
+        raise InputError(f"an exec control message must be a JSON object whose type is one "
+                         f"of {', '.join(EXEC_CONTROLS)}")
+    return from_json(model, text, "the exec control message")
 
 
 async def serve(request: web.Request, start: Start) -> web.WebSocketResponse:
@@ -197,27 +234,20 @@ class Bridge:
     async def _control(self, text: str) -> str:
         """Act on one control message; the error, if it is not one."""
         try:
-            body = json.loads(text)
-            kind = body["type"]
-        except (ValueError, KeyError, TypeError):
-            return "an exec control message must be JSON with a type"
-        run = self.command
-        try:
-            if kind == "eof":
-                self._stdin.put_nowait(None)
-            elif kind == "resize":
-                await run.resize(_size(body.get("rows"), "rows"), _size(body.get("cols"), "cols"))
-            elif kind in ("signal", "kill"):
-                name = body.get("signal")
-                if name not in protocol.EXEC_SIGNALS:
-                    return f"unknown signal {name!r}; one of {', '.join(protocol.EXEC_SIGNALS)}"
-                await (run.signal(name) if kind == "signal" else run.kill(name))
-            else:
-                return f"unknown exec control message type {kind!r}"
+            control = parse_control(text)
         except UsageError as e:
             return str(e)
+        run = self.command
+        try:
+            if isinstance(control, ExecEof):
+                self._stdin.put_nowait(None)
+            elif isinstance(control, ExecResize):
+                await run.resize(control.rows, control.cols)
+            elif isinstance(control, ExecSignal):
+                await (run.signal(control.signal) if control.type == "signal"
+                       else run.kill(control.signal))
         except (GuestAgentError, OSError) as e:
-            log.debug("exec control %s not sent: %s", kind, e)
+            log.debug("exec control %s not sent: %s", type(control).__name__, e)
         return ""
 
     async def _feed_stdin(self) -> None:

@@ -2,9 +2,21 @@
 
 A session starts with a hello and skips every byte before the guest's
 matching sync frame (see roost_guest.protocol). A reader task then routes
-responses to their request by id, events to `events()`, and data frames to
-their TunnelStream. A closed connection fails every pending request and
+responses to their request by id, events to `events()` (but those about
+one host stream, such as a command's exit, to that stream's watcher), and
+data frames to their TunnelStream. A closed connection fails every pending request and
 resets every stream.
+
+The guest is not trusted, and no frame may end the reader but by closing
+the session: a frame that is no valid message, a reply to no pending
+request, a field of the wrong type or an event of a wrong shape is dropped,
+counted (`rejected`) and logged (the first few, then one in a thousand); a
+frame that breaks the framing, an epoch that says the guest agent
+restarted, or a guest that stops answering the heartbeat closes the
+session, and the next use opens a new one. What the guest can make the
+host hold is bounded: EVENT_QUEUE events, ACCEPT_BACKLOG streams waiting
+to be taken, MAX_GUEST_STREAMS open guest-initiated streams, MAX_PART_ITEMS
+items of one long answer, SEND_BUFFER_LIMIT bytes unread by the guest.
 """
 
 from __future__ import annotations
@@ -18,11 +30,37 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from roost.driver.channel import Dialer
+from roost.hostagent.guestevents import event_problem
 from roost_guest import protocol
 
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT = 5.0
+# Events wait here for their consumer (port forwarding, health). When it is
+# full the reader waits too (backpressure) rather than drop: a ports event is
+# a change, and losing one would leave a forward wrong for good. A guest
+# that floods events then finds its own writes blocked, since the host
+# stops reading; it slows itself, while the host agent's other work goes on.
+EVENT_QUEUE = 256
+# Guest-initiated streams not yet taken by serve_reverse. Beyond it, a new
+# one is refused with a reset, like a full listen backlog: refusing costs the
+# reader nothing, and waiting would stall every reply behind one listener.
+ACCEPT_BACKLOG = 64
+MAX_GUEST_STREAMS = 1024  # guest-initiated streams open at once; more are refused
+MAX_PART_ITEMS = 1_000_000  # items of one long answer (e.g. diff)
+# Frames the host writes without waiting (resets, refusals) are dropped once
+# this much is unread by the guest, rather than queued without bound.
+SEND_BUFFER_LIMIT = 1 << 20
+# After this long without a frame from the guest, a ping; no answer in
+# HEARTBEAT_TIMEOUT closes the session (a guest agent hung, or restarted in a
+# way its announcement could not tell, e.g. killed in the middle of a frame).
+HEARTBEAT_IDLE = 5.0
+HEARTBEAT_TIMEOUT = 20.0
+LOG_FIRST = 10  # bad frames logged per session, then one in LOG_EVERY
+LOG_EVERY = 1000
+
+
+StreamWatcher = Callable[[dict[str, Any]], str]
 
 
 class GuestAgentError(Exception):
@@ -47,11 +85,13 @@ class TunnelStream:
         self._queued = 0
         self.error: str | None = None
         self.closed = False
+        self._eof_seen = False
+        self._unsendable = ""  # why the guest takes no more data (the stream stays readable)
 
     # -- from the read loop --------------------------------------------------
 
     def _deliver(self, data: bytes) -> None:
-        if self.closed:
+        if self.closed or not data:
             return
         self._queued += len(data)
         if self._queued > protocol.WINDOW:
@@ -66,7 +106,9 @@ class TunnelStream:
         self._credit_changed.set()
 
     def _eof(self) -> None:
-        self._incoming.put_nowait(None)
+        if not self._eof_seen and not self.closed:
+            self._eof_seen = True
+            self._incoming.put_nowait(None)
 
     def _reset_local(self, error: str) -> None:
         if self.closed:
@@ -75,7 +117,7 @@ class TunnelStream:
         self.closed = True
         self._incoming.put_nowait(None)
         self._credit_changed.set()
-        self.client._streams.pop(self.id, None)
+        self.client._forget(self)
 
     # -- for the user --------------------------------------------------------
 
@@ -83,17 +125,24 @@ class TunnelStream:
         """Send all of `data`, waiting for credit; for UDP, one datagram."""
         view = memoryview(data)
         while view:
-            while self._credit <= 0 and not self.closed:
+            while self._credit <= 0 and not self.closed and not self._unsendable:
                 self._credit_changed.clear()
                 await self._credit_changed.wait()
-            if self.closed:
-                raise StreamReset(self.error or "stream closed")
+            if self.closed or self._unsendable:
+                raise StreamReset(self.error or self._unsendable or "stream closed")
             n = min(len(view), self._credit, protocol.DATA_CHUNK)
             if self.datagram:
                 n = len(view)  # a datagram is never split; it may overdraw once
             chunk, view = view[:n], view[n:]
             self._credit -= len(chunk)
             await self.client._send_frame(protocol.encode_data(self.id, bytes(chunk)))
+
+    def stop_sending(self, reason: str) -> None:
+        """The guest will take no more data (e.g. the command it fed has exited,
+        and no credit will come back): send() fails with `reason` from now
+        on, instead of waiting for credit; what was received stays readable."""
+        self._unsendable = reason
+        self._credit_changed.set()
 
     async def recv(self) -> bytes | None:
         """The next chunk from the guest; None at EOF. Call ack() once used."""
@@ -163,18 +212,32 @@ class TunnelStream:
 
 
 class GuestAgentClient:
-    def __init__(self, dialer: Dialer) -> None:
+    def __init__(self, dialer: Dialer, *, heartbeat_idle: float = HEARTBEAT_IDLE,
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> None:
         self.dialer = dialer
+        self.heartbeat_idle = heartbeat_idle
+        self.heartbeat_timeout = heartbeat_timeout
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._stream_ids = itertools.count(2, 2)  # host streams are even
         self._streams: dict[int, TunnelStream] = {}
-        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue()
-        self._stream_events: dict[int, Callable[[dict[str, Any]], None]] = {}
+        self._guest_streams = 0  # of those, guest-initiated (odd ids)
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_QUEUE)
+        self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue(
+            ACCEPT_BACKLOG)
+        # Host streams whose events (a command's exit) go to their owner, not events().
+        self._stream_events: dict[int, StreamWatcher] = {}
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
+        self._lost: str | None = None  # why the session is to end, set while routing
+        self._heard = 0.0  # loop time of the last bytes from the guest
+        self.epoch: int | None = None  # the guest side's, from the sync frame
+        self.frames = 0  # frames received in this session
+        self.rejected = 0  # of those, dropped as bad
+        self.refused_streams = 0  # guest-initiated streams refused (backlog full)
+        self.error: str | None = None  # why the session ended
         self.closed = asyncio.Event()
 
     @property
@@ -188,77 +251,250 @@ class GuestAgentClient:
         try:
             writer.write(protocol.encode_json({"type": "hello", "nonce": nonce}))
             await writer.drain()
-            rest = await asyncio.wait_for(_skip_to_sync(reader, nonce), timeout)
+            rest, self.epoch = await asyncio.wait_for(_skip_to_sync(reader, nonce), timeout)
         except BaseException as e:
             writer.close()
             if isinstance(e, TimeoutError):
                 raise GuestAgentError(f"no answer to hello within {timeout:g}s") from None
             raise
         self._writer = writer
+        self._heard = asyncio.get_running_loop().time()
         self._reader_task = asyncio.ensure_future(self._read_loop(reader, rest))
+        self._heartbeat_task = asyncio.ensure_future(self._heartbeat())
 
     async def _read_loop(self, reader: asyncio.StreamReader, first: bytes) -> None:
+        loop = asyncio.get_running_loop()
         decoder = protocol.FrameDecoder()
         error = "connection to the guest agent closed"
         try:
             data = first
             while True:
                 for msg in decoder.feed(data):
-                    if isinstance(msg, protocol.JsonMessage):
-                        self._route(msg.obj)
-                    else:
-                        stream = self._streams.get(msg.stream_id)
-                        if stream is not None:
-                            stream._deliver(msg.data)
+                    self.frames += 1
+                    event = self._route_message(msg)
+                    if event is not None:
+                        await self._events.put(event)  # waits while full: see EVENT_QUEUE
+                    if self._lost:
+                        break
+                if self._lost:
+                    error = self._lost
+                    break
+                if decoder.error is not None:  # after the frames before it
+                    raise decoder.error
                 data = await reader.read(1 << 18)
                 if not data:
                     break
-        except (OSError, protocol.ProtocolError) as e:
+                self._heard = loop.time()
+        except protocol.ProtocolError as e:
+            error = f"the guest agent sent a broken frame ({e}); session closed"
+        except OSError as e:
             error = f"guest agent connection failed: {e}"
+        except asyncio.CancelledError:
+            if self._lost is None:
+                error = "session closed by the host"
+                raise
+            error = self._lost  # ended by _lose: the reader ends as if it read that
+        except Exception as e:  # a bug here ends the session with an error, never silently
+            log.exception("guest agent session failed")
+            error = f"guest agent session failed: {e!r}"
         finally:
-            for fut in self._pending.values():
-                if not fut.done():
-                    fut.set_exception(GuestAgentError(error))
-            self._pending.clear()
-            for stream in list(self._streams.values()):
-                stream._reset_local(error)
-            self._events.put_nowait(None)
-            self.closed.set()
+            self._end(error)
 
-    def _route(self, obj: dict[str, Any]) -> None:
-        req_id = obj.get("id")
-        kind = obj.get("type")
-        if obj.get("event") == "part":  # carries the id of the request it answers
-            if isinstance(req_id, int) and req_id in self._parts:
-                self._parts[req_id].extend(obj.get("items") or [])
-        elif isinstance(req_id, int) and req_id in self._pending:
-            fut = self._pending.pop(req_id)
+    def _end(self, error: str) -> None:
+        """The session is over: fail what waits on it and tell the guest."""
+        if self.error is None:
+            self.error = error
+            if not error.startswith("session closed by the host"):
+                log.info("guest agent session ended: %s", error)
+        for fut in self._pending.values():
             if not fut.done():
-                fut.set_result(obj)
-        elif kind in ("window", "eof", "reset"):
-            stream = self._streams.get(obj.get("stream", -1))
-            if stream is None:
+                fut.set_exception(GuestAgentError(error))
+        self._pending.clear()
+        for stream in list(self._streams.values()):
+            stream._reset_local(error)
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(None)  # if full, events() ends once it is drained
+        if self._writer is not None:
+            self._writer.close()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+        self.closed.set()
+
+    def _lose(self, reason: str) -> None:
+        """End the session from outside the reader."""
+        self._lost = self._lost or reason
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.heartbeat_idle)
+            if loop.time() - self._heard < self.heartbeat_idle:
+                continue
+            try:
+                await self.request("ping", timeout=self.heartbeat_timeout)
+            except GuestAgentError as e:
+                if self.connected:
+                    self._lose(f"the guest agent does not answer ({e}); session closed")
                 return
-            if kind == "window":
-                stream._grant(int(obj.get("bytes", 0)))
-            elif kind == "eof":
-                stream._eof()
+
+    def _complain(self, problem: str) -> None:
+        self.rejected += 1
+        if self.rejected <= LOG_FIRST or self.rejected % LOG_EVERY == 0:
+            log.warning("guest agent: %s (%d bad frames in this session)", problem,
+                        self.rejected)
+
+    # -- routing: never raises, whatever the frame ----------------------------
+
+    def _route_message(self, msg: protocol.Message) -> dict[str, Any] | None:
+        """Route one message; an event for events() is returned, not queued here."""
+        try:
+            if isinstance(msg, protocol.JsonMessage):
+                return self._route(msg.obj)
+            if isinstance(msg, protocol.StreamData):
+                stream = self._streams.get(msg.stream_id)
+                if stream is not None:
+                    stream._deliver(msg.data)
             else:
-                stream._reset_local(str(obj.get("error") or "reset by the guest"))
-        elif obj.get("event") == "accept":
-            # A guest-initiated stream (reverse forward): registered here, in
-            # frame order, so none of its data frames can arrive unclaimed.
-            stream_id = obj.get("stream")
-            if isinstance(stream_id, int) and stream_id % 2 == 1:
-                stream = TunnelStream(self, stream_id)
-                self._streams[stream_id] = stream
-                self._accepted.put_nowait((obj, stream))
-        elif "event" in obj and obj.get("stream") in self._stream_events:
-            self._stream_events[obj["stream"]](obj)  # e.g. a command's exit (execstream)
-        elif "event" in obj:
-            self._events.put_nowait(obj)
+                self._complain(msg.reason)
+        except Exception as e:  # a bug: this frame is lost, the session goes on
+            log.exception("routing a guest agent frame failed")
+            self._complain(f"routing failed: {e!r}")
+        return None
+
+    def _route(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        if "event" in obj:
+            return self._route_event(obj)
+        if "id" in obj:
+            self._route_reply(obj)
+            return None
+        kind = obj.get("type")
+        if kind in protocol.STREAM_CONTROL:
+            self._route_control(kind, obj)
+        elif obj.get("ok") is False:
+            # An error about no request: a frame of ours the guest refused.
+            error = _short(obj.get("error"))
+            if obj.get("closed") is True:
+                self._lost = f"the guest agent closed the session: {error}"
+            else:
+                self._complain(f"the guest agent refused a frame: {error}")
         else:
-            log.warning("unexpected message from guest agent: %r", obj)
+            self._complain(f"unexpected message {_short(obj)}")
+        return None
+
+    def _route_reply(self, obj: dict[str, Any]) -> None:
+        req_id = obj.get("id")
+        if not protocol.valid_id(req_id):
+            self._complain(f"a reply with a bad id {_short(req_id)}")
+            return
+        fut = self._pending.pop(req_id, None)
+        if fut is None:
+            self._complain(f"a reply to no pending request (id {req_id}): duplicate or unknown")
+            return
+        if problem := _reply_problem(obj):
+            self._complain(problem)
+            obj = {"id": req_id, "ok": False,
+                   "error": f"the guest agent's reply is malformed: {problem}"}
+        if not fut.done():
+            fut.set_result(obj)
+
+    def _route_control(self, kind: str, obj: dict[str, Any]) -> None:
+        stream_id = obj.get("stream")
+        if not protocol.valid_stream_id(stream_id):
+            self._complain(f"{kind} for a bad stream id {_short(stream_id)}")
+            return
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return  # gone already
+        if kind == "window":
+            n = obj.get("bytes")
+            if not protocol.is_int(n) or not 0 <= n <= protocol.WINDOW:
+                self._complain(f"window of {_short(n)} bytes")
+                return
+            stream._grant(n)
+        elif kind == "eof":
+            stream._eof()
+        else:
+            error = obj.get("error")
+            stream._reset_local(error[:200] if isinstance(error, str) and error
+                                else "reset by the guest")
+
+    def _route_event(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        kind = obj["event"]
+        if kind == "part":  # carries the id of the request it answers
+            self._add_part(obj)
+        elif kind == "accept":
+            self._accept(obj)
+        elif kind in protocol.STREAM_EVENTS:
+            self._route_stream_event(kind, obj)
+        elif kind == "started":
+            epoch = obj.get("epoch")
+            if not protocol.valid_id(epoch):
+                self._complain(f"started with a bad epoch {_short(epoch)}")
+            elif epoch != self.epoch:
+                self._lost = "the guest agent restarted; session closed"
+        elif not isinstance(kind, str):
+            self._complain(f"an event named {_short(kind)}")
+        elif problem := event_problem(kind, obj):
+            self._complain(problem)
+        else:
+            return obj
+        return None
+
+    def _route_stream_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """An event about one host stream (a command's exit) to its watcher."""
+        stream_id = obj.get("stream")
+        if not protocol.valid_stream_id(stream_id, parity=0):
+            self._complain(f"{kind} event for a bad stream id {_short(stream_id)}")
+            return
+        watcher = self._stream_events.get(stream_id)
+        if watcher is None:
+            return  # its owner has gone: a command killed as its client left
+        if problem := watcher(obj):
+            self._complain(f"{kind} event for stream {stream_id}: {problem}")
+
+    def _add_part(self, obj: dict[str, Any]) -> None:
+        req_id, items = obj.get("id"), obj.get("items")
+        parts = self._parts.get(req_id) if protocol.valid_id(req_id) else None
+        if parts is None or not isinstance(items, list):
+            self._complain(f"a part for {_short(req_id)} of a wrong shape or late")
+            return
+        if len(parts) + len(items) > MAX_PART_ITEMS:
+            del self._parts[req_id]  # type: ignore[arg-type]
+            fut = self._pending.pop(req_id, None)  # type: ignore[arg-type]
+            if fut is not None and not fut.done():
+                fut.set_result({"id": req_id, "ok": False, "error":
+                                f"the guest agent sent more than {MAX_PART_ITEMS} items"})
+            return
+        parts.extend(items)
+
+    def _accept(self, obj: dict[str, Any]) -> None:
+        # A guest-initiated stream (reverse forward): registered here, in
+        # frame order, so none of its data frames can arrive unclaimed.
+        stream_id = obj.get("stream")
+        if not protocol.valid_stream_id(stream_id, parity=1) or stream_id in self._streams:
+            self._complain(f"accept of a bad or duplicate stream id {_short(stream_id)}")
+            return
+        if self._accepted.full() or self._guest_streams >= MAX_GUEST_STREAMS:
+            self.refused_streams += 1
+            if self.refused_streams <= LOG_FIRST or self.refused_streams % LOG_EVERY == 0:
+                log.warning("guest agent: refusing a guest-initiated stream: %d waiting, %d "
+                            "open (%d refused in this session)", self._accepted.qsize(),
+                            self._guest_streams, self.refused_streams)
+            self._send_nowait({"type": "reset", "stream": stream_id,
+                               "error": "the host takes no more streams now"})
+            return
+        stream = TunnelStream(self, stream_id)
+        self._streams[stream.id] = stream
+        self._guest_streams += 1
+        self._accepted.put_nowait((obj, stream))
+
+    def _forget(self, stream: TunnelStream) -> None:
+        if self._streams.get(stream.id) is stream:
+            del self._streams[stream.id]
+            if stream.id % 2 == 1:
+                self._guest_streams -= 1
 
     async def _send_frame(self, frame: bytes) -> None:
         if self._writer is None or not self.connected:
@@ -267,11 +503,19 @@ class GuestAgentClient:
         await self._writer.drain()
 
     async def _send_json(self, obj: dict[str, Any]) -> None:
-        await self._send_frame(protocol.encode_json(obj))
+        try:
+            frame = protocol.encode_json(obj)
+        except protocol.ProtocolError as e:
+            raise GuestAgentError(f"cannot send this request: {e}") from None
+        await self._send_frame(frame)
 
     def _send_nowait(self, obj: dict[str, Any]) -> None:
-        if self._writer is not None and self.connected:
-            self._writer.write(protocol.encode_json(obj))
+        if self._writer is None or not self.connected:
+            return
+        if self._writer.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+            self._complain("the guest agent does not read; a frame to it is dropped")
+            return
+        self._writer.write(protocol.encode_json(obj))
 
     async def notify(self, type_: str, **params: Any) -> None:
         """A message that wants no answer (such as a command's signal)."""
@@ -290,9 +534,9 @@ class GuestAgentClient:
         finally:
             self._pending.pop(req_id, None)
             parts = self._parts.pop(req_id, [])
-        if not reply.get("ok"):
+        if reply.get("ok") is not True:
             raise GuestAgentError(str(reply.get("error", "request failed")))
-        result: dict[str, Any] = reply.get("result") or {}
+        result: dict[str, Any] = reply.get("result") or {}  # a dict: see _reply_problem
         if isinstance(result.get("parts"), str):
             result[result.pop("parts")] = parts
         return result
@@ -304,8 +548,9 @@ class GuestAgentClient:
         self._streams[stream.id] = stream
         return stream
 
-    def watch_stream(self, stream_id: int, on_event: Callable[[dict[str, Any]], None]) -> None:
-        """Route the guest's events that name `stream_id` to `on_event`."""
+    def watch_stream(self, stream_id: int, on_event: StreamWatcher) -> None:
+        """Route the guest's stream events (protocol.STREAM_EVENTS) that name
+        `stream_id` to `on_event`, which says what is wrong with one ("": nothing)."""
         self._stream_events[stream_id] = on_event
 
     def unwatch_stream(self, stream_id: int) -> None:
@@ -324,7 +569,7 @@ class GuestAgentClient:
         try:
             await self.request("tunnel", timeout=timeout, **params)
         except BaseException:
-            self._streams.pop(stream.id, None)
+            self._forget(stream)
             stream.closed = True
             raise
         return stream
@@ -334,7 +579,8 @@ class GuestAgentClient:
         return await self._accepted.get()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
-        while True:
+        """The guest's events until the session ends."""
+        while not (self.closed.is_set() and self._events.empty()):
             event = await self._events.get()
             if event is None:
                 return
@@ -349,18 +595,38 @@ class GuestAgentClient:
             self._reader_task.cancel()
             with contextlib.suppress(BaseException):
                 await self._reader_task
+        if self.error is None:  # the reader was cancelled before it ever ran
+            self._end("session closed by the host")
 
 
-async def _skip_to_sync(reader: asyncio.StreamReader, nonce: int) -> bytes:
-    """Read until the sync frame; return what follows it."""
-    marker = protocol.sync_frame(nonce)
+async def _skip_to_sync(reader: asyncio.StreamReader, nonce: int) -> tuple[bytes, int | None]:
+    """Read until the sync frame; return what follows it and the guest's epoch."""
     buf = b""
+    keep = protocol.SYNC_MAX + protocol.HEADER_SIZE  # a sync frame may straddle two reads
     while True:
         data = await reader.read(65536)
         if not data:
             raise GuestAgentError("the guest agent closed the connection before syncing")
         buf += data
-        at = buf.find(marker)
-        if at >= 0:
-            return buf[at + len(marker) :]
-        buf = buf[-(len(marker) - 1) :]  # a marker may straddle two reads
+        end, epoch = protocol.find_sync(buf, nonce)
+        if end >= 0:
+            return buf[end:], epoch
+        buf = buf[-keep:]
+
+
+def _reply_problem(reply: dict[str, Any]) -> str:
+    ok = reply.get("ok")
+    if ok is True:
+        if not isinstance(reply.get("result", {}), dict):
+            return "its result is not an object"
+    elif ok is False:
+        if not isinstance(reply.get("error", ""), str):
+            return "its error is not a string"
+    else:
+        return "its ok is not a boolean"
+    return ""
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

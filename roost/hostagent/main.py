@@ -22,7 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from roost.driver.base import Driver, SuspendableDriver
 from roost.driver.factory import restore_driver
@@ -30,6 +30,7 @@ from roost.errors import RoostError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.store.instance import Instance, write_atomic
+from roost.store.logfile import Rotation
 
 if TYPE_CHECKING:
     from roost.hostagent.agent import HostAgent
@@ -37,13 +38,26 @@ if TYPE_CHECKING:
 log = logging.getLogger("roost.hostagent")
 
 
+class _RotatingHandler(logging.StreamHandler[TextIO]):
+    """Logging to stderr, whose file (ha.stderr.log) is rotated past a size."""
+
+    def __init__(self, rotation: Rotation | None) -> None:
+        super().__init__(sys.stderr)
+        self.rotation = rotation
+
+    def emit(self, record: logging.LogRecord) -> None:
+        super().emit(record)
+        if self.rotation is not None:
+            self.rotation.check()
+
+
 def main(name: str) -> int:
     """Runs until signalled or the VM exits; the exit status."""
+    inst = Instance.at(name).require()
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr,
+        level=logging.INFO, handlers=[_RotatingHandler(Rotation.of(sys.stderr, inst.ha_stderr))],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    inst = Instance.at(name).require()
     lock = open(inst.ha_lock, "w")  # noqa: SIM115 - held (flock) for the agent's whole life
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -52,7 +66,8 @@ def main(name: str) -> int:
         return 1
     write_atomic(inst.ha_pid, f"{os.getpid()}\n")
     try:
-        return asyncio.run(_serve(inst, EventEmitter(sys.stdout)))
+        events = EventEmitter(sys.stdout, Rotation.of(sys.stdout, inst.ha_stdout))
+        return asyncio.run(_serve(inst, events))
     finally:
         inst.ha_pid.unlink(missing_ok=True)
 

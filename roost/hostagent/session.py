@@ -3,7 +3,9 @@
 A virtio-serial port takes one host connection at a time, and a second dial
 would wait unanswered behind the first: so readiness, mounts, port forwards,
 checkpoints and the API all go through this session, opened on first use
-and again after it dropped. A restored guest may already have a session,
+and again after it dropped (the client ends a session whose guest agent
+restarted, see roost.hostagent.guestagent, and whoever follows the guest's
+events opens the next one and subscribes again). A restored guest may already have a session,
 the one that woke it while the host agent was being imported
 (roost.hostagent.main): the first use adopts it.
 """
@@ -11,6 +13,7 @@ the one that woke it while the host agent was being imported
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +23,8 @@ from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.execstream import ExecSpec, GuestExec
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+
+log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 120.0
 
@@ -59,6 +64,7 @@ class GuestAgentSession:
                 except OSError as e:
                     raise GuestAgentError(f"cannot connect to the guest agent: {e}") from None
                 self.client = client
+                log.info("guest agent session opened (epoch %s)", client.epoch)
             return self.client
 
     async def drop(self) -> None:

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.image.tools import run
+from roost.image.tools import resolve, run
 
 
 def write_root_fs(root: Path, raw: Path, size_bytes: int, label: str) -> None:
@@ -46,8 +46,8 @@ def chown_to_root(raw: Path, paths: list[str]) -> None:
         if any(c in path for c in '"\n\\'):
             raise RoostError(f"cannot name {path!r} to debugfs: rename it in the image recipe")
         lines += [f'set_inode_field "{path}" uid 0', f'set_inode_field "{path}" gid 0']
-    proc = subprocess.run(["debugfs", "-w", "-f", "-", str(raw)], input="\n".join(lines) + "\n",
-                          capture_output=True, text=True)
+    proc = subprocess.run(resolve(["debugfs", "-w", "-f", "-", str(raw)]),
+                          input="\n".join(lines) + "\n", capture_output=True, text=True)
     # debugfs reports a failed command on stderr and still exits 0; its
     # only other stderr line is its version banner.
     errors = [line for line in proc.stderr.splitlines()

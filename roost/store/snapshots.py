@@ -19,7 +19,7 @@ TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
 def check_tag(tag: str) -> str:
-    if not TAG_RE.match(tag):
+    if not TAG_RE.fullmatch(tag):  # fullmatch: $ alone lets a trailing newline in
         raise UsageError(f"invalid snapshot tag {tag!r}: use 1-63 letters, digits, '_', '.', "
                          "'-', starting with a letter or digit")
     return tag

@@ -186,17 +186,20 @@ def vm(roost: Roost) -> str:
 
 
 def virtiofsd_pids(roost: Roost, name: str) -> list[int]:
-    """virtiofsd processes serving this instance (found by their socket path)."""
+    """virtiofsd processes serving this instance (their environment names
+    the socket they serve, in the instance's directory)."""
     out = []
-    marker = str(roost.home / name).encode()
+    marker = f"ROOST_VIRTIOFSD_SOCKET={roost.home / name}/".encode()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        if b"virtiofsd" in cmdline and marker in cmdline and pid_running(int(entry.name)):
+        if (b"virtiofsd" in cmdline and any(v.startswith(marker) for v in environ.split(b"\0"))
+                and pid_running(int(entry.name))):
             out.append(int(entry.name))
     return out
 

@@ -9,10 +9,12 @@ import os
 import pty
 import select
 import signal
+import socket
 import struct
 import sys
 import termios
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,64 @@ def test_logs_sources(roost: Roost, vm: str) -> None:
     agent = roost.run("logs", vm, "--source", "guestagent").stdout
     assert "roost-guestagent: serving" in agent
     roost.run("logs", vm, "--source", "serial")
+
+
+# The guest agent's pid: python3 running its main (init's wrapper execs it).
+GUEST_AGENT_PID = r"""
+for d in /proc/[0-9]*; do
+  case "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" in
+    /usr/bin/python3*"roost_guest.agent import main"*) echo "${d#/proc/}";;
+  esac
+done
+true
+"""
+
+
+def guest_agent_pid(roost: Roost, vm: str) -> str:
+    return roost.run("shell", vm, "--", "sh", "-c", GUEST_AGENT_PID).stdout.strip()
+
+
+def test_a_killed_guest_agent_is_followed_again(roost: Roost, vm: str) -> None:
+    # init respawns the guest agent; the host agent, still connected to the
+    # virtio-serial port, learns of it from its new epoch, opens a new
+    # session and subscribes again: a port opened after is forwarded.
+    old = guest_agent_pid(roost, vm)
+    assert old.isdigit(), old
+    roost.run("shell", vm, "--", "kill", "-9", old)
+    killed = time.monotonic()
+    while not (new := guest_agent_pid(roost, vm)).isdigit() or new == old:
+        assert time.monotonic() - killed < 30, "the guest agent was not respawned"
+        time.sleep(0.2)
+    respawned = time.monotonic()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    roost.run("shell", vm, "--", "sh", "-c",
+              "python3 -c 'import socket, time; s = socket.socket(); "
+              f"s.bind((\"127.0.0.1\", {port})); s.listen(1); time.sleep(60)' "
+              "</dev/null >/dev/null 2>&1 &")
+    listening = time.monotonic()
+    while True:
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        assert time.monotonic() - listening < 10, "the new guest port was never forwarded"
+        time.sleep(0.05)
+    print(f"guest agent respawned {respawned - killed:.1f}s after the kill; a new port "
+          f"forwarded {time.monotonic() - listening:.2f}s after it listened")
+    # From the host agent's log: the restart noticed, then the new session.
+    log = (roost.home / vm / "ha.stderr.log").read_text().splitlines()
+    ended = max(i for i, line in enumerate(log) if "the guest agent restarted" in line)
+    opened = next(line for line in log[ended:] if "guest agent session opened" in line)
+    took = _log_time(opened) - _log_time(log[ended])
+    print(f"a new session {took:.2f}s after the restart was noticed")
+    assert took < 2
+
+
+def _log_time(line: str) -> float:
+    stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+    return stamp.timestamp()
 
 
 def health(roost: Roost, vm: str) -> dict[str, Any]:

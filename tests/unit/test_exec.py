@@ -15,7 +15,7 @@ import pytest
 
 from roost.driver.channel import UnixDialer
 from roost.hostagent.execstream import CannotRun, ExecSpec, GuestExec
-from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, TunnelStream
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, StreamReset, TunnelStream
 from roost_guest import execute, protocol
 from tests.unit.exec_helpers import marker, pids_of, rss_bytes, wait_for
 from tests.unit.guest_agent_process import guest_agent_on
@@ -67,9 +67,17 @@ async def test_stdin_is_streamed_and_flow_controlled(client: GuestAgentClient) -
     out, err, exit_ = await run_to_end(run, data)
     assert out == data and err == b"" and exit_["exitCode"] == 0
     # A command that never reads stdin: what is sent is still granted back.
-    run = await GuestExec.start(client, ExecSpec(["sh", "-c", "exec 0<&-; sleep 0.3"]))
-    _, _, exit_ = await run_to_end(run, b"x" * 3 * protocol.WINDOW)
-    assert exit_["exitCode"] == 0
+    run = await GuestExec.start(client, ExecSpec(["sh", "-c", "exec 0<&-; sleep 60"]))
+    await asyncio.wait_for(run.stdio.send(b"x" * 3 * protocol.WINDOW), 30)
+    await run.kill("KILL")
+    _, _, exit_ = await run_to_end(run, eof=False)
+    assert exit_["killed"] is True
+    # Once it has exited, stdin still on its way fails at once: no credit comes back.
+    run = await GuestExec.start(client, ExecSpec(["true"]))
+    _, _, exit_ = await run_to_end(run, eof=False)
+    with pytest.raises(StreamReset, match="the command has exited"):
+        await asyncio.wait_for(run.stdio.send(b"x" * 3 * protocol.WINDOW), 10)
+    await run.close()
 
 
 async def test_a_missing_program_exits_127(client: GuestAgentClient) -> None:
@@ -195,9 +203,33 @@ async def test_bad_requests_are_refused(client: GuestAgentClient) -> None:
         ({"argv": []}, "non-empty list"),
         ({"argv": ["x"], "stream": "s"}, "needs stream"),
         ({"argv": ["x"], "stream": 2, "stderr": 2}, "two different"),
+        ({"argv": ["x"], "stream": 3, "stderr": 4}, "needs stream: a host stream id"),
+        ({"argv": ["x"], "stream": 2, "stderr": 0}, "needs stderr: a host stream id"),
         ({"argv": ["x"], "stream": 2, "stderr": 4, "seconds": -1}, ">= 0"),
         ({"argv": ["x"], "stream": 2, "tty": True, "term": "a b"}, "term")]
     for params, error in bad:
         with pytest.raises(GuestAgentError, match=error):
             await client.request("exec", **params)
     assert await client.request("ping") == {"pong": True}
+
+
+async def test_wrong_controls_are_refused_and_the_command_runs_on(
+        client: GuestAgentClient, caplog: pytest.LogCaptureFixture) -> None:
+    """The guest's router takes exec controls like stream controls: a wrong
+    field is refused for that command (exec-refused), a bad stream id is an
+    error reply, one for a stream the guest does not know is dropped; none
+    ends the command or the session."""
+    run = await GuestExec.start(client, ExecSpec(["cat"]))
+    unknown = client.new_stream()  # a host stream id the guest knows nothing of
+    await client.notify("exec-signal", stream=run.stdio.id, signal="NOPE")
+    await client.notify("exec-resize", stream=run.stdio.id, rows=-1, cols=5)
+    await client.notify("exec-kill", stream=unknown.id, signal="KILL")
+    await client.notify("exec-kill", stream=[run.stdio.id], signal="KILL")
+    assert await client.request("ping") == {"pong": True}
+    assert client.connected and not run.exited
+    out, _, exit_ = await run_to_end(run, b"still here\n")
+    assert (out, exit_["exitCode"], exit_["killed"]) == (b"still here\n", 0, False)
+    assert sum("refused a control" in r.getMessage() for r in caplog.records) == 2
+    assert sum("refused a frame" in r.getMessage() for r in caplog.records) == 1
+    await run.close()
+    await unknown.reset()

@@ -42,6 +42,14 @@ def test_tcg_command_line(tmp_path: Path) -> None:
     assert option(argv, "-kernel") == [str(tmp_path / "vmlinux")]
 
 
+def test_sandbox_is_on_unless_the_host_opts_out(tmp_path: Path) -> None:
+    argv = build_argv(spec(tmp_path))
+    assert argv[1:3] == ["-sandbox",
+                         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+    assert option(argv, "-sandbox") == [argv[2]]
+    assert "-sandbox" not in build_argv(spec(tmp_path), sandboxed=False)
+
+
 def test_commas_in_paths_are_escaped(tmp_path: Path) -> None:
     argv = build_argv(spec(tmp_path))
     drive = option(argv, "-drive")[0]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.driver.base import Share, mac_address
+from roost.driver.qemu.sandbox import sandbox_argv
 
 GUEST_AGENT_PORT_NAME = "io.roost.guest_agent.0"
 # Spare root ports for file-system hot-plug, in the order they are used.
@@ -63,8 +64,9 @@ class QemuSpec:
     # Guest RAM in this file (shared): suspend then saves only device state
     # (x-ignore-shared), and the RAM file is the rest of the saved VM.
     ram_file: Path | None = None
-    # Resume: load the VM state saved in this file (-incoming defer + QMP),
-    # then stay paused (-S) until the host agent continues it.
+    # Resume: load the VM state saved in this file (-incoming defer, then
+    # the driver passes it opened over QMP), then stay paused (-S) until
+    # the host agent continues it.
     incoming: Path | None = None
     cpu_type: str | None = None  # under TCG; None: TCG_CPU
 
@@ -112,10 +114,12 @@ def _option_value(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
-def build_argv(spec: QemuSpec) -> list[str]:
+def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
+    """`sandboxed`: with QEMU's seccomp sandbox (see sandbox.py); a launch
+    policy of the host, not part of the machine a suspend saves."""
     mem_mib = spec.memory // (1024**2)
-    argv = [
-        spec.qemu,
+    argv = [spec.qemu, *(sandbox_argv() if sandboxed else [])]
+    argv += [
         "-name", f"roost-{spec.name},debug-threads=on",
         "-nodefaults", "-no-user-config", "-display", "none",
         "-machine", "q35,memory-backend=mem",

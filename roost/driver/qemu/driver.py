@@ -14,12 +14,15 @@ from roost.driver.base import DriverError, DriverInfo, Share, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
 from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
 from roost.driver.qemu.machine import saved_entries
+from roost.driver.qemu.sandbox import use_sandbox
 
 log = logging.getLogger(__name__)
 
 QMP_CONNECT_SECONDS = 30.0
 POWERDOWN_SECONDS = 30.0
 QUIT_SECONDS = 5.0
+# The name under which QMP holds the descriptor of a VM state file (getfd).
+STATE_FD_NAME = "vmstate"
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -66,7 +69,7 @@ class QemuDriver:
             p.unlink(missing_ok=True)
         if self.spec.ram_file is not None and self.spec.incoming is None:
             self.spec.ram_file.unlink(missing_ok=True)  # a cold boot starts clean
-        argv = build_argv(self.spec)
+        argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name))
         log.info("starting %s", " ".join(argv))
         with open(self.log_path, "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
@@ -86,8 +89,29 @@ class QemuDriver:
 
     async def _load_state(self, path: Path) -> None:
         await self._set_ignore_shared()
-        target = str(path).replace("'", "'\\''")
-        await self._qmp_execute("migrate-incoming", {"uri": f"exec:cat '{target}'"})
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise DriverError(f"cannot read the saved VM state: {e}") from None
+        await self._migrate_through_fd("migrate-incoming", fd)
+
+    async def _migrate_through_fd(self, command: str, fd: int) -> None:
+        """`migrate` or `migrate-incoming` through open file `fd` (ours: closed
+        here). Passed over QMP (SCM_RIGHTS + getfd): the sandboxed QEMU
+        cannot spawn the `exec:cat` that used to open the file."""
+        qmp = self._require_qmp()
+        try:
+            qmp.send_fd_scm(fd)
+            await self._qmp_execute("getfd", {"fdname": STATE_FD_NAME})
+        finally:
+            os.close(fd)  # QEMU holds its own copy now
+        try:
+            await self._qmp_execute(command, {"uri": f"fd:{STATE_FD_NAME}"})
+        except DriverError:
+            # Not taken by the migration: the descriptor is still QMP's.
+            with contextlib.suppress(DriverError):
+                await self._qmp_execute("closefd", {"fdname": STATE_FD_NAME})
+            raise
 
     async def _set_ignore_shared(self) -> None:
         # Guest RAM lives in the shared RAM file; only device state is moved.
@@ -221,8 +245,11 @@ class QemuDriver:
         start = loop.time()
         await self._qmp_execute("migrate-set-parameters", {"max-bandwidth": 16 * 1024**3})
         await self._set_ignore_shared()
-        target = str(path).replace("'", "'\\''")
-        await self._qmp_execute("migrate", {"uri": f"exec:cat > '{target}'"})
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise DriverError(f"cannot write the VM state: {e}") from None
+        await self._migrate_through_fd("migrate", fd)
         while True:
             info = await self._qmp_execute("query-migrate")
             status = info.get("status")

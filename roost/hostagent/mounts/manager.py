@@ -33,7 +33,9 @@ from roost.config.model import Config, Mount
 from roost.driver.base import FileSystemHotplug, Share
 from roost.errors import RoostError, UsageError
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.mounts.sftp import SHARE_IN_ROOT, SftpGrants
 from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
+from roost.hostagent.userns import setgroups_problem
 from roost_guest.protocol import guest_mount_point_problem
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,11 @@ class MountFailed(RoostError):
 def default_mount_type(config: Config) -> str:
     if config.mount_type:
         return config.mount_type
-    # The C virtiofsd needs root; without it 9p works for everyone, on an
-    # image whose kernel has 9p (Debian's cloud kernel has not).
-    preferred = ["virtiofs"] if find_virtiofsd() and os.geteuid() == 0 else []
-    for kind in [*preferred, "9p", "reverse-sshfs"]:
+    # virtiofs where its confined daemon can run (a normal user needs newgidmap
+    # and a subordinate gid range), else reverse-sshfs; both can be hot-mounted.
+    # 9p only when asked for: it cannot be (QEMU 7.2 has no fsdev_add).
+    preferred = ["virtiofs"] if find_virtiofsd() and setgroups_problem() is None else []
+    for kind in [*preferred, "reverse-sshfs"]:
         if kind not in config.mount_types_unsupported:
             return kind
     return "reverse-sshfs"
@@ -140,7 +143,7 @@ def _share(rec: MountRecord, inst_dir: Path) -> Share:
                  writable=rec.writable, slot=rec.slot,
                  socket=_virtiofsd_socket(inst_dir, rec) if rec.type == "virtiofs" else None,
                  queue_size=int(rec.options.get("queueSize", 1024)),
-                 security_model=str(rec.options.get("securityModel", "none")))
+                 security_model=str(rec.options.get("securityModel", "mapped-xattr")))
 
 
 def _virtiofsd_socket(inst_dir: Path, rec: MountRecord) -> Path:
@@ -160,6 +163,7 @@ class MountManager:
         self.records: dict[str, MountRecord] = {r.mount_point: r for r in static}
         self._lock = asyncio.Lock()
         self._counter = 0
+        self.sftp = SftpGrants()  # what reverse-sshfs streams from the guest may serve
 
     def listing(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in sorted(self.records.values(), key=lambda r: r.mount_point)]
@@ -172,7 +176,8 @@ class MountManager:
             raise MountFailed("no virtiofsd found (Debian: the qemu-system-common package); "
                               "use --type 9p or reverse-sshfs")
         sock = _virtiofsd_socket(self.inst_dir, rec)
-        return Virtiofsd(binary, sock, rec.location, self.inst_dir / f"{rec.device_id}.vfs.log")
+        return Virtiofsd(binary, sock, rec.location, self.inst_dir / f"{rec.device_id}.vfs.log",
+                         writable=rec.writable)
 
     async def start_static_daemons(self) -> None:
         for rec in self.records.values():
@@ -226,8 +231,10 @@ class MountManager:
 
     async def _guest_mount(self, rec: MountRecord) -> None:
         params: dict[str, Any] = {"mountPoint": rec.mount_point, "readonly": not rec.writable}
+        token = ""
         if rec.type == "reverse-sshfs":
-            params.update(fstype="reverse-sshfs", remotePath=rec.location,
+            token = self.sftp.grant(rec.location, rec.writable)
+            params.update(fstype="reverse-sshfs", remotePath=SHARE_IN_ROOT, token=token,
                           cache=rec.options.get("cache", True),
                           followSymlinks=rec.options.get("followSymlinks", False))
         else:
@@ -239,6 +246,8 @@ class MountManager:
         except GuestAgentError as e:
             raise MountFailed(f"mounting {rec.location} at {rec.mount_point} in the guest "
                               f"failed: {e}") from None
+        finally:
+            self.sftp.revoke(token)  # used by now, or never to be
 
     async def _guest_umount(self, rec: MountRecord, force: bool = False) -> None:
         try:

@@ -3,20 +3,36 @@
 The guest agent runs `sshfs -o passive` with its stdin/stdout on a stream
 it opens to the host; here that stream is joined to a local sftp-server
 process. No port is opened on the host and no SSH login is needed.
+
+The host decides what is served. A stream is served only when it carries
+a token the host issued for one mount (SftpGrants.grant), used once; the
+folder and read-only come from the host's record, never from the guest.
+sftp-server itself only sets a start directory (-d), so it runs confined
+(roost.hostagent.userns): on an empty root holding the share at /share
+(read-only when shared so) and the server's own binary and libraries, as
+the share's owner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
+import re
+import secrets
 import shutil
+import subprocess
+from dataclasses import dataclass
 from typing import Any
 
 from roost.hostagent.guestagent import TunnelStream
+from roost.hostagent.userns import SCRATCH, Bind, ConfineError, Owner, spawn_confined
 
 CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server",
               "/usr/lib/ssh/sftp-server", "/usr/libexec/openssh/sftp-server")
+# Where the share is in sftp-server's root, and so the path the guest's sshfs asks for.
+SHARE_IN_ROOT = "/share"  # after the chroot into SCRATCH
 
 
 def find_sftp_server() -> str | None:
@@ -26,27 +42,84 @@ def find_sftp_server() -> str | None:
     return shutil.which("sftp-server")
 
 
-async def serve_guest_stream(event: dict[str, Any], stream: TunnelStream) -> None:
-    """A stream the guest opened that is no reverse port forward: a reverse
-    sshfs asking for its share ("sftp:/path"), or nothing the host serves."""
-    path = str(event.get("path", ""))
-    if path.startswith("sftp:/"):
-        await serve_sftp(stream, path[len("sftp:"):], bool(event.get("readonly")))
-    else:
-        await stream.reset(f"nothing on the host serves {path!r}")
+@functools.cache
+def runtime_files(binary: str) -> tuple[str, ...]:
+    """The binary and the shared objects it loads (ldd), each a real path."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    found = [binary]
+    for line in out.splitlines():
+        m = re.search(r"(/\S+)\s+\(0x", line)
+        if m:
+            found.append(m.group(1))
+    return tuple(dict.fromkeys(found))
 
 
-async def serve_sftp(stream: TunnelStream, location: str, readonly: bool) -> None:
+@dataclass(frozen=True)
+class Grant:
+    location: str
+    writable: bool
+
+
+class SftpGrants:
+    """The shares the host agent has agreed to serve, by one-time token."""
+
+    def __init__(self) -> None:
+        self._grants: dict[str, Grant] = {}
+
+    def grant(self, location: str, writable: bool) -> str:
+        token = secrets.token_urlsafe(24)
+        self._grants[token] = Grant(location, writable)
+        return token
+
+    def revoke(self, token: str) -> None:
+        self._grants.pop(token, None)
+
+    def take(self, token: object) -> Grant | None:
+        if not isinstance(token, str):
+            return None
+        return self._grants.pop(token, None)
+
+    async def serve_guest_stream(self, event: dict[str, Any], stream: TunnelStream) -> None:
+        """A stream the guest opened that is no reverse port forward: a
+        reverse sshfs with its token, or nothing the host serves."""
+        if event.get("path") != "sftp":
+            await stream.reset(f"nothing on the host serves {str(event.get('path'))[:100]!r}")
+            return
+        grant = self.take(event.get("token"))
+        if grant is None:
+            await stream.reset("no share was granted for this token")
+            return
+        await serve_sftp(stream, grant)
+
+
+async def start_sftp_server(binary: str, grant: Grant) -> asyncio.subprocess.Process:
+    """sftp-server for `grant`, confined (see the module's doc), on pipes."""
+    argv = [binary, "-d", SHARE_IN_ROOT, "-e", "-l", "ERROR"]
+    if not grant.writable:
+        argv.append("-R")
+    binds = [Bind(grant.location, SHARE_IN_ROOT, not grant.writable)]
+    binds += [Bind(path, path, True) for path in (*runtime_files(binary), "/dev/null")]
+    binds = [Bind(b.source, SCRATCH + b.target, b.readonly) for b in binds]
+    owner = Owner.of_share(grant.location)
+    # sftp-server refuses to run for a uid with no passwd entry.
+    accounts = {f"{SCRATCH}/etc/passwd": f"share:x:{owner.uid}:{owner.gid}::{SHARE_IN_ROOT}:/\n",
+                f"{SCRATCH}/etc/group": f"share:x:{owner.gid}:\n"}
+    return await spawn_confined(
+        argv, binds, owner, chroot=True, chdir=SHARE_IN_ROOT, files=accounts,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL)
+
+
+async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
     binary = find_sftp_server()
     if binary is None:
         await stream.reset("no sftp-server on the host (Debian: openssh-sftp-server)")
         return
-    argv = [binary, "-d", location, "-e", "-l", "ERROR"]
-    if readonly:
-        argv.append("-R")
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+    try:
+        proc = await start_sftp_server(binary, grant)
+    except (ConfineError, OSError) as e:
+        await stream.reset(f"sftp-server could not be confined: {e}")
+        return
     assert proc.stdin is not None and proc.stdout is not None
     try:
         await stream.splice(proc.stdout, proc.stdin)

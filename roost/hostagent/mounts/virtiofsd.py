@@ -1,4 +1,13 @@
-"""virtiofsd processes: one per virtiofs share, started and stopped by pid."""
+"""virtiofsd processes: one per virtiofs share, confined to it, stopped by pid.
+
+QEMU 7.2's C virtiofsd wants root and has no read-only option. Each runs
+in a user namespace of its own as the share's owner (roost.hostagent.userns),
+so it has no privilege on the host beyond that user's, and sees the share
+read-only when it was shared read-only. The host agent makes the
+vhost-user socket and hands it over (--fd): the confined daemon needs no
+write access to the instance directory. Its pid goes to a file beside the
+socket, so a host agent that takes over a running VM can adopt it.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +16,20 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 from pathlib import Path
 
 from roost.errors import RoostError
-from roost.store.instance import pid_running
+from roost.hostagent.userns import SCRATCH, Bind, Owner, spawn_confined
+from roost.store.instance import pid_running, write_atomic
 
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
-SOCKET_WAIT_SECONDS = 5.0
+READY_SECONDS = 5.0
 STOP_SECONDS = 3.0
-# QEMU 7.2's C virtiofsd locks a pid file named after its socket here.
-PIDFILE_DIR = Path("/run/virtiofsd")
+# What virtiofsd logs once it waits for QEMU on the socket.
+READY_LINE = "Waiting for vhost-user socket connection"
+SOCKET_ENV = "ROOST_VIRTIOFSD_SOCKET"
+SHARE_IN_NAMESPACE = SCRATCH + "/share"  # what it serves, the share bound there
 
 
 class VirtiofsdError(RoostError):
@@ -36,11 +49,13 @@ def find_virtiofsd() -> str | None:
 
 
 class Virtiofsd:
-    def __init__(self, binary: str, socket_path: Path, source: str, log_path: Path) -> None:
+    def __init__(self, binary: str, socket_path: Path, source: str, log_path: Path,
+                 writable: bool = True) -> None:
         self.binary = binary
         self.socket_path = socket_path
         self.source = source
         self.log_path = log_path
+        self.writable = writable
         self._proc: asyncio.subprocess.Process | None = None
         self._adopted: int | None = None  # a pid from a host agent that died
 
@@ -50,38 +65,70 @@ class Virtiofsd:
 
     @property
     def pidfile(self) -> Path:
-        return PIDFILE_DIR / (str(self.socket_path).replace("/", ".") + ".pid")
+        return self.socket_path.with_name(self.socket_path.name + ".pid")
+
+    def _argv(self, fd: int) -> list[str]:
+        source = SHARE_IN_NAMESPACE.replace(",", ",,")  # -o takes a comma-separated list
+        # sandbox=chroot: one process (the namespace sandbox forks a child that
+        # outlives a SIGTERMed parent), inside our own namespaces anyway.
+        # rlimit-nofile=0: raising it needs privilege it does not have.
+        return [self.binary, f"--fd={fd}", "-o", f"source={source}", "-o", "cache=auto",
+                "-o", "sandbox=chroot", "--rlimit-nofile=0"]
+
+    def _environment(self) -> dict[str, str]:
+        """Its whole environment: which socket it serves, for adopt() (and for
+        anyone looking for an instance's daemons in /proc)."""
+        return {SOCKET_ENV: str(self.socket_path)}
 
     def adopt(self) -> bool:
         """Take over the virtiofsd serving our socket that a host agent which
-        died started (found by its pid file, checked by its command line)."""
+        died started (found by its pid file, checked by its binary and environment)."""
         try:
             pid = int(self.pidfile.read_text().split()[0])
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
         except (OSError, ValueError, IndexError):
             return False
-        if f"--socket-path={self.socket_path}".encode() not in cmdline.split(b"\0"):
+        marker = f"{SOCKET_ENV}={self.socket_path}".encode()
+        if cmdline.split(b"\0")[0] != self.binary.encode() or marker not in environ.split(b"\0"):
             return False
         self._adopted = pid
         return True
 
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
-        source = self.source.replace(",", ",,")  # -o takes a comma-separated list
-        # sandbox=chroot: one process. The default namespace sandbox forks a
-        # child that outlives a SIGTERMed parent as a zombie nobody reaps.
-        argv = [self.binary, f"--socket-path={self.socket_path}", "-o", f"source={source}",
-                "-o", "cache=auto", "-o", "sandbox=chroot"]
-        with open(self.log_path, "ab") as log:
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-                start_new_session=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
+        try:
+            listener.bind(str(self.socket_path))
+            listener.listen(1)
+            fd = listener.fileno()
+            with open(self.log_path, "ab") as log:
+                self._proc = await spawn_confined(
+                    self._argv(fd), [Bind(self.source, SHARE_IN_NAMESPACE, not self.writable)],
+                    Owner.of_share(self.source), chroot=False, setgroups=True, capabilities=True,
+                    stdout=log, stderr=log, pass_fds=(fd,), env=self._environment())
+        except BaseException:
+            self.socket_path.unlink(missing_ok=True)
+            raise
+        finally:
+            listener.close()  # the daemon has its own copy
+        write_atomic(self.pidfile, f"{self._proc.pid}\n")
+        await self._wait_ready(log_from)
+
+    def _log_since(self, offset: int) -> str:
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+
+    async def _wait_ready(self, log_from: int) -> None:
+        assert self._proc is not None
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + SOCKET_WAIT_SECONDS
-        while not self.socket_path.exists():
+        deadline = loop.time() + READY_SECONDS
+        while READY_LINE not in self._log_since(log_from):
             if self._proc.returncode is not None or loop.time() > deadline:
                 await self.stop()
-                tail = self.log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                tail = self._log_since(log_from).strip().splitlines()[-3:]
                 raise VirtiofsdError(f"virtiofsd for {self.source} did not start: "
                                      + " / ".join(tail))
             await asyncio.sleep(0.01)
@@ -102,7 +149,7 @@ class Virtiofsd:
                     proc.kill()
                 await proc.wait()
         self.socket_path.unlink(missing_ok=True)
-        self.pidfile.unlink(missing_ok=True)  # virtiofsd leaves it behind
+        self.pidfile.unlink(missing_ok=True)
 
     async def _stop_adopted(self) -> None:
         """Not our child: signal it and watch /proc (its parent, init, reaps it)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from roost.config.model import PortForward
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, TunnelStream
+from roost.hostagent.guestevents import listener_problem, listeners_problem
 from roost.hostagent.portfwd.forward import Forward, Opener, TCPForward, UDPForward
 from roost.hostagent.portfwd.rules import HostAddr, Listener, host_address
 
@@ -130,8 +131,13 @@ class PortForwarder:
             log.warning("stopping %s: %s", active.forward.description, e)
 
 
-def listeners_from_event(items: Iterable[dict[str, Any]]) -> list[Listener]:
-    return [Listener(str(i["proto"]), str(i["ip"]), int(i["port"])) for i in items]
+def listeners_from_event(items: object) -> list[Listener]:
+    """The listeners the guest reported; any of a wrong shape is logged and skipped."""
+    if problem := listeners_problem(items):
+        log.warning("guest agent: %s; skipping the malformed ones", problem)
+    if not isinstance(items, list):
+        return []
+    return [Listener(i["proto"], i["ip"], i["port"]) for i in items if not listener_problem(i)]
 
 
 AcceptHandler = Callable[[dict[str, Any], TunnelStream], Awaitable[None]]

@@ -21,9 +21,8 @@ from roost.config.model import PortForward
 from roost.hostagent.cleanup import CleanupStack
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentError
-from roost.hostagent.mounts.sftp import serve_guest_stream
 from roost.hostagent.portfwd.forward import SSHForward, UnixForward
-from roost.hostagent.portfwd.manager import PortForwarder, follow_guest_agent
+from roost.hostagent.portfwd.manager import AcceptHandler, PortForwarder, follow_guest_agent
 from roost.hostagent.portfwd.rules import HostAddr, Listener
 from roost.hostagent.readiness import SSH_COMMAND_TIMEOUT
 from roost.hostagent.session import GuestAgentSession
@@ -47,8 +46,11 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 
 class PortForwarding:
     def __init__(self, inst: Instance, rules: list[PortForward], session: GuestAgentSession,
-                 events: EventEmitter, changed: Callable[[], None]) -> None:
+                 events: EventEmitter, changed: Callable[[], None],
+                 guest_streams: AcceptHandler | None = None) -> None:
         self.inst = inst
+        # Streams the guest opens that are no reverse forward (reverse sshfs).
+        self.guest_streams = guest_streams
         self.rules = rules
         self.session = session
         self.events = events
@@ -98,11 +100,13 @@ class PortForwarding:
         while True:
             try:
                 await follow_guest_agent(forwarder, self.session.open, reverse,
-                                         serve_guest_stream, self.session.on_event)
+                                         self.guest_streams, self.session.on_event)
                 unreachable_since = time.monotonic()
                 log.info("guest agent session ended; reconnecting")
             except (GuestAgentError, OSError) as e:
                 log.debug("guest agent unreachable: %s", e)
+            except Exception:  # a bug must not end port forwarding for good
+                log.exception("following the guest agent failed; reconnecting")
             await self.session.drop()
             if time.monotonic() - unreachable_since > SSH_FALLBACK_AFTER:
                 await self._ssh_poll(forwarder)

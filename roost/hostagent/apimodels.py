@@ -1,0 +1,155 @@
+"""The inputs of the host agent's /v1 API: one definition for both ends.
+
+The CLI builds its request bodies and queries from these classes
+(`wire()`); the host agent validates what it receives against the same
+classes with pydantic (roost.hostagent.apiinput), strictly: "no" is not a
+boolean, 1 is not a string, an unknown field is refused. The OpenAPI
+document (roost.hostagent.openapi) takes its schemas from them too.
+
+They are plain dataclasses on purpose: the CLI imports this module, and
+pydantic would add about 0.2 s to the start of `roost exec` (measured
+here). pydantic reads `__pydantic_config__` and the `Constraint` markers;
+nothing here imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar, Literal
+
+from roost.store.snapshots import TAG_RE
+
+MountType = Literal["virtiofs", "9p", "reverse-sshfs"]
+
+
+def wire_name(field: str) -> str:
+    """A field's name in JSON: camelCase, as everywhere in roost's JSON."""
+    first, *rest = field.split("_")
+    return first + "".join(word.capitalize() for word in rest)
+
+
+class Constraint:
+    """A bound on a field (ge=0, min_length=1, pattern=...), in pydantic-core's
+    own terms: pydantic adds it to the field's schema, and the JSON schema
+    shows it (minimum, minItems, pattern)."""
+
+    def __init__(self, **bounds: object) -> None:
+        self.bounds = bounds
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: Any) -> Any:
+        schema = handler(source)
+        schema.update(self.bounds)
+        return schema
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiInput:
+    """A request body, query or path of the API."""
+
+    __pydantic_config__: ClassVar[dict[str, Any]] = {
+        "extra": "forbid", "strict": True, "allow_inf_nan": False,
+        "alias_generator": wire_name, "use_attribute_docstrings": True,
+    }
+
+    def wire(self) -> dict[str, Any]:
+        """As sent: JSON names, every field (defaults too)."""
+        return {wire_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class MountAdd(ApiInput):
+    """Mount a host folder in the running guest (POST /v1/mounts)."""
+
+    location: str
+    """The host folder (absolute; ~ is the host agent's home)."""
+    mount_point: str
+    """Where it appears in the guest (absolute)."""
+    type: Literal["", MountType] = ""
+    """How it is shared; "": the instance's default (roost.yaml mountType)."""
+    writable: bool = False
+    """Whether the guest may write (read-only by default)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MountRemove(ApiInput):
+    """Unmount a runtime mount (DELETE /v1/mounts?mountPoint=...)."""
+
+    mount_point: str
+    """The guest path it is mounted at."""
+
+
+SnapshotTag = Annotated[str, Constraint(pattern=TAG_RE.pattern)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotCreate(ApiInput):
+    """Save the running VM's disk and state under a tag (POST /v1/snapshots)."""
+
+    tag: SnapshotTag
+    """The new snapshot's name."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SnapshotRef(ApiInput):
+    """A snapshot named in the path (/v1/snapshots/{tag})."""
+
+    tag: SnapshotTag
+    """The snapshot's name."""
+
+
+# An argument reaches execve in the guest: a NUL would cut it short.
+NO_NUL = r"^[^\x00]*$"
+ExecArg = Annotated[str, Constraint(pattern=NO_NUL)]
+TerminalSize = Annotated[int, Constraint(ge=0, le=65535)]
+ExecSignalName = Literal["HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT",
+                         "STOP", "TSTP", "WINCH"]  # roost_guest.protocol.EXEC_SIGNALS
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecRequest(ApiInput):
+    """Run a command in the guest through the guest agent: the first message
+    on the exec WebSocket (GET /v1/exec), a JSON text message."""
+
+    argv: Annotated[list[ExecArg], Constraint(min_length=1)]
+    """The command and its arguments (no shell)."""
+    timeout: Annotated[float, Constraint(ge=0, lt=1e9)] = 0.0
+    """Seconds until the command's session is killed; 0: no limit."""
+    tty: bool = False
+    """Run it on a pseudo-terminal (stdout and stderr are then one stream)."""
+    rows: TerminalSize = 0
+    """The terminal's height (with tty; 0: the guest's default)."""
+    cols: TerminalSize = 0
+    """The terminal's width (with tty; 0: the guest's default)."""
+    term: Annotated[str, Constraint(pattern=r"^[A-Za-z0-9._+-]{0,64}$")] = ""
+    """TERM for the terminal, such as xterm-256color ("": dumb)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecEof(ApiInput):
+    """Exec WebSocket, client to host agent: stdin has ended."""
+
+    type: Literal["eof"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecResize(ApiInput):
+    """Exec WebSocket, client to host agent: the terminal's new size."""
+
+    type: Literal["resize"]
+    rows: TerminalSize
+    cols: TerminalSize
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecSignal(ApiInput):
+    """Exec WebSocket, client to host agent: a signal to every process of the
+    command's session ("signal"), or that signal and then SIGKILL ("kill")."""
+
+    type: Literal["signal", "kill"]
+    signal: ExecSignalName
+
+
+# The control messages after the request, by their type.
+EXEC_CONTROLS: dict[str, type[ApiInput]] = {
+    "eof": ExecEof, "resize": ExecResize, "signal": ExecSignal, "kill": ExecSignal}
