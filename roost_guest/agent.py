@@ -35,7 +35,9 @@ from roost_guest import (
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Callable, Dict, List, Optional, Set
+    from typing import Any, Callable, Dict, List, Optional, Set, Union
+
+    StreamEnd = Union[tunnel.Stream, execute.Port]
 
 if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
@@ -116,7 +118,7 @@ class Connection:
         self.decoder = protocol.FrameDecoder()
         self._write_lock = threading.Lock()
         self._streams_lock = threading.Lock()
-        self.streams: Dict[int, tunnel.Stream] = {}
+        self.streams: Dict[int, StreamEnd] = {}
         self.listeners: Dict[str, socket.socket] = {}
         self._next_stream = 1  # guest-initiated streams are odd
         # Ids of requests served on threads of their own; a second request
@@ -255,6 +257,20 @@ class Connection:
         with self._streams_lock:
             self.streams.pop(stream_id, None)
 
+    def add_exec(self, run: execute.Exec) -> bool:
+        """Register a command's streams; False if the host reused a stream id."""
+        with self._streams_lock:
+            if any(port.id in self.streams for port in run.ports):
+                return False
+            for port in run.ports:
+                self.streams[port.id] = port
+        return True
+
+    def exec_done(self, stream_ids: List[int]) -> None:
+        with self._streams_lock:
+            for stream_id in stream_ids:
+                self.streams.pop(stream_id, None)
+
     def close(self) -> None:
         """The host left: end every stream and subscription of this session."""
         with self._write_lock:
@@ -322,7 +338,7 @@ class Agent:
             "set-clock": self.set_clock,
             "sleep-prep": self.sleep_prep,
             "wake": self.wake,
-            "exec": self.execute,
+            "exec": self.start_exec,
             "tunnel": self.open_tunnel,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
@@ -465,20 +481,54 @@ class Agent:
     def worker_changed(self, status: Dict[str, Any]) -> None:
         self.broadcast({"event": "worker", **status})
 
-    def execute(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+    def start_exec(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """Spawn the command and answer {"pid"}, or {"error", "exitCode"} when it
+        cannot run; only after the answer does it start to flow (roost_guest.execute)."""
+        try:
+            run = self._spawn(conn, req)
+        except execute.ExecError as e:  # served: the command could not run
+            return {"error": str(e), "exitCode": e.exit_code}
+        conn.finish(req.get("id"))
+        try:
+            # Answered here, before the command's first output can go out.
+            conn.send({"id": req.get("id"), "ok": True, "result": {"pid": run.pid}})
+        except OSError:
+            run.hangup()  # the host is gone: the run's loop kills the command
+        run.start()
+        return ANSWERED
+
+    def exec_control(self, conn: Connection, req: Dict[str, Any]) -> None:
+        """exec-signal, exec-kill, exec-resize: to the command of a host stream."""
+        kind = req["type"]
+        stream_id = req.get("stream")
+        if not protocol.valid_stream_id(stream_id, parity=0):
+            conn.send_error(None, "%s needs a host stream id (even, in 1..2**32-1), got %s"
+                            % (kind, short(stream_id)))
+            return
+        port = conn.streams.get(stream_id)
+        if isinstance(port, execute.Port):
+            port.control(req)
+        elif port is not None:
+            conn.send_error(None, "%s for stream %d, which is no command's" % (kind, stream_id))
+        # else the command has ended: the host learns of it from its exit event
+
+    def _spawn(self, conn: Connection, req: Dict[str, Any]) -> execute.Exec:
         if not self.opts.allow_exec:
             raise RequestError("exec is disabled in this guest (guestAgent.allowExec: false)")
-        exec_id = req.get("exec")
-
-        def emit(name: str, data: bytes) -> None:
-            conn.send({"event": "exec-output", "exec": exec_id, "fd": name,
-                       "data": execute.encode_chunk(data)})
-
         try:
-            return execute.run(req.get("argv") or [], float(req.get("seconds") or 0), emit,
-                               self.opts.audit_log)
+            spec = execute.Spec(req)
         except execute.ExecError as e:
             raise RequestError(str(e)) from None
+        run = execute.Exec(spec, conn.send, conn.send_data, conn.exec_done,
+                           self.opts.audit_log)
+        if not conn.add_exec(run):
+            raise RequestError("exec stream ids already in use")
+        try:
+            run.spawn()
+        except execute.ExecError:
+            conn.exec_done(spec.stream_ids())
+            raise
+        return run
 
     def broadcast(self, event: Dict[str, Any]) -> None:
         """Send `event` to every subscriber; never raises (watcher threads call it)."""
@@ -517,6 +567,9 @@ class Agent:
         kind = req.get("type")
         if kind in protocol.STREAM_CONTROL:
             self.stream_control(conn, req)
+            return
+        if kind in execute.CONTROL_TYPES:
+            self.exec_control(conn, req)
             return
         req_id = req.get("id")
         if req_id is not None and not protocol.valid_id(req_id):

@@ -38,6 +38,21 @@ once it has handed data on. ``{"type": "eof", "stream": S}`` ends one
 direction; ``{"type": "reset", "stream": S, "error": ...}`` aborts the
 stream. None of these carry an ``id``.
 
+Exec (dev only; roost_guest.execute). The host asks ``{"type": "exec",
+"id", "stream": S, "stderr": E, "argv", "seconds" (a time limit), "tty",
+"rows", "cols", "term"}``; the guest answers ``{"pid"}`` once the command runs, or
+``{"error", "exitCode"}`` (127, 126) when it cannot. Stream S carries stdin
+to the guest and stdout back; E carries stderr. With ``"tty": true`` there
+is no E and S is the terminal, both ways. Streams, windows and eof are as
+for tunnels. After the output ends comes ``{"event": "exit", "stream": S,
+"exitCode", "signal", "timedOut", "killed", "seconds"}``. The host may send
+``{"type": "exec-signal" | "exec-kill", "stream": S, "signal": NAME}``
+(NAME from EXEC_SIGNALS; a kill turns into SIGKILL after a grace) and
+``{"type": "exec-resize", "stream": S, "rows", "cols"}``; one with a wrong
+field is answered ``{"event": "exec-refused", "stream": S, "error"}``, one
+for a stream that is no command's is dropped. S and E are host streams
+(even ids). A reset of S, or the end of the session, kills the command.
+
 Standard library only, and Python 3.8 compatible: it runs in the guest.
 """
 
@@ -65,6 +80,10 @@ WINDOW = 1024 * 1024
 # Data frames are cut at this size so that streams interleave fairly.
 DATA_CHUNK = 128 * 1024
 
+# Signals the host may send to a command's session (exec-signal, exec-kill).
+EXEC_SIGNALS = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "STOP", "TSTP",
+                "WINCH")
+
 # Hybrid vsock (Firecracker, Cloud Hypervisor): the host writes
 # "CONNECT <port>\n" to the VMM's Unix socket and reads "OK <port>\n".
 VSOCK_PORT = 52
@@ -77,6 +96,8 @@ MAX_DEPTH = 64
 MAX_ID = 2**53
 MAX_STREAM_ID = 2**32 - 1  # what the data frame's 4-byte field holds
 STREAM_CONTROL = ("window", "eof", "reset")
+# Events the guest sends about one host stream (see Exec above).
+STREAM_EVENTS = ("exit", "exec-refused")
 # A sync frame is {"sync": N, "epoch": E}: a few dozen bytes.
 SYNC_MAX = 128
 

@@ -3,7 +3,6 @@ and `roost logs`, which reads the instance's logs."""
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -14,33 +13,20 @@ from typing import Any
 import click
 
 from roost.cli import haclient
-from roost.errors import RoostError, UsageError
-from roost.hostagent.apimodels import ExecRequest
+from roost.errors import UsageError
 from roost.store import logfile
 from roost.store.instance import Instance
 
 GUEST_AGENT_LOG = "/run/roost/guestagent.log"
 
 
-def execute(name: str, argv: list[str], timeout: float) -> int:
+def execute(name: str, argv: list[str], timeout: float, tty: bool) -> int:
     inst = Instance.at(name).require_running()
     if not argv:
         raise UsageError("give the command after --, e.g. roost exec NAME -- uname -a")
-    code = 1
-    body = ExecRequest(argv=argv, timeout=timeout)
-    for line in haclient.stream_lines(inst.ha_sock, "POST", "/v1/exec", body.wire(),
-                                      timeout=None):
-        if "stdout" in line:
-            sys.stdout.buffer.write(base64.b64decode(line["stdout"]))
-            sys.stdout.flush()
-        elif "stderr" in line:
-            sys.stderr.buffer.write(base64.b64decode(line["stderr"]))
-            sys.stderr.flush()
-        elif "exitCode" in line:
-            code = int(line["exitCode"])
-        elif "error" in line:
-            raise RoostError(str(line["error"]))
-    return code
+    from roost.cli import execclient
+
+    return execclient.run(inst.ha_sock, argv, timeout, tty)
 
 
 def ask_guest(name: str, kind: str, timeout: float = 10.0) -> Any:

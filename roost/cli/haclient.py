@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,32 +46,3 @@ def request(sock: Path, method: str, path: str, body: Any = None,
             raise UsageError(str(message))
         raise RoostError(str(message))
     return decoded
-
-
-def stream_lines(sock: Path, method: str, path: str, body: Any = None,
-                 timeout: float | None = None) -> Iterator[dict[str, Any]]:
-    """A request whose answer is JSON lines, yielded as they arrive."""
-    conn = _UnixConnection(sock, timeout if timeout is not None else 10.0)
-    try:
-        payload = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=payload,
-                     headers={"Content-Type": "application/json"} if payload else {})
-        resp = conn.getresponse()
-        if resp.status >= 400:
-            data = resp.read()
-            try:
-                message = json.loads(data).get("error", data.decode(errors="replace"))
-            except (ValueError, AttributeError):
-                message = data.decode(errors="replace")
-            if resp.status in (400, 403, 404):
-                raise UsageError(str(message))
-            raise RoostError(str(message))
-        if conn.sock is not None:
-            conn.sock.settimeout(timeout)  # output may pause for long
-        for line in resp:
-            if line.strip():
-                yield json.loads(line)
-    except OSError as e:
-        raise RoostError(f"cannot reach the host agent at {sock}: {e}") from None
-    finally:
-        conn.close()

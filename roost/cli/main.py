@@ -299,15 +299,22 @@ def mount_list(name: str, as_json: bool) -> None:
 
 @cli.command("exec", context_settings={"ignore_unknown_options": True})
 @NAME
-@click.option("--timeout", type=click.FloatRange(min=0), default=0.0,
-              help="kill the command after this many seconds (0: no limit)")
+@click.option("--timeout", type=click.FloatRange(min=0), default=0.0, metavar="SECONDS",
+              help="after SECONDS, SIGTERM the command's process group, SIGKILL it 2 s "
+                   "later, and exit 124, as timeout(1) does (0: no limit)")
+@click.option("-t", "--tty", is_flag=True,
+              help="run the command on a pseudo-terminal, for shells and other interactive "
+                   "programs; Ctrl-C then goes to the command, as with ssh -t")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def exec_(name: str, timeout: float, command: tuple[str, ...]) -> None:
+def exec_(name: str, timeout: float, tty: bool, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) through the guest agent, without SSH (dev only:
-    needs guestAgent.allowExec: true)."""
+    needs guestAgent.allowExec: true).
+
+    Stdin is passed on and the exit status is the command's (127: not found).
+    Ctrl-C kills the command's process group in the guest and exits 130."""
     from roost.cli import guest
 
-    sys.exit(guest.execute(name, list(command), timeout))
+    sys.exit(guest.execute(name, list(command), timeout, tty))
 
 
 @cli.command()

@@ -8,11 +8,9 @@ naming the field.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
@@ -20,17 +18,17 @@ from aiohttp import web
 
 from roost import __version__
 from roost.errors import RoostError, UsageError
-from roost.hostagent import openapi
+from roost.hostagent import execws, openapi
 from roost.hostagent.apiinput import InputError, field_names, from_json, from_strings
 from roost.hostagent.apimodels import (
     ApiInput,
-    ExecRequest,
     MountAdd,
     MountRemove,
     MountType,
     SnapshotCreate,
     SnapshotRef,
 )
+from roost.hostagent.execstream import ExecSpec, GuestExec
 from roost.hostagent.openapi import Reply, Route
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -115,8 +113,7 @@ class Guest(Protocol):
 
     async def request(self, kind: str) -> dict[str, Any]: ...
 
-    def execute(self, argv: list[str], timeout: float) -> AsyncIterator[tuple[str, bytes | int]]:
-        ...
+    async def start_exec(self, spec: ExecSpec) -> GuestExec: ...
 
 
 class Checkpoints(Protocol):
@@ -156,18 +153,6 @@ ANSWER_SCHEMAS: dict[str, dict[str, Any]] = {
             "state": {"enum": ["mounted", "failed"]}, "slot": {"type": "string"},
             "error": {"type": "string"},
         },
-    },
-    "ExecLine": {
-        "description": "One line of POST /v1/exec's answer: output, then the exit code "
-                       "(or an error, when the guest agent went away)",
-        "oneOf": [
-            {"type": "object", "required": [k], "additionalProperties": False,
-             "properties": {k: v}} for k, v in (
-                ("stdout", {"type": "string", "contentEncoding": "base64"}),
-                ("stderr", {"type": "string", "contentEncoding": "base64"}),
-                ("exitCode", {"type": "integer"}),
-                ("error", {"type": "string"}))
-        ],
     },
 }
 
@@ -220,15 +205,12 @@ class ApiServer:
                   self._snapshot_apply, {200: snapshot}, takes=SnapshotRef, takes_in="path"),
             Route("DELETE", "/v1/snapshots/{tag}", "Delete a snapshot.", self._snapshot_delete,
                   {200: snapshot}, takes=SnapshotRef, takes_in="path"),
-            Route("POST", "/v1/exec", "Run a command in the guest (guestAgent.allowExec).",
-                  self._post_exec,
-                  {200: Reply("the command's output as it comes, then its exit code: JSON "
-                              "lines, each an ExecLine", {"type": "string"},
-                              media_type="application/x-ndjson",
-                              extra={"x-item-schema": _ref("ExecLine")})},
-                  {403: "exec is disabled for this instance",
-                   502: "the guest agent failed while starting the command"},
-                  takes=ExecRequest),
+            Route("GET", "/v1/exec", "Run a command in the guest (guestAgent.allowExec) "
+                  "over a WebSocket: its stdin, output, signals and exit.", self._exec,
+                  {101: Reply("switching to the WebSocket; its messages are in x-websocket",
+                              None)},
+                  {400: "not a WebSocket upgrade (or a query or body was sent)"},
+                  websocket=execws.WEBSOCKET),
         ]
 
     async def _get_openapi(self, request: web.Request, _: None) -> web.Response:
@@ -259,37 +241,9 @@ class ApiServer:
         except RoostError as e:
             return _error(503, str(e))
 
-    async def _post_exec(self, request: web.Request, body: ExecRequest) -> web.StreamResponse:
-        """Streams JSON lines: {"stdout"|"stderr": base64}..., then {"exitCode": n}."""
-        chunks = self._guest.execute(body.argv, body.timeout)
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            return _error(500, "exec ended without a status")
-        except UsageError as e:
-            return _error(403, str(e))
-        except RoostError as e:
-            return _error(502, str(e))
-        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await resp.prepare(request)
-        try:
-            item: tuple[str, bytes | int] | None = first
-            while item is not None:
-                kind, data = item
-                line: dict[str, Any]
-                if kind == "exit":
-                    line = {"exitCode": data}
-                else:
-                    assert isinstance(data, bytes)
-                    line = {kind: base64.b64encode(data).decode()}
-                await resp.write((json.dumps(line) + "\n").encode())
-                item = await anext(chunks, None)
-        except RoostError as e:
-            await resp.write((json.dumps({"error": str(e)}) + "\n").encode())
-        finally:
-            await chunks.aclose()  # type: ignore[attr-defined]
-        await resp.write_eof()
-        return resp
+    async def _exec(self, request: web.Request, _: None) -> web.StreamResponse:
+        """A WebSocket: the command's stdin, output, signals and exit (execws)."""
+        return await execws.serve(request, self._guest.start_exec)
 
     async def _get_mounts(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(self._mounts.listing())

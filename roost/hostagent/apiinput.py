@@ -15,7 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 from roost.errors import UsageError
-from roost.hostagent.apimodels import ApiInput, wire_name
+from roost.hostagent.apimodels import NO_NUL, ApiInput, wire_name
 
 Input = TypeVar("Input", bound=ApiInput)
 
@@ -45,12 +45,13 @@ def field_names(model: type[ApiInput]) -> list[str]:
     return [wire_name(f.name) for f in dataclasses.fields(model)]
 
 
-def from_json(model: type[Input], raw: bytes) -> Input:
-    """A request body: JSON, an object, with the model's fields and no other."""
+def from_json(model: type[Input], raw: bytes | str, what: str = "the request body") -> Input:
+    """A request body (or `what` else is JSON, such as a WebSocket message):
+    JSON, an object, with the model's fields and no other."""
     try:
         return adapter(model).validate_json(raw)
     except ValidationError as e:
-        raise InputError(describe(e, model, "")) from None
+        raise InputError(describe(e, model, "", what)) from None
 
 
 def from_strings(model: type[Input], values: Mapping[str, str], where: str) -> Input:
@@ -61,17 +62,18 @@ def from_strings(model: type[Input], values: Mapping[str, str], where: str) -> I
         raise InputError(describe(e, model, f"{where} ")) from None
 
 
-def describe(error: ValidationError, model: type[ApiInput], prefix: str) -> str:
-    return "; ".join(_one(e, model, prefix) for e in error.errors(include_url=False))
+def describe(error: ValidationError, model: type[ApiInput], prefix: str,
+             what: str = "the request body") -> str:
+    return "; ".join(_one(e, model, prefix, what) for e in error.errors(include_url=False))
 
 
-def _one(e: ErrorDetails, model: type[ApiInput], prefix: str) -> str:
+def _one(e: ErrorDetails, model: type[ApiInput], prefix: str, what: str) -> str:
     kind, loc = e["type"], e["loc"]
     ctx: dict[str, Any] = dict(e.get("ctx") or {})
     if kind == "json_invalid":
-        return f"the request body is not JSON ({ctx.get('error', 'unreadable')})"
+        return f"{what} is not JSON ({ctx.get('error', 'unreadable')})"
     if not loc:  # the whole input
-        return f"the request body must be a JSON object, got {_kind_of(e['input'])}"
+        return f"{what} must be a JSON object, got {_kind_of(e['input'])}"
     where = prefix + _path(loc)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
         return f"{where}: unknown field (known: {', '.join(field_names(model))})"
@@ -89,7 +91,13 @@ def _expected(kind: str, ctx: dict[str, Any], message: str) -> str:
         return f"at least {ctx['min_length']} item(s)"
     if kind == "greater_than_equal":
         return f"a number >= {ctx['ge']:g}"
+    if kind == "less_than":
+        return f"a number < {ctx['lt']:g}"
+    if kind == "less_than_equal":
+        return f"a number <= {ctx['le']:g}"
     if kind == "string_pattern_mismatch":
+        if ctx["pattern"] == NO_NUL:
+            return "a string without NUL bytes"
         return f"a string matching {ctx['pattern']}"
     return message[0].lower() + message[1:]  # pydantic's words: "input should be ..."
 

@@ -98,11 +98,58 @@ class SnapshotRef(ApiInput):
     """The snapshot's name."""
 
 
+# An argument reaches execve in the guest: a NUL would cut it short.
+NO_NUL = r"^[^\x00]*$"
+ExecArg = Annotated[str, Constraint(pattern=NO_NUL)]
+TerminalSize = Annotated[int, Constraint(ge=0, le=65535)]
+ExecSignalName = Literal["HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT",
+                         "STOP", "TSTP", "WINCH"]  # roost_guest.protocol.EXEC_SIGNALS
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExecRequest(ApiInput):
-    """Run a command in the guest through the guest agent (POST /v1/exec)."""
+    """Run a command in the guest through the guest agent: the first message
+    on the exec WebSocket (GET /v1/exec), a JSON text message."""
 
-    argv: Annotated[list[str], Constraint(min_length=1)]
+    argv: Annotated[list[ExecArg], Constraint(min_length=1)]
     """The command and its arguments (no shell)."""
-    timeout: Annotated[float, Constraint(ge=0)] = 0.0
-    """Seconds until the command is killed; 0: no limit."""
+    timeout: Annotated[float, Constraint(ge=0, lt=1e9)] = 0.0
+    """Seconds until the command's session is killed; 0: no limit."""
+    tty: bool = False
+    """Run it on a pseudo-terminal (stdout and stderr are then one stream)."""
+    rows: TerminalSize = 0
+    """The terminal's height (with tty; 0: the guest's default)."""
+    cols: TerminalSize = 0
+    """The terminal's width (with tty; 0: the guest's default)."""
+    term: Annotated[str, Constraint(pattern=r"^[A-Za-z0-9._+-]{0,64}$")] = ""
+    """TERM for the terminal, such as xterm-256color ("": dumb)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecEof(ApiInput):
+    """Exec WebSocket, client to host agent: stdin has ended."""
+
+    type: Literal["eof"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecResize(ApiInput):
+    """Exec WebSocket, client to host agent: the terminal's new size."""
+
+    type: Literal["resize"]
+    rows: TerminalSize
+    cols: TerminalSize
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecSignal(ApiInput):
+    """Exec WebSocket, client to host agent: a signal to every process of the
+    command's session ("signal"), or that signal and then SIGKILL ("kill")."""
+
+    type: Literal["signal", "kill"]
+    signal: ExecSignalName
+
+
+# The control messages after the request, by their type.
+EXEC_CONTROLS: dict[str, type[ApiInput]] = {
+    "eof": ExecEof, "resize": ExecResize, "signal": ExecSignal, "kill": ExecSignal}

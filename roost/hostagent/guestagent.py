@@ -2,8 +2,9 @@
 
 A session starts with a hello and skips every byte before the guest's
 matching sync frame (see roost_guest.protocol). A reader task then routes
-responses to their request by id, events to `events()`, and data frames to
-their TunnelStream. A closed connection fails every pending request and
+responses to their request by id, events to `events()` (but those about
+one host stream, such as a command's exit, to that stream's watcher), and
+data frames to their TunnelStream. A closed connection fails every pending request and
 resets every stream.
 
 The guest is not trusted, and no frame may end the reader but by closing
@@ -21,12 +22,11 @@ items of one long answer, SEND_BUFFER_LIMIT bytes unread by the guest.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from roost.driver.channel import Dialer
@@ -60,6 +60,9 @@ LOG_FIRST = 10  # bad frames logged per session, then one in LOG_EVERY
 LOG_EVERY = 1000
 
 
+StreamWatcher = Callable[[dict[str, Any]], str]
+
+
 class GuestAgentError(Exception):
     pass
 
@@ -71,9 +74,11 @@ class StreamReset(GuestAgentError):
 class TunnelStream:
     """A byte (or datagram) stream to a socket in the guest, with credit."""
 
-    def __init__(self, client: GuestAgentClient, stream_id: int) -> None:
+    def __init__(self, client: GuestAgentClient, stream_id: int,
+                 datagram: bool = False) -> None:
         self.client = client
         self.id = stream_id
+        self.datagram = datagram
         self._credit = protocol.WINDOW
         self._credit_changed = asyncio.Event()
         self._incoming: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -81,6 +86,7 @@ class TunnelStream:
         self.error: str | None = None
         self.closed = False
         self._eof_seen = False
+        self._unsendable = ""  # why the guest takes no more data (the stream stays readable)
 
     # -- from the read loop --------------------------------------------------
 
@@ -119,17 +125,24 @@ class TunnelStream:
         """Send all of `data`, waiting for credit; for UDP, one datagram."""
         view = memoryview(data)
         while view:
-            while self._credit <= 0 and not self.closed:
+            while self._credit <= 0 and not self.closed and not self._unsendable:
                 self._credit_changed.clear()
                 await self._credit_changed.wait()
-            if self.closed:
-                raise StreamReset(self.error or "stream closed")
+            if self.closed or self._unsendable:
+                raise StreamReset(self.error or self._unsendable or "stream closed")
             n = min(len(view), self._credit, protocol.DATA_CHUNK)
-            if len(data) <= protocol.DATA_CHUNK:
+            if self.datagram:
                 n = len(view)  # a datagram is never split; it may overdraw once
             chunk, view = view[:n], view[n:]
             self._credit -= len(chunk)
             await self.client._send_frame(protocol.encode_data(self.id, bytes(chunk)))
+
+    def stop_sending(self, reason: str) -> None:
+        """The guest will take no more data (e.g. the command it fed has exited,
+        and no credit will come back): send() fails with `reason` from now
+        on, instead of waiting for credit; what was received stays readable."""
+        self._unsendable = reason
+        self._credit_changed.set()
 
     async def recv(self) -> bytes | None:
         """The next chunk from the guest; None at EOF. Call ack() once used."""
@@ -215,7 +228,8 @@ class GuestAgentClient:
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_QUEUE)
         self._accepted: asyncio.Queue[tuple[dict[str, Any], TunnelStream]] = asyncio.Queue(
             ACCEPT_BACKLOG)
-        self._exec_output: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        # Host streams whose events (a command's exit) go to their owner, not events().
+        self._stream_events: dict[int, StreamWatcher] = {}
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
         self._lost: str | None = None  # why the session is to end, set while routing
         self._heard = 0.0  # loop time of the last bytes from the guest
@@ -412,13 +426,8 @@ class GuestAgentClient:
             self._add_part(obj)
         elif kind == "accept":
             self._accept(obj)
-        elif kind == "exec-output":
-            exec_id, fd, data = obj.get("exec"), obj.get("fd"), obj.get("data")
-            queue = self._exec_output.get(exec_id) if isinstance(exec_id, str) else None
-            if queue is None or not isinstance(fd, str) or not isinstance(data, str):
-                self._complain(f"exec-output for {_short(exec_id)} of a wrong shape or late")
-            else:
-                queue.put_nowait(obj)
+        elif kind in protocol.STREAM_EVENTS:
+            self._route_stream_event(kind, obj)
         elif kind == "started":
             epoch = obj.get("epoch")
             if not protocol.valid_id(epoch):
@@ -432,6 +441,18 @@ class GuestAgentClient:
         else:
             return obj
         return None
+
+    def _route_stream_event(self, kind: str, obj: dict[str, Any]) -> None:
+        """An event about one host stream (a command's exit) to its watcher."""
+        stream_id = obj.get("stream")
+        if not protocol.valid_stream_id(stream_id, parity=0):
+            self._complain(f"{kind} event for a bad stream id {_short(stream_id)}")
+            return
+        watcher = self._stream_events.get(stream_id)
+        if watcher is None:
+            return  # its owner has gone: a command killed as its client left
+        if problem := watcher(obj):
+            self._complain(f"{kind} event for stream {stream_id}: {problem}")
 
     def _add_part(self, obj: dict[str, Any]) -> None:
         req_id, items = obj.get("id"), obj.get("items")
@@ -496,6 +517,10 @@ class GuestAgentClient:
             return
         self._writer.write(protocol.encode_json(obj))
 
+    async def notify(self, type_: str, **params: Any) -> None:
+        """A message that wants no answer (such as a command's signal)."""
+        await self._send_json({"type": type_, **params})
+
     async def request(self, type_: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
         req_id = next(self._ids)
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
@@ -516,12 +541,26 @@ class GuestAgentClient:
             result[result.pop("parts")] = parts
         return result
 
+    def new_stream(self, datagram: bool = False) -> TunnelStream:
+        """A host stream, registered so that no frame of it arrives unclaimed;
+        the request that opens it names its id."""
+        stream = TunnelStream(self, next(self._stream_ids), datagram)
+        self._streams[stream.id] = stream
+        return stream
+
+    def watch_stream(self, stream_id: int, on_event: StreamWatcher) -> None:
+        """Route the guest's stream events (protocol.STREAM_EVENTS) that name
+        `stream_id` to `on_event`, which says what is wrong with one ("": nothing)."""
+        self._stream_events[stream_id] = on_event
+
+    def unwatch_stream(self, stream_id: int) -> None:
+        self._stream_events.pop(stream_id, None)
+
     async def open_stream(self, proto: str, *, host: str | None = None,
                           port: int | None = None, path: str | None = None,
                           timeout: float = 10.0) -> TunnelStream:
         """Open a tunnel to host:port (tcp, udp) or path (unix) in the guest."""
-        stream = TunnelStream(self, next(self._stream_ids))
-        self._streams[stream.id] = stream
+        stream = self.new_stream(datagram=proto == "udp")
         params: dict[str, Any] = {"stream": stream.id, "proto": proto}
         if path is not None:
             params["path"] = path
@@ -534,32 +573,6 @@ class GuestAgentClient:
             stream.closed = True
             raise
         return stream
-
-    async def execute(self, argv: list[str], timeout: float
-                      ) -> AsyncIterator[tuple[str, bytes | int]]:
-        """Run argv in the guest: ("stdout"|"stderr", chunk)..., then ("exit", code)."""
-        exec_id = secrets.token_hex(8)
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._exec_output[exec_id] = queue
-        done = asyncio.ensure_future(self.request(
-            "exec", timeout=(timeout or 86400) + 30, argv=argv, seconds=timeout, exec=exec_id))
-        try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                await asyncio.wait({getter, done}, return_when=asyncio.FIRST_COMPLETED)
-                if getter.done():
-                    event = getter.result()
-                    yield str(event.get("fd")), base64.b64decode(str(event.get("data", "")))
-                    continue
-                getter.cancel()
-                while not queue.empty():  # output that came before the reply
-                    event = queue.get_nowait()
-                    yield str(event.get("fd")), base64.b64decode(str(event.get("data", "")))
-                yield "exit", int(done.result().get("exitCode", 1))
-                return
-        finally:
-            done.cancel()
-            self._exec_output.pop(exec_id, None)
 
     async def accepted(self) -> tuple[dict[str, Any], TunnelStream]:
         """The next guest-initiated stream: its accept event and the stream."""

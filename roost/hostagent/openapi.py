@@ -32,12 +32,24 @@ BODY_ERRORS = {413: "the request body is larger than 1 MiB",
 
 @dataclass(frozen=True)
 class Reply:
-    """A success answer: its description, media type and JSON schema."""
+    """A success answer: its description, media type and JSON schema (None:
+    no body, as for a 101 that switches to a WebSocket)."""
 
     description: str
-    schema: dict[str, Any]
+    schema: dict[str, Any] | None
     media_type: str = JSON
     extra: dict[str, Any] = field(default_factory=dict)  # e.g. x-item-schema of JSON lines
+
+
+@dataclass(frozen=True)
+class WebSocket:
+    """The messages of a route that upgrades to a WebSocket. OpenAPI describes
+    only the upgrade; the messages go in the operation's x-websocket."""
+
+    description: str
+    client: tuple[type[ApiInput], ...]  # its JSON text messages, from the client
+    server: dict[str, dict[str, Any]]  # named schemas of its JSON text messages, to it
+    binary: str  # what binary messages carry
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,7 @@ class Route:
     errors: dict[int, str] = field(default_factory=dict)  # beyond COMMON_ERRORS
     takes: type[ApiInput] | None = None
     takes_in: Literal["body", "query", "path"] = "body"
+    websocket: WebSocket | None = None
 
     @property
     def operation_id(self) -> str:
@@ -87,13 +100,28 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
         op["parameters"] = _parameters(route)
     responses: dict[str, Any] = {}
     for status, reply in route.ok.items():
-        responses[str(status)] = {"description": reply.description, "content": {
-            reply.media_type: {"schema": reply.schema, **reply.extra}}}
+        responses[str(status)] = {"description": reply.description}
+        if reply.schema is not None:
+            responses[str(status)]["content"] = {
+                reply.media_type: {"schema": reply.schema, **reply.extra}}
     for status, description in sorted(route.error_statuses().items()):
         responses[str(status)] = {"description": description, "content": {
             JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
     op["responses"] = responses
+    if route.websocket is not None:
+        op["x-websocket"] = _websocket(route.websocket, components)
     return op
+
+
+def _websocket(ws: WebSocket, components: dict[str, Any]) -> dict[str, Any]:
+    components.update(ws.server)
+    return {
+        "description": ws.description,
+        "clientMessages": {"oneOf": [_schema_of(model, components) for model in ws.client]},
+        "serverMessages": {"oneOf": [{"$ref": f"#/components/schemas/{name}"}
+                                     for name in ws.server]},
+        "binaryMessages": ws.binary,
+    }
 
 
 def document(routes: list[Route], version: str,

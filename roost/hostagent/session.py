@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from roost.driver.channel import Dialer
 from roost.errors import UsageError
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter
+from roost.hostagent.execstream import ExecSpec, GuestExec
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 
 log = logging.getLogger(__name__)
@@ -85,8 +86,7 @@ class GuestAgentSession:
                 raise HostAgentError(f"the guest agent does not answer: {e}") from None
             raise UsageError(str(e)) from None  # the guest refused this request
 
-    async def execute(self, argv: list[str], timeout: float
-                      ) -> AsyncIterator[tuple[str, bytes | int]]:
+    async def start_exec(self, spec: ExecSpec) -> GuestExec:
         """A command in the guest (dev-only, off unless roost.yaml enables it)."""
         if not self._allow_exec:
             raise UsageError(
@@ -94,10 +94,14 @@ class GuestAgentSession:
                 "guest; set guestAgent.allowExec: true in roost.yaml and restart to enable it")
         try:
             client = await self.open()
-            async for item in client.execute(argv, timeout):
-                yield item
         except GuestAgentError as e:
-            raise HostAgentError(str(e)) from None
+            raise HostAgentError(f"the guest agent does not answer: {e}") from None
+        try:
+            return await GuestExec.start(client, spec)
+        except GuestAgentError as e:
+            if not client.connected:
+                raise HostAgentError(f"the guest agent does not answer: {e}") from None
+            raise UsageError(str(e)) from None  # the guest refused the command
 
     def on_event(self, event: dict[str, Any]) -> None:
         """Health and worker changes, pushed by the guest agent, into our events."""

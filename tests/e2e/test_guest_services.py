@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import pty
+import select
+import signal
 import socket
+import struct
+import sys
+import termios
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.conftest import HEALTH_FLAG, Roost, as_guest_root, small_vm
+from tests.e2e.conftest import HEALTH_FLAG, Roost, as_guest_root, small_vm, wait_until
 
 
 def test_exec_output_exit_code_and_audit(roost: Roost, vm: str) -> None:
@@ -20,11 +29,92 @@ def test_exec_output_exit_code_and_audit(roost: Roost, vm: str) -> None:
     assert '"exitCode": 7' in audit
 
 
-def test_exec_timeout(roost: Roost, vm: str) -> None:
+def guest_has(roost: Roost, vm: str, command_line: str) -> bool:
+    """Whether a process runs in the guest with exactly this command line."""
+    return roost.run("exec", vm, "--", "pgrep", "-fx", command_line,
+                     check=False).returncode == 0
+
+
+def test_exec_timeout_kills_the_group(roost: Roost, vm: str) -> None:
     start = time.monotonic()
-    proc = roost.run("exec", vm, "--timeout", "1", "--", "sleep", "30", check=False)
+    proc = roost.run("exec", vm, "--timeout", "1", "--", "sh", "-c",
+                     "sleep 1236 & sleep 1237", check=False)
     assert proc.returncode == 124 and "killed after 1s" in proc.stderr
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 15
+    assert not guest_has(roost, vm, "sleep 1236") and not guest_has(roost, vm, "sleep 1237")
+
+
+def test_exec_streams_stdin(roost: Roost, vm: str) -> None:
+    assert roost.run("exec", vm, "--", "cat", input="hi\n").stdout == "hi\n"
+    proc = roost.run("exec", vm, "--", "/no/such/program", check=False)
+    assert proc.returncode == 127 and "cannot run /no/such/program" in proc.stderr
+
+
+def test_exec_ctrl_c_kills_the_group_and_exits_130(roost: Roost, vm: str) -> None:
+    proc = roost.popen("exec", vm, "--", "sh", "-c", "sleep 1234 & sleep 1235")
+    try:
+        wait_until(lambda: guest_has(roost, vm, "sleep 1235"), 60, "the guest's sleep")
+        assert guest_has(roost, vm, "sleep 1234")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not guest_has(roost, vm, "sleep 1234") and not guest_has(roost, vm, "sleep 1235")
+
+
+def read_size_until(fd: int, size: bytes, timeout: float = 60) -> bytes:
+    """Ask the remote terminal its size until it is `size` (a resize travels on
+    its own: SIGWINCH here, a message to the guest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        os.write(fd, b"stty size\r")
+        try:
+            return read_until(fd, size, timeout=1)
+        except AssertionError:
+            if time.monotonic() > deadline:
+                raise
+
+
+def read_until(fd: int, text: bytes, timeout: float = 60) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while text not in out:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {text!r} in {out!r}"
+        if select.select([fd], [], [], left)[0]:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:  # EIO: roost exec is gone
+                raise AssertionError(f"no {text!r} in {out!r}") from None
+    return out
+
+
+def test_exec_tty_is_interactive(roost: Roost, vm: str) -> None:
+    pid, master = pty.fork()
+    if pid == 0:  # roost exec -t on a terminal of its own, as a user runs it
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 90, 0, 0))
+        os.execve(sys.executable, [sys.executable, "-m", "roost", "exec", "-t", vm, "--", "sh"],
+                  roost.env)
+    try:
+        os.write(master, b"test -t 0 && echo tty-$((6*7)); stty size\r")
+        out = read_until(master, b"tty-42\r\n30 90\r\n")
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+        out = read_size_until(master, b"33 111\r\n")
+        os.write(master, b"sleep 1238\r")
+        time.sleep(1)
+        os.write(master, b"\x03")  # ^C goes to the guest's terminal: sleep ends, sh stays
+        os.write(master, b"echo still-$((1+1))\r")
+        out = read_until(master, b"still-2\r\n")
+        os.write(master, b"exit 3\r")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 3, out
+    finally:
+        os.close(master)
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def test_exec_refused_when_disabled(roost: Roost) -> None:

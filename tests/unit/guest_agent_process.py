@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-import os
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+
+def _accepts(path: str) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 @contextmanager
@@ -17,7 +26,7 @@ def guest_agent_on(path: str, *flags: str) -> Iterator[str]:
                             stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 10
-        while not os.path.exists(path):
+        while not _accepts(path):  # the file exists from bind(), before listen()
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline
             time.sleep(0.02)

@@ -6,7 +6,6 @@ real checkpoints; mounts are a recorder, since nothing can be plugged here."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import subprocess
@@ -26,12 +25,13 @@ from roost.cli.main import cli
 from roost.driver.channel import UnixDialer
 from roost.errors import UsageError
 from roost.hostagent.api import ApiServer
-from roost.hostagent.apimodels import ExecRequest, MountAdd, MountRemove, MountType
+from roost.hostagent.apimodels import ExecRequest, ExecResize, MountAdd, MountRemove, MountType
 from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.session import GuestAgentSession
 from roost.store.instance import Instance
 from roost.store.snapshots import check_tag
+from roost_guest.protocol import EXEC_SIGNALS
 from tests.unit.guest_agent_process import guest_agent_on
 from tests.unit.test_hostagent_api import CapabilityLessDriver
 
@@ -83,6 +83,35 @@ class Api:
                 OAS31Validator({"allOf": [reply["content"][ctype]["schema"]],
                                 "components": self.doc["components"]}).validate(body)
         return status, body
+
+    async def exec_ws(self, *messages: Any) -> list[Any]:
+        """Send `messages` on the exec WebSocket (dicts as JSON text, str as
+        text, bytes as binary); what comes back until the close, each JSON
+        message checked against the document's x-websocket."""
+        ws_doc = self.doc["paths"]["/v1/exec"]["get"]["x-websocket"]
+        server = OAS31Validator({"allOf": [ws_doc["serverMessages"]],
+                                 "components": self.doc["components"]})
+        client = OAS31Validator({"allOf": [ws_doc["clientMessages"]],
+                                 "components": self.doc["components"]})
+        out: list[Any] = []
+        async with self.http.ws_connect("/v1/exec") as ws:
+            for message in messages:
+                if isinstance(message, bytes):
+                    await ws.send_bytes(message)
+                elif isinstance(message, str):
+                    await ws.send_str(message)
+                else:
+                    await ws.send_json(message)
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    out.append(json.loads(msg.data))
+                    server.validate(out[-1])
+                else:
+                    out.append(msg.data)
+        for message in messages:
+            if isinstance(message, dict) and out[-1].get("status") != 400:
+                client.validate(message)
+        return out
 
     def operation(self, method: str, path: str) -> dict[str, Any] | None:
         path = path.split("?")[0]
@@ -158,16 +187,24 @@ async def test_the_document_describes_inputs_from_the_models(api: Api) -> None:
     assert mount["properties"]["writable"]["type"] == "boolean"
     assert mount["properties"]["type"]["enum"] == ["", *get_args(MountType)]
     assert schemas["ExecRequest"]["properties"]["argv"]["minItems"] == 1
+    assert list(schemas["ExecRequest"]["properties"]) == [
+        "argv", "timeout", "tty", "rows", "cols", "term"]
+    assert schemas["ExecResize"]["properties"]["rows"]["maximum"] == 65535
+    assert tuple(schemas["ExecSignal"]["properties"]["signal"]["enum"]) == EXEC_SIGNALS
     remove = api.doc["paths"]["/v1/mounts"]["delete"]
     assert [(p["name"], p["in"], p["required"]) for p in remove["parameters"]] == [
         ("mountPoint", "query", True)]
     assert "requestBody" not in remove
     apply = api.doc["paths"]["/v1/snapshots/{tag}/apply"]["post"]
     assert apply["parameters"][0]["in"] == "path" and "pattern" in apply["parameters"][0]["schema"]
-    exec_ok = api.doc["paths"]["/v1/exec"]["post"]["responses"]["200"]["content"]
-    assert list(exec_ok) == ["application/x-ndjson"]
-    assert set(api.doc["paths"]["/v1/exec"]["post"]["responses"]) == {
-        "200", "400", "403", "413", "415", "500", "502"}
+    exec_op = api.doc["paths"]["/v1/exec"]["get"]
+    assert set(exec_op["responses"]) == {"101", "400", "500"}
+    assert "content" not in exec_op["responses"]["101"] and "requestBody" not in exec_op
+    ws = exec_op["x-websocket"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in ws["clientMessages"]["oneOf"]] == [
+        "ExecRequest", "ExecEof", "ExecResize", "ExecSignal"]
+    assert [ref["$ref"].rsplit("/", 1)[1] for ref in ws["serverMessages"]["oneOf"]] == [
+        "ExecStarted", "ExecWindow", "ExecExit", "ExecFailure"]
 
 
 @pytest.mark.parametrize(("body", "message"), [
@@ -201,31 +238,60 @@ async def test_wrong_mount_bodies_are_refused_naming_the_field(
     ({"argv": ["true"], "timeout": "5"}, 'timeout: expected a number, got "5"'),
     ({"argv": ["true"], "timeout": -1}, "timeout: expected a number >= 0, got -1"),
     ({"timeout": 1}, "argv: required"),
+    ({"argv": ["true"], "timeout": 1e9}, "timeout: expected a number < 1e+09, got 1000000000.0"),
+    ({"argv": ["a\u0000b"]}, "argv[0]: expected a string without NUL bytes, got"),
+    ({"argv": ["sh"], "tty": "yes"}, 'tty: expected a boolean, got "yes"'),
+    ({"argv": ["sh"], "rows": 70000}, "rows: expected a number <= 65535, got 70000"),
+    ({"argv": ["sh"], "cols": 1.5}, "cols: expected an integer, got 1.5"),
+    ({"argv": ["sh"], "term": "x\u001b[2J"}, "term: expected a string matching"),
+    ({"argv": ["sh"], "env": {}},
+     "env: unknown field (known: argv, timeout, tty, rows, cols, term)"),
+    ([1], "the exec request must be a JSON object, got a list"),
+    ('{"argv": [', "the exec request is not JSON ("),
+    ('{"argv": ["true"], "timeout": NaN}', "timeout: expected a finite number"),
 ])
-async def test_wrong_exec_bodies_are_refused_naming_the_field(
+async def test_wrong_exec_requests_are_refused_naming_the_field(
         api: Api, body: Any, message: str) -> None:
-    status, answer = await api.call("POST", "/v1/exec", json=body)
-    assert (status, answer["error"]) == (400, message)
+    """The exec WebSocket's first message is checked like a request body."""
+    first = body if isinstance(body, str) else json.dumps(body)
+    answers = await api.exec_ws(first)
+    assert len(answers) == 1 and answers[0]["status"] == 400, answers
+    assert answers[0]["error"].startswith(message), answers
+
+
+@pytest.mark.parametrize(("control", "message"), [
+    ({"type": "resize", "rows": "24", "cols": 80}, 'rows: expected an integer, got "24"'),
+    ({"type": "kill", "signal": "FOO"}, "signal: expected one of 'HUP', 'INT'"),
+    ({"type": "eof", "now": True}, "now: unknown field (known: type)"),
+    ({"type": "fly"}, "an exec control message must be a JSON object whose type is one of "
+                      "eof, resize, signal, kill"),
+    ([], "an exec control message must be a JSON object whose type"),
+])
+async def test_wrong_exec_controls_are_refused_naming_the_field(
+        api: Api, control: Any, message: str) -> None:
+    answers = await api.exec_ws({"argv": ["sleep", "30"]}, json.dumps(control))
+    assert answers[0]["type"] == "started"
+    assert answers[-1]["status"] == 400 and answers[-1]["error"].startswith(message), answers
 
 
 async def test_bodies_that_are_not_json_objects(api: Api) -> None:
-    status, answer = await api.call("POST", "/v1/exec", data=b'{"argv": [',
-                                    headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    status, answer = await api.call("POST", "/v1/mounts", data=b'{"location": [',
+                                    headers=headers)
     assert status == 400 and answer["error"].startswith("the request body is not JSON (")
-    for raw in (b'{"argv": ["true"], "timeout": NaN}', b'{"argv": ["true"], "timeout": 1e999}'):
-        status, answer = await api.call("POST", "/v1/exec", data=raw,
-                                        headers={"Content-Type": "application/json"})
-        assert status == 400 and answer["error"].startswith("timeout: expected a finite number")
-    status, answer = await api.call("POST", "/v1/exec")
+    status, answer = await api.call("POST", "/v1/mounts")
     assert (status, answer["error"]) == (
-        400, "POST /v1/exec takes a JSON object body with: argv, timeout")
-    status, answer = await api.call("POST", "/v1/exec", data=b'{"argv": ["true"]}',
+        400, "POST /v1/mounts takes a JSON object body with: location, mountPoint, type, "
+             "writable")
+    status, answer = await api.call("POST", "/v1/mounts", data=b'{"location": "/tmp"}',
                                     headers={"Content-Type": "text/plain"})
     assert (status, answer["error"]) == (415, "send the body as application/json "
                                               "(got text/plain)")
-    status, answer = await api.call("POST", "/v1/exec", data=b" " * (1 << 20 | 1),
-                                    headers={"Content-Type": "application/json"})
+    status, answer = await api.call("POST", "/v1/mounts", data=b" " * (1 << 20 | 1),
+                                    headers=headers)
     assert status == 413 and "1048576" in answer["error"]
+    status, answer = await api.call("GET", "/v1/exec")  # no upgrade
+    assert status == 400 and "WebSocket" in answer["error"]
 
 
 async def test_queries_paths_and_bodies_a_route_does_not_take(api: Api) -> None:
@@ -276,15 +342,15 @@ async def test_valid_requests_reach_their_handlers_typed(api: Api) -> None:
     assert (status, answer["error"]) == (400, "this instance's driver cannot suspend")
     for path in ("/v1/info", "/v1/status", "/v1/guest/status"):
         assert (await api.call("GET", path))[0] == 200
-    status, text = await api.call("POST", "/v1/exec", json={"argv": ["echo", "hi"],
-                                                            "timeout": 10})
-    lines = [json.loads(line) for line in text.splitlines()]
-    assert status == 200 and lines[-1] == {"exitCode": 0}
-    assert base64.b64decode(lines[0]["stdout"]) == b"hi\n"
-    item = api.doc["paths"]["/v1/exec"]["post"]["responses"]["200"]["content"][
-        "application/x-ndjson"]["x-item-schema"]
-    for line in lines:
-        OAS31Validator({"allOf": [item], "components": api.doc["components"]}).validate(line)
+    answers = await api.exec_ws({"argv": ["cat"], "timeout": 10}, b"hi\n", {"type": "eof"})
+    assert answers[0]["type"] == "started" and b"\x01hi\n" in answers
+    assert (answers[-1]["type"], answers[-1]["exitCode"]) == ("exit", 0)
+    answers = await api.exec_ws({"argv": ["sh", "-c", "kill -STOP $$; echo on"]},
+                                {"type": "signal", "signal": "CONT"})
+    assert b"\x01on\n" in answers and answers[-1]["exitCode"] == 0
+    answers = await api.exec_ws({"argv": ["no-such-program"]})
+    assert answers == [{"type": "error", "status": 400, "exitCode": 127,
+                        "error": answers[0]["error"]}]
 
 
 async def test_the_cli_sends_what_the_api_takes(api: Api) -> None:
@@ -294,9 +360,11 @@ async def test_the_cli_sends_what_the_api_takes(api: Api) -> None:
     assert rec["mountPoint"] == "/mnt/c" and api.mounts.added[-1][3] is False
     query = MountRemove(mount_point="/mnt/c").wire()
     assert query == {"mountPoint": "/mnt/c"}
-    lines = await asyncio.to_thread(lambda: list(haclient.stream_lines(
-        api.sock, "POST", "/v1/exec", ExecRequest(argv=["true"]).wire())))
-    assert lines == [{"exitCode": 0}]
+    answers = await api.exec_ws(ExecRequest(argv=["sh", "-c", "stty size"], tty=True, rows=7,
+                                            cols=33, term="xterm").wire())
+    assert b"\x017 33\r\n" in answers and answers[-1]["exitCode"] == 0
+    assert ExecResize(type="resize", rows=1, cols=2).wire() == {
+        "type": "resize", "rows": 1, "cols": 2}
     with pytest.raises(UsageError, match=r'writable: expected a boolean, got "no"'):
         await asyncio.to_thread(haclient.request, api.sock, "POST", "/v1/mounts",
                                 {**body, "writable": "no"})

@@ -185,7 +185,7 @@ def test_the_guest_agent_survives_fuzzed_frames(tmp_path: Path) -> None:
 
 # -- the host agent -----------------------------------------------------------
 
-HOST_KINDS = ["reply", "ports", "health", "worker", "probes", "accept", "part", "exec-output",
+HOST_KINDS = ["reply", "ports", "health", "worker", "probes", "accept", "part", "exit",
               "started", "window", "eof", "reset", "data", "error", "other"]
 
 
@@ -202,7 +202,7 @@ def _host_frame(rng: random.Random, t: Template, pending: list[int], streams: li
         "probes": {"event": "probes", "probes": [t.extra]},
         "accept": {"event": "accept", "stream": rng.randrange(1, 2000, 2), "path": "/x"},
         "part": {"event": "part", "id": any_id, "items": [t.extra]},
-        "exec-output": {"event": "exec-output", "exec": "e", "fd": "stdout", "data": "eA=="},
+        "exit": {"event": "exit", "stream": stream, "exitCode": rng.randrange(256)},
         "started": {"event": "started", "epoch": 42},  # the session's own: no restart
         "window": {"type": "window", "stream": stream, "bytes": rng.randrange(70000)},
         "eof": {"type": "eof", "stream": stream},

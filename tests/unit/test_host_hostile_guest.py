@@ -13,6 +13,7 @@ import pytest
 
 from roost.driver.channel import UnixDialer
 from roost.hostagent import guestagent
+from roost.hostagent.execstream import ExecSpec, GuestExec
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost_guest import protocol
 from tests.unit.raw_guest import RawGuest, RawSession
@@ -66,7 +67,8 @@ BAD_FRAMES = [
     frame({"event": "accept", "stream": 2}),  # even: a host stream id
     frame({"event": "accept", "stream": [1]}),
     frame({"event": "part", "id": 1, "items": {"a": 1}}),
-    frame({"event": "exec-output", "exec": ["x"], "data": "AA=="}),
+    frame({"event": "exit", "stream": 3, "exitCode": 0}),  # odd: not a host stream
+    frame({"event": "exec-refused", "stream": [2]}),
     frame({"event": "started", "epoch": "new"}),
     frame({"ok": False, "error": "the guest refused a frame"}),
     frame({"hello": "world"}),
@@ -94,6 +96,34 @@ async def test_bad_frames_are_dropped_and_the_session_goes_on(guest: RawGuest) -
     await asyncio.wait_for(client.closed.wait(), 5)
     assert client.error == "the guest agent restarted; session closed"
     await session.host_closed()
+
+
+async def test_a_command_s_exit_is_checked_before_it_counts(guest: RawGuest) -> None:
+    """A guest that lies about a command gets no pid nor exit of the wrong type
+    through: the start fails clearly, a malformed exit is dropped, the real one
+    settles the command; an exit for a stream nobody watches is no bad frame."""
+    client, session = await _connect(guest)
+    start = asyncio.ensure_future(GuestExec.start(client, ExecSpec(["true"])))
+    req = await session.request("exec")
+    assert (req["stream"] % 2, req["stderr"] % 2) == (0, 0)
+    session.send(frame({"id": req["id"], "ok": True, "result": {"pid": "1"}}))
+    with pytest.raises(GuestAgentError, match="reply has no pid"):
+        await start
+    assert (await session.request("reset"))["stream"] == req["stream"]  # the guest kills it
+    start = asyncio.ensure_future(GuestExec.start(client, ExecSpec(["true"])))
+    req = await session.request("exec")
+    session.send(frame({"id": req["id"], "ok": True, "result": {"pid": 7}}))
+    run = await start
+    for bad in ({"exitCode": "0"}, {"exitCode": 0, "timedOut": 1}, {"signal": 9},
+                {"exitCode": 2**40}):
+        session.send(frame({"event": "exit", "stream": run.stdio.id, **bad}))
+    session.send(frame({"event": "exit", "stream": 2000, "exitCode": 0}))  # nobody's
+    session.send(frame({"event": "exit", "stream": run.stdio.id, "exitCode": 3,
+                        "signal": None, "timedOut": False, "killed": False, "seconds": 0.1}))
+    assert (await asyncio.wait_for(run.wait(), 5))["exitCode"] == 3
+    assert client.rejected == 4 and client.connected
+    await run.close()
+    await client.close()
 
 
 @pytest.mark.parametrize("wire", [b"\x7f\xff\xff\xff", b"\0\0\0\0", b"\0\0\0\x02X!"])

@@ -6,7 +6,6 @@ optional capability."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import json
 import subprocess
@@ -25,6 +24,7 @@ from roost.hostagent.api import ApiServer
 from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter
+from roost.hostagent.execstream import ExecSpec
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import MountManager
 from roost.hostagent.session import GuestAgentSession
@@ -144,9 +144,19 @@ async def answer(resp: aiohttp.ClientResponse) -> tuple[int, Any]:
 async def test_guest_requests_through_the_api(api: aiohttp.ClientSession) -> None:
     status, body = await answer(await api.get("/v1/guest/status"))
     assert status == 200 and "state" in body
-    async with api.post("/v1/exec", json={"argv": ["echo", "hi"], "timeout": 10}) as resp:
-        lines = [json.loads(line) for line in (await resp.text()).splitlines()]
-    assert base64.b64decode(lines[0]["stdout"]) == b"hi\n" and lines[-1] == {"exitCode": 0}
+    async with api.ws_connect("/v1/exec") as ws:
+        await ws.send_json({"argv": ["sh", "-c", "echo hi; echo oops >&2"], "timeout": 10})
+        messages = [m async for m in ws]
+    started = json.loads(messages[0].data)
+    assert started["type"] == "started" and started["window"] > 0
+    output = [m.data for m in messages if m.type == aiohttp.WSMsgType.BINARY]
+    assert sorted(output) == [b"\x01hi\n", b"\x02oops\n"]
+    exit_ = json.loads(messages[-1].data)
+    assert (exit_["type"], exit_["exitCode"]) == ("exit", 0)
+    async with api.ws_connect("/v1/exec") as ws:
+        await ws.send_json({"argv": "echo hi"})
+        error = await ws.receive_json()
+    assert error["status"] == 400 and "argv" in error["error"]
 
 
 async def test_capabilities_the_driver_lacks_are_usage_errors(api: aiohttp.ClientSession
@@ -165,5 +175,5 @@ async def test_capabilities_the_driver_lacks_are_usage_errors(api: aiohttp.Clien
 async def test_exec_is_off_unless_roost_yaml_enables_it(agent_sock: str) -> None:
     s = session(UnixDialer(agent_sock), allow_exec=False)
     with pytest.raises(UsageError, match=r"guestAgent\.allowExec: true"):
-        await anext(s.execute(["true"], 5))
+        await s.start_exec(ExecSpec(["true"]))
     assert s.client is None  # refused before the guest was asked
