@@ -51,6 +51,9 @@ class _RotatingHandler(logging.StreamHandler[TextIO]):
             self.rotation.check()
 
 
+LOCK_WAIT = 1.0
+
+
 def main(name: str) -> int:
     """Runs until signalled or the VM exits; the exit status."""
     inst = Instance.at(name).require()
@@ -59,11 +62,19 @@ def main(name: str) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     lock = open(inst.ha_lock, "w")  # noqa: SIM115 - held (flock) for the agent's whole life
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"roost hostagent: a host agent for {name!r} is already running", file=sys.stderr)
-        return 1
+    # A liveness probe (Instance.hostagent_alive) holds a shared lock for an
+    # instant: only a lock still held after LOCK_WAIT is another host agent.
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                print(f"roost hostagent: a host agent for {name!r} is already running",
+                      file=sys.stderr)
+                return 1
+            time.sleep(0.01)
     write_atomic(inst.ha_pid, f"{os.getpid()}\n")
     try:
         events = EventEmitter(sys.stdout, Rotation.of(sys.stdout, inst.ha_stdout))
