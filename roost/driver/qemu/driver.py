@@ -334,18 +334,33 @@ class QemuDriver:
             if loop.time() > deadline:
                 raise DriverError(f"QEMU did not create {self.spec.qmp_sock} in time")
             await asyncio.sleep(0.01)
-        qmp = QMPClient(f"roost-{self.spec.name}")
-        try:
-            await qmp.connect(str(self.spec.qmp_sock))
-        except Exception as e:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._exit), 1.0)
-            if self._exit.done():
+        # QEMU bind()s the socket before it listen()s: a connect in between
+        # is refused. Retried while QEMU lives, to the deadline, with
+        # qemu.qmp's per-attempt error log held back until the last try.
+        name = f"roost-{self.spec.name}"
+        qmp_log = logging.getLogger(f"qemu.qmp.protocol.{name}")
+        while True:
+            qmp = QMPClient(name)
+            last_try = self._exit.done() or loop.time() >= deadline
+            qmp_log.disabled = not last_try
+            try:
+                await qmp.connect(str(self.spec.qmp_sock))
+                break
+            except Exception as e:
+                if not last_try:
+                    await asyncio.sleep(0.02)
+                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._exit), 1.0)
+                if self._exit.done():
+                    raise DriverError(
+                        f"QEMU exited with status {self._exit.result()} while starting:\n"
+                        f"{_tail(self.log_path)}"
+                    ) from None
                 raise DriverError(
-                    f"QEMU exited with status {self._exit.result()} while starting:\n"
-                    f"{_tail(self.log_path)}"
-                ) from None
-            raise DriverError(f"cannot connect to QMP at {self.spec.qmp_sock}: {e}") from None
+                    f"cannot connect to QMP at {self.spec.qmp_sock}: {e}") from None
+            finally:
+                qmp_log.disabled = False
         self._qmp = qmp
 
     async def _qmp_command(self, cmd: str) -> bool:
