@@ -83,8 +83,11 @@ def mount_device(req: Dict[str, Any]) -> Dict[str, Any]:
     with contextlib.suppress(MountError):  # built in or loaded: mount says if not
         _run(["modprobe", "-qa", *modules])
     os.makedirs(path, exist_ok=True)
-    deadline = time.monotonic() + DEVICE_WAIT_SECONDS
+    began = time.monotonic()
+    deadline = began + DEVICE_WAIT_SECONDS
+    attempts = 0
     while True:
+        attempts += 1
         try:
             _run(["mount", "-t", fstype, "-o", ",".join(options), tag, path])
             break
@@ -93,7 +96,8 @@ def mount_device(req: Dict[str, Any]) -> Dict[str, Any]:
             if time.monotonic() > deadline or not _device_missing(str(e), fstype):
                 raise
             time.sleep(0.05)
-    return {"mountPoint": path}
+    return {"mountPoint": path, "attempts": attempts,
+            "seconds": round(time.monotonic() - began, 3)}
 
 
 def _device_missing(message: str, fstype: str) -> bool:

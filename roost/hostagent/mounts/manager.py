@@ -242,7 +242,10 @@ class MountManager:
                           **{k: v for k, v in rec.options.items() if v is not None})
         try:
             client = await self.opener()
-            await client.request("mount", timeout=MOUNT_TIMEOUT, **params)
+            answer = await client.request("mount", timeout=MOUNT_TIMEOUT, **params)
+            if "attempts" in answer:
+                log.info("the guest mounted %s after %s attempts in %ss", rec.mount_point,
+                         answer["attempts"], answer.get("seconds"))
         except GuestAgentError as e:
             raise MountFailed(f"mounting {rec.location} at {rec.mount_point} in the guest "
                               f"failed: {e}") from None
@@ -299,6 +302,9 @@ class MountManager:
                               writable=writable, ephemeral=True,
                               tag=f"roost-hot{self._counter}", device_id=f"hot{self._counter}")
             undo: list[Callable[[], Awaitable[None]]] = []
+            loop = asyncio.get_running_loop()
+            began = loop.time()
+            plugged = began
             try:
                 if kind == "virtiofs":
                     slots = self._require_hotplug().hotplug_slots()
@@ -310,6 +316,7 @@ class MountManager:
                     rec.slot = free[0]
                     await self._plug(rec)
                     undo.append(lambda: self._unplug(rec))
+                    plugged = loop.time()
                 await self._guest_mount(rec)
             except BaseException as e:
                 for step in reversed(undo):
@@ -321,6 +328,11 @@ class MountManager:
                     raise
                 raise MountFailed(f"hot-mount of {location} failed: {e}") from None
             self.records[mount_point] = rec
+            done = loop.time()
+            log.info("%s mounted at %s in %.3fs (%s: %.3fs, the guest's mount: %.3fs)",
+                     location, mount_point, done - began,
+                     "virtiofsd and device" if kind == "virtiofs" else "no device",
+                     plugged - began, done - plugged)
             return rec.to_json()
 
     async def readd(self, mounts: list[dict[str, Any]]) -> list[str]:
