@@ -7,7 +7,6 @@ import fcntl
 import json
 import os
 import pty
-import select
 import signal
 import socket
 import struct
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import HEALTH_FLAG, Roost, as_guest_root, small_vm, wait_until
+from tests.terminal import read_size_until, read_until
 
 
 def test_exec_output_exit_code_and_audit(roost: Roost, vm: str) -> None:
@@ -62,33 +62,6 @@ def test_exec_ctrl_c_kills_the_group_and_exits_130(roost: Roost, vm: str) -> Non
             proc.kill()
             proc.wait()
     assert not guest_has(roost, vm, "sleep 1234") and not guest_has(roost, vm, "sleep 1235")
-
-
-def read_size_until(fd: int, size: bytes, timeout: float = 60) -> bytes:
-    """Ask the remote terminal its size until it is `size` (a resize travels on
-    its own: SIGWINCH here, a message to the guest)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        os.write(fd, b"stty size\r")
-        try:
-            return read_until(fd, size, timeout=1)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-
-
-def read_until(fd: int, text: bytes, timeout: float = 60) -> bytes:
-    out = b""
-    deadline = time.monotonic() + timeout
-    while text not in out:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {text!r} in {out!r}"
-        if select.select([fd], [], [], left)[0]:
-            try:
-                out += os.read(fd, 4096)
-            except OSError:  # EIO: roost exec is gone
-                raise AssertionError(f"no {text!r} in {out!r}") from None
-    return out
 
 
 def test_exec_tty_is_interactive(roost: Roost, vm: str) -> None:

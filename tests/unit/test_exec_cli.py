@@ -10,7 +10,6 @@ import fcntl
 import io
 import os
 import pty
-import select
 import signal
 import struct
 import sys
@@ -28,6 +27,7 @@ from roost.hostagent import execws
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.session import GuestAgentSession
 from roost_guest import execute
+from tests.terminal import read_size_until, read_until
 from tests.unit.exec_helpers import marker, pids_of, rss_bytes, wait_for
 from tests.unit.guest_agent_process import guest_agent_on
 
@@ -149,33 +149,6 @@ async def test_a_client_that_does_not_read_slows_the_command(ha_sock: Path) -> N
     while chunk := await proc.stdout.read(1 << 20):
         total += len(chunk)
     assert await proc.wait() == 0 and total == size
-
-
-def read_size_until(fd: int, size: bytes, timeout: float = 60) -> bytes:
-    """Ask the remote terminal its size until it is `size` (a resize travels on
-    its own: SIGWINCH here, a message to the guest)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        os.write(fd, b"stty size\r")
-        try:
-            return read_until(fd, size, timeout=1)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-
-
-def read_until(fd: int, text: bytes, timeout: float = 20) -> bytes:
-    out = b""
-    deadline = time.monotonic() + timeout
-    while text not in out:
-        left = deadline - time.monotonic()
-        assert left > 0, f"no {text!r} in {out!r}"
-        if select.select([fd], [], [], left)[0]:
-            try:
-                out += os.read(fd, 4096)
-            except OSError:  # EIO: the other side closed
-                raise AssertionError(f"no {text!r} in {out!r}") from None
-    return out
 
 
 async def test_tty_is_interactive_and_follows_the_window(ha_sock: Path) -> None:
