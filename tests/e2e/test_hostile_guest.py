@@ -299,28 +299,30 @@ def refused_all(results: dict[str, str]) -> bool:
 
 # -- read-only shares --------------------------------------------------------
 
-def _remount_and_write(roost: Roost, name: str, point: str, existing: str) -> dict[str, Any]:
+def _remount_rw_and_write(roost: Roost, name: str, point: str, existing: str,
+                          host_dir: Path, detail: dict[str, Any]) -> None:
     """Guest root remounts `point` read-write (the guest then lets it write)
-    and tries every write; what the guest saw."""
+    and tries every write: each is refused, `host_dir` is unchanged and the
+    host agent still serves. What the guest saw goes in `detail`."""
+    before = snapshot(host_dir)
+    ha = host_agent_pid(roost, name)
     remount = guest(roost, name, f"mount -o remount,rw {point} 2>&1; echo rc=$?; "
                     f"grep ' {point} ' /proc/mounts")
-    writes = guest_tool(roost, name, "write_attempts", point, existing)
-    return {"remount": remount.strip(), "writes": writes}
+    detail.update(remount=remount.strip(),
+                  writes=guest_tool(roost, name, "write_attempts", point, existing))
+    assert " rw," in detail["remount"], "the guest did not remount it rw"
+    assert refused_all(detail["writes"]), detail["writes"]
+    assert snapshot(host_dir) == before
+    detail["hostAgent"] = host_agent_serves(roost, name, ha)
 
 
 def test_static_read_only_virtiofs_share_remounted_read_write(roost: Roost, vm: str) -> None:
-    share = static_share(roost, "ro")
-    before = snapshot(share)
-    ha = host_agent_pid(roost, vm)
     try:
         with attack("virtiofs-static-ro-remount-rw",
                     "guest root remounts a read-only static virtiofs share rw and writes"
                     ) as detail:
-            detail.update(_remount_and_write(roost, vm, STATIC_RO_GUEST, "hello.txt"))
-            assert " rw," in detail["remount"], "the guest did not remount it rw"
-            assert refused_all(detail["writes"]), detail["writes"]
-            assert snapshot(share) == before
-            detail["hostAgent"] = host_agent_serves(roost, vm, ha)
+            _remount_rw_and_write(roost, vm, STATIC_RO_GUEST, "hello.txt",
+                                  static_share(roost, "ro"), detail)
     finally:
         guest(roost, vm, f"mount -o remount,ro {STATIC_RO_GUEST}")
 
@@ -329,16 +331,10 @@ def test_static_read_only_virtiofs_share_remounted_read_write(roost: Roost, vm: 
 def test_read_only_hot_mount_remounted_read_write(roost: Roost, vm: str, hostile_dir: Path,
                                                   kind: str) -> None:
     share = make_share(hostile_dir, "ro")
-    before = snapshot(hostile_dir)
-    ha = host_agent_pid(roost, vm)
     with hot_mount(roost, vm, share, f"/mnt/hostile-ro-{kind}", kind, writable=False) as point, \
             attack(f"{kind}-hot-ro-remount-rw",
                    f"guest root remounts a read-only {kind} hot-mount rw and writes") as detail:
-        detail.update(_remount_and_write(roost, vm, point, "from-host.txt"))
-        assert " rw," in detail["remount"], "the guest did not remount it rw"
-        assert refused_all(detail["writes"]), detail["writes"]
-        assert snapshot(hostile_dir) == before
-        detail["hostAgent"] = host_agent_serves(roost, vm, ha)
+        _remount_rw_and_write(roost, vm, point, "from-host.txt", hostile_dir, detail)
 
 
 def test_read_only_sftp_session_hijacked(roost: Roost, vm: str, hostile_dir: Path) -> None:
@@ -747,16 +743,10 @@ def test_forged_owners_through_9p(roost: Roost, nine_vm: tuple[str, Path, Path])
 def test_read_only_9p_share_remounted_read_write(roost: Roost,
                                                  nine_vm: tuple[str, Path, Path]) -> None:
     name, _, ro = nine_vm
-    before = snapshot(ro)
-    ha = host_agent_pid(roost, name)
     try:
         with attack("9p-static-ro-remount-rw",
                     "guest root remounts a read-only 9p share rw and writes") as detail:
-            detail.update(_remount_and_write(roost, name, NINE_RO, "from-host.txt"))
-            assert " rw," in detail["remount"], "the guest did not remount it rw"
-            assert refused_all(detail["writes"]), detail["writes"]
-            assert snapshot(ro) == before
-            detail["hostAgent"] = host_agent_serves(roost, name, ha)
+            _remount_rw_and_write(roost, name, NINE_RO, "from-host.txt", ro, detail)
     finally:
         guest(roost, name, f"mount -o remount,ro {NINE_RO}")
 
