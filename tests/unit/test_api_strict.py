@@ -6,9 +6,7 @@ real checkpoints; mounts are a recorder, since nothing can be plugged here."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -22,18 +20,13 @@ from openapi_spec_validator import validate as validate_spec
 
 from roost.cli import haclient
 from roost.cli.main import cli
-from roost.driver.channel import UnixDialer
 from roost.errors import UsageError
 from roost.hostagent.api import ApiServer
 from roost.hostagent.apimodels import ExecRequest, ExecResize, MountAdd, MountRemove, MountType
-from roost.hostagent.checkpoint import Checkpoints
-from roost.hostagent.events import EventEmitter
-from roost.hostagent.session import GuestAgentSession
-from roost.store.instance import Instance
 from roost.store.snapshots import check_tag
 from roost_guest.protocol import EXEC_SIGNALS
+from tests.unit.api_harness import served_api
 from tests.unit.guest_agent_process import guest_agent_on
-from tests.unit.test_hostagent_api import CapabilityLessDriver
 
 
 @dataclass
@@ -140,31 +133,12 @@ def agent_sock(short_dir: Path) -> Iterator[str]:
 async def api(agent_sock: str, short_dir: Path, monkeypatch: pytest.MonkeyPatch
               ) -> AsyncIterator[Api]:
     monkeypatch.setenv("ROOST_HOME", str(short_dir / "home"))
-    inst = Instance.at("dev")
-    inst.dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(inst.disk), "16M"],
-                   check=True)
-    driver = CapabilityLessDriver(agent_sock)
-    events = EventEmitter(io.StringIO())
-    guest = GuestAgentSession(UnixDialer(agent_sock), events, instance="dev",
-                              allow_exec=True, changed=lambda: None)
     mounts = RecordedMounts()
-
-    async def no_ssh() -> None:
-        raise AssertionError("not reached without snapshots")
-
-    checkpoints = Checkpoints(inst, driver, guest, mounts, events,  # type: ignore[arg-type]
-                              identity={}, stop=lambda: None, wait_ssh=no_ssh)
-    server = ApiServer(lambda: {"name": "dev"}, events.snapshot, mounts, guest, checkpoints)
-    await server.start(inst.ha_sock)
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(inst.ha_sock)),
-                                     base_url="http://roost") as http:
-        a = Api(http, server, mounts, inst.ha_sock)
+    async with served_api(agent_sock, lambda inst, guest: mounts) as served:
+        a = Api(served.http, served.server, mounts, served.inst.ha_sock)
         status, a.doc = await a.call("GET", "/v1/openapi.json")
         assert status == 200
         yield a
-    await server.close(inst.ha_sock)
-    await guest.drop()
 
 
 async def test_the_document_is_openapi_and_lists_exactly_the_served_routes(api: Api) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,18 +16,15 @@ from typing import Any
 import aiohttp
 import pytest
 
-from roost.driver.base import DriverInfo, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
 from roost.errors import UsageError
-from roost.hostagent.api import ApiServer
-from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.execstream import ExecSpec
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import MountManager
 from roost.hostagent.session import GuestAgentSession
-from roost.store.instance import Instance
+from tests.unit.api_harness import served_api
 from tests.unit.guest_agent_process import guest_agent_on
 
 
@@ -43,24 +39,6 @@ def agent_sock(short_dir: Path) -> Iterator[str]:
     path = str(short_dir / "ga.sock")
     with guest_agent_on(path, "--allow-exec"):
         yield path
-
-
-class CapabilityLessDriver:
-    """A driver with the Driver protocol only: no hot-plug, snapshots or suspend."""
-
-    def __init__(self, agent_sock: str) -> None:
-        self.agent_sock = agent_sock
-
-    async def start(self) -> None: ...
-    async def attach(self, pid: int) -> None: ...
-    async def wait(self) -> int | None: ...
-    async def stop(self, graceful: bool = True) -> None: ...
-
-    def info(self) -> DriverInfo:
-        return DriverInfo("plain", "tcg", SSHAddress("127.0.0.1", 22), self.agent_sock)
-
-    def guest_agent_dialer(self) -> Dialer:
-        return UnixDialer(self.agent_sock)
 
 
 def session(dialer: Dialer, allow_exec: bool = True,
@@ -114,27 +92,9 @@ async def test_requests_refused_or_unanswered(agent_sock: str, short_dir: Path) 
 async def api(agent_sock: str, short_dir: Path, monkeypatch: pytest.MonkeyPatch
               ) -> AsyncIterator[aiohttp.ClientSession]:
     monkeypatch.setenv("ROOST_HOME", str(short_dir / "home"))
-    inst = Instance.at("dev")
-    inst.dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(inst.disk), "16M"],
-                   check=True)
-    driver = CapabilityLessDriver(agent_sock)
-    events = EventEmitter(io.StringIO())
-    guest = session(driver.guest_agent_dialer(), allow_exec=True, events=events)
-    mounts = MountManager(inst.dir, None, guest.open, [], default_type="virtiofs")
-
-    async def no_ssh() -> None:
-        raise AssertionError("not reached without snapshots")
-
-    checkpoints = Checkpoints(inst, driver, guest, mounts, events, identity={},
-                              stop=lambda: None, wait_ssh=no_ssh)
-    server = ApiServer(lambda: {"name": "dev"}, events.snapshot, mounts, guest, checkpoints)
-    await server.start(inst.ha_sock)
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(inst.ha_sock)),
-                                     base_url="http://roost") as http:
-        yield http
-    await server.close(inst.ha_sock)
-    await guest.drop()
+    async with served_api(agent_sock, lambda inst, guest: MountManager(
+            inst.dir, None, guest.open, [], default_type="virtiofs")) as served:
+        yield served.http
 
 
 async def answer(resp: aiohttp.ClientResponse) -> tuple[int, Any]:
