@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from roost.driver.factory import restore_driver
 from roost.errors import RoostError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.store import agentlock
 from roost.store.instance import Instance, write_atomic
 from roost.store.logfile import Rotation
 
@@ -51,9 +51,6 @@ class _RotatingHandler(logging.StreamHandler[TextIO]):
             self.rotation.check()
 
 
-LOCK_WAIT = 1.0
-
-
 def main(name: str) -> int:
     """Runs until signalled or the VM exits; the exit status."""
     inst = Instance.at(name).require()
@@ -61,20 +58,11 @@ def main(name: str) -> int:
         level=logging.INFO, handlers=[_RotatingHandler(Rotation.of(sys.stderr, inst.ha_stderr))],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    lock = open(inst.ha_lock, "w")  # noqa: SIM115 - held (flock) for the agent's whole life
-    # A liveness probe (Instance.hostagent_alive) holds a shared lock for an
-    # instant: only a lock still held after LOCK_WAIT is another host agent.
-    deadline = time.monotonic() + LOCK_WAIT
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                print(f"roost hostagent: a host agent for {name!r} is already running",
-                      file=sys.stderr)
-                return 1
-            time.sleep(0.01)
+    lock = agentlock.take(inst.ha_lock)  # held for the agent's whole life
+    if lock is None:
+        print(f"roost hostagent: a host agent for {name!r} is already running",
+              file=sys.stderr)
+        return 1
     write_atomic(inst.ha_pid, f"{os.getpid()}\n")
     try:
         events = EventEmitter(sys.stdout, Rotation.of(sys.stdout, inst.ha_stdout))

@@ -1,6 +1,6 @@
 """Instance directories: layout, atomic creation, locks and liveness.
 
-Liveness never trusts a pid alone: the host agent holds an flock on
+Liveness never trusts a pid alone: the host agent holds a lock on
 `ha.lock` for its whole life, and a QEMU pid counts only while its command
 line names this instance's QMP socket. Both survive pid reuse.
 """
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.errors import RoostError, UsageError
+from roost.store import agentlock
 from roost.store.paths import roost_home
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -126,18 +127,8 @@ class Instance:
     # -- liveness ---------------------------------------------------------
 
     def hostagent_alive(self) -> bool:
-        """True while a host agent holds ha.lock."""
-        try:
-            fd = os.open(self.ha_lock, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+        """True while a host agent holds ha.lock (roost.store.agentlock)."""
+        return agentlock.held(self.ha_lock)
 
     def hostagent_pid(self) -> int | None:
         return _read_pid(self.ha_pid) if self.hostagent_alive() else None

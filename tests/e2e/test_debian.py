@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e import test_hostile_guest as hostile
 from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
 
 NAME = "deb"
@@ -159,6 +160,29 @@ def test_static_and_hot_mounts_both_ways(roost: Roost, debian: str, share: Path,
     refused = roost.run("mount", "add", debian, str(tmp_path), "/mnt/nine", "--type", "9p",
                         check=False)
     assert refused.returncode != 0 and "9p" in refused.stderr
+
+
+# -- guest root on debian-12: test_hostile_guest.py's share attacks --------------
+
+hostile_dir = hostile.hostile_dir  # the fixture, for this module
+
+
+@pytest.mark.parametrize("kind", ["virtiofs", "reverse-sshfs"])
+def test_guest_root_is_held_to_the_shares(roost: Roost, debian: str, hostile_dir: Path,
+                                          kind: str) -> None:
+    """Guest root on a systemd/OpenSSH/cloud-init guest: a read-only hot-mount
+    remounted read-write, links out of a share, a setuid program planted in a
+    share the host user owns; the same attacks and record as on the built-in
+    image (tests/.results/hostile.json, names prefixed debian-12/)."""
+    assert sh(roost, "id -u") == "0\n", "the attacks need guest root (CI's root pass)"
+    with hostile.attacks_on("debian-12"):
+        hostile.test_read_only_hot_mount_remounted_read_write(roost, debian, hostile_dir, kind)
+        hostile.test_symlinks_out_of_a_share(roost, debian, hostile_dir, kind)
+        hostile.test_setuid_program_planted_in_a_writable_share(
+            roost, debian, hostile_dir, kind, hostile.UNUSED_UID)
+    if kind == "virtiofs":
+        with hostile.attacks_on("debian-12"):
+            hostile.test_forged_owners_through_virtiofs(roost, debian, hostile_dir)
 
 
 def test_health_check_and_exec(roost: Roost, debian: str) -> None:

@@ -63,6 +63,9 @@ GUEST_UID = 1234  # what guest root tries to give files to
 NOBODY = 65534
 
 _results: dict[str, Any] = {"attacks": {}, "figures": {}}
+# The image the attacks run on, when it is not the built-in one: a prefix of
+# each attack's name in the record (see attacks_on).
+_image: list[str] = []
 
 
 # -- the record of attacks ---------------------------------------------------
@@ -76,7 +79,19 @@ def _save() -> None:
     RESULTS.write_text(json.dumps(_results, indent=2, sort_keys=True, default=str) + "\n")
 
 
+@contextmanager
+def attacks_on(image: str) -> Iterator[None]:
+    """The attacks run in this block are recorded as on `image`."""
+    _image.append(image)
+    try:
+        yield
+    finally:
+        _image.pop()
+
+
 def record(name: str, what: str, refused: bool, detail: Any) -> bool:
+    if _image:
+        name, what = f"{_image[-1]}/{name}", f"{what} ({_image[-1]})"
     _results["attacks"][name] = {"what": what, "refused": refused, "detail": detail}
     _save()
     return refused
