@@ -3,7 +3,8 @@
 An image is built into a temporary directory beside its final one and
 renamed into place when complete (its manifest.json written last), under
 one lock for all builds, so two starts never build the same image twice
-and a reader never sees half of one.
+and a reader never sees half of one. What a builder killed mid-way left is
+removed by the next build of that image.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def build_once(directory: Path, build: Callable[[Path], None]) -> None:
     with build_lock():
         if (directory / MANIFEST).exists():
             return
+        # What a builder killed mid-way left (it held this lock, so it is dead).
+        for stale in images_dir().glob(f".{directory.name}.*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=images_dir()))
         try:
             build(tmp)
