@@ -1,0 +1,426 @@
+"""Fault injection: kill -9 of each process roost runs, during start and
+while running, and corrupted state files. For each fault: what `roost ls`
+shows, the message or event that says why, no orphan process or stale
+socket, recovery with `roost start` (or `resume`), and a file the guest had
+synced is intact. Outcomes go to tests/.results/faults.json.
+
+One small VM for the module. Only pids read from roost's own pid files (or
+from `ssh -O check` on its control socket) are killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, pid_running, wait_until
+
+RESULTS = Path(__file__).resolve().parents[1] / ".results" / "faults.json"
+NAME = "flt"
+NUL = b"\0"
+_results: dict[str, Any] = {}
+_last_synced: list[str] = []  # what the guest last wrote and synced
+# Run in the guest as root: SIGKILL the guest agent (found by the command
+# line its service runs, in our own VM); prints the pids killed.
+KILL_GUEST_AGENT = """import json, os, signal
+mark, killed = b"roost-guestagent" + b".pyz", []  # not this command line
+for p in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmd = open("/proc/%s/cmdline" % p, "rb").read()
+    except OSError:
+        continue
+    if mark in cmd and int(p) != os.getpid():
+        os.kill(int(p), signal.SIGKILL)
+        killed.append(int(p))
+print(json.dumps(killed))
+"""
+
+
+def _save() -> None:
+    faults = _results.setdefault("faults", {})
+    _results["summary"] = {
+        "injected": len(faults),
+        "recovered": sum(1 for f in faults.values() if f["recovered"]),
+        "residue": sum(len(f.get("residue", [])) for f in faults.values()),
+        "notRecovered": sorted(k for k, f in faults.items() if not f["recovered"]),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(_results, indent=2, sort_keys=True, default=str) + "\n")
+
+
+@contextmanager
+def fault(name: str, what: str, expected: str) -> Iterator[dict[str, Any]]:
+    """One injected fault: recovered when the block's assertions all hold."""
+    detail: dict[str, Any] = {"what": what, "expected": expected}
+    try:
+        yield detail
+    except BaseException as e:
+        detail.update(recovered=False, failure=str(e)[:2000])
+        _results.setdefault("faults", {})[name] = detail
+        _save()
+        raise
+    detail["recovered"] = True
+    _results.setdefault("faults", {})[name] = detail
+    _save()
+
+
+# -- the instance's processes and files ----------------------------------------
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _children(pid: int) -> set[int]:
+    """`pid` and all its descendants."""
+    found, todo = {pid}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                kids = Path(f"/proc/{p}/task/{t}/children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                if k not in found:
+                    found.add(k)
+                    todo.append(k)
+    return found
+
+
+def ssh_master_pid(roost: Roost) -> int | None:
+    d = roost.home / NAME
+    proc = subprocess.run(["ssh", "-F", str(d / "ssh.config"), "-O", "check", f"roost-{NAME}"],
+                          capture_output=True, text=True, timeout=10)
+    # "Master running (pid=1234)"
+    if proc.returncode == 0 and "pid=" in proc.stderr:
+        return int(proc.stderr.split("pid=")[1].split(")")[0])
+    return None
+
+
+def residue(roost: Roost) -> list[str]:
+    """Processes that name the instance's directory but belong to nothing roost
+    runs for it (the host agent and its children, QEMU, virtiofsd by pid file,
+    the SSH master), and, when nothing runs, its sockets and pid files."""
+    d = roost.home / NAME
+    ha, qemu = roost.pid(NAME, "ha.pid"), roost.pid(NAME, "qemu.pid")
+    ours: set[int] = set()
+    if pid_running(ha) and ha is not None:
+        ours |= _children(ha)
+    if pid_running(qemu) and qemu is not None:
+        ours.add(qemu)
+    for pidfile in d.glob("*.pid"):
+        pid = roost.pid(NAME, pidfile.name)
+        if pid is not None and pid_running(pid):
+            ours |= _children(pid)
+    master = ssh_master_pid(roost) if (d / "ssh.sock").exists() else None
+    if master is not None:
+        ours.add(master)
+    found = []
+    me = {os.getpid(), *(_children(os.getpid()))}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        if pid in ours or pid in me or not pid_running(pid):
+            continue
+        cmdline = _cmdline(pid)
+        if str(d).encode() + b"/" in cmdline:
+            found.append(f"process {pid}: {cmdline.replace(NUL, b' ')[:200]!r}")
+    if not pid_running(ha) and not pid_running(qemu):
+        found += [f"stale {p.name}" for p in d.iterdir()
+                  if p.suffix == ".sock" or p.name in ("ha.pid", "qemu.pid")]
+    return found
+
+
+def events(roost: Roost) -> list[dict[str, Any]]:
+    lines = (roost.home / NAME / "ha.stdout.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def status(roost: Roost) -> str:
+    return str(roost.ls()[NAME]["status"])
+
+
+def start(roost: Roost, *extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return roost.run("start", NAME, "--timeout", str(START_TIMEOUT), *extra,
+                     timeout=START_TIMEOUT + 30, check=check)
+
+
+def write_synced(roost: Roost, text: str) -> None:
+    roost.run("shell", NAME, "--", "sh", "-c", f"echo {text} > synced.txt && sync")
+    _last_synced[:] = [text]
+
+
+def synced_intact(roost: Roost) -> bool:
+    """The file the guest last synced reads back as written."""
+    got = roost.run("shell", NAME, "--", "cat", "synced.txt").stdout.strip()
+    return [got] == _last_synced
+
+
+def wait_for_pid(roost: Roost, filename: str, timeout: float = 120) -> int:
+    """The pid in FILENAME once it names a live process."""
+    found: list[int] = []
+
+    def there() -> bool:
+        pid = roost.pid(NAME, filename)
+        if pid is not None and pid_running(pid):
+            found.append(pid)
+            return True
+        return False
+
+    wait_until(there, timeout, f"{filename} to name a live process")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def flt(roost: Roost, vm: str) -> Iterator[str]:
+    roost.run("create", NAME, "--memory", "512MiB", "--disk", "4GiB")
+    try:
+        start(roost)
+        yield NAME
+    finally:
+        roost.run("delete", "--force", NAME, timeout=120, check=False)
+
+
+# -- while running ---------------------------------------------------------------
+
+def test_qemu_killed_while_running(roost: Roost, flt: str) -> None:
+    with fault("qemu-running", "kill -9 of QEMU while the VM runs",
+               "the host agent reports it and exits; Stopped; start boots again") as d:
+        write_synced(roost, "qemu-running")
+        qemu, ha = roost.pid(NAME, "qemu.pid"), roost.pid(NAME, "ha.pid")
+        assert qemu is not None
+        os.kill(qemu, signal.SIGKILL)
+        wait_until(lambda: not pid_running(ha), 30, "the host agent to exit")
+        d["ls"] = status(roost)
+        d["message"] = events(roost)[-1]["status"]["errors"]
+        assert d["ls"] == "Stopped" and any("QEMU" in e for e in d["message"]), d
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        start(roost)
+        assert synced_intact(roost)
+
+
+def test_host_agent_killed_while_running(roost: Roost, flt: str) -> None:
+    with fault("hostagent-running", "kill -9 of the host agent while the VM runs",
+               "Broken; start takes the running VM over (same QEMU), nothing lost") as d:
+        write_synced(roost, "ha-running")
+        qemu, ha = roost.pid(NAME, "qemu.pid"), roost.pid(NAME, "ha.pid")
+        assert ha is not None
+        os.kill(ha, signal.SIGKILL)
+        wait_until(lambda: not pid_running(ha), 10, "the host agent to die")
+        d["ls"] = status(roost)
+        assert d["ls"] == "Broken"
+        out = start(roost)
+        d["message"] = out.stderr.strip().splitlines()[:3]
+        assert "reattaching" in out.stderr
+        assert roost.pid(NAME, "qemu.pid") == qemu and pid_running(qemu)
+        assert status(roost) == "Running"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        assert synced_intact(roost)
+
+
+def test_guest_agent_killed_while_running(roost: Roost, flt: str) -> None:
+    with fault("guestagent-running", "kill -9 of the guest agent in the guest",
+               "it is restarted in the guest and the host agent reconnects") as d:
+        write_synced(roost, "ga-running")
+        d["killed"] = json.loads(roost.run("shell", NAME, "--", *as_guest_root(
+            "python3", "-c", KILL_GUEST_AGENT)).stdout)
+        assert d["killed"]
+
+        def answers_again() -> bool:
+            return roost.run("status", NAME, "--json", check=False).returncode == 0
+
+        wait_until(answers_again, 60, "the guest agent to answer again")
+        d["ls"] = status(roost)
+        d["message"] = [e for e in events(roost) if "guestAgent" in json.dumps(e)][-1:]
+        assert d["ls"] == "Running"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        assert synced_intact(roost)
+
+
+def test_ssh_master_killed_while_running(roost: Roost, flt: str) -> None:
+    with fault("sshmaster-running", "kill -9 of the SSH control master",
+               "the next command opens a new one; Running throughout") as d:
+        write_synced(roost, "ssh-running")
+        master = ssh_master_pid(roost)
+        assert master is not None
+        os.kill(master, signal.SIGKILL)
+        wait_until(lambda: not pid_running(master), 10, "the master to die")
+        d["ls"] = status(roost)
+        assert d["ls"] == "Running"
+        assert synced_intact(roost)  # a new master, on the same socket
+        assert ssh_master_pid(roost) not in (None, master)
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+
+
+# -- during start --------------------------------------------------------------------
+
+def _stop(roost: Roost) -> None:
+    roost.run("stop", NAME, timeout=180)
+    assert status(roost) == "Stopped"
+
+
+def test_qemu_killed_during_start(roost: Roost, flt: str) -> None:
+    _stop(roost)
+    with fault("qemu-start", "kill -9 of QEMU while the guest boots",
+               "start fails naming QEMU; Stopped, nothing left; start again boots") as d:
+        starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
+        qemu = wait_for_pid(roost, "qemu.pid")
+        os.kill(qemu, signal.SIGKILL)
+        _, err = starting.communicate(timeout=120)
+        d["message"] = err.strip().splitlines()[-3:]
+        assert starting.returncode != 0 and "QEMU" in err, err
+        wait_until(lambda: not pid_running(roost.pid(NAME, "ha.pid")), 30, "the agent to exit")
+        d["ls"] = status(roost)
+        assert d["ls"] == "Stopped"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        start(roost)
+        assert synced_intact(roost)
+
+
+def test_host_agent_killed_during_start(roost: Roost, flt: str) -> None:
+    _stop(roost)
+    with fault("hostagent-start", "kill -9 of the host agent while the guest boots",
+               "start fails saying so; Broken; start takes the VM over") as d:
+        starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
+        wait_for_pid(roost, "qemu.pid")
+        ha = wait_for_pid(roost, "ha.pid")
+        os.kill(ha, signal.SIGKILL)
+        _, err = starting.communicate(timeout=120)
+        d["message"] = err.strip().splitlines()[-3:]
+        assert starting.returncode != 0 and "host agent" in err, err
+        d["ls"] = status(roost)
+        assert d["ls"] == "Broken"
+        start(roost)
+        assert status(roost) == "Running"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        assert synced_intact(roost)
+
+
+def test_ssh_master_killed_during_start(roost: Roost, flt: str) -> None:
+    _stop(roost)
+    with fault("sshmaster-start", "kill -9 of the SSH control master as it comes up",
+               "start still reaches Running (a new master)") as d:
+        starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
+        sock = roost.home / NAME / "ssh.sock"
+        wait_until(sock.exists, START_TIMEOUT, "the SSH control socket")
+        master = ssh_master_pid(roost)
+        if master is not None:
+            os.kill(master, signal.SIGKILL)
+        d["killed"] = master
+        _, err = starting.communicate(timeout=START_TIMEOUT)
+        d["message"] = err.strip().splitlines()[-2:]
+        assert starting.returncode == 0, err
+        d["ls"] = status(roost)
+        assert d["ls"] == "Running"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        assert synced_intact(roost)
+
+
+# -- suspend ---------------------------------------------------------------------------
+
+def test_host_agent_killed_during_suspend(roost: Roost, flt: str) -> None:
+    with fault("hostagent-suspend", "kill -9 of the host agent while it saves the VM",
+               "no half state taken for a suspend; start or resume recovers the VM") as d:
+        write_synced(roost, "ha-suspend")
+        ha = roost.pid(NAME, "ha.pid")
+        assert ha is not None
+        suspending = roost.popen("suspend", NAME)
+        wait_until(lambda: any((roost.home / NAME).glob("vmstate*")), 120,
+                   "the state file to be written")
+        os.kill(ha, signal.SIGKILL)
+        _, err = suspending.communicate(timeout=120)
+        d["message"] = err.strip().splitlines()[-2:]
+        assert suspending.returncode != 0
+        d["ls"] = status(roost)
+        assert d["ls"] in ("Broken", "Stopped"), d["ls"]
+        out = start(roost)
+        d["recoveredWith"] = out.stderr.strip().splitlines()[-1:]
+        assert status(roost) == "Running"
+        assert synced_intact(roost)
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+
+
+# -- corrupted state files ---------------------------------------------------------------
+
+def test_corrupted_runtime_file(roost: Roost, flt: str) -> None:
+    with fault("corrupt-runtime", "runtime.json overwritten with garbage while running",
+               "ls and stop still work; start boots again") as d:
+        (roost.home / NAME / "runtime.json").write_bytes(b"\x00{not json")
+        ls = roost.run("ls", "--json", check=False)
+        assert ls.returncode == 0 and "Traceback" not in ls.stderr, ls.stderr
+        d["ls"] = status(roost)
+        stop = roost.run("stop", NAME, timeout=180, check=False)
+        d["message"] = (stop.stdout + stop.stderr).strip().splitlines()[-2:]
+        assert stop.returncode == 0 and "Traceback" not in stop.stderr, stop.stderr
+        assert status(roost) == "Stopped"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        start(roost)
+        assert synced_intact(roost)
+
+
+def test_corrupted_config(roost: Roost, flt: str) -> None:
+    _stop(roost)
+    config = roost.home / NAME / "roost.yaml"
+    good = config.read_bytes()
+    with fault("corrupt-config", "roost.yaml overwritten with garbage",
+               "start refuses naming the file (exit 2), ls still lists it") as d:
+        try:
+            config.write_bytes(b"cpus: [\n\xff\xfe")
+            proc = start(roost, check=False)
+            d["message"] = proc.stderr.strip().splitlines()[-2:]
+            assert proc.returncode == 2 and "roost.yaml" in proc.stderr, proc.stderr
+            assert "Traceback" not in proc.stderr
+            ls = roost.run("ls", "--json", check=False)
+            assert ls.returncode == 0 and "Traceback" not in ls.stderr
+            d["ls"] = status(roost)
+            d["residue"] = residue(roost)
+            assert d["residue"] == []
+        finally:
+            config.write_bytes(good)
+        start(roost)
+        assert synced_intact(roost)
+
+
+def test_corrupted_suspend_state(roost: Roost, flt: str) -> None:
+    with fault("corrupt-suspended", "suspended.json overwritten with garbage while suspended",
+               "resume refuses naming the file and the way out; stop --force; start") as d:
+        write_synced(roost, "suspend-corrupt")
+        roost.run("suspend", NAME, timeout=300)
+        (roost.home / NAME / "suspended.json").write_text("{]")
+        proc = roost.run("resume", NAME, timeout=120, check=False)
+        d["message"] = proc.stderr.strip().splitlines()[-2:]
+        assert proc.returncode != 0 and "suspended.json" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert "stop --force" in proc.stderr
+        d["ls"] = status(roost)
+        roost.run("stop", "--force", NAME)
+        assert status(roost) == "Stopped"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        start(roost)
+        assert synced_intact(roost)
