@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
 
-.venv/bin/ruff check roost roost_guest tests bench
+.venv/bin/ruff check roost roost_guest tests bench scripts
 .venv/bin/mypy
 
 # The end-to-end suite must run, not skip: its conftest fails when QEMU or
@@ -22,6 +22,8 @@ if [ "$rc" -eq 5 ]; then
   exit 1
 fi
 [ "$rc" -eq 0 ] || exit "$rc"
+# RELIABILITY.md from what this full run recorded (tests/.results/).
+[ "$#" -eq 0 ] && .venv/bin/python scripts/reliability.py
 
 # Again as a normal user, as most people run roost (no root, no sudo): every
 # end-to-end file on the built-in image; the guest user is then that user,

@@ -314,6 +314,14 @@ def refused_all(results: dict[str, str]) -> bool:
 
 # -- read-only shares --------------------------------------------------------
 
+# mount(2) itself, MS_REMOUNT without MS_RDONLY: `mount -o remount,rw` goes
+# through util-linux's mount.fuse helper on Debian, which cannot remount.
+REMOUNT_RW = """import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.mount(None, sys.argv[1].encode(), None, 32, None) != 0:
+    sys.exit(os.strerror(ctypes.get_errno()))
+"""
+
 def _remount_rw_and_write(roost: Roost, name: str, point: str, existing: str,
                           host_dir: Path, detail: dict[str, Any]) -> None:
     """Guest root remounts `point` read-write (the guest then lets it write)
@@ -321,8 +329,8 @@ def _remount_rw_and_write(roost: Roost, name: str, point: str, existing: str,
     host agent still serves. What the guest saw goes in `detail`."""
     before = snapshot(host_dir)
     ha = host_agent_pid(roost, name)
-    remount = guest(roost, name, f"mount -o remount,rw {point} 2>&1; echo rc=$?; "
-                    f"grep ' {point} ' /proc/mounts")
+    remount = guest(roost, name, f"python3 -c {shlex.quote(REMOUNT_RW)} {point} 2>&1; "
+                    f"echo rc=$?; grep ' {point} ' /proc/mounts")
     detail.update(remount=remount.strip(),
                   writes=guest_tool(roost, name, "write_attempts", point, existing))
     assert " rw," in detail["remount"], "the guest did not remount it rw"

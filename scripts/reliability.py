@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Write RELIABILITY.md from what the suite recorded in tests/.results/.
+
+    python3 scripts/reliability.py [--results tests/.results] [--out RELIABILITY.md]
+
+Each result file is written by its tests while they run (faults.json by
+tests/e2e/test_faults.py, hostile.json by test_hostile_guest.py,
+badinput.json, apifuzz.json, load.json, ...); a file that is missing is
+listed as not run, never filled in. scripts/test.sh runs this after a full
+suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(results: Path, name: str) -> Any:
+    try:
+        return json.loads((results / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _cell(value: Any, limit: int = 160) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _faults(data: Any) -> tuple[list[str], dict[str, Any]]:
+    if not data:
+        return ["Not run."], {}
+    faults = data.get("faults", {})
+    rows = [[name, f.get("what", ""), f.get("expected", ""), f.get("ls", ""),
+             f.get("message", ""), "yes" if f.get("recovered") else "**no**",
+             len(f.get("residue", []))]
+            for name, f in sorted(faults.items())]
+    lines = _table(["fault", "injected", "expected", "`roost ls`", "what roost said",
+                    "recovered", "residue"], rows)
+    failed = [(n, f["failure"]) for n, f in sorted(faults.items()) if f.get("failure")]
+    if failed:
+        lines += ["", "Not recovered:", ""] + [f"* `{n}`: {_cell(why, 400)}" for n, why in failed]
+    return lines, data.get("summary", {})
+
+
+def _hostile(data: Any) -> tuple[list[str], dict[str, Any]]:
+    if not data:
+        return ["Not run."], {}
+    attacks = data.get("attacks", {})
+    rows = [[name, a.get("what", ""), "refused" if a.get("refused") else "**not refused**"]
+            for name, a in sorted(attacks.items())]
+    lines = _table(["attack from guest root", "what", "outcome"], rows)
+    if data.get("figures"):
+        lines += ["", "Figures:", ""] + [f"* {k}: `{_cell(v, 300)}`"
+                                         for k, v in sorted(data["figures"].items())]
+    return lines, data.get("summary", {})
+
+
+def _cases(data: Any) -> tuple[list[str], dict[str, Any]]:
+    """A list of {input, expected, outcome} (or {"cases": [...], "summary": {}})."""
+    if not data:
+        return ["Not run."], {}
+    cases = data.get("cases", []) if isinstance(data, dict) else data
+    rows = [[c.get("input", ""), c.get("expected", ""), c.get("outcome", "")] for c in cases]
+    summary = data.get("summary", {}) if isinstance(data, dict) else {}
+    if not summary:
+        refused = sum(1 for c in cases if c.get("refused", True))
+        summary = {"tried": len(cases), "refused": refused}
+    return _table(["bad input", "expected", "what happened"], rows), summary
+
+
+def _plain(data: Any) -> tuple[list[str], dict[str, Any]]:
+    """Figures as recorded: key, value."""
+    if not data:
+        return ["Not run."], {}
+    summary = data.get("summary", {}) if isinstance(data, dict) else {}
+    items = data.items() if isinstance(data, dict) else enumerate(data)
+    rows = [[k, v] for k, v in items if k != "summary"]
+    return _table(["what", "recorded"], rows), summary
+
+
+SECTIONS = [
+    ("Faults injected", "faults.json", _faults),
+    ("Bad input", "badinput.json", _cases),
+    ("Guest root attacks", "hostile.json", _hostile),
+    ("API fuzzing", "apifuzz.json", _plain),
+    ("Wire protocol fuzzing", "frame_fuzz.json", _plain),
+    ("Load", "load.json", _plain),
+]
+
+
+def render(results: Path) -> str:
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    out = ["# Reliability", "",
+           f"Written by `scripts/reliability.py` from `tests/.results/` after the suite "
+           f"ran at commit `{commit}` ({when}). Nothing here is typed in by hand: "
+           "each table is what the tests recorded while they ran.", "",
+           "## Totals", ""]
+    body: list[str] = []
+    totals: list[list[Any]] = []
+    for title, name, section in SECTIONS:
+        lines, summary = section(_load(results, name))
+        body += ["", f"## {title}", "", f"From `tests/.results/{name}`.", "", *lines]
+        totals.append([title, ", ".join(f"{k}: {_cell(v, 80)}" for k, v in summary.items())
+                       if summary else "not run"])
+    out += _table(["area", "totals"], totals)
+    return "\n".join(out + body) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--results", type=Path, default=ROOT / "tests" / ".results")
+    parser.add_argument("--out", type=Path, default=ROOT / "RELIABILITY.md")
+    args = parser.parse_args()
+    args.out.write_text(render(args.results))
+    print(f"reliability: wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
