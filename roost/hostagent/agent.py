@@ -52,7 +52,8 @@ from roost.hostagent.sshmaster import close_ssh_master, run_ssh
 from roost.image.disk import read_pinned
 from roost.sshutil.config import guest_user, host_timezone, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
-from roost.store.instance import Instance, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import Instance
 from roost.store.paths import config_dir
 
 if TYPE_CHECKING:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from roost.errors import RoostError
 from roost.hostagent.userns import SCRATCH, Bind, Owner, spawn_confined
-from roost.store.instance import pid_running, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import pid_running
 
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 READY_SECONDS = 5.0
