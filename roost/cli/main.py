@@ -93,7 +93,8 @@ def create(name: str, config_file: str | None, template: str | None, sets: tuple
 @NAME
 @_source_options(" (new instances only)")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="seconds to wait for the instance to be running")
+              help="seconds for all of it (image download or build, disk, boot, "
+                   "readiness); on expiry it says which phase ran out")
 def start(name: str, config_file: str | None, template: str | None, sets: tuple[str, ...],
           timeout: float) -> None:
     """Start an instance (creating it if needed) and wait until it is running."""

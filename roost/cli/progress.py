@@ -24,6 +24,10 @@ class Progress:
             self._live.__enter__()
         return self
 
+    @property
+    def last_step(self) -> str:
+        return self._last
+
     def step(self, message: str) -> None:
         if message == self._last:
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from typing import Any
 
 import click
 
+from roost.cli.deadline import Deadline
 from roost.cli.progress import Progress
 from roost.errors import RoostError, UsageError
 from roost.store import logfile
@@ -20,17 +22,25 @@ from roost.store.instance import Instance, Status, operation_lock
 
 POLL_SECONDS = 0.02
 SPAWN_SECONDS = 30.0
+# The host agent's readiness ends this long before the start's deadline, so
+# its verdict (which requirement, what it last saw) reaches us in time.
+AGENT_MARGIN = 1.0
 
 
-def spawn_hostagent(inst: Instance) -> subprocess.Popen[bytes]:
+def spawn_hostagent(inst: Instance, deadline: Deadline | None = None) -> subprocess.Popen[bytes]:
     """The host agent runs detached: own session, output to the instance's logs."""
+    from roost.hostagent.requirements import START_DEADLINE_ENV
+
     for log in (inst.ha_stdout, inst.ha_stderr):
         logfile.start_afresh(log)
+    env = dict(os.environ)
+    if deadline is not None:
+        env[START_DEADLINE_ENV] = repr(deadline.at - min(AGENT_MARGIN, deadline.seconds / 10))
     with open(inst.ha_stdout, "wb") as out, open(inst.ha_stderr, "wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "roost.hostagent", inst.name],
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd="/",
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, env=env,
         )
 
 
@@ -79,15 +89,14 @@ def _report_failure(inst: Instance, status: dict[str, Any], reason: str) -> None
             click.echo(f"  last lines of {path}:\n{tail}", err=True)
 
 
-def follow(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
+def follow(inst: Instance, proc: subprocess.Popen[bytes], deadline: Deadline,
            progress: Progress) -> int:
     with contextlib.closing(EventFollower(inst.ha_stdout)) as follower:
-        return _follow_events(inst, proc, timeout, progress, follower)
+        return _follow_events(inst, proc, deadline, progress, follower)
 
 
-def _follow_events(inst: Instance, proc: subprocess.Popen[bytes], timeout: float,
+def _follow_events(inst: Instance, proc: subprocess.Popen[bytes], deadline: Deadline,
                    progress: Progress, follower: EventFollower) -> int:
-    deadline = time.monotonic() + timeout
     status: dict[str, Any] = {}
     while True:
         for event in follower.poll():
@@ -108,9 +117,11 @@ def _follow_events(inst: Instance, proc: subprocess.Popen[bytes], timeout: float
                 status = event.get("status", status)
             _report_failure(inst, status, f"the host agent exited with status {proc.returncode}")
             return 1
-        if time.monotonic() > deadline:
-            _report_failure(inst, status, f"not running after {timeout:g}s; it keeps trying "
-                                          f"in the background (`roost stop {inst.name}` ends it)")
+        if deadline.expired():
+            phase = status.get("phase") or "starting the host agent"
+            _report_failure(inst, status, deadline.message(f"while {phase}") +
+                            f"; the host agent goes on in the background "
+                            f"(`roost stop {inst.name}` ends it)")
             return 1
         time.sleep(POLL_SECONDS)
 
@@ -145,12 +156,15 @@ def _creation_flags(config_file: str | None, template: str | None,
 
 def start(name: str, config_file: str | None, timeout: float, *,
           template: str | None = None, sets: Sequence[str] = ()) -> int:
+    """Everything, image and disk included, within `timeout` seconds."""
+    deadline = Deadline(timeout)
     inst = Instance.at(name)
     inst.check_socket_paths()
     if not inst.exists():
         from roost.cli import lifecycle
 
-        lifecycle.create(name, config_file, template=template, sets=sets)
+        with deadline.bounding("while creating the instance"):
+            lifecycle.create(name, config_file, template=template, sets=sets)
     elif flags := _creation_flags(config_file, template, sets):
         raise UsageError(f"instance {name!r} already exists; {flags} applies only when "
                          f"creating (edit {inst.config} or delete and recreate)")
@@ -171,14 +185,16 @@ def start(name: str, config_file: str | None, timeout: float, *,
 
                 config = load_config(inst.config)  # validated before anything starts
                 inst.remove_stale_runtime_files()
-                prepare_disk(inst, config, progress.step, progress.download)
+                with deadline.bounding("while preparing the image and the instance disk",
+                                       lambda: progress.last_step):
+                    prepare_disk(inst, config, progress.step, progress.download)
             progress.step("starting the host agent")
-            proc = spawn_hostagent(inst)
-            deadline = time.monotonic() + SPAWN_SECONDS
+            proc = spawn_hostagent(inst, deadline)
+            spawned_by = time.monotonic() + min(SPAWN_SECONDS, deadline.remaining())
             while not inst.hostagent_alive() and proc.poll() is None:
-                if time.monotonic() > deadline:
+                if time.monotonic() > spawned_by:
                     break
                 time.sleep(0.005)
-        return follow(inst, proc, timeout, progress)
+        return follow(inst, proc, deadline, progress)
 
 

@@ -133,7 +133,9 @@ class Suspendable(Protocol):
     restored from it later (roost suspend, roost resume)."""
 
     async def save_state(self, path: Path, timeout: float = 120.0) -> float:
-        """Save the VM's state into `path`; the VM ends paused. Seconds taken."""
+        """Save the VM's state into `path`; the VM ends paused. Seconds taken.
+        Returns only once the state (and any guest RAM file it goes with) is
+        on disk: fsynced, file and directory."""
 
     async def continue_running(self) -> None:
         """Let the VM run on after a save that failed (it may be left paused)."""

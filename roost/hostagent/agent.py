@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -46,13 +47,20 @@ from roost.hostagent.mounts.manager import (
     static_records,
 )
 from roost.hostagent.portfwd.orchestrator import PortForwarding
-from roost.hostagent.requirements import NotReady, Requirement, Result, wait_for
+from roost.hostagent.requirements import (
+    NotReady,
+    Requirement,
+    Result,
+    start_deadline_from_env,
+    wait_for,
+)
 from roost.hostagent.session import GuestAgentSession
 from roost.hostagent.sshmaster import close_ssh_master, run_ssh
 from roost.image.disk import read_pinned
 from roost.sshutil.config import guest_user, host_timezone, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
-from roost.store.instance import Instance, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import Instance
 from roost.store.paths import config_dir
 
 if TYPE_CHECKING:
@@ -103,6 +111,8 @@ class HostAgent:
         # running or degraded, with what failed.
         self.ready_state = "starting"
         self.degraded_by: list[str] = []
+        # `roost start --timeout`: readiness fits into what is left of it.
+        self.start_deadline = start_deadline_from_env()
 
     # -- New ------------------------------------------------------------------
 
@@ -346,7 +356,8 @@ class HostAgent:
         results = []
         for req in reqs:
             self.events.emit(phase=f"waiting: {req.description}")
-            result = await wait_for(req)
+            left = None if self.start_deadline is None else self.start_deadline - time.monotonic()
+            result = await wait_for(req, left)
             results.append(result)
             self.results.append(result)
             if not result.ok and req.kind == "essential":

@@ -25,7 +25,8 @@ from roost.hostagent.mounts.manager import MountManager
 from roost.hostagent.session import GuestAgentSession
 from roost.hostagent.sshmaster import close_ssh_master
 from roost.store import snapshots
-from roost.store.instance import Instance, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import Instance
 from roost.store.snapshots import check_tag
 
 SLEEP_PREP_TIMEOUT = 120.0
@@ -64,24 +65,33 @@ class Checkpoints:
         try:
             hot = await self.mounts.detach_all()  # shares block saving the VM state
             await self.session.drop()
-            seconds = await driver.save_state(self.inst.vmstate)
-        except RoostError:
+            seconds = await driver.save_state(self.inst.vmstate)  # on disk when it returns
+            # Durable too (write_atomic fsyncs): "suspended" is said only after.
+            self._write_suspended(driver, hot, seconds)
+        except (RoostError, OSError) as e:
+            self.inst.suspended.unlink(missing_ok=True)
             self.inst.vmstate.unlink(missing_ok=True)
             with contextlib.suppress(RoostError):
                 await driver.continue_running()  # a failed migration may leave it paused
             for error in (await self.mounts.reattach_static(mount_in_guest=True)
                           + await self.mounts.readd(hot)):
                 self.events.add_error(f"after the failed suspend: {error}")
+            if isinstance(e, OSError):
+                raise HostAgentError(f"cannot write {self.inst.suspended}: {e}; the VM "
+                                     "runs on, not suspended") from None
             raise
-        write_atomic(self.inst.suspended, json.dumps({
-            **driver.machine_as_saved(self.inst.vmstate), **self._identity,
-            "suspendedAt": rfc3339_now(), "mounts": hot, "saveSeconds": round(seconds, 3),
-        }) + "\n")
         self.suspended = True
         self.events.emit(phase="suspended")
         self._stop()
         return {"saveSeconds": round(seconds, 3), "checkpoints": prep.get("checkpoints", []),
                 "detachedMounts": detached}
+
+    def _write_suspended(self, driver: Suspendable, hot: list[dict[str, Any]],
+                         seconds: float) -> None:
+        write_atomic(self.inst.suspended, json.dumps({
+            **driver.machine_as_saved(self.inst.vmstate), **self._identity,
+            "suspendedAt": rfc3339_now(), "mounts": hot, "saveSeconds": round(seconds, 3),
+        }) + "\n")
 
     async def run_restored(self) -> None:
         """Once the saved state is loaded, the VM runs: the saved state is used up."""

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from roost.config.model import CopyToHost
 from roost.sshutil.config import guest_user, ssh_argv
+from roost.store.durable import replace_durably
 from roost.store.instance import Instance
 
 COPY_TIMEOUT = 120.0
@@ -62,10 +63,8 @@ async def _copy_one(inst: Instance, entry: CopyToHost, index: int) -> Path | Non
             if proc.returncode != 0:
                 raise OSError(f"{where}: copy failed (exit {proc.returncode}): "
                               f"{err.decode(errors='replace').strip()[-300:]}")
-            out.flush()
-            os.fsync(out.fileno())
         os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
+        replace_durably(tmp, dest)
         return dest
     finally:
         with contextlib.suppress(FileNotFoundError):

@@ -29,7 +29,8 @@ from roost.errors import RoostError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.store import agentlock
-from roost.store.instance import Instance, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import Instance
 from roost.store.logfile import Rotation
 
 if TYPE_CHECKING:

@@ -9,12 +9,27 @@ cancelling the wait stops a check in the middle of whatever it awaits.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
 Kind = Literal["essential", "optional", "final"]
+
+# `roost start --timeout`'s deadline, a time.monotonic() value (CLOCK_MONOTONIC,
+# one clock for every process on the host), given to the host agent it spawns.
+START_DEADLINE_ENV = "ROOST_START_DEADLINE"
+
+
+def start_deadline_from_env() -> float | None:
+    """The start's deadline, taken out of the environment (the host agent's
+    children have no use for it); None when there is none or it is not a time."""
+    value = os.environ.pop(START_DEADLINE_ENV, "")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 class NotReady(Exception):
@@ -56,30 +71,45 @@ class Result:
         return out
 
 
-async def wait_for(req: Requirement) -> Result:
+async def wait_for(req: Requirement, deadline_left: float | None = None) -> Result:
+    """Retry `req`'s check until it passes, fails for good, or its time is up:
+    its own timeout, or `deadline_left` (what is left of the start's deadline)
+    if that is shorter. A timeout names the requirement, the time waited and
+    the last error the check gave."""
+    limit = req.timeout
+    cut_short = deadline_left is not None and deadline_left < limit
+    if deadline_left is not None:
+        limit = min(limit, max(deadline_left, 0.0))
     start = time.monotonic()
-    deadline = start + req.timeout
+    deadline = start + limit
     attempts = 0
-    last = "not checked"
+    last = ""
     while True:
         attempts += 1
-        remaining = deadline - time.monotonic()
+        window = asyncio.timeout(max(deadline - time.monotonic(), 0.0))
         try:
-            await asyncio.wait_for(req.check(), max(remaining, 0.001))
+            async with window:
+                await req.check()
             return Result(req, True, time.monotonic() - start, attempts=attempts)
         except NotReady as e:
-            last = str(e)
             if e.permanent:
-                break
+                return Result(req, False, time.monotonic() - start,
+                              f"{req.description}: {e}", attempts)
+            last = str(e)
+        except TimeoutError as e:
+            if window.expired():
+                break  # cut off by the deadline: `last` is what the attempt before said
+            last = f"TimeoutError: {e}" if str(e) else "the check timed out"
         except Exception as e:
             # A check that fails in an unplanned way is a failed attempt,
             # never a crash of readiness.
             last = f"{type(e).__name__}: {e}"
-        except TimeoutError:
-            timed_out = f"not ready after {req.timeout:g}s"
-            last = timed_out + (f" (last: {last})" if attempts > 1 else "")
-            break
         if time.monotonic() + req.retry_interval >= deadline:
             break
         await asyncio.sleep(req.retry_interval)
-    return Result(req, False, time.monotonic() - start, f"{req.description}: {last}", attempts)
+    waited = time.monotonic() - start
+    seen = last or "none (the first check had not finished)"
+    return Result(req, False, waited,
+                  f"{req.description}: not ready after {waited:.1f}s ({attempts} attempts, "
+                  f"limit {limit:.3g}s{', the rest of the start deadline' if cut_short else ''}"
+                  f"); last error: {seen}", attempts)

@@ -45,7 +45,7 @@ from roost.image.download import (
     partial_files,
     same_file_digest,
 )
-from roost.store.instance import write_atomic
+from roost.store.durable import write_atomic
 
 if TYPE_CHECKING:
     from roost.config.model import Image

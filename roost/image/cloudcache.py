@@ -30,7 +30,7 @@ from typing import Any, Literal
 from roost.errors import RoostError
 from roost.image.buildcache import images_dir
 from roost.image.download import partial_files
-from roost.store.instance import write_atomic
+from roost.store.durable import write_atomic
 
 ENTRY_PREFIX = "cloud-"
 FileKind = Literal["disk", "kernel", "initrd"]

@@ -35,7 +35,7 @@ from pathlib import Path
 from roost.errors import RoostError
 from roost.image.buildcache import build_once, images_dir, newest_built
 from roost.image.tools import find_tool, run
-from roost.store.instance import write_atomic
+from roost.store.durable import write_atomic
 
 Progress = Callable[[str], None]
 

@@ -8,6 +8,7 @@ boots, whatever newer image is built later.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from roost.errors import RoostError
-from roost.store.instance import Instance, write_atomic
+from roost.store.durable import fsync_dir, fsync_path, write_atomic
+from roost.store.instance import Instance
 
 if TYPE_CHECKING:
     from roost.config.model import Config
@@ -102,25 +104,48 @@ def prepare_disk(
     download: DownloadProgress | None = None,
 ) -> PinnedImage:
     """Create disk.qcow2 and the image pin if the instance has none yet. The
-    disk is never smaller than the image (a cloud image's partitions fill it)."""
-    if inst.disk.exists() and inst.path(PIN_FILE).exists():
-        return read_pinned(inst)
+    disk is never smaller than the image (a cloud image's partitions fill it).
+    An existing disk is never replaced: it holds the guest's data."""
+    pin = inst.path(PIN_FILE)
+    if inst.disk.exists():
+        if pin.exists():
+            return read_pinned(inst)
+        raise RoostError(
+            f"{inst.disk} exists but {pin}, which says what image it was made from, is "
+            f"missing; roost does not replace a disk that may hold data. Move the disk "
+            f"away to keep it, or `roost delete {inst.name}` to discard the instance"
+        )
     from roost.image.content import virtual_size
     from roost.image.prune import held_for_pinning, record_pins
 
     pinned, backing_format = _pick_image(config, step, download)
     with held_for_pinning(pinned.files()):  # `roost image rm`/`prune` keep off meanwhile
         step("creating the instance disk")
-        tmp = inst.path("disk.qcow2.tmp")
+        _create_disk(inst.disk, pinned.disk, backing_format,
+                     max(config.disk, virtual_size(pinned.disk)))
+        write_atomic(pin, json.dumps(pinned.to_json(), indent=2) + "\n")
+        record_pins(pinned.files(), inst.dir)  # `roost image prune` keeps them
+    return pinned
+
+
+def _create_disk(disk: Path, backing: Path, backing_format: str, size: int) -> None:
+    """A new qcow2 over `backing` at `disk`, on disk before it counts; an
+    existing `disk` (made meanwhile) is left as it is and refused."""
+    tmp = disk.with_name(disk.name + ".tmp")
+    try:
         proc = subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(pinned.disk),
-             "-F", backing_format, str(tmp), str(max(config.disk, virtual_size(pinned.disk)))],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(backing),
+             "-F", backing_format, str(tmp), str(size)],
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
             raise RoostError(f"cannot create the instance disk: {proc.stderr.strip()}")
-        tmp.replace(inst.disk)
-        write_atomic(inst.path(PIN_FILE), json.dumps(pinned.to_json(), indent=2) + "\n")
-        record_pins(pinned.files(), inst.dir)  # `roost image prune` keeps them
-    return pinned
+        fsync_path(tmp)
+        try:
+            os.link(tmp, disk)  # unlike a rename, never over an existing file
+        except FileExistsError:
+            raise RoostError(f"{disk} appeared while roost was making it; it is left "
+                             "as it is (another roost command made it?)") from None
+        fsync_dir(disk.parent)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ from roost.image.cloudcache import (
     locked,
     remove,
 )
+from roost.store.durable import write_atomic
 from roost.store.instance import list_instances
 
 PINS_DIR = "pins"
@@ -54,7 +55,7 @@ def record_pin(image_dir: Path, inst_dir: Path) -> None:
     pins = image_dir / PINS_DIR
     pins.mkdir(exist_ok=True)
     key = hashlib.sha256(str(inst_dir).encode()).hexdigest()[:16]
-    (pins / key).write_text(f"{inst_dir}\n")
+    write_atomic(pins / key, f"{inst_dir}\n")
 
 
 def record_pins(files: Iterable[Path], inst_dir: Path) -> None:

@@ -7,7 +7,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from roost.store.instance import Instance, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import Instance
 
 
 def host_alias(name: str) -> str:

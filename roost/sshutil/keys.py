@@ -8,12 +8,13 @@ import subprocess
 from pathlib import Path
 
 from roost.errors import RoostError
+from roost.store.home import make_private_dir
 
 
 def _keygen(path: Path, comment: str) -> None:
     if shutil.which("ssh-keygen") is None:
         raise RoostError("ssh-keygen was not found; install openssh-client")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(path.parent)
     proc = subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
         capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -25,7 +26,7 @@ def _keygen(path: Path, comment: str) -> None:
 def ensure_user_key(config_dir: Path) -> tuple[Path, str]:
     """The key roost logs in with (shared by all instances): (private path, public line)."""
     private = config_dir / "user"
-    config_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dir(config_dir)
     with open(config_dir / ".keygen.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not private.exists():

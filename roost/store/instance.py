@@ -24,6 +24,9 @@ from typing import Any
 
 from roost.errors import RoostError, UsageError
 from roost.store import agentlock
+from roost.store.durable import fsync_dir
+from roost.store.durable import write_atomic as write_atomic  # its old home, still imported
+from roost.store.home import ensure_home, make_private_dir
 from roost.store.paths import roost_home
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -209,18 +212,6 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
-def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def list_instances(home: Path | None = None) -> list[Instance]:
     home = home or roost_home()
     try:
@@ -236,8 +227,7 @@ def list_instances(home: Path | None = None) -> list[Instance]:
 @contextmanager
 def operation_lock(name: str, what: str) -> Iterator[None]:
     """Serialize create/start/delete of one instance across processes."""
-    locks = roost_home() / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
+    locks = make_private_dir(ensure_home() / ".locks")
     with open(locks / f"{name}.lock", "w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -250,16 +240,17 @@ def operation_lock(name: str, what: str) -> Iterator[None]:
 
 
 def create_instance_dir(inst: Instance, files: dict[str, str]) -> None:
-    """Create the instance directory with `files`, all or nothing."""
-    home = inst.dir.parent
-    home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """Create the instance directory (0700) with `files`, all or nothing, and
+    on disk before it returns."""
+    home = make_private_dir(inst.dir.parent)
     if inst.dir.exists():
         raise RoostError(f"instance {inst.name!r} already exists in {inst.dir}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{inst.name}.", dir=home))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{inst.name}.", dir=home))  # mkdtemp: 0700
     try:
         for filename, text in files.items():
-            (tmp / filename).write_text(text)
+            write_atomic(tmp / filename, text)
         os.rename(tmp, inst.dir)
+        fsync_dir(home)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):

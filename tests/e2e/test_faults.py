@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, pid_running, wait_until
+from tests.e2e.test_portfwd import free_port, guest_background, guest_kill, port_open
 
 RESULTS = Path(__file__).resolve().parents[1] / ".results" / "faults.json"
 NAME = "flt"
@@ -220,6 +221,9 @@ def test_host_agent_killed_while_running(roost: Roost, flt: str) -> None:
     with fault("hostagent-running", "kill -9 of the host agent while the VM runs",
                "Broken; start takes the running VM over (same QEMU), nothing lost") as d:
         write_synced(roost, "ha-running")
+        port = free_port()
+        server = guest_background(roost, NAME, f"python3 -m http.server {port} --bind 127.0.0.1")
+        wait_until(lambda: port_open(port), 30, "the guest's server to be forwarded")
         qemu, ha = roost.pid(NAME, "qemu.pid"), roost.pid(NAME, "ha.pid")
         assert ha is not None
         os.kill(ha, signal.SIGKILL)
@@ -231,6 +235,9 @@ def test_host_agent_killed_while_running(roost: Roost, flt: str) -> None:
         assert "reattaching" in out.stderr
         assert roost.pid(NAME, "qemu.pid") == qemu and pid_running(qemu)
         assert status(roost) == "Running"
+        wait_until(lambda: port_open(port), 30, "the forward to be back after the takeover")
+        d["forwardBack"] = True
+        guest_kill(roost, NAME, server)
         d["residue"] = residue(roost)
         assert d["residue"] == []
         assert synced_intact(roost)

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from roost.store.durable import write_atomic
 from roost.store.paths import cache_dir
 
 # mov al, 1; out 0xf4, al; hlt; jmp $-1 ... padded, with the boot signature.
@@ -71,7 +72,5 @@ def detect_accel(qemu: str) -> str:
         pass
     accel = "kvm" if kvm_works(qemu) else "tcg"
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"key": key, "accel": accel}))
-    tmp.replace(cache)
+    write_atomic(cache, json.dumps({"key": key, "accel": accel}))
     return accel

@@ -9,6 +9,7 @@ from typing import Any
 
 from roost.driver.base import Share, mac_address
 from roost.driver.qemu.sandbox import sandbox_argv
+from roost.store.durable import write_atomic
 
 GUEST_AGENT_PORT_NAME = "io.roost.guest_agent.0"
 # Spare root ports for file-system hot-plug, in the order they are used.
@@ -103,9 +104,7 @@ def ensure_uefi_vars(path: Path) -> Path:
 
             raise DriverError(f"{OVMF_VARS} is missing: UEFI boot (firmware.legacyBIOS: false) "
                               "needs OVMF (`apt-get install ovmf`)")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(OVMF_VARS.read_bytes())
-        tmp.replace(path)
+        write_atomic(path, OVMF_VARS.read_bytes())
     return path
 
 

@@ -15,6 +15,7 @@ from roost.driver.channel import Dialer, UnixDialer
 from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
 from roost.driver.qemu.machine import saved_entries
 from roost.driver.qemu.sandbox import use_sandbox
+from roost.store.durable import fsync_dir, fsync_path
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,8 @@ class QemuDriver:
     # -- suspend and resume ---------------------------------------------------
 
     async def save_state(self, path: Path, timeout: float = 120.0) -> float:
-        """Migrate the VM's state into `path` (it ends paused); seconds taken."""
+        """Migrate the VM's state into `path` (it ends paused) and have it, and
+        the RAM file, on disk; seconds taken."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         await self._qmp_execute("migrate-set-parameters", {"max-bandwidth": 16 * 1024**3})
@@ -254,6 +256,9 @@ class QemuDriver:
             info = await self._qmp_execute("query-migrate")
             status = info.get("status")
             if status == "completed":
+                # Paused now, so the guest dirties no more RAM: a saved state
+                # counts once a power loss cannot tear it.
+                await asyncio.to_thread(self._sync_saved_state, path)
                 return loop.time() - start
             if status in ("failed", "cancelled"):
                 raise DriverError(f"saving the VM state failed: {info.get('error-desc', status)}")
@@ -261,6 +266,18 @@ class QemuDriver:
                 await self._qmp_execute("migrate_cancel")
                 raise DriverError(f"saving the VM state took over {timeout:g}s")
             await asyncio.sleep(0.01)
+
+    def _sync_saved_state(self, state: Path) -> None:
+        """The device state and the file-backed guest RAM it goes with, and
+        their names in the instance directory, on disk."""
+        files = [p for p in (state, self.spec.ram_file) if p is not None]
+        try:
+            for path in files:
+                fsync_path(path)
+            for directory in {p.parent for p in files}:
+                fsync_dir(directory)
+        except OSError as e:
+            raise DriverError(f"cannot write the saved VM state to disk: {e}") from None
 
     def machine_as_saved(self, state: Path) -> dict[str, Any]:
         """suspended.json's entries from which this machine is built again

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -21,11 +22,17 @@ from pathlib import Path
 
 from roost.errors import RoostError
 from roost.hostagent.userns import SCRATCH, Bind, Owner, spawn_confined
-from roost.store.instance import pid_running, write_atomic
+from roost.store.durable import write_atomic
+from roost.store.instance import pid_running
+
+log = logging.getLogger(__name__)
 
 CANDIDATES = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 READY_SECONDS = 5.0
 STOP_SECONDS = 3.0
+# After SIGKILL a process is gone at once, unless it is stuck in the kernel
+# (D state, e.g. on a hung file system): then it is not waited for forever.
+KILL_SECONDS = 5.0
 # What virtiofsd logs once it waits for QEMU on the socket.
 READY_LINE = "Waiting for vhost-user socket connection"
 SOCKET_ENV = "ROOST_VIRTIOFSD_SOCKET"
@@ -156,15 +163,35 @@ class Virtiofsd:
         pid, self._adopted = self._adopted, None
         if pid is None:
             return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STOP_SECONDS
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        while pid_running(pid):
-            if loop.time() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.02)
+        if not await _gone(pid, STOP_SECONDS):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not await _gone(pid, KILL_SECONDS):
+                # Its pid file stays, so whoever looks next still finds it.
+                log.error("virtiofsd (pid %d, %s) for %s outlived SIGTERM and SIGKILL by "
+                          "%gs (process state %s); left running", pid, self.socket_path,
+                          self.source, STOP_SECONDS + KILL_SECONDS, _process_state(pid))
+                return
         self.socket_path.unlink(missing_ok=True)
         self.pidfile.unlink(missing_ok=True)
+
+
+async def _gone(pid: int, seconds: float) -> bool:
+    """Whether process `pid` ends (or is a zombie) within `seconds`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while pid_running(pid):
+        if loop.time() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "?"
 

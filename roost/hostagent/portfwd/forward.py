@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 
 Opener = Callable[[], Awaitable[GuestAgentClient]]
 UDP_IDLE_SECONDS = 60.0
+# `ssh -O forward|cancel` is a request to the local master: it answers in
+# milliseconds unless it is stuck.
+SSH_CONTROL_SECONDS = 10.0
 
 
 class Forward:
@@ -207,11 +210,20 @@ class SSHForward(Forward):
         self.description = f"ssh -L {self.spec}"
 
     async def _control(self, op: str) -> None:
+        """`ssh -O op`: the master answers at once, or it is stuck (a guest that
+        froze mid-connection): then the request is given up, never waited on."""
         proc = await asyncio.create_subprocess_exec(
             *self.ssh_base[:-1], "-O", op, "-L", self.spec, self.ssh_base[-1],
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE)
-        _, err = await proc.communicate()
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), SSH_CONTROL_SECONDS)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise OSError(f"ssh -O {op} -L {self.spec}: the SSH master did not answer "
+                          f"in {SSH_CONTROL_SECONDS:g}s") from None
         if proc.returncode != 0:
             raise OSError(f"ssh -O {op} -L {self.spec}: {err.decode(errors='replace').strip()}")
 
