@@ -429,21 +429,11 @@ class MountManager:
             if mount_point in self.records:
                 raise UsageError(f"{mount_point} is already mounted "
                                  f"(from {self.records[mount_point].location})")
-            self._counter += 1
-            self._save()  # a successor must not hand out this number again
-            rec = MountRecord(location=location, mount_point=mount_point, type=kind,
-                              writable=writable, ephemeral=True,
-                              tag=f"roost-hot{self._counter}", device_id=f"hot{self._counter}")
+            rec = self._new_record(location, mount_point, kind, writable)
             undo: list[Callable[[], Awaitable[None]]] = []
             try:
                 if kind == "virtiofs":
-                    slots = self._require_hotplug().hotplug_slots()
-                    used = {r.slot for r in self.records.values()}
-                    free = [s for s in slots if s not in used]
-                    if not free:
-                        raise UsageError(f"all {len(slots)} hot-plug slots are in use; "
-                                         "remove a mount first (roost mount remove)")
-                    rec.slot = free[0]
+                    rec.slot = self._free_slot()
                     await self._plug(rec)
                     undo.append(lambda: self._unplug(rec))
                 await self._guest_mount(rec)
@@ -460,6 +450,24 @@ class MountManager:
             self._save()
             self.on_change()
             return rec.to_json()
+
+    def _new_record(self, location: str, mount_point: str, kind: str,
+                    writable: bool) -> MountRecord:
+        """A runtime mount's record, with the next tag and device id."""
+        self._counter += 1
+        self._save()  # a successor must not hand out this number again
+        return MountRecord(location=location, mount_point=mount_point, type=kind,
+                           writable=writable, ephemeral=True,
+                           tag=f"roost-hot{self._counter}", device_id=f"hot{self._counter}")
+
+    def _free_slot(self) -> str:
+        slots = self._require_hotplug().hotplug_slots()
+        used = {r.slot for r in self.records.values()}
+        free = [s for s in slots if s not in used]
+        if not free:
+            raise UsageError(f"all {len(slots)} hot-plug slots are in use; "
+                             "remove a mount first (roost mount remove)")
+        return free[0]
 
     async def readd(self, mounts: list[dict[str, Any]]) -> list[str]:
         """Mount again what listing() described (after a suspend); the errors."""
