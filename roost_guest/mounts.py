@@ -105,7 +105,6 @@ def _device_missing(message: str, fstype: str) -> bool:
 
 
 FUSECTL = "/sys/fs/fuse/connections"
-FUSE_TYPES = ("virtiofs", "fuse")  # and fuse.<subtype> (sshfs)
 
 
 def mount_info(path: str) -> Optional[Tuple[str, str]]:
@@ -126,12 +125,14 @@ def mount_info(path: str) -> Optional[Tuple[str, str]]:
 
 
 def abort_fuse(path: str) -> bool:
-    """Abort the FUSE connection (virtiofs, sshfs) of the mount at `path`
-    through fusectl: its pending requests fail (ECONNABORTED), and so does
-    any later I/O, instead of waiting for a server that is gone. False when
-    it is no FUSE mount."""
+    """Abort the FUSE connection (sshfs) of the mount at `path` through
+    fusectl: its pending requests fail (ECONNABORTED), and so does any
+    later I/O, instead of waiting for a server that is gone. False when it
+    is no /dev/fuse mount: virtiofs has no fusectl entry and refuses
+    MNT_FORCE (Linux sets no_control and no_force_umount for it); the host
+    unplugs its device first instead, which fails its requests (ENOTCONN)."""
     info = mount_info(path)
-    if info is None or not (info[1] in FUSE_TYPES or info[1].startswith("fuse.")):
+    if info is None or not (info[1] == "fuse" or info[1].startswith("fuse.")):
         return False
     major, _, minor = info[0].partition(":")
     # fusectl names a connection by the kernel's dev_t (major << 20 | minor).
@@ -150,9 +151,9 @@ def abort_fuse(path: str) -> bool:
 
 
 def umount(req: Dict[str, Any]) -> Dict[str, Any]:
-    """Unmount; with force, a FUSE share is aborted first (its server may be
-    dead, and then a plain umount or any access would hang) and the mount
-    detached lazily, so nothing in the guest waits on it any more."""
+    """Unmount; with force, an sshfs share is aborted first (its server may
+    be dead, and then a plain umount or any access would hang) and the
+    mount detached lazily, so nothing in the guest waits on it any more."""
     path = req.get("mountPoint")
     if not isinstance(path, str) or not path.startswith("/"):
         raise MountError("umount needs an absolute mount point")

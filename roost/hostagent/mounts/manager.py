@@ -355,6 +355,22 @@ class MountManager:
             await rec.virtiofsd.stop()
             rec.virtiofsd = None
 
+    async def _unplug_dead_virtiofs(self, rec: MountRecord) -> None:
+        """A virtiofs share whose daemon may be dead leaves the guest device
+        first: Linux's virtiofs has no abort (no fusectl entry, no MNT_FORCE),
+        but once its device is gone every request on it fails (ENOTCONN), so
+        the unmount after it, and any I/O, no longer waits for the daemon.
+        Requests already in flight when the daemon died hold the guest's
+        device removal (it drains them): then only stopping the VM frees them."""
+        try:
+            await self._unplug(rec)
+        except RoostError as e:
+            raise MountFailed(
+                f"{rec.mount_point}: {e}. I/O was waiting on the share when its virtiofsd "
+                "died, and the guest kernel cannot cancel it; stop the instance "
+                "(roost stop) to free it") from None
+        rec.slot = None  # unplugged: a retry of the unmount plugs nothing out
+
     async def stop_daemons(self) -> None:
         """At shutdown, after QEMU is gone: every virtiofsd, never blocking long."""
         for rec in self.records.values():
@@ -533,12 +549,17 @@ class MountManager:
                 raise UsageError(f"{mount_point} comes from roost.yaml; remove it there and "
                                  "restart the instance")
             rec.removing = True
+            force = force or bool(rec.error)
             try:
-                await self._guest_umount(rec, force=force or bool(rec.error))
-                await self._unplug(rec)
+                if force and rec.type == "virtiofs":
+                    await self._unplug_dead_virtiofs(rec)
+                    await self._guest_umount(rec, force=True)
+                else:
+                    await self._guest_umount(rec, force=force)
+                    await self._unplug(rec)
             except BaseException:
                 rec.removing = False
-                if rec.virtiofsd is not None and rec.watcher is None:
+                if rec.virtiofsd is not None and rec.watcher is None and not rec.error:
                     self._watch(rec)  # still serving: still watched
                 raise
             del self.records[mount_point]
