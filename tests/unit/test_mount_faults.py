@@ -220,3 +220,26 @@ def test_the_guest_finds_a_mounts_device_without_touching_it() -> None:
     assert info[0] == f"{os.major(dev)}:{os.minor(dev)}"
     assert guest_mounts.mount_info("/no/such/mount") is None
     assert guest_mounts.abort_fuse("/proc") is False  # only FUSE shares are aborted
+
+
+async def test_a_takeover_fails_what_it_cannot_adopt_and_says_why(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    state.save(tmp_path, 2, [
+        SavedMount(location="/srv/a", mount_point="/mnt/a", type="virtiofs", writable=False,
+                   tag="roost-hot1", device_id="hot1", slot="hp0", virtiofsd_pid=gone.pid),
+        SavedMount(location="/srv/b", mount_point="/mnt/b", type="reverse-sshfs",
+                   writable=True, tag="roost-hot2", device_id="hot2")])
+    heir = manager(tmp_path)
+    failed: list[MountRecord] = []
+    heir.on_failure = failed.append
+    heir.restore_runtime()
+    heir.adopt_daemons()
+    assert [r.mount_point for r in failed] == ["/mnt/a", "/mnt/b"]
+    assert "did not outlive the host agent" in failed[0].error
+    assert "lost its SFTP server with the host agent" in failed[1].error
+    assert [m["state"] for m in heir.listing()] == ["failed", "failed"]
+    # Failed is saved too: the next successor knows without trying again.
+    again = manager(tmp_path)
+    again.restore_runtime()
+    assert again.listing() == heir.listing()
