@@ -18,7 +18,7 @@ from roost_guest import protocol
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Dict, List
+    from typing import Any, Dict, List, Optional, Tuple
 
 DEVICE_WAIT_SECONDS = 10.0
 
@@ -108,18 +108,69 @@ def _device_missing(message: str, fstype: str) -> bool:
     return fstype == "virtiofs" and "invalid argument" in m
 
 
+FUSECTL = "/sys/fs/fuse/connections"
+
+
+def mount_info(path: str) -> Optional[Tuple[str, str]]:
+    """(st_dev as "major:minor", fstype) of the mount at `path`, from
+    /proc/self/mountinfo: a stat() of a share whose server died would hang."""
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) < 7 or fields[4].replace("\\040", " ") != path:
+                continue
+            try:
+                fstype = fields[fields.index("-", 6) + 1]
+            except (ValueError, IndexError):
+                continue
+            found = (fields[2], fstype)  # the last one: the mount on top
+    return found
+
+
+def abort_fuse(path: str) -> bool:
+    """Abort the FUSE connection (sshfs) of the mount at `path` through
+    fusectl: its pending requests fail (ECONNABORTED), and so does any
+    later I/O, instead of waiting for a server that is gone. False when it
+    is no /dev/fuse mount: virtiofs has no fusectl entry and refuses
+    MNT_FORCE (Linux sets no_control and no_force_umount for it); the host
+    unplugs its device first instead, which fails its requests (ENOTCONN)."""
+    info = mount_info(path)
+    if info is None or not (info[1] == "fuse" or info[1].startswith("fuse.")):
+        return False
+    major, _, minor = info[0].partition(":")
+    # fusectl names a connection by the kernel's dev_t (major << 20 | minor).
+    conn = os.path.join(FUSECTL, str((int(major) << 20) | int(minor)))
+    if not os.path.isdir(conn):
+        with contextlib.suppress(MountError):
+            _run(["modprobe", "-q", "fuse"])
+        if not mounted_at(FUSECTL):
+            _run(["mount", "-t", "fusectl", "fusectl", FUSECTL])
+    try:
+        with open(os.path.join(conn, "abort"), "w") as f:
+            f.write("1")
+    except OSError as e:
+        raise MountError("cannot abort the FUSE connection of %s: %s" % (path, e)) from None
+    return True
+
+
 def umount(req: Dict[str, Any]) -> Dict[str, Any]:
+    """Unmount; with force, an sshfs share is aborted first (its server may
+    be dead, and then a plain umount or any access would hang) and the
+    mount detached lazily, so nothing in the guest waits on it any more."""
     path = req.get("mountPoint")
     if not isinstance(path, str) or not path.startswith("/"):
         raise MountError("umount needs an absolute mount point")
     if not mounted_at(path):
         return {"mountPoint": path, "mounted": False}
+    if req.get("force"):
+        aborted = abort_fuse(path)
+        _run(["umount", "-l", path])
+        return {"mountPoint": path, "mounted": False, "aborted": aborted}
     try:
         _run(["umount", path])
     except MountError as e:
-        if not req.get("force"):
-            raise MountError("cannot unmount %s: %s" % (path, e)) from None
-        _run(["umount", "-l", path])
+        raise MountError("cannot unmount %s: %s" % (path, e)) from None
     return {"mountPoint": path, "mounted": False}
 
 

@@ -281,11 +281,13 @@ def mount_add(name: str, host_path: str, guest_path: str, kind: MountType | None
 @mount.command("remove")
 @NAME
 @click.argument("guest_path")
-def mount_remove(name: str, guest_path: str) -> None:
+@click.option("--force", is_flag=True,
+              help="even when busy or its server died: I/O on it in the guest then fails")
+def mount_remove(name: str, guest_path: str, force: bool) -> None:
     """Unmount GUEST_PATH (a runtime mount) and detach its device."""
     from roost.cli import mounts
 
-    mounts.remove(name, guest_path)
+    mounts.remove(name, guest_path, force)
 
 
 @mount.command("list")

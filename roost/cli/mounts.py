@@ -27,9 +27,16 @@ def add(name: str, host_path: str, guest_path: str, kind: MountType | None,
     click.echo(f"mounted {rec['location']} at {rec['mountPoint']} ({rec['type']}, {mode})")
 
 
-def remove(name: str, guest_path: str) -> None:
+def remove_query(guest_path: str, force: bool) -> str:
+    """DELETE /v1/mounts's query string (booleans as true/false)."""
+    wire = MountRemove(mount_point=guest_path, force=force).wire()
+    return urllib.parse.urlencode({k: str(v).lower() if isinstance(v, bool) else v
+                                   for k, v in wire.items()})
+
+
+def remove(name: str, guest_path: str, force: bool = False) -> None:
     inst = Instance.at(name).require_running()
-    query = urllib.parse.urlencode(MountRemove(mount_point=guest_path).wire())
+    query = remove_query(guest_path, force)
     haclient.request(inst.ha_sock, "DELETE", f"/v1/mounts?{query}", timeout=MOUNT_TIMEOUT)
     click.echo(f"unmounted {guest_path}")
 
@@ -47,3 +54,6 @@ def listing(name: str, as_json: bool) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for m in mounts:  # why a share failed, below the table
+        if m.get("error"):
+            click.echo(f"{m['mountPoint']}: {m['error']}", err=True)

@@ -42,10 +42,12 @@ from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentError
 from roost.hostagent.mounts.manager import (
     MountManager,
+    MountRecord,
     boot_shares,
     default_mount_type,
     static_records,
 )
+from roost.hostagent.mounts.state import MountStateError
 from roost.hostagent.portfwd.orchestrator import PortForwarding
 from roost.hostagent.requirements import (
     NotReady,
@@ -60,7 +62,7 @@ from roost.image.disk import read_pinned
 from roost.sshutil.config import guest_user, host_timezone, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
 from roost.store.durable import write_atomic
-from roost.store.instance import Instance
+from roost.store.instance import Instance, pid_running
 from roost.store.paths import config_dir
 
 if TYPE_CHECKING:
@@ -170,6 +172,18 @@ class HostAgent:
         self.mounts = MountManager(inst.dir, hotplug, self.session.open, static_mounts,
                                    default_mount_type(self.config),
                                    tuple(self.config.mount_types_unsupported))
+        self.mounts.on_failure = self._mount_failed
+        self.mounts.on_change = self._mounts_changed
+        self.mounts.vm_running = self._vm_running
+        if self.attach_pid:  # the runtime mounts the VM kept, as the dead host agent saved them
+            try:
+                self.mounts.restore_runtime()
+            except MountStateError as e:
+                self.events.add_error(f"{e}: the runtime mounts in the guest are not known; "
+                                      f"`roost stop {inst.name}` and start again to be sure")
+                self.mount_errors = True
+        else:
+            self.mounts.discard_saved()  # a VM of its own: none of its predecessor's mounts
         self.port_forwarding = PortForwarding(inst, list(self.config.port_forwards),
                                               self.session, self.events, self._runtime_changed,
                                               self.mounts.sftp.serve_guest_stream)
@@ -212,6 +226,7 @@ class HostAgent:
     async def _run(self) -> int:
         inst = self.inst
         self.cleanups.push("remove runtime files", self._remove_runtime_files)
+        self.cleanups.push("forget runtime mounts", self._forget_runtime_mounts)
         # After the VM has stopped: its RAM file, unless suspend keeps it.
         self.cleanups.push("remove the RAM file", self._discard_ram)
         # Pushed before the VM starts, so it runs after the VM has stopped.
@@ -220,7 +235,7 @@ class HostAgent:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
             await self.driver.attach(self.attach_pid)
-            self.mounts.adopt_static_daemons()
+            self.mounts.adopt_daemons()
         elif not self._prestarted:
             await self.mounts.start_static_daemons()
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,
@@ -228,6 +243,8 @@ class HostAgent:
             await self.driver.start()
         self.cleanups.push("stop the VM", lambda: self.driver.stop(
             graceful=not (self._forced or self.checkpoints.suspended)))
+        # Before that: the shares' daemons end with the VM, and that is no failure.
+        self.cleanups.push("stop watching mount daemons", self.mounts.unwatch_all)
         woken: asyncio.Future[None] | None = None
         if self.resume_state is not None:
             await self.checkpoints.run_restored()
@@ -298,6 +315,39 @@ class HostAgent:
             "health": self.session.health.get("summary", "-"),
             "state": self.ready_state, "degradedBy": self.degraded_by,
         }) + "\n")
+
+    def _vm_running(self) -> bool:
+        pid = self.driver.info().pid
+        return pid is not None and pid_running(pid)
+
+    def _forget_runtime_mounts(self) -> None:
+        """The VM has stopped: its runtime mounts went with it (a suspend
+        saved its own list of them, in suspended.json)."""
+        if not self._vm_running():
+            self.mounts.discard_saved()
+
+    def _mount_failed(self, rec: MountRecord) -> None:
+        """A share's daemon died: said at once, and the instance is degraded."""
+        self.events.add_error(rec.error)
+        self._mounts_changed()
+        self.events.emit_transient(mountFailed={
+            "mountPoint": rec.mount_point, "location": rec.location, "type": rec.type,
+            "ephemeral": rec.ephemeral, "error": rec.error})
+
+    def _mounts_changed(self) -> None:
+        """Degraded by "mounts" while a share is failed (or failed at boot);
+        decided by readiness until it has run."""
+        if self.ready_state == "starting":
+            return
+        self._decide_degraded()
+        self._write_runtime()
+        self.events.emit(degraded=bool(self.degraded_by))
+
+    def _decide_degraded(self) -> None:
+        others = [d for d in self.degraded_by if d != "mounts"]
+        failed = self.mount_errors or any(r.error for r in self.mounts.records.values())
+        self.degraded_by = others + (["mounts"] if failed else [])
+        self.ready_state = "degraded" if self.degraded_by else "running"
 
     def _discard_ram(self) -> None:
         if not self.checkpoints.suspended and isinstance(self.driver, Suspendable):
@@ -400,9 +450,8 @@ class HostAgent:
             self.events.add_error(f"{r.error} (hint: {r.requirement.debug_hint})")
         agent = {"connected": self.session.connected}
         self.degraded_by = [r.requirement.name for r in failed] + (
-            ["mounts"] if self.mount_errors else []) + (
             ["copyToHost"] if self.copy_errors else [])
-        self.ready_state = "degraded" if self.degraded_by else "running"
+        self._decide_degraded()
         self._write_runtime()
         await api_up.wait()
         self.events.emit(

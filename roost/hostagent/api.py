@@ -41,7 +41,7 @@ class Mounts(Protocol):
     async def add(self, location: str, mount_point: str, kind: str,
                   writable: bool) -> dict[str, Any]: ...
 
-    async def remove(self, mount_point: str) -> dict[str, Any]: ...
+    async def remove(self, mount_point: str, force: bool = False) -> dict[str, Any]: ...
 
 
 log = logging.getLogger(__name__)
@@ -254,7 +254,8 @@ class ApiServer:
 
     async def _delete_mount(self, request: web.Request, query: MountRemove) -> web.Response:
         try:
-            return web.json_response(await self._mounts.remove(query.mount_point))
+            return web.json_response(await self._mounts.remove(query.mount_point,
+                                                              force=query.force))
         except UsageError as e:
             return _error(404 if "nothing is mounted" in str(e) else 400, str(e))
 

@@ -21,7 +21,8 @@ Input = TypeVar("Input", bound=ApiInput)
 
 # What an error type says was expected, for the types the models use.
 _EXPECTED = {
-    "bool_type": "a boolean", "string_type": "a string", "float_type": "a number",
+    "bool_type": "a boolean", "bool_parsing": "a boolean (true or false)",
+    "string_type": "a string", "float_type": "a number",
     "int_type": "an integer", "list_type": "a list", "dict_type": "an object",
     "dataclass_type": "an object", "finite_number": "a finite number",
 }

@@ -77,6 +77,9 @@ class MountRemove(ApiInput):
 
     mount_point: str
     """The guest path it is mounted at."""
+    force: bool = False
+    """Detach it even when busy or its daemon died: the guest aborts the share's
+    connection first, so I/O on it fails instead of hanging."""
 
 
 SnapshotTag = Annotated[str, Constraint(pattern=TAG_RE.pattern)]

@@ -20,6 +20,7 @@ from openapi_spec_validator import validate as validate_spec
 
 from roost.cli import haclient
 from roost.cli.main import cli
+from roost.cli.mounts import remove_query
 from roost.errors import UsageError
 from roost.hostagent.api import ApiServer
 from roost.hostagent.apimodels import ExecRequest, ExecResize, MountAdd, MountRemove, MountType
@@ -35,6 +36,7 @@ class RecordedMounts:
 
     added: list[tuple[str, str, str, bool]] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    forced: list[bool] = field(default_factory=list)
 
     def listing(self) -> list[dict[str, Any]]:
         return [{"location": loc, "mountPoint": mp, "type": kind or "virtiofs",
@@ -46,10 +48,11 @@ class RecordedMounts:
         self.added.append((location, mount_point, kind, writable))
         return self.listing()[-1]
 
-    async def remove(self, mount_point: str) -> dict[str, Any]:
+    async def remove(self, mount_point: str, force: bool = False) -> dict[str, Any]:
         if mount_point not in [m[1] for m in self.added]:
             raise UsageError(f"nothing is mounted at {mount_point}")
         self.removed.append(mount_point)
+        self.forced.append(force)
         return {"mountPoint": mount_point}
 
 
@@ -167,7 +170,7 @@ async def test_the_document_describes_inputs_from_the_models(api: Api) -> None:
     assert tuple(schemas["ExecSignal"]["properties"]["signal"]["enum"]) == EXEC_SIGNALS
     remove = api.doc["paths"]["/v1/mounts"]["delete"]
     assert [(p["name"], p["in"], p["required"]) for p in remove["parameters"]] == [
-        ("mountPoint", "query", True)]
+        ("mountPoint", "query", True), ("force", "query", False)]
     assert "requestBody" not in remove
     apply = api.doc["paths"]["/v1/snapshots/{tag}/apply"]["post"]
     assert apply["parameters"][0]["in"] == "path" and "pattern" in apply["parameters"][0]["schema"]
@@ -271,9 +274,12 @@ async def test_bodies_that_are_not_json_objects(api: Api) -> None:
 async def test_queries_paths_and_bodies_a_route_does_not_take(api: Api) -> None:
     status, answer = await api.call("DELETE", "/v1/mounts")
     assert (status, answer["error"]) == (400, "query parameter mountPoint: required")
-    status, answer = await api.call("DELETE", "/v1/mounts?mountPoint=/a&force=1")
+    status, answer = await api.call("DELETE", "/v1/mounts?mountPoint=/a&lazy=1")
     assert (status, answer["error"]) == (
-        400, "query parameter force: unknown field (known: mountPoint)")
+        400, "query parameter lazy: unknown field (known: mountPoint, force)")
+    status, answer = await api.call("DELETE", "/v1/mounts?mountPoint=/a&force=maybe")
+    assert status == 400 and answer["error"].startswith(
+        "query parameter force: expected a boolean"), answer
     status, answer = await api.call("DELETE", "/v1/mounts?mountPoint=/a&mountPoint=/b")
     assert (status, answer["error"]) == (400, "query parameter mountPoint: given more than once")
     status, answer = await api.call("POST", "/v1/snapshots/a%20b/apply")
@@ -307,7 +313,9 @@ async def test_valid_requests_reach_their_handlers_typed(api: Api) -> None:
     status, listing = await api.call("GET", "/v1/mounts")
     assert status == 200 and len(listing) == 2
     status, _ = await api.call("DELETE", "/v1/mounts?mountPoint=/mnt/a")
-    assert status == 200 and api.mounts.removed == ["/mnt/a"]
+    assert status == 200 and api.mounts.removed == ["/mnt/a"] and api.mounts.forced == [False]
+    status, _ = await api.call("DELETE", "/v1/mounts?mountPoint=/mnt/b&force=true")
+    assert status == 200 and api.mounts.forced == [False, True]
     status, answer = await api.call("DELETE", "/v1/mounts?mountPoint=/mnt/zz")
     assert (status, answer["error"]) == (404, "nothing is mounted at /mnt/zz")
     status, answer = await api.call("POST", "/v1/snapshots", json={"tag": "a"})
@@ -332,8 +340,10 @@ async def test_the_cli_sends_what_the_api_takes(api: Api) -> None:
     body = MountAdd(location="/tmp", mount_point="/mnt/c", writable=False).wire()
     rec = await asyncio.to_thread(haclient.request, api.sock, "POST", "/v1/mounts", body)
     assert rec["mountPoint"] == "/mnt/c" and api.mounts.added[-1][3] is False
-    query = MountRemove(mount_point="/mnt/c").wire()
-    assert query == {"mountPoint": "/mnt/c"}
+    assert MountRemove(mount_point="/mnt/c").wire() == {"mountPoint": "/mnt/c", "force": False}
+    await asyncio.to_thread(haclient.request, api.sock, "DELETE",
+                            f"/v1/mounts?{remove_query('/mnt/c', True)}")
+    assert (api.mounts.removed[-1], api.mounts.forced[-1]) == ("/mnt/c", True)
     answers = await api.exec_ws(ExecRequest(argv=["sh", "-c", "stty size"], tty=True, rows=7,
                                             cols=33, term="xterm").wire())
     assert b"\x017 33\r\n" in answers and answers[-1]["exitCode"] == 0

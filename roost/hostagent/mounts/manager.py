@@ -17,13 +17,22 @@ the save: runtime mounts are removed (and added again after the restore);
 roost.yaml's are unmounted in the guest, and their virtiofs devices, which
 sit on root ports of their own for this, are unplugged, to be plugged and
 mounted again after the restore.
+
+A host agent can die (kill -9) while the VM runs on: the runtime mounts are
+kept in mounts.json (state.py) on every change, and the host agent that
+takes the VM over restores them and adopts their virtiofsd. Every daemon
+serving a share is watched; one that dies marks its share failed at once
+(guest I/O on it would hang), reported through `on_failure`, and
+`remove(force=True)` then aborts the share in the guest so I/O fails instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +42,8 @@ from roost.config.model import Config, Mount
 from roost.driver.base import FileSystemHotplug, Share
 from roost.errors import RoostError, UsageError
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
-from roost.hostagent.mounts.sftp import SHARE_IN_ROOT, SftpGrants
+from roost.hostagent.mounts import state
+from roost.hostagent.mounts.sftp import SHARE_IN_ROOT, Grant, SftpGrants
 from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
 from roost.hostagent.userns import setgroups_problem
 from roost_guest.protocol import guest_mount_point_problem
@@ -41,6 +51,10 @@ from roost_guest.protocol import guest_mount_point_problem
 log = logging.getLogger(__name__)
 
 MOUNT_TIMEOUT = 30.0
+# A daemon that ends this soon before the VM does went with it (QEMU's exit
+# closes its end of the socket): no failure of the share to report.
+VM_EXIT_GRACE = 0.5
+HOT_DEVICE_RE = re.compile(r"^hot(\d+)\.")  # hotN.vfs.sock, .pid, .log in the instance dir
 
 
 class MountFailed(RoostError):
@@ -92,6 +106,8 @@ class MountRecord:
     options: dict[str, Any] = field(default_factory=dict)
     error: str = ""
     detached: bool = False  # a roost.yaml share taken out for a suspend
+    removing: bool = False  # its daemon's end is expected from now on
+    watcher: asyncio.Future[None] | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -163,7 +179,13 @@ class MountManager:
         self.records: dict[str, MountRecord] = {r.mount_point: r for r in static}
         self._lock = asyncio.Lock()
         self._counter = 0
-        self.sftp = SftpGrants()  # what reverse-sshfs streams from the guest may serve
+        self.sftp = SftpGrants(self._sftp_server_ended)  # what reverse-sshfs streams may serve
+        # Set by the host agent: a share whose daemon died; any change of the registry.
+        self.on_failure: Callable[[MountRecord], None] = lambda rec: None
+        self.on_change: Callable[[], None] = lambda: None
+        self.vm_running: Callable[[], bool] = lambda: True
+        self._watching = True
+        self._saved_pids: dict[str, int] = {}  # restored mounts' virtiofsd, by mount point
 
     def listing(self) -> list[dict[str, Any]]:
         return [r.to_json() for r in sorted(self.records.values(), key=lambda r: r.mount_point)]
@@ -184,15 +206,125 @@ class MountManager:
             if rec.type == "virtiofs" and not rec.detached:
                 rec.virtiofsd = self._virtiofsd(rec)
                 await rec.virtiofsd.start()
+                self._watch(rec)
 
-    def adopt_static_daemons(self) -> None:
-        """Taking over a running VM: its static shares are served by virtiofsd
-        processes the host agent that died started; stop them by pid later."""
+    def adopt_daemons(self) -> None:
+        """Taking over a running VM: its shares are served by virtiofsd
+        processes the host agent that died started; each is watched from
+        now on and stopped by pid later. One that is gone leaves its share
+        failed, and so does every reverse-sshfs runtime mount: its SFTP
+        stream ran over the dead host agent's guest agent connection."""
         for rec in self.records.values():
-            if rec.type == "virtiofs" and rec.virtiofsd is None:
+            if rec.error or rec.detached:
+                continue
+            if rec.type == "reverse-sshfs" and rec.ephemeral:
+                self._fail(rec, f"reverse-sshfs share {rec.location} lost its SFTP server "
+                           "with the host agent that served it (killed); "
+                           f"`roost mount remove` it and add it again")
+            elif rec.type == "virtiofs" and rec.virtiofsd is None:
                 daemon = self._virtiofsd(rec)
-                if daemon.adopt():
+                if daemon.adopt(self._saved_pids.get(rec.mount_point)):
                     rec.virtiofsd = daemon
+                    self._watch(rec)
+                else:
+                    self._fail(rec, f"virtiofsd serving {rec.location} at {rec.mount_point} "
+                               "did not outlive the host agent that started it")
+
+    # -- runtime mounts on disk (a successor's to restore) ---------------------
+
+    def restore_runtime(self) -> None:
+        """The runtime mounts and hot-plug counter a host agent that died
+        saved (state.py); raises MountStateError when mounts.json is torn,
+        leaving the counter past every hotN file in the instance directory."""
+        self._counter = self._highest_hot_number()
+        saved = state.load(self.inst_dir)
+        self._counter = max(self._counter, saved.counter)
+        for m in saved.mounts:
+            if m.mount_point in self.records:  # roost.yaml's now: theirs wins
+                continue
+            self.records[m.mount_point] = MountRecord(
+                location=m.location, mount_point=m.mount_point, type=m.type,
+                writable=m.writable, ephemeral=True, tag=m.tag, slot=m.slot,
+                device_id=m.device_id, options=dict(m.options), error=m.error)
+            if m.virtiofsd_pid:
+                self._saved_pids[m.mount_point] = m.virtiofsd_pid
+
+    def _highest_hot_number(self) -> int:
+        numbers = [int(m.group(1)) for name in os.listdir(self.inst_dir)
+                   if (m := HOT_DEVICE_RE.match(name))]
+        return max(numbers, default=0)
+
+    def _save(self) -> None:
+        saved = []
+        for rec in self.records.values():
+            if not rec.ephemeral or rec.device_id is None:
+                continue
+            daemon = rec.virtiofsd
+            saved.append(state.SavedMount(
+                location=rec.location, mount_point=rec.mount_point, type=rec.type,
+                writable=rec.writable, tag=rec.tag, device_id=rec.device_id, slot=rec.slot,
+                options=rec.options, virtiofsd_pid=daemon.pid if daemon else None,
+                virtiofsd_socket=str(daemon.socket_path) if daemon else None, error=rec.error))
+        state.save(self.inst_dir, self._counter, saved)
+
+    def discard_saved(self) -> None:
+        """The host agent ends with its VM: nothing to take over."""
+        state.discard(self.inst_dir)
+
+    # -- watching the daemons ------------------------------------------------
+
+    def _watch(self, rec: MountRecord) -> None:
+        if rec.virtiofsd is not None:
+            rec.watcher = asyncio.ensure_future(self._watch_virtiofsd(rec, rec.virtiofsd))
+
+    async def _watch_virtiofsd(self, rec: MountRecord, daemon: Virtiofsd) -> None:
+        pid = daemon.pid
+        how = await daemon.exited()
+        if await self._end_expected(rec) or rec.virtiofsd is not daemon:
+            return
+        self._fail(rec, f"virtiofsd (pid {pid}) serving {rec.location} at {rec.mount_point} "
+                   f"{how}; guest I/O there fails once `roost mount remove --force "
+                   f"{rec.mount_point}` detaches it" if rec.ephemeral else
+                   f"virtiofsd (pid {pid}) serving {rec.location} at {rec.mount_point} "
+                   f"{how}; restart the instance to serve it again")
+
+    async def _end_expected(self, rec: MountRecord) -> bool:
+        """A daemon's end that is no failure: its share was being removed,
+        the host agent is shutting down, or the VM went (a moment later)."""
+        if rec.removing or not self._watching:
+            return True
+        await asyncio.sleep(VM_EXIT_GRACE)
+        return rec.removing or not self._watching or not self.vm_running()
+
+    async def _unwatch(self, rec: MountRecord) -> None:
+        watcher, rec.watcher = rec.watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+
+    async def unwatch_all(self) -> None:
+        """Before the VM is stopped: its daemons end with it, as they should."""
+        self._watching = False
+        for rec in self.records.values():
+            await self._unwatch(rec)
+
+    def _fail(self, rec: MountRecord, reason: str) -> None:
+        log.error("%s", reason)
+        rec.error = reason
+        if rec.ephemeral:
+            self._save()
+        self.on_failure(rec)
+
+    def _sftp_server_ended(self, grant: Grant, how: str) -> None:
+        """serve_sftp's server ended: a failure unless the share was being removed."""
+        rec = self.records.get(grant.mount_point)
+        if rec is None or rec.removing or rec.error or not self._watching \
+                or rec.type != "reverse-sshfs":
+            return
+        self._fail(rec, f"sftp-server serving {rec.location} at {rec.mount_point} {how}; "
+                   f"guest I/O there fails; `roost mount remove {rec.mount_point}` it and "
+                   "add it again")
 
     def _require_hotplug(self) -> FileSystemHotplug:
         if self.hotplug is None:
@@ -212,18 +344,37 @@ class MountManager:
             await daemon.stop()
             raise
         rec.virtiofsd = daemon
+        self._watch(rec)
 
     async def _unplug(self, rec: MountRecord) -> None:
         """The device off its root port, then its virtiofsd (if it has them)."""
+        await self._unwatch(rec)  # the daemon ends with the device, as it should
         if rec.type == "virtiofs" and rec.device_id and rec.slot:
             await self._require_hotplug().unplug(rec.device_id)
         if rec.virtiofsd is not None:
             await rec.virtiofsd.stop()
             rec.virtiofsd = None
 
+    async def _unplug_dead_virtiofs(self, rec: MountRecord) -> None:
+        """A virtiofs share whose daemon may be dead leaves the guest device
+        first: Linux's virtiofs has no abort (no fusectl entry, no MNT_FORCE),
+        but once its device is gone every request on it fails (ENOTCONN), so
+        the unmount after it, and any I/O, no longer waits for the daemon.
+        Requests already in flight when the daemon died hold the guest's
+        device removal (it drains them): then only stopping the VM frees them."""
+        try:
+            await self._unplug(rec)
+        except RoostError as e:
+            raise MountFailed(
+                f"{rec.mount_point}: {e}. I/O was waiting on the share when its virtiofsd "
+                "died, and the guest kernel cannot cancel it; stop the instance "
+                "(roost stop) to free it") from None
+        rec.slot = None  # unplugged: a retry of the unmount plugs nothing out
+
     async def stop_daemons(self) -> None:
         """At shutdown, after QEMU is gone: every virtiofsd, never blocking long."""
         for rec in self.records.values():
+            await self._unwatch(rec)
             if rec.virtiofsd is not None:
                 await rec.virtiofsd.stop()
 
@@ -233,7 +384,7 @@ class MountManager:
         params: dict[str, Any] = {"mountPoint": rec.mount_point, "readonly": not rec.writable}
         token = ""
         if rec.type == "reverse-sshfs":
-            token = self.sftp.grant(rec.location, rec.writable)
+            token = self.sftp.grant(rec.location, rec.writable, rec.mount_point)
             params.update(fstype="reverse-sshfs", remotePath=SHARE_IN_ROOT, token=token,
                           cache=rec.options.get("cache", True),
                           followSymlinks=rec.options.get("followSymlinks", False))
@@ -297,23 +448,14 @@ class MountManager:
             if mount_point in self.records:
                 raise UsageError(f"{mount_point} is already mounted "
                                  f"(from {self.records[mount_point].location})")
-            self._counter += 1
-            rec = MountRecord(location=location, mount_point=mount_point, type=kind,
-                              writable=writable, ephemeral=True,
-                              tag=f"roost-hot{self._counter}", device_id=f"hot{self._counter}")
+            rec = self._new_record(location, mount_point, kind, writable)
             undo: list[Callable[[], Awaitable[None]]] = []
             loop = asyncio.get_running_loop()
             began = loop.time()
             plugged = began
             try:
                 if kind == "virtiofs":
-                    slots = self._require_hotplug().hotplug_slots()
-                    used = {r.slot for r in self.records.values()}
-                    free = [s for s in slots if s not in used]
-                    if not free:
-                        raise UsageError(f"all {len(slots)} hot-plug slots are in use; "
-                                         "remove a mount first (roost mount remove)")
-                    rec.slot = free[0]
+                    rec.slot = self._free_slot()
                     await self._plug(rec)
                     undo.append(lambda: self._unplug(rec))
                     plugged = loop.time()
@@ -328,12 +470,32 @@ class MountManager:
                     raise
                 raise MountFailed(f"hot-mount of {location} failed: {e}") from None
             self.records[mount_point] = rec
+            self._save()
+            self.on_change()
             done = loop.time()
             log.info("%s mounted at %s in %.3fs (%s: %.3fs, the guest's mount: %.3fs)",
                      location, mount_point, done - began,
                      "virtiofsd and device" if kind == "virtiofs" else "no device",
                      plugged - began, done - plugged)
             return rec.to_json()
+
+    def _new_record(self, location: str, mount_point: str, kind: str,
+                    writable: bool) -> MountRecord:
+        """A runtime mount's record, with the next tag and device id."""
+        self._counter += 1
+        self._save()  # a successor must not hand out this number again
+        return MountRecord(location=location, mount_point=mount_point, type=kind,
+                           writable=writable, ephemeral=True,
+                           tag=f"roost-hot{self._counter}", device_id=f"hot{self._counter}")
+
+    def _free_slot(self) -> str:
+        slots = self._require_hotplug().hotplug_slots()
+        used = {r.slot for r in self.records.values()}
+        free = [s for s in slots if s not in used]
+        if not free:
+            raise UsageError(f"all {len(slots)} hot-plug slots are in use; "
+                             "remove a mount first (roost mount remove)")
+        return free[0]
 
     async def readd(self, mounts: list[dict[str, Any]]) -> list[str]:
         """Mount again what listing() described (after a suspend); the errors."""
@@ -385,7 +547,10 @@ class MountManager:
                 errors.append(f"{rec.mount_point}: {e}")
         return errors
 
-    async def remove(self, mount_point: str) -> dict[str, Any]:
+    async def remove(self, mount_point: str, force: bool = False) -> dict[str, Any]:
+        """Unmount a runtime mount in the guest and detach its device. With
+        `force`, or when its daemon died (its I/O would hang), the guest aborts
+        the share's FUSE connection first: pending and later I/O fails."""
         mount_point = os.path.normpath(mount_point)
         async with self._lock:
             rec = self.records.get(mount_point)
@@ -395,7 +560,21 @@ class MountManager:
             if not rec.ephemeral:
                 raise UsageError(f"{mount_point} comes from roost.yaml; remove it there and "
                                  "restart the instance")
-            await self._guest_umount(rec)
-            await self._unplug(rec)
+            rec.removing = True
+            force = force or bool(rec.error)
+            try:
+                if force and rec.type == "virtiofs":
+                    await self._unplug_dead_virtiofs(rec)
+                    await self._guest_umount(rec, force=True)
+                else:
+                    await self._guest_umount(rec, force=force)
+                    await self._unplug(rec)
+            except BaseException:
+                rec.removing = False
+                if rec.virtiofsd is not None and rec.watcher is None and not rec.error:
+                    self._watch(rec)  # still serving: still watched
+                raise
             del self.records[mount_point]
+            self._save()
+            self.on_change()
             return rec.to_json()

@@ -23,10 +23,12 @@ import re
 import secrets
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from roost.hostagent.guestagent import TunnelStream
+from roost.hostagent.procwatch import how_it_ended
 from roost.hostagent.userns import SCRATCH, Bind, ConfineError, Owner, spawn_confined
 
 CANDIDATES = ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server",
@@ -58,17 +60,21 @@ def runtime_files(binary: str) -> tuple[str, ...]:
 class Grant:
     location: str
     writable: bool
+    mount_point: str = ""  # the share's, for telling of its server's end
 
 
 class SftpGrants:
-    """The shares the host agent has agreed to serve, by one-time token."""
+    """The shares the host agent has agreed to serve, by one-time token;
+    `ended` learns how each server that served one ended (a killed one
+    leaves its share dead)."""
 
-    def __init__(self) -> None:
+    def __init__(self, ended: Callable[[Grant, str], None] | None = None) -> None:
         self._grants: dict[str, Grant] = {}
+        self._ended = ended
 
-    def grant(self, location: str, writable: bool) -> str:
+    def grant(self, location: str, writable: bool, mount_point: str = "") -> str:
         token = secrets.token_urlsafe(24)
-        self._grants[token] = Grant(location, writable)
+        self._grants[token] = Grant(location, writable, mount_point)
         return token
 
     def revoke(self, token: str) -> None:
@@ -89,7 +95,9 @@ class SftpGrants:
         if grant is None:
             await stream.reset("no share was granted for this token")
             return
-        await serve_sftp(stream, grant)
+        returncode = await serve_sftp(stream, grant)
+        if returncode != 0 and self._ended is not None:
+            self._ended(grant, how_it_ended(returncode))
 
 
 async def start_sftp_server(binary: str, grant: Grant) -> asyncio.subprocess.Process:
@@ -110,21 +118,28 @@ async def start_sftp_server(binary: str, grant: Grant) -> asyncio.subprocess.Pro
         stderr=asyncio.subprocess.DEVNULL)
 
 
-async def serve_sftp(stream: TunnelStream, grant: Grant) -> None:
+async def serve_sftp(stream: TunnelStream, grant: Grant) -> int | None:
+    """Serve the stream until either side ends; sftp-server's exit status
+    (None: it never ran). It ends with status 0 when the guest's sshfs goes
+    (an unmount); a signal or an error status means it died under the share."""
     binary = find_sftp_server()
     if binary is None:
         await stream.reset("no sftp-server on the host (Debian: openssh-sftp-server)")
-        return
+        return None
     try:
         proc = await start_sftp_server(binary, grant)
     except (ConfineError, OSError) as e:
         await stream.reset(f"sftp-server could not be confined: {e}")
-        return
+        return None
     assert proc.stdin is not None and proc.stdout is not None
+    ended_first: int | None = None
     try:
         await stream.splice(proc.stdout, proc.stdin)
     finally:
+        ended_first = proc.returncode
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
         await proc.wait()
+    # Terminated here because the stream ended first is no death under the share.
+    return 0 if ended_first is None and proc.returncode == -15 else proc.returncode

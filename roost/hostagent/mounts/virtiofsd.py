@@ -21,6 +21,7 @@ import socket
 from pathlib import Path
 
 from roost.errors import RoostError
+from roost.hostagent.procwatch import how_it_ended, open_pidfd, wait_pidfd
 from roost.hostagent.userns import SCRATCH, Bind, Owner, spawn_confined
 from roost.store.durable import write_atomic
 from roost.store.instance import pid_running
@@ -65,6 +66,7 @@ class Virtiofsd:
         self.writable = writable
         self._proc: asyncio.subprocess.Process | None = None
         self._adopted: int | None = None  # a pid from a host agent that died
+        self._pidfd: int | None = None  # the adopted one's, to learn of its end
 
     @property
     def pid(self) -> int | None:
@@ -87,20 +89,45 @@ class Virtiofsd:
         anyone looking for an instance's daemons in /proc)."""
         return {SOCKET_ENV: str(self.socket_path)}
 
-    def adopt(self) -> bool:
+    def adopt(self, pid: int | None = None) -> bool:
         """Take over the virtiofsd serving our socket that a host agent which
-        died started (found by its pid file, checked by its binary and environment)."""
+        died started: `pid`, else the one in its pid file, checked by its
+        binary and environment. Its pidfd is opened before the checks, so
+        the process checked is the one later watched and stopped."""
         try:
-            pid = int(self.pidfile.read_text().split()[0])
+            pid = pid or int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return False
+        pidfd = open_pidfd(pid)
+        if pidfd is None:
+            return False
+        try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except (OSError, ValueError, IndexError):
+        except OSError:
+            os.close(pidfd)
             return False
         marker = f"{SOCKET_ENV}={self.socket_path}".encode()
         if cmdline.split(b"\0")[0] != self.binary.encode() or marker not in environ.split(b"\0"):
+            os.close(pidfd)
             return False
-        self._adopted = pid
+        self._adopted, self._pidfd = pid, pidfd
         return True
+
+    async def exited(self) -> str:
+        """Wait for the daemon to end; how it ended (an adopted one's status
+        is its dead parent's to know: only that it exited)."""
+        if self._proc is not None:
+            return how_it_ended(await self._proc.wait())
+        if self._pidfd is not None:
+            await wait_pidfd(self._pidfd)
+            return how_it_ended(None)
+        return "is not running"
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
 
     async def start(self) -> None:
         self.socket_path.unlink(missing_ok=True)
@@ -144,7 +171,10 @@ class Virtiofsd:
         """SIGTERM, then SIGKILL; always reaped, so never a zombie."""
         proc = self._proc
         if proc is None:
-            await self._stop_adopted()
+            try:
+                await self._stop_adopted()
+            finally:
+                self._close_pidfd()
             return
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
