@@ -37,5 +37,9 @@ def shown(text: str, limit: int = 80) -> str:
 
 
 def cut(text: str, limit: int = 2 * QUOTE_CHARS) -> str:
-    """`text` cut to `limit` characters, for a message made elsewhere."""
-    return text if len(text) <= limit else f"{text[:limit]}..."
+    """A message made elsewhere, at most about `limit` characters: its start
+    and its end (where the reason usually is), the middle left out."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}...{text[-half:]}"

@@ -317,3 +317,32 @@ def test_start_refuses_a_mount_whose_folder_is_gone(scratch: Path) -> None:
     finally:
         record("mount folder removed after create, then start", AT_START,
                outcome_of(result, scratch), ok)
+
+
+# -- the host agent's door (POST /v1/mounts): the same refusals, bounded ----------
+
+API_PATHS = {
+    "API mount: a 500 KB host path": ("/" + "h" * 500_000, "/mnt/a", "does not exist"),
+    "API mount: a host path with a NUL": ("/tmp/a\0b", "/mnt/a", "contains a NUL or newline"),
+    "API mount: a 500 KB guest path": ("/tmp", "/proc/" + "g" * 500_000, "a system directory"),
+    "API mount: guest path /mnt/../etc": ("/tmp", "/mnt/../etc", "must not contain '..'"),
+}
+
+
+@pytest.mark.parametrize("what", list(API_PATHS))
+def test_the_host_agent_refuses_mount_paths_in_few_words(what: str) -> None:
+    from roost.errors import UsageError
+    from roost.hostagent.mounts.manager import check_guest_path, check_host_path
+
+    location, mount_point, expect = API_PATHS[what]
+    message = ""
+    try:
+        with pytest.raises(UsageError) as e:
+            check_guest_path(mount_point)
+            check_host_path(location)
+        message = str(e.value)
+        assert expect in message and len(message) < 1000, message[:2000]
+    finally:
+        record(what, "UsageError (HTTP 400) of a few hundred characters",
+               f"UsageError, {len(message)} characters: {message[:120]}", bool(message)
+               and expect in message and len(message) < 1000)
