@@ -116,7 +116,7 @@ def probes(name: str, as_json: bool) -> None:
 
 
 def show_diff(name: str, as_json: bool) -> None:
-    from roost.config.sizes import format_size
+    from roost.config.sizes import human_size
 
     result = ask_guest(name, "diff", timeout=120.0)
     changes = result["changes"]
@@ -125,5 +125,5 @@ def show_diff(name: str, as_json: bool) -> None:
         return
     marks = {"created": "+", "modified": "~", "deleted": "-"}
     for c in changes:
-        size = format_size(c["size"]) if c["size"] else "0B"
+        size = human_size(c["size"]) if c["size"] else "0B"
         click.echo(f"{marks[c['kind']]} {c['path']}  ({size})")

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import yaml
 
-from roost.config.sizes import format_size, parse_size
+from roost.config.sizes import human_size, parse_size
 from roost.errors import RoostError
 from roost.store.instance import Instance, Status, list_instances
 
@@ -67,8 +67,8 @@ def ls(as_json: bool) -> None:
             r["name"], r["status"], r["health"],
             f"127.0.0.1:{r['sshLocalPort']}" if r["sshLocalPort"] else "-",
             str(r["cpus"] or "-"),
-            format_size(r["memory"]) if r["memory"] else "-",
-            format_size(r["disk"]) if r["disk"] else "-",
+            human_size(r["memory"]) if r["memory"] else "-",
+            human_size(r["disk"]) if r["disk"] else "-",
             r["dir"],
         )
         for r in rows

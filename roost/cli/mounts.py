@@ -10,14 +10,20 @@ from typing import Any
 import click
 
 from roost.cli import haclient
+from roost.errors import UsageError, cut
 from roost.hostagent.apimodels import MountAdd, MountRemove, MountType
 from roost.store.instance import Instance
+from roost_guest.protocol import guest_mount_point_problem
 
 MOUNT_TIMEOUT = 120.0  # a hot-plug under TCG takes a second or two
 
 
 def add(name: str, host_path: str, guest_path: str, kind: MountType | None,
         writable: bool) -> None:
+    # Refused before anything else: the host agent checks it again.
+    problem = guest_mount_point_problem(guest_path)
+    if problem:
+        raise UsageError(cut(problem))
     inst = Instance.at(name).require_running()
     body = MountAdd(location=os.path.abspath(os.path.expanduser(host_path)),
                     mount_point=guest_path, type=kind or "", writable=writable)

@@ -11,7 +11,7 @@ from typing import Any
 from roost.config.loader import Config, parse_config
 from roost.config.setting import apply_settings, parse_setting
 from roost.config.template import Document, builtin, file_document, looks_like_path, resolve
-from roost.errors import UsageError
+from roost.errors import UsageError, listing, quote, shown
 
 __all__ = ["compose"]
 
@@ -23,7 +23,7 @@ def _document(template: str | None, config_file: str | None) -> Document | None:
     if template is not None:
         name = template.removeprefix("template://").removeprefix("template:")
         if looks_like_path(name):
-            raise UsageError(f"--template takes a template name, not a file ({template!r}); "
+            raise UsageError(f"--template takes a template name, not a file ({quote(template)}); "
                              "give a file with --config")
         return builtin(name)
     return file_document(config_file) if config_file is not None else None
@@ -40,5 +40,5 @@ def compose(template: str | None = None, config_file: str | None = None,
     data = apply_settings(data, settings)
     source = doc.label if doc is not None else "the command line"
     if settings:
-        source += " with " + " ".join(f"--set {s.arg}" for s in settings)
+        source += " with " + " ".join(listing([f"--set {shown(s.arg)}" for s in settings], 5))
     return parse_config(data, source)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from roost.config.yamltext import YamlProblem, load_yaml
 from roost.errors import UsageError
 
 
@@ -17,19 +16,37 @@ class ConfigError(UsageError):
     """Invalid configuration; the message names each bad key or file."""
 
 
-def read_document(path: Path, what: str = "config file") -> Any:
-    """The YAML data in `path` (None for an empty file)."""
+# Far above any real configuration, far below a minute of parsing.
+MAX_DOCUMENT_BYTES = 1024 * 1024
+
+
+def read_text(path: Path, what: str = "config file") -> str:
+    """The text of `path`, refused unreadable, over MAX_DOCUMENT_BYTES or not UTF-8."""
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)  # never more, whatever `path` is
     except FileNotFoundError:
         raise ConfigError(f"{what} {path} does not exist") from None
     except IsADirectoryError:
         raise ConfigError(f"{what} {path} is a directory, not a YAML file") from None
     except OSError as e:
         raise ConfigError(f"cannot read {what} {path}: {e.strerror}") from None
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise ConfigError(f"{what} {path} is larger than {MAX_DOCUMENT_BYTES // 1024} KiB; "
+                          "a configuration is a few KiB (is it the right file?)")
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start} is "
+                          f"{data[e.start]:#04x}); save it as UTF-8") from None
+
+
+def read_document(path: Path, what: str = "config file") -> Any:
+    """The YAML data in `path` (None for an empty file)."""
+    text = read_text(path, what)
+    try:
+        return load_yaml(text)
+    except YamlProblem as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
 
 

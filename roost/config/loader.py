@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,8 +10,16 @@ import yaml
 
 from roost.config.document import ConfigError, read_document
 from roost.config.model import Config
+from roost.errors import listing, quote
 
 __all__ = ["Config", "ConfigError", "dump_config", "load_config", "parse_config"]
+
+
+# pydantic's names for union members and validators in an error's location:
+# "str", "function-after[_size(), int]", "literal['a','b']"; not user keys.
+_BRANCH = re.compile(r"(str|int|float|bool|none|[a-z-]+\[.*\])", re.DOTALL)
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_LINE = 500  # characters of one error line
 
 
 def _key_path(loc: tuple[int | str, ...]) -> str:
@@ -18,10 +27,11 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "tuple[", "list[", "str", "int", "literal[")):
-            continue  # pydantic's union and validator branches, not user keys
+        elif _BRANCH.fullmatch(part):
+            continue
         else:
-            out += f".{part}" if out else part
+            key = part if _PLAIN_KEY.fullmatch(part) else quote(part, 60)
+            out += f".{key}" if out else key
     return out or "(top level)"
 
 
@@ -34,13 +44,19 @@ def _message(err: dict[str, Any]) -> str:
         return "required key is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
-    if kind in ("int_parsing", "int_type"):
-        return f"expected a whole number, got {err.get('input')!r}"
+    got = quote(err.get("input"))
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"expected a whole number, got {got}"
     if kind in ("bool_parsing", "bool_type"):
-        return f"expected true or false, got {err.get('input')!r}"
+        return f"expected true or false, got {got}"
     if kind == "literal_error":
-        return f"{msg}, got {err.get('input')!r}"
+        return f"{msg}, got {got}"
     return msg
+
+
+def _line(err: dict[str, Any]) -> str:
+    line = f"{_key_path(tuple(err['loc']))}: {_message(err)}"
+    return line if len(line) <= MAX_LINE else line[:MAX_LINE] + "..."
 
 
 def parse_config(data: Any, source: str = "roost.yaml") -> Config:
@@ -53,7 +69,7 @@ def parse_config(data: Any, source: str = "roost.yaml") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        lines = [f"{_key_path(err['loc'])}: {_message(dict(err))}" for err in e.errors()]
+        lines = listing([_line(dict(err)) for err in e.errors()])
         raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines)) from None
 
 

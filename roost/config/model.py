@@ -23,12 +23,52 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from roost.config.sizes import format_size, parse_size
+from roost.errors import cut, quote
+from roost.store.instance import MAX_SOCKET_PATH
+from roost_guest.protocol import guest_mount_point_problem
 
 
 def _size(value: Any) -> int:
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise ValueError("expected a size such as 512MiB or 4GiB")
     return parse_size(value)
+
+
+def _host_dir(v: str) -> str:
+    """An existing host directory, absolute and normalised (~ expanded)."""
+    if "\0" in v or "\n" in v:
+        raise ValueError(f"a host path cannot hold a NUL or a newline, got {quote(v)}")
+    v = os.path.expanduser(v)
+    if not os.path.isabs(v):
+        raise ValueError(f"must be an absolute host path (or start with ~), got {quote(v)}")
+    v = os.path.normpath(v)
+    if not os.path.exists(v):
+        raise ValueError(f"{quote(v)} does not exist on the host; create the folder or "
+                         "fix the path")
+    if not os.path.isdir(v):
+        raise ValueError(f"{quote(v)} is not a directory; a mount shares a folder")
+    return v
+
+
+def _guest_mount_point(v: str) -> str:
+    """An absolute guest path outside the system directories, normalised."""
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute guest path, got {quote(v)}")
+    problem = guest_mount_point_problem(v)
+    if problem:
+        raise ValueError(cut(problem))
+    return os.path.normpath(v)
+
+
+def _socket_path(v: str, where: str) -> str:
+    if "\0" in v:
+        raise ValueError(f"a socket path cannot hold a NUL, got {quote(v)}")
+    if len(v.encode()) > MAX_SOCKET_PATH:
+        raise ValueError(f"a Unix socket path is at most {MAX_SOCKET_PATH} bytes, "
+                         f"got {len(v.encode())}")
+    if not v.startswith("/"):
+        raise ValueError(f"must be an absolute {where} path, got {quote(v)}")
+    return v
 
 
 Size = Annotated[int, BeforeValidator(_size), PlainSerializer(format_size, return_type=str)]
@@ -82,27 +122,32 @@ class Mount(_Model):
     virtiofs: VirtiofsOptions = Field(default_factory=VirtiofsOptions)
     sshfs: SSHFSOptions = Field(default_factory=SSHFSOptions)
 
-    @field_validator("location")
-    @classmethod
-    def _location(cls, v: str) -> str:
-        v = os.path.expanduser(v)
-        if not os.path.isabs(v):
-            raise ValueError(f"must be an absolute host path (or start with ~), got {v!r}")
-        return v
+    _check_location = field_validator("location")(classmethod(lambda cls, v: _host_dir(v)))
 
     @field_validator("mount_point")
     @classmethod
     def _mount_point(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise ValueError(f"must be an absolute guest path, got {v!r}")
-        return v
+        return None if v is None else _guest_mount_point(v)
+
+    @model_validator(mode="after")
+    def _location_as_mount_point(self) -> Mount:
+        # Without mountPoint, the guest sees the folder at its host path.
+        problem = "" if self.mount_point else guest_mount_point_problem(self.location)
+        if problem:
+            problem = cut(problem).removesuffix("; choose another guest path")
+            raise ValueError(f"without a mountPoint the guest path is the location, and "
+                             f"{problem}; give a mountPoint")
+        return self
+
+    def guest_path(self) -> str:
+        return self.mount_point or self.location
 
 
 def _ip(v: str) -> str:
     try:
         ipaddress.ip_address(v)
     except ValueError:
-        raise ValueError(f"not an IP address: {v!r}") from None
+        raise ValueError(f"not an IP address: {quote(v)}") from None
     return v
 
 
@@ -147,9 +192,24 @@ class PortForward(_Model):
             raise ValueError("reverse forwarding needs both guestSocket and hostSocket")
         if self.guest_ip_must_be_zero and not ipaddress.ip_address(self.guest_ip).is_unspecified:
             raise ValueError("guestIPMustBeZero needs guestIP 0.0.0.0 (or ::)")
-        if self.guest_socket and not self.guest_socket.startswith("/"):
-            raise ValueError("guestSocket must be an absolute guest path")
         return self
+
+    @field_validator("guest_socket")
+    @classmethod
+    def _guest_socket(cls, v: str | None) -> str | None:
+        return None if v is None else _socket_path(v, "guest")
+
+    @field_validator("host_socket")
+    @classmethod
+    def _host_socket(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        v = os.path.expanduser(v)
+        if not v.startswith("/"):
+            # Lima takes a relative hostSocket from the instance directory; not yet here.
+            raise ValueError(f"must be an absolute host path (or start with ~), got {quote(v)}; "
+                             "a relative path is not supported yet")
+        return _socket_path(v, "host")
 
     def guest_range(self) -> tuple[int, int] | None:
         if self.guest_port_range is not None:
@@ -189,7 +249,7 @@ class Provision(_Model):
             if self.path is None or self.content is None:
                 raise ValueError("mode data needs path and content")
             if not self.path.startswith("/"):
-                raise ValueError(f"path must be an absolute guest path, got {self.path!r}")
+                raise ValueError(f"path must be an absolute guest path, got {quote(self.path)}")
             if self.script is not None:
                 raise ValueError("mode data takes path and content, not script")
         else:
@@ -209,14 +269,14 @@ def _location(v: str) -> str:
     """https://, http://, file:// or an absolute path (~ expanded)."""
     if v.startswith(("https://", "http://")):
         if len(v.split("://", 1)[1].split("/", 1)[0]) == 0:
-            raise ValueError(f"no host in URL {v!r}")
+            raise ValueError(f"no host in URL {quote(v)}")
         return v
     if v.startswith("file://"):
         v = v[len("file://"):]
     v = os.path.expanduser(v)
     if not os.path.isabs(v):
         raise ValueError(
-            f"must be an https://, http:// or file:// URL or an absolute path, got {v!r}")
+            f"must be an https://, http:// or file:// URL or an absolute path, got {quote(v)}")
     return v
 
 
@@ -274,7 +334,7 @@ class CopyToHost(_Model):
     @classmethod
     def _guest(cls, v: str) -> str:
         if not v.startswith("/"):
-            raise ValueError(f"must be an absolute guest path, got {v!r}")
+            raise ValueError(f"must be an absolute guest path, got {quote(v)}")
         return v
 
     @field_validator("host")
@@ -283,14 +343,14 @@ class CopyToHost(_Model):
         v = os.path.expanduser(v)
         for part in v.split("{{")[1:]:
             if "{{" + part.split("}}", 1)[0] + "}}" not in HOST_PATH_VARIABLES:
-                raise ValueError(f"unknown variable in {v!r}; known: "
+                raise ValueError(f"unknown variable in {quote(v)}; known: "
                                  f"{', '.join(HOST_PATH_VARIABLES)}")
         rooted = v.startswith(("{{.Dir}}/", "{{.Home}}/"))
         if not (rooted or os.path.isabs(v)):
             raise ValueError("must be an absolute host path (or start with ~, {{.Dir}}/ or "
-                             f"{{{{.Home}}}}/), got {v!r}")
+                             f"{{{{.Home}}}}/), got {quote(v)}")
         if "\0" in v or any(part == ".." for part in v.split("/")):
-            raise ValueError(f"must not contain '..', got {v!r}")
+            raise ValueError(f"must not contain '..' or a NUL, got {quote(v)}")
         return v
 
 
@@ -375,7 +435,7 @@ class Config(_Model):
         names = [c.name for c in v]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"health check names must be unique, repeated: {dupes}")
+            raise ValueError(f"health check names must be unique, repeated: {quote(dupes)}")
         return v
 
     @field_validator("memory")
@@ -384,7 +444,7 @@ class Config(_Model):
         if v < 128 * 1024**2:
             raise ValueError(f"at least 128MiB is needed, got {format_size(v)}")
         if v % (1024**2):
-            raise ValueError("must be a whole number of MiB")
+            raise ValueError(f"must be a whole number of MiB, got {v} bytes")
         return v
 
     @field_validator("disk")
@@ -394,6 +454,8 @@ class Config(_Model):
             raise ValueError(
                 f"at least 2GiB is needed (the base image's size), got {format_size(v)}"
             )
+        if v % (1024**2):
+            raise ValueError(f"must be a whole number of MiB, got {v} bytes")
         return v
 
     @field_validator("image")
@@ -401,6 +463,8 @@ class Config(_Model):
     def _image(cls, v: str) -> str:
         if v in BUILT_IMAGES:
             return v
+        if "\0" in v:
+            raise ValueError(f"a path cannot hold a NUL, got {quote(v)}")
         path = os.path.expanduser(v)
         if not os.path.isabs(path):
             raise ValueError(f"must be one of {', '.join(BUILT_IMAGES)} or an absolute path "
@@ -428,10 +492,12 @@ class Config(_Model):
     @field_validator("mounts")
     @classmethod
     def _unique_mount_points(cls, v: list[Mount]) -> list[Mount]:
-        seen: set[str] = set()
-        for m in v:
-            point = m.mount_point or m.location
-            if point in seen:
-                raise ValueError(f"two mounts at the guest path {point}")
-            seen.add(point)
+        # Paths are normalised, so /mnt/a and /mnt/a/ meet here.
+        first: dict[str, int] = {}
+        for i, m in enumerate(v):
+            point = m.guest_path()
+            if point in first:
+                raise ValueError(f"mounts[{first[point]}] and mounts[{i}] are both at the guest "
+                                 f"path {point}; one share would hide the other")
+            first[point] = i
         return v

@@ -15,12 +15,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
+from roost.config.yamltext import YamlProblem, load_yaml
+from roost.errors import UsageError, quote
 
-from roost.errors import UsageError
-
-_PART = re.compile(r"^([A-Za-z0-9_-]+)((?:\[\d+\])*)$")
-_INDEX = re.compile(r"\[(\d+)\]")
+_PART = re.compile(r"([A-Za-z0-9_-]{1,200})((?:\[[0-9]{1,6}\])*)")
+MAX_STEPS = 16  # keys and indices; roost.yaml is four levels deep
+_INDEX = re.compile(r"\[([0-9]+)\]")
 FORM = "expected KEY=VALUE, e.g. --set cpus=4 or --set mounts[0].writable=true"
 
 Step = str | int
@@ -33,29 +33,33 @@ class Setting:
     value: Any
 
     def fail(self, why: str) -> UsageError:
-        return UsageError(f"--set {self.arg!r}: {why}")
+        return UsageError(f"--set {quote(self.arg)}: {why}")
 
 
 def _path(text: str, arg: str) -> tuple[Step, ...]:
     steps: list[Step] = []
     for part in text.split("."):
-        match = _PART.match(part)
+        match = _PART.fullmatch(part)
         if not match:
-            raise UsageError(f"--set {arg!r}: bad key path {text!r}: keys are letters, digits, "
-                             "_ and -, joined by dots, with [N] for a list entry")
+            raise UsageError(f"--set {quote(arg)}: bad key path {quote(text)}: keys are "
+                             "letters, digits, _ and -, joined by dots, with [N] for a list "
+                             "entry")
         steps.append(match.group(1))
         steps.extend(int(i) for i in _INDEX.findall(match.group(2)))
+    if len(steps) > MAX_STEPS:
+        raise UsageError(f"--set {quote(arg)}: the key path has more than {MAX_STEPS} "
+                         "keys and indices; roost.yaml has none that deep")
     return tuple(steps)
 
 
 def parse_setting(arg: str) -> Setting:
     key, sep, text = arg.partition("=")
     if not sep or not key.strip():
-        raise UsageError(f"--set {arg!r}: {FORM}")
+        raise UsageError(f"--set {quote(arg)}: {FORM}")
     try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UsageError(f"--set {arg!r}: the value is not valid YAML "
+        value = load_yaml(text)
+    except YamlProblem as e:
+        raise UsageError(f"--set {quote(arg)}: the value is not valid YAML "
                          f"(quote text that has YAML syntax in it): {e}") from None
     return Setting(arg, _path(key.strip(), arg), value)
 
@@ -79,7 +83,7 @@ def _apply(data: dict[str, Any], setting: Setting) -> None:
         here = _name(path[:i])
         if isinstance(step, str):
             if not isinstance(node, dict):
-                raise setting.fail(f"{here} is not a mapping, so it has no key {step!r}")
+                raise setting.fail(f"{here} is not a mapping, so it has no key {quote(step)}")
             if last:
                 node[step] = setting.value
                 return

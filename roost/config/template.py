@@ -24,10 +24,11 @@ from typing import Any
 
 from roost.config.document import ConfigError, leading_comment, read_mapping
 from roost.config.merge import combine_mounts, merge
+from roost.errors import quote
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 MAX_DEPTH = 8
-_NAME = re.compile(r"^[a-z0-9_][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)?$")
+_NAME = re.compile(r"[a-z0-9_][a-z0-9._-]{0,99}(/[a-z0-9][a-z0-9._-]{0,99})?")
 _SCHEMES = ("template://", "template:")
 
 
@@ -54,8 +55,8 @@ def builtin_names(*, bases: bool = False) -> list[str]:
 
 def builtin(name: str) -> Document:
     path = TEMPLATES_DIR / f"{name}.yaml"
-    if not _NAME.match(name) or ".." in name or not path.is_file():
-        raise ConfigError(f"unknown template {name!r}; the templates are: "
+    if not _NAME.fullmatch(name) or ".." in name or not path.is_file():
+        raise ConfigError(f"unknown template {quote(name)}; the templates are: "
                           f"{', '.join(builtin_names())} (`roost template list` describes them)")
     return Document(path, f"template {name}", "template")
 
@@ -67,6 +68,9 @@ def looks_like_path(ref: str) -> bool:
 def file_document(ref: str, relative_to: Path | None = None) -> Document:
     """The file `ref`; a relative path is taken from `relative_to` (the
     including document's directory; the working directory if None)."""
+    if "\0" in ref or len(ref) > 4096:
+        raise ConfigError(f"{quote(ref)} is not a file path (it holds a NUL, or is longer "
+                          "than a path may be)")
     path = Path(os.path.expanduser(ref))
     if not path.is_absolute():
         path = (relative_to or Path.cwd()) / path

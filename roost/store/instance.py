@@ -22,10 +22,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RoostError, UsageError
+from roost.errors import RoostError, UsageError, quote
 from roost.store import agentlock
-from roost.store.durable import fsync_dir
-from roost.store.durable import write_atomic as write_atomic  # its old home, still imported
+from roost.store.durable import fsync_dir, write_atomic
 from roost.store.home import ensure_home, make_private_dir
 from roost.store.paths import roost_home
 
@@ -43,9 +42,9 @@ class Status(StrEnum):
 
 
 def validate_name(name: str) -> str:
-    if not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise UsageError(
-            f"invalid instance name {name!r}: use 1-63 characters of a-z, 0-9 and '-', "
+            f"invalid instance name {quote(name)}: use 1-63 characters of a-z, 0-9 and '-', "
             "starting with a letter or digit"
         )
     return name
@@ -220,7 +219,7 @@ def list_instances(home: Path | None = None) -> list[Instance]:
         return []
     return [
         Instance(n, home / n) for n in entries
-        if NAME_RE.match(n) and (home / n / "roost.yaml").is_file()
+        if NAME_RE.fullmatch(n) and (home / n / "roost.yaml").is_file()
     ]
 
 

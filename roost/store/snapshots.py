@@ -12,7 +12,7 @@ import re
 import subprocess
 from typing import Any
 
-from roost.errors import RoostError, UsageError
+from roost.errors import RoostError, UsageError, quote
 from roost.store.instance import Instance
 
 TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -20,7 +20,7 @@ TAG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 def check_tag(tag: str) -> str:
     if not TAG_RE.fullmatch(tag):  # fullmatch: $ alone lets a trailing newline in
-        raise UsageError(f"invalid snapshot tag {tag!r}: use 1-63 letters, digits, '_', '.', "
+        raise UsageError(f"invalid snapshot tag {quote(tag)}: use 1-63 letters, digits, '_', '.', "
                          "'-', starting with a letter or digit")
     return tag
 

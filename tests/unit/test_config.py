@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from roost.config.loader import ConfigError, dump_config, load_config, parse_config
-from roost.config.sizes import format_size, parse_size
+from roost.config.sizes import format_size, human_size, parse_size
 
 
 def error_for(data: Any) -> str:
@@ -99,9 +99,10 @@ def test_parse_size_rejects(text: str) -> None:
         parse_size(text)
 
 
-def test_format_size() -> None:
-    assert [format_size(n) for n in (2 * 1024**3, 1536 * 1024**2, 512, 20 * 1024**3)] == [
-        "2GiB", "1.5GiB", "512B", "20GiB"]
+def test_format_size_is_exact_and_human_size_rounds() -> None:
+    sizes = (2 * 1024**3, 1536 * 1024**2, 512, 20 * 1024**3, 3000 * 1024**2)
+    assert [format_size(n) for n in sizes] == ["2GiB", "1536MiB", "512B", "20GiB", "3000MiB"]
+    assert [human_size(n) for n in sizes] == ["2GiB", "1.5GiB", "512B", "20GiB", "2.9GiB"]
 
 
 def test_what_a_cloud_image_cannot_honour_is_refused_with_the_reason() -> None:

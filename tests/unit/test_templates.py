@@ -250,14 +250,17 @@ def test_malformed_settings(arg: str, error: str) -> None:
         parse_setting(arg)
 
 
-def test_apply_settings() -> None:
-    data = {"mounts": [{"location": "/a"}], "cpus": 2}
+def test_apply_settings(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"  # mounts share folders that exist
+    a.mkdir()
+    b.mkdir()
+    data = {"mounts": [{"location": str(a)}], "cpus": 2}
     out = apply_settings(data, [parse_setting(s) for s in (
-        "mounts[0].writable=true", "mounts[1]={location: /b}", "env.FOO=1",
+        "mounts[0].writable=true", f"mounts[1]={{location: {b}}}", "env.FOO=1",
         "firmware.legacyBIOS=false", "cpus=3", "cpus=5")])
-    assert out == {"mounts": [{"location": "/a", "writable": True}, {"location": "/b"}],
+    assert out == {"mounts": [{"location": str(a), "writable": True}, {"location": str(b)}],
                    "cpus": 5, "env": {"FOO": 1}, "firmware": {"legacyBIOS": False}}
-    assert data == {"mounts": [{"location": "/a"}], "cpus": 2}
+    assert data == {"mounts": [{"location": str(a)}], "cpus": 2}
     assert parse_config(out).env == {"FOO": "1"}  # env values are text
 
 

@@ -40,7 +40,7 @@ from typing import Any
 
 from roost.config.model import Config, Mount
 from roost.driver.base import FileSystemHotplug, Share
-from roost.errors import RoostError, UsageError
+from roost.errors import RoostError, UsageError, cut, quote
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts import state
 from roost.hostagent.mounts.sftp import SHARE_IN_ROOT, Grant, SftpGrants
@@ -76,19 +76,19 @@ def default_mount_type(config: Config) -> str:
 
 def check_host_path(location: str) -> str:
     path = os.path.abspath(os.path.expanduser(location))
-    if not os.path.exists(path):
-        raise UsageError(f"host path {path} does not exist")
-    if not os.path.isdir(path):
-        raise UsageError(f"host path {path} is not a directory")
     if "\n" in path or "\0" in path:
-        raise UsageError(f"host path {path!r} contains a newline")
+        raise UsageError(f"host path {quote(path)} contains a NUL or newline")
+    if not os.path.exists(path):
+        raise UsageError(f"host path {cut(path)} does not exist")
+    if not os.path.isdir(path):
+        raise UsageError(f"host path {cut(path)} is not a directory")
     return path
 
 
 def check_guest_path(mount_point: str) -> str:
     problem = guest_mount_point_problem(mount_point)
     if problem:
-        raise UsageError(problem)
+        raise UsageError(cut(problem))
     return os.path.normpath(mount_point)
 
 
