@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ import pytest
 
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, pid_running, wait_until
 from tests.e2e.test_portfwd import free_port, guest_background, guest_kill, port_open
+from tests.unit.imageserver import serving, sha256
 
 RESULTS = Path(__file__).resolve().parents[1] / ".results" / "faults.json"
 NAME = "flt"
@@ -431,3 +433,42 @@ def test_corrupted_suspend_state(roost: Roost, flt: str) -> None:
         assert d["residue"] == []
         start(roost)
         assert synced_intact(roost)
+
+
+# -- image downloads -----------------------------------------------------------------------
+
+def test_image_pull_killed_mid_download(roost: Roost, tmp_path: Path) -> None:
+    """`roost image pull` killed with -9 half-way through a slow mirror: the
+    next pull resumes from what was kept (a Range request), verifies the
+    digest over all of it, and the cache holds one complete image."""
+    raw = b"\xeb\x63\x90" + os.urandom(4 * 1024**2 - 3)
+    env = {**roost.env, "ROOST_CACHE": str(tmp_path / "cache")}
+    with fault("download-killed", "kill -9 of `roost image pull` half-way through a download",
+               "the next pull resumes, verifies the digest and caches one image") as d, \
+            serving({"img.raw": raw}) as server:
+        server.faults.chunk_delay = 0.02  # 64 KiB each 20 ms: about 1.3 s for the file
+        argv = [sys.executable, "-m", "roost", "image", "pull", server.url("img.raw"),
+                "--digest", sha256(raw)]
+        pulling = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        wait_until(lambda: server.bytes_sent > len(raw) // 3, 60, "a third of the image")
+        pulling.kill()
+        pulling.wait(10)
+        first = server.bytes_sent
+        d["killedAfterBytes"] = first
+        server.faults.chunk_delay = 0.0
+        again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        d["message"] = again.stderr.strip().splitlines()[-2:]
+        assert again.returncode == 0, again.stderr
+        image = Path(again.stdout.strip().splitlines()[-1])
+        assert image.read_bytes() == raw
+        d["resumedWith"] = server.gets("img.raw")[-1].range
+        assert d["resumedWith"] is not None and d["resumedWith"].startswith("bytes=")
+        assert server.bytes_sent - first < len(raw)  # not fetched again from the start
+        listing = json.loads(subprocess.run(
+            [sys.executable, "-m", "roost", "image", "list", "--json"], env=env,
+            capture_output=True, text=True, check=True).stdout)
+        d["cacheEntries"] = len(listing)
+        assert len(listing) == 1, listing
+        d["residue"] = [str(p) for p in (tmp_path / "cache").rglob("*.partial*")]
+        assert d["residue"] == []
