@@ -7,6 +7,7 @@ load only for the commands that use them.
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -24,12 +25,29 @@ def _fail(e: RoostError) -> None:
     sys.exit(e.exit_code)
 
 
+# Errors of the host's file systems, not of roost: said plainly, not as a
+# traceback. Anything else that escapes is a bug and keeps its traceback.
+_FILE_SYSTEM_ERRORS = {
+    errno.ENOSPC: "free space on its file system",
+    errno.EDQUOT: "free space within your quota there",
+    errno.EROFS: "the file system is read-only; set ROOST_HOME to a writable directory",
+    errno.EACCES: "check the permissions of that path",
+}
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except RoostError as e:
             _fail(e)
+        except OSError as e:
+            if e.errno not in _FILE_SYSTEM_ERRORS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"roost: error: {e.strerror}{where}: {_FILE_SYSTEM_ERRORS[e.errno]}",
+                       err=True)
+            sys.exit(1)
 
 
 def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:

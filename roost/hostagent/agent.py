@@ -33,6 +33,7 @@ from roost.driver.base import (
     mac_address,
 )
 from roost.driver.factory import create_driver
+from roost.errors import RoostError
 from roost.hostagent import readiness
 from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.cleanup import CleanupError, CleanupStack
@@ -208,7 +209,11 @@ class HostAgent:
         exit_code = 0
         try:
             exit_code = await self._run()
-        except Exception as e:
+        except RoostError as e:  # a failure roost knows and explains: its message
+            log.error("host agent failed: %s", e)
+            self.events.add_error(str(e))
+            exit_code = 1
+        except Exception as e:  # a bug: where it happened too
             log.exception("host agent failed")
             self.events.add_error(str(e))
             exit_code = 1

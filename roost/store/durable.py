@@ -50,7 +50,9 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a full disk says which file it refused
         raise
     fsync_dir(path.parent)

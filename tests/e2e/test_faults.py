@@ -472,3 +472,64 @@ def test_image_pull_killed_mid_download(roost: Roost, tmp_path: Path) -> None:
         assert len(listing) == 1, listing
         d["residue"] = [str(p) for p in (tmp_path / "cache").rglob("*.partial*")]
         assert d["residue"] == []
+
+
+# -- a full file system ---------------------------------------------------------------------
+
+def _processes_naming(path: Path) -> list[str]:
+    mark = str(path).encode() + b"/"
+    return [f"{e}: {_cmdline(int(e))[:160]!r}" for e in os.listdir("/proc")
+            if e.isdigit() and int(e) != os.getpid() and mark in _cmdline(int(e))]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs takes root (CI's root pass)")
+def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
+    """ROOST_HOME on a 48 MiB tmpfs: a 512 MiB guest's RAM file cannot fit,
+    and, once the file system is filled up, a new instance cannot be made.
+    Each is refused saying so, with nothing left running or half made."""
+    fs = tmp_path / "small"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(fs)],
+                   check=True)
+    env = {**roost.env, "ROOST_HOME": str(fs / "home")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "roost", *args], env=env, text=True,
+                              capture_output=True, timeout=180, stdin=subprocess.DEVNULL)
+
+    try:
+        with fault("full-fs-ram", "ROOST_HOME with less room than the guest's RAM file",
+                   "start refuses naming the free space; Stopped; nothing left") as d:
+            made = run("create", "small", "--memory", "512MiB", "--disk", "4GiB")
+            assert made.returncode == 0, made.stderr
+            started = run("start", "small", "--timeout", "120")
+            d["message"] = started.stderr.strip().splitlines()[-3:]
+            assert started.returncode != 0 and "free" in started.stderr, started.stderr
+            assert "needs 512MiB" in started.stderr and "Traceback" not in started.stderr
+            ls = run("ls", "--json")
+            d["ls"] = json.loads(ls.stdout)[0]["status"]
+            assert d["ls"] == "Stopped"
+            d["residue"] = _processes_naming(fs) + [
+                str(p) for p in (fs / "home" / "small").glob("*.sock")]
+            assert d["residue"] == []
+        with fault("full-fs-create", "`roost create` on a file system with no room left",
+                   "refused saying why; no half-made instance directory") as d:
+            with open(fs / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * (1 << 20))
+                        f.flush()
+                except OSError:
+                    pass
+            made = run("create", "second")
+            d["message"] = made.stderr.strip().splitlines()[-2:]
+            assert made.returncode != 0 and "Traceback" not in made.stderr, made.stderr
+            assert "space" in made.stderr.lower(), made.stderr
+            assert not (fs / "home" / "second").exists()
+            d["residue"] = [p.name for p in (fs / "home").iterdir()
+                            if p.name.startswith(".") and "second" in p.name]
+            assert d["residue"] == []
+            assert run("ls").returncode == 0
+    finally:
+        run("delete", "--force", "small")
+        subprocess.run(["umount", str(fs)], check=False)

@@ -33,6 +33,21 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def check_room_for_ram(ram_file: Path, memory: int) -> None:
+    """Refuse a boot whose file-backed RAM cannot fit: QEMU makes the file
+    sparse, and a guest touching a page the file system cannot hold gets
+    QEMU killed by SIGBUS mid-run, with nothing saying why."""
+    from roost.config.sizes import human_size
+
+    st = os.statvfs(ram_file.parent)
+    free = st.f_bavail * st.f_frsize
+    if free < memory:
+        raise DriverError(
+            f"{ram_file.parent} has {human_size(free)} free and the guest's RAM file "
+            f"({ram_file.name}) needs {human_size(memory)}: free space there (or put "
+            "ROOST_HOME on a larger file system), or lower memory in roost.yaml")
+
+
 async def _exit_status(proc: asyncio.subprocess.Process) -> int | None:
     return await proc.wait()
 
@@ -70,6 +85,7 @@ class QemuDriver:
             p.unlink(missing_ok=True)
         if self.spec.ram_file is not None and self.spec.incoming is None:
             self.spec.ram_file.unlink(missing_ok=True)  # a cold boot starts clean
+            check_room_for_ram(self.spec.ram_file, self.spec.memory)
         argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name))
         log.info("starting %s", " ".join(argv))
         with open(self.log_path, "ab") as logf:
