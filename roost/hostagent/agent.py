@@ -73,6 +73,18 @@ if TYPE_CHECKING:
 log = logging.getLogger("roost.hostagent")
 
 
+def end_left_qemu(pid: int, timeout: float = 10.0) -> None:
+    """SIGKILL a QEMU of this instance (the caller checked its command line)
+    that no host agent controls, and wait until it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while pid_running(pid):
+        if time.monotonic() > deadline:
+            raise HostAgentError(f"QEMU (pid {pid}) did not die of SIGKILL in {timeout:g}s")
+        time.sleep(0.01)
+
+
 def _import_api_server() -> type[ApiServer]:
     from roost.hostagent.api import ApiServer
 
@@ -134,8 +146,15 @@ class HostAgent:
             # Resume: the same machine as when it was saved, state loaded.
             self.resume_state = runtime = json.loads(inst.suspended.read_text())
         if self.attach_pid and not runtime.get("instanceId"):
-            raise HostAgentError(f"QEMU (pid {self.attach_pid}) runs but {inst.runtime} is "
-                                 f"missing; run `roost stop {inst.name}` and start again")
+            # Its host agent died before the VM was usable (runtime.json is
+            # written once it is): nothing to take over, so boot afresh.
+            log.warning("QEMU (pid %s) was left booting by a host agent that died; "
+                        "stopping it to boot again", self.attach_pid)
+            end_left_qemu(self.attach_pid)
+            self.events.emit_transient(rebooted={
+                "qemuPid": self.attach_pid,
+                "reason": "its host agent died while the VM booted (no runtime.json)"})
+            self.attach_pid = None
         self.ssh_port = int(runtime.get("sshLocalPort") or 0) or (
             self.config.ssh.local_port or free_port())
         self.instance_id = str(runtime.get("instanceId") or f"i-{uuid.uuid4().hex[:12]}")

@@ -35,3 +35,30 @@ def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
         assert not heir.socket_path.exists() and not heir.pidfile.exists()
 
     asyncio.run(scenario())
+
+
+def test_starting_over_a_left_daemon_stops_it_first(tmp_path: Path) -> None:
+    """A cold boot after a host agent died mid-start: the virtiofsd it left
+    for the same socket is stopped, not orphaned beside the new one."""
+    binary = find_virtiofsd()
+    assert binary is not None and os.geteuid() == 0, "scripts/setup.sh installs virtiofsd"
+    share = tmp_path / "share"
+    share.mkdir()
+
+    def daemon() -> Virtiofsd:
+        return Virtiofsd(binary, tmp_path / "mnt0.vfs.sock", str(share), tmp_path / "log")
+
+    async def scenario() -> None:
+        left = daemon()
+        await left.start()
+        assert left._proc is not None
+        old = left.pid
+        fresh = daemon()
+        await fresh.start()
+        await asyncio.wait_for(left._proc.wait(), 10)  # stopped (reaped here: our child)
+        assert fresh.pid not in (None, old) and fresh.pid is not None
+        assert pid_running(fresh.pid)
+        assert fresh.pidfile.read_text().split()[0] == str(fresh.pid)
+        await fresh.stop()
+
+    asyncio.run(scenario())

@@ -130,6 +130,10 @@ class Virtiofsd:
             self._pidfd = None
 
     async def start(self) -> None:
+        if self.adopt():  # this socket's daemon, left by a host agent that died
+            log.warning("stopping virtiofsd (pid %s) left for %s by an earlier host agent",
+                        self._adopted, self.socket_path.name)
+            await self.stop()
         self.socket_path.unlink(missing_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -137,11 +141,11 @@ class Virtiofsd:
             listener.bind(str(self.socket_path))
             listener.listen(1)
             fd = listener.fileno()
-            with open(self.log_path, "ab") as log:
+            with open(self.log_path, "ab") as daemon_log:
                 self._proc = await spawn_confined(
                     self._argv(fd), [Bind(self.source, SHARE_IN_NAMESPACE, not self.writable)],
                     Owner.of_share(self.source), chroot=False, setgroups=True, capabilities=True,
-                    stdout=log, stderr=log, pass_fds=(fd,), env=self._environment())
+                    stdout=daemon_log, stderr=daemon_log, pass_fds=(fd,), env=self._environment())
         except BaseException:
             self.socket_path.unlink(missing_ok=True)
             raise
