@@ -25,32 +25,8 @@ from roost.hostagent.api import ApiServer
 from roost.hostagent.apimodels import ExecRequest, ExecResize, MountAdd, MountRemove, MountType
 from roost.store.snapshots import check_tag
 from roost_guest.protocol import EXEC_SIGNALS
-from tests.unit.api_harness import served_api
+from tests.unit.api_harness import RecordedMounts, served_api
 from tests.unit.guest_agent_process import guest_agent_on
-
-
-@dataclass
-class RecordedMounts:
-    """The Mounts protocol, keeping what it was asked."""
-
-    added: list[tuple[str, str, str, bool]] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-
-    def listing(self) -> list[dict[str, Any]]:
-        return [{"location": loc, "mountPoint": mp, "type": kind or "virtiofs",
-                 "writable": rw, "ephemeral": True, "state": "mounted"}
-                for loc, mp, kind, rw in self.added]
-
-    async def add(self, location: str, mount_point: str, kind: str,
-                  writable: bool) -> dict[str, Any]:
-        self.added.append((location, mount_point, kind, writable))
-        return self.listing()[-1]
-
-    async def remove(self, mount_point: str) -> dict[str, Any]:
-        if mount_point not in [m[1] for m in self.added]:
-            raise UsageError(f"nothing is mounted at {mount_point}")
-        self.removed.append(mount_point)
-        return {"mountPoint": mount_point}
 
 
 @dataclass
