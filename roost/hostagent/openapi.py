@@ -28,7 +28,8 @@ ERROR_SCHEMA: dict[str, Any] = {
 COMMON_ERRORS = {400: "the request is wrong: its message says what to change",
                  500: "the host agent failed to do it; the message says why"}
 BODY_ERRORS = {413: "the request body is larger than 1 MiB",
-               415: "the request body is not application/json"}
+               415: "the request body is not application/json, or is encoded "
+                    "(a Content-Encoding other than identity)"}
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,10 @@ def document(routes: list[Route], version: str,
                                 "instance's ha.sock (a Unix socket, mode 0600). A path "
                                 "not listed here answers 404, and a method a listed "
                                 "path does not serve 405 with an Allow header; both "
-                                "with an Error body."},
+                                "with an Error body. A request HTTP itself refuses (an "
+                                "unknown method, a malformed or over-long line, a "
+                                "content coding it cannot decode) is answered 400 by "
+                                "the HTTP server, in text, before any route."},
         "servers": [{"url": "http://localhost", "description": "over ha.sock"}],
         "paths": paths,
         "components": {"schemas": dict(sorted(components.items()))},

@@ -333,3 +333,24 @@ async def test_a_snapshot_tag_ending_in_a_newline_is_refused(api: Api) -> None:
     assert check_tag("a.b-c_1") == "a.b-c_1"
     status, answer = await api.call("POST", "/v1/snapshots", json={"tag": "a\n"})
     assert status == 400 and answer["error"].startswith("tag: expected a string matching")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "foo"])
+async def test_an_encoded_body_is_refused_not_a_server_error(api: Api, coding: str) -> None:
+    """Found by the fuzz (test_api_fuzz): a gzip or deflate body that did not
+    decompress was a 500; the API takes no content coding (415)."""
+    status, answer = await api.call("POST", "/v1/mounts", data=b'{"location": "/tmp"',
+                                    headers={"Content-Type": "application/json",
+                                             "Content-Encoding": coding})
+    assert (status, answer["error"]) == (
+        415, f"send the body uncompressed, with no Content-Encoding (got {coding})")
+    assert api.mounts.added == []
+
+
+async def test_an_unknown_expectation_is_ignored(api: Api) -> None:
+    """Found by the fuzz: Expect: weird was aiohttp's text 417, in no document."""
+    body = {"location": "/tmp", "mountPoint": "/mnt/e"}
+    for expect in ("weird", "100-continue"):
+        status, _ = await api.call("POST", "/v1/mounts", json=body,
+                                   headers={"Expect": expect})
+        assert status == 201
