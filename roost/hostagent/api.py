@@ -63,7 +63,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         routing = request.match_info.http_exception is not None  # no such route or method
         message = f"{e.reason}: {request.method} {request.path}" if routing else e.text
         allow = {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
-        return web.json_response({"error": message}, status=e.status, headers=allow)
+        response = web.json_response({"error": message}, status=e.status, headers=allow)
+        if e.headers.get("Connection") == "close":
+            response.force_close()
+        return response
     except UsageError as e:
         return _error(400, str(e))
     except RoostError as e:
@@ -72,6 +75,14 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         log.exception("%s %s failed", request.method, request.path)
         return _error(500, f"the host agent failed: {type(e).__name__}: {e} "
                            "(the traceback is in ha.stderr.log)")
+
+
+async def _expect(request: web.Request) -> None:
+    """Expect: 100-continue is answered; any other expectation is ignored, as
+    RFC 9110 allows (aiohttp's own answer, a text 417, is in no document)."""
+    if (request.version >= (1, 1)
+            and request.headers.get("Expect", "").strip().lower() == "100-continue"):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
 
 def _accepting(route: Route) -> Handler:
@@ -105,7 +116,18 @@ async def _input(route: Route, request: web.Request) -> ApiInput | None:
     if request.content_type != openapi.JSON:
         raise web.HTTPUnsupportedMediaType(
             text=f"send the body as {openapi.JSON} (got {request.content_type})")
-    return from_json(model, await request.read())
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # Closed after: aiohttp would drain the body unread, decompressing it,
+        # and a body that is no gzip then dropped the next request unanswered.
+        raise web.HTTPUnsupportedMediaType(
+            text=f"send the body uncompressed, with no Content-Encoding (got {encoding})",
+            headers={"Connection": "close"})
+    try:
+        raw = await request.read()
+    except web.RequestPayloadError as e:  # its framing broke (chunks, a short body)
+        raise InputError(f"the request body could not be read: {e}") from None
+    return from_json(model, raw)
 
 
 class Guest(Protocol):
@@ -174,7 +196,8 @@ class ApiServer:
         self._openapi: dict[str, Any] | None = None  # made on first request
         self.app = web.Application(middlewares=[_errors])
         for route in self.routes:
-            self.app.router.add_route(route.method, route.path, _accepting(route))
+            self.app.router.add_route(route.method, route.path, _accepting(route),
+                                      expect_handler=_expect)
         self._runner: web.AppRunner | None = None
 
     def _route_table(self) -> list[Route]:

@@ -77,9 +77,10 @@ WEBSOCKET = WebSocket(
         "controls as text messages (ExecEof, ExecResize, ExecSignal: type signal sends "
         "it to the command's whole session, kill then SIGKILLs it after a grace); "
         "output comes as binary messages; last ExecExit (or ExecFailure), then the "
-        "close. A wrong message is an ExecFailure of status 400 naming the field. A "
-        "client that leaves before the exit has the command killed (SIGHUP, then "
-        "SIGKILL)."),
+        "close. A wrong message is an ExecFailure of status 400 naming the field; one "
+        f"larger than {protocol.MAX_FRAME} bytes closes the WebSocket at once, with "
+        "code 1009 (message too big). A client that leaves before the exit has the "
+        "command killed (SIGHUP, then SIGKILL)."),
     client=(ExecRequest, *dict.fromkeys(EXEC_CONTROLS.values())),
     server={
         "ExecStarted": _message("started", "The command runs; `window` bytes of stdin "

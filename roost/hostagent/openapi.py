@@ -24,10 +24,12 @@ ERROR_SCHEMA: dict[str, Any] = {
     "properties": {"error": {"type": "string", "description": "what went wrong"}},
 }
 # Every route can answer these: a wrong input (or a refused operation) and a failure.
+# Any other path answers 404, any other method 405 (see the document's description).
 COMMON_ERRORS = {400: "the request is wrong: its message says what to change",
                  500: "the host agent failed to do it; the message says why"}
 BODY_ERRORS = {413: "the request body is larger than 1 MiB",
-               415: "the request body is not application/json"}
+               415: "the request body is not application/json, or is encoded "
+                    "(a Content-Encoding other than identity)"}
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,13 @@ def document(routes: list[Route], version: str,
         "openapi": "3.1.0",
         "info": {"title": "roost host agent", "version": version,
                  "description": "The API of one instance's host agent, served on the "
-                                "instance's ha.sock (a Unix socket, mode 0600)."},
+                                "instance's ha.sock (a Unix socket, mode 0600). A path "
+                                "not listed here answers 404, and a method a listed "
+                                "path does not serve 405 with an Allow header; both "
+                                "with an Error body. A request HTTP itself refuses (an "
+                                "unknown method, a malformed or over-long line, a "
+                                "content coding it cannot decode) is answered 400 by "
+                                "the HTTP server, in text, before any route."},
         "servers": [{"url": "http://localhost", "description": "over ha.sock"}],
         "paths": paths,
         "components": {"schemas": dict(sorted(components.items()))},

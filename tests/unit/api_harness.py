@@ -1,6 +1,7 @@
 """The host agent's API served for tests: a real aiohttp server on a Unix
 socket, the real guest agent (started on the host) behind a driver with no
-optional capability, real checkpoints; the caller picks the mounts."""
+optional capability, real checkpoints; the caller picks the mounts (such as
+RecordedMounts, which only records)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,49 @@ import io
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
 from roost.driver.base import DriverInfo, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
+from roost.errors import UsageError
 from roost.hostagent.api import ApiServer, Mounts
 from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.session import GuestAgentSession
 from roost.store.instance import Instance
+
+
+def _mount_record(location: str, mount_point: str, kind: str, writable: bool
+                  ) -> dict[str, Any]:
+    return {"location": location, "mountPoint": mount_point, "type": kind or "virtiofs",
+            "writable": writable, "ephemeral": True, "state": "mounted"}
+
+
+@dataclass
+class RecordedMounts:
+    """The Mounts protocol, keeping what it was asked: it touches no file."""
+
+    added: list[tuple[str, str, str, bool]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    forced: list[bool] = field(default_factory=list)
+
+    def listing(self) -> list[dict[str, Any]]:
+        return [_mount_record(*added) for added in self.added]
+
+    async def add(self, location: str, mount_point: str, kind: str,
+                  writable: bool) -> dict[str, Any]:
+        self.added.append((location, mount_point, kind, writable))
+        return _mount_record(location, mount_point, kind, writable)
+
+    async def remove(self, mount_point: str, force: bool = False) -> dict[str, Any]:
+        if mount_point not in [m[1] for m in self.added]:
+            raise UsageError(f"nothing is mounted at {mount_point}")
+        self.removed.append(mount_point)
+        self.forced.append(force)
+        return {"mountPoint": mount_point}
 
 
 class CapabilityLessDriver:

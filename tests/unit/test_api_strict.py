@@ -26,36 +26,11 @@ from roost.hostagent.api import ApiServer
 from roost.hostagent.apimodels import ExecRequest, ExecResize, MountAdd, MountRemove, MountType
 from roost.store.snapshots import check_tag
 from roost_guest.protocol import EXEC_SIGNALS
-from tests.unit.api_harness import served_api
+from tests.unit.api_harness import RecordedMounts, served_api
 from tests.unit.guest_agent_process import guest_agent_on
 
 
 @dataclass
-class RecordedMounts:
-    """The Mounts protocol, keeping what it was asked."""
-
-    added: list[tuple[str, str, str, bool]] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    forced: list[bool] = field(default_factory=list)
-
-    def listing(self) -> list[dict[str, Any]]:
-        return [{"location": loc, "mountPoint": mp, "type": kind or "virtiofs",
-                 "writable": rw, "ephemeral": True, "state": "mounted"}
-                for loc, mp, kind, rw in self.added]
-
-    async def add(self, location: str, mount_point: str, kind: str,
-                  writable: bool) -> dict[str, Any]:
-        self.added.append((location, mount_point, kind, writable))
-        return self.listing()[-1]
-
-    async def remove(self, mount_point: str, force: bool = False) -> dict[str, Any]:
-        if mount_point not in [m[1] for m in self.added]:
-            raise UsageError(f"nothing is mounted at {mount_point}")
-        self.removed.append(mount_point)
-        self.forced.append(force)
-        return {"mountPoint": mount_point}
-
-
 @dataclass
 class Api:
     http: aiohttp.ClientSession
@@ -367,3 +342,24 @@ async def test_a_snapshot_tag_ending_in_a_newline_is_refused(api: Api) -> None:
     assert check_tag("a.b-c_1") == "a.b-c_1"
     status, answer = await api.call("POST", "/v1/snapshots", json={"tag": "a\n"})
     assert status == 400 and answer["error"].startswith("tag: expected a string matching")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "foo"])
+async def test_an_encoded_body_is_refused_not_a_server_error(api: Api, coding: str) -> None:
+    """Found by the fuzz (test_api_fuzz): a gzip or deflate body that did not
+    decompress was a 500; the API takes no content coding (415)."""
+    status, answer = await api.call("POST", "/v1/mounts", data=b'{"location": "/tmp"',
+                                    headers={"Content-Type": "application/json",
+                                             "Content-Encoding": coding})
+    assert (status, answer["error"]) == (
+        415, f"send the body uncompressed, with no Content-Encoding (got {coding})")
+    assert api.mounts.added == []
+
+
+async def test_an_unknown_expectation_is_ignored(api: Api) -> None:
+    """Found by the fuzz: Expect: weird was aiohttp's text 417, in no document."""
+    body = {"location": "/tmp", "mountPoint": "/mnt/e"}
+    for expect in ("weird", "100-continue"):
+        status, _ = await api.call("POST", "/v1/mounts", json=body,
+                                   headers={"Expect": expect})
+        assert status == 201
