@@ -12,6 +12,7 @@ from typing import Any
 import click
 import yaml
 
+from roost.config import MAX_DOCUMENT_BYTES
 from roost.config.sizes import human_size, parse_size
 from roost.errors import RoostError
 from roost.store.instance import Instance, Status, list_instances
@@ -26,11 +27,22 @@ def _size(value: Any) -> int | None:
         return None
 
 
-def describe(inst: Instance) -> dict[str, Any]:
+def _config_fields(inst: Instance) -> dict[str, Any]:
+    """roost.yaml as far as `ls` shows it; {} for one that is broken (`start`
+    says how), never an exception: one bad file must not hide the others."""
     try:
-        config = yaml.load(inst.config.read_text(), Loader=_Loader) or {}
-    except (OSError, yaml.YAMLError):
-        config = {}
+        with open(inst.config, "rb") as f:
+            data = f.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:
+            return {}
+        config = yaml.load(data.decode(), Loader=_Loader)
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def describe(inst: Instance) -> dict[str, Any]:
+    config = _config_fields(inst)
     status = inst.status()
     runtime = inst.read_runtime() if status != Status.STOPPED else {}
     shown = status.value

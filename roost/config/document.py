@@ -8,16 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from roost.config import MAX_DOCUMENT_BYTES
 from roost.config.yamltext import YamlProblem, load_yaml
 from roost.errors import UsageError
 
 
 class ConfigError(UsageError):
     """Invalid configuration; the message names each bad key or file."""
-
-
-# Far above any real configuration, far below a minute of parsing.
-MAX_DOCUMENT_BYTES = 1024 * 1024
 
 
 def read_text(path: Path, what: str = "config file") -> str:

@@ -140,6 +140,11 @@ class Suspendable(Protocol):
     async def continue_running(self) -> None:
         """Let the VM run on after a save that failed (it may be left paused)."""
 
+    async def resume_interrupted_save(self) -> bool:
+        """A VM taken over paused, its save never finished (the host agent
+        that saved it died): the save cancelled and the VM running on.
+        False when it was running."""
+
     def machine_as_saved(self, state: Path) -> dict[str, Any]:
         """suspended.json's entries from which restore_driver() builds this
         machine again, to load `state` (what save_state() wrote)."""

@@ -213,6 +213,22 @@ class HostAgent:
                       "instanceId": self.instance_id, "startedAt": self.started_at},
             stop=self._stop.set, wait_ssh=self._wait_ssh_again)
 
+    async def _finish_interrupted_suspend(self) -> None:
+        """A VM taken over in the middle of a suspend (its host agent died
+        saving it, before suspended.json): it runs on where it was, with
+        roost.yaml's shares, which the save had taken out, put back."""
+        if not isinstance(self.driver, Suspendable) or self.inst.suspended.exists():
+            return
+        if not await self.driver.resume_interrupted_save():
+            return
+        self.inst.vmstate.unlink(missing_ok=True)  # never finished: no state to resume
+        errors = await self.mounts.reattach_static(mount_in_guest=True, all_static=True)
+        for error in errors:
+            self.events.add_error(f"after the interrupted suspend: {error}")
+        self.events.emit_transient(suspendInterrupted={
+            "reason": "its host agent died while saving the VM; the VM runs on",
+            "mountErrors": errors})
+
     def _stop_now(self) -> None:
         self._forced = True
         self._stop.set()
@@ -260,6 +276,7 @@ class HostAgent:
                              instanceId=self.instance_id)
             await self.driver.attach(self.attach_pid)
             self.mounts.adopt_daemons()
+            await self._finish_interrupted_suspend()
         elif not self._prestarted:
             await self.mounts.start_static_daemons()
             self.events.emit(phase="booting", sshLocalPort=self.ssh_port,

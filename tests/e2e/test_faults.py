@@ -164,7 +164,17 @@ def start(roost: Roost, *extra: str, check: bool = True) -> subprocess.Completed
                      timeout=START_TIMEOUT + 30, check=check)
 
 
+def ensure_running(roost: Roost) -> None:
+    """Running, whatever an earlier fault left: each test stands alone."""
+    if status(roost) == "Running":
+        return
+    if status(roost) != "Stopped":
+        roost.run("stop", "--force", NAME, timeout=180, check=False)
+    start(roost)
+
+
 def write_synced(roost: Roost, text: str) -> None:
+    ensure_running(roost)
     roost.run("shell", NAME, "--", "sh", "-c", f"echo {text} > synced.txt && sync")
     _last_synced[:] = [text]
 
@@ -284,6 +294,7 @@ def test_ssh_master_killed_while_running(roost: Roost, flt: str) -> None:
 # -- during start --------------------------------------------------------------------
 
 def _stop(roost: Roost) -> None:
+    ensure_running(roost)
     roost.run("stop", NAME, timeout=180)
     assert status(roost) == "Stopped"
 
@@ -378,6 +389,7 @@ def test_host_agent_killed_during_suspend(roost: Roost, flt: str) -> None:
 def test_corrupted_runtime_file(roost: Roost, flt: str) -> None:
     with fault("corrupt-runtime", "runtime.json overwritten with garbage while running",
                "ls and stop still work; start boots again") as d:
+        ensure_running(roost)
         (roost.home / NAME / "runtime.json").write_bytes(b"\x00{not json")
         ls = roost.run("ls", "--json", check=False)
         assert ls.returncode == 0 and "Traceback" not in ls.stderr, ls.stderr

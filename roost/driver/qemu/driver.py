@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 QMP_CONNECT_SECONDS = 30.0
 POWERDOWN_SECONDS = 30.0
 QUIT_SECONDS = 5.0
+# query-migrate states of a migration still under way.
+MIGRATING = ("setup", "active", "device", "pre-switchover", "cancelling", "wait-unplug")
 # The name under which QMP holds the descriptor of a VM state file (getfd).
 STATE_FD_NAME = "vmstate"
 
@@ -302,6 +304,22 @@ class QemuDriver:
 
     async def continue_running(self) -> None:
         await self._qmp_execute("cont")
+
+    async def resume_interrupted_save(self, timeout: float = 10.0) -> bool:
+        status = (await self._qmp_execute("query-status")).get("status")
+        if status == "running":
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (await self._qmp_execute("query-migrate")).get("status") in MIGRATING:
+            if loop.time() > deadline:
+                raise DriverError(f"the interrupted save did not stop in {timeout:g}s")
+            await self._qmp_execute("migrate_cancel")
+            await asyncio.sleep(0.05)
+        log.warning("the VM was %s by a save its host agent never finished; it runs on",
+                    status)
+        await self._qmp_execute("cont")
+        return True
 
     def discard_ram_file(self) -> None:
         if self.spec.ram_file is not None:

@@ -528,20 +528,27 @@ class MountManager:
                 await self._unplug(rec)
         return hot
 
-    async def reattach_static(self, mount_in_guest: bool) -> list[str]:
+    async def reattach_static(self, mount_in_guest: bool,
+                              all_static: bool = False) -> list[str]:
         """roost.yaml's shares back after detach_all(): each virtiofs device
         plugged again, and mounted in the guest unless `mount_static()` will
-        do that (after a resume, as after a boot); the errors."""
+        do that (after a resume, as after a boot); the errors. `all_static`:
+        after a detach_all() whose host agent died, which shares it took out
+        is not known: each is put back unless the guest still has it."""
         errors = []
         for rec in self.records.values():
-            if rec.ephemeral or not rec.detached:
+            if rec.ephemeral or not (rec.detached or all_static):
                 continue
             try:
                 if rec.type == "virtiofs" and rec.virtiofsd is None:
                     await self._plug(rec)
                 rec.detached = False
                 if mount_in_guest:
-                    await self._guest_mount(rec)
+                    try:
+                        await self._guest_mount(rec)
+                    except MountFailed as e:
+                        if not (all_static and "already a mount point" in str(e)):
+                            raise
             except RoostError as e:
                 rec.error = str(e)
                 errors.append(f"{rec.mount_point}: {e}")
