@@ -59,7 +59,6 @@ class _StreamServer(Forward):
                 stream = await self._open()
             except (GuestAgentError, OSError) as e:
                 log.info("%s: %s", self.description, e)
-                writer.close()
                 return
             sock = writer.get_extra_info("socket")
             if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -67,6 +66,8 @@ class _StreamServer(Forward):
             await stream.splice(reader, writer)
         finally:
             self._conns.discard(task)
+            # Also when stop() cancels us before the splice: nothing else closes it.
+            writer.close()
 
     async def stop(self) -> None:
         if self._server is not None:
