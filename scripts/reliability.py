@@ -32,6 +32,9 @@ def _load(results: Path, name: str) -> Any:
 
 def _cell(value: Any, limit: int = 160) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
+    # Bad inputs hold any bytes: control characters shown escaped, as JSON would.
+    text = "".join(c if c.isprintable() or c in " \t\n" else json.dumps(c)[1:-1]
+                   for c in text)
     text = " ".join(text.split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
@@ -84,14 +87,27 @@ def _cases(data: Any) -> tuple[list[str], dict[str, Any]]:
     return _table(["bad input", "expected", "what happened"], rows), summary
 
 
+def _flat(value: Any, prefix: str = "", depth: int = 3) -> list[list[Any]]:
+    """Nested figures as dotted keys (a.b.c), lists and deep parts as JSON."""
+    if isinstance(value, dict) and depth > 0:
+        rows: list[list[Any]] = []
+        for k, v in value.items():
+            rows += _flat(v, f"{prefix}.{k}" if prefix else str(k), depth - 1)
+        return rows
+    return [[prefix, value]]
+
+
 def _plain(data: Any) -> tuple[list[str], dict[str, Any]]:
-    """Figures as recorded: key, value."""
+    """Figures as recorded: key, value; its summary, or its plain top-level figures."""
     if not data:
         return ["Not run."], {}
     summary = data.get("summary", {}) if isinstance(data, dict) else {}
-    items = data.items() if isinstance(data, dict) else enumerate(data)
-    rows = [[k, v] for k, v in items if k != "summary"]
-    return _table(["what", "recorded"], rows), summary
+    if not summary and isinstance(data, dict):
+        summary = {k: v for k, v in data.items() if isinstance(v, int | float | str)}
+        summary = summary or {"recorded": ", ".join(map(str, data))}
+    figures = {k: v for k, v in data.items() if k != "summary"} if isinstance(data, dict) \
+        else dict(enumerate(data))
+    return _table(["what", "recorded"], _flat(figures)), summary
 
 
 SECTIONS = [
