@@ -144,7 +144,7 @@ class HostAgent:
             self.resume_state = runtime = restore.saved
         elif not self.attach_pid and inst.suspended.exists():
             # Resume: the same machine as when it was saved, state loaded.
-            self.resume_state = runtime = json.loads(inst.suspended.read_text())
+            self.resume_state = runtime = inst.read_suspended()
         if self.attach_pid and not runtime.get("instanceId"):
             # Its host agent died before the VM was usable (runtime.json is
             # written once it is): nothing to take over, so boot afresh.

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import sys
@@ -113,7 +112,7 @@ async def _start_restore(inst: Instance, events: EventEmitter) -> Restore | None
     """A suspended instance: QEMU started on the machine it was saved from."""
     if not inst.suspended.exists() or inst.qemu_pid_alive():
         return None
-    saved = json.loads(inst.suspended.read_text())
+    saved = inst.read_suspended()
     driver = restore_driver(inst, saved)
     if driver is None:  # saved by an older roost: HostAgent.new rebuilds the machine
         return None

@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RoostError, UsageError, quote
+from roost.errors import RoostError, UsageError, cut, quote
 from roost.store import agentlock
 from roost.store.durable import fsync_dir, write_atomic
 from roost.store.home import ensure_home, make_private_dir
@@ -188,6 +188,20 @@ class Instance:
             return data
         except (FileNotFoundError, ValueError):
             return {}
+
+    def read_suspended(self) -> dict[str, Any]:
+        """suspended.json, what a resume rebuilds the machine from; a damaged
+        one is an error saying how to drop the saved state."""
+        try:
+            data = json.loads(self.suspended.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise RoostError(
+                f"{self.suspended} is damaged ({cut(str(e), 200)}), so the saved state cannot "
+                f"be resumed; `roost stop --force {self.name}` drops it (the disk keeps what "
+                "the guest had written to it) and `roost start` boots afresh") from None
+        return data
 
     def remove_stale_runtime_files(self) -> None:
         """Sockets and pid files a dead host agent or QEMU left behind."""
