@@ -30,11 +30,13 @@ fi
 # and tests take guest root with sudo. Root-only: test_debian*.py need the
 # debian-12 image, whose build as a normal user (mmdebstrap's unshare mode)
 # is not covered; test_hostile_guest.py makes shares owned by other host
-# users, which takes host root.
+# users, which takes host root; test_load.py is the same code as root's run,
+# kept to one pass for time.
 if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
   echo "test: end-to-end tests again as a normal user (scripts/test-as-user.sh)"
-  bash scripts/test-as-user.sh tests/e2e/test_cli_errors.py tests/e2e/test_guest_services.py \
-    tests/e2e/test_lifecycle.py tests/e2e/test_micro_tools.py tests/e2e/test_mounts.py \
+  bash scripts/test-as-user.sh tests/e2e/test_cli_errors.py tests/e2e/test_faults.py \
+    tests/e2e/test_guest_services.py tests/e2e/test_lifecycle.py \
+    tests/e2e/test_micro_tools.py tests/e2e/test_mount_faults.py tests/e2e/test_mounts.py \
     tests/e2e/test_portfwd.py tests/e2e/test_sandbox.py tests/e2e/test_snapshots.py \
     tests/e2e/test_suspend.py tests/e2e/test_zz_faults.py
 fi
