@@ -359,6 +359,39 @@ def test_ssh_master_killed_during_start(roost: Roost, flt: str) -> None:
         assert synced_intact(roost)
 
 
+# The guest agent killed as it comes up at boot (a boot step of roost.yaml,
+# in our own VM): the [.] keeps pgrep from matching this script's own shell.
+KILL_AGENT_AT_BOOT = (
+    "provision:\n  - mode: boot\n    script: |\n"
+    "      nohup sh -c 'for i in $(seq 300); do p=$(pgrep -f \"roost-guestagent[.]pyz\"); "
+    "if [ -n \"$p\" ]; then kill -9 $p; echo $p > /run/roost-e2e-killed; exit; fi; "
+    "sleep 0.05; done' >/dev/null 2>&1 &\n")
+
+
+def test_guest_agent_killed_during_start(roost: Roost, flt: str) -> None:
+    _stop(roost)
+    config = roost.home / NAME / "roost.yaml"
+    good = config.read_text()
+    with fault("guestagent-start", "kill -9 of the guest agent as it starts at boot",
+               "restarted in the guest; start still reaches Running") as d:
+        try:
+            config.write_text(good + KILL_AGENT_AT_BOOT)
+            out = start(roost)
+            d["message"] = out.stderr.strip().splitlines()[-1:]
+        finally:
+            config.write_text(good)
+        killed = roost.run("shell", NAME, "--", "cat", "/run/roost-e2e-killed").stdout.strip()
+        d["killed"] = killed
+        assert killed.isdigit(), "the boot step found no guest agent to kill"
+        wait_until(lambda: roost.run("status", NAME, "--json", check=False).returncode == 0,
+                   60, "the guest agent to answer")
+        d["ls"] = status(roost)
+        assert d["ls"] == "Running"
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        assert synced_intact(roost)
+
+
 # -- suspend ---------------------------------------------------------------------------
 
 def test_host_agent_killed_during_suspend(roost: Roost, flt: str) -> None:

@@ -152,3 +152,58 @@ def test_virtiofsd_killed_under_a_runtime_mount(roost: Roost, inst: str) -> None
     roost.run("mount", "remove", inst, "/mnt/fk2")
     assert_nothing_left(roost, inst)
     print(f"\nvirtiofsd kill noticed in {noticed:.2f}s; remove --force took {removed_in:.2f}s")
+
+
+def _sftp_servers(roost: Roost, name: str) -> list[int]:
+    """The sftp-server processes under the instance's host agent (its
+    descendants: started by roost for this instance, found by ancestry)."""
+    ha = roost.pid(name, "ha.pid")
+    assert ha is not None
+    found, todo = [], [ha]
+    while todo:
+        pid = todo.pop()
+        for task in os.listdir(f"/proc/{pid}/task") if pid_running(pid) else []:
+            try:
+                kids = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+            except OSError:
+                continue
+            for kid in map(int, kids):
+                todo.append(kid)
+                try:
+                    argv0 = Path(f"/proc/{kid}/cmdline").read_bytes().split(b"\0")[0]
+                except OSError:
+                    continue
+                if argv0.endswith(b"/sftp-server"):
+                    found.append(kid)
+    return found
+
+
+def test_sftp_server_killed_under_a_reverse_sshfs_mount(roost: Roost, inst: str) -> None:
+    share = share_dir(roost, "s")
+    before = set(_sftp_servers(roost, inst))
+    roost.run("mount", "add", inst, str(share), "/mnt/fs", "--type", "reverse-sshfs")
+    assert guest(roost, inst, "cat /mnt/fs/data.txt") == "share s\n"
+    (server,) = set(_sftp_servers(roost, inst)) - before
+    seen = len(events(roost, inst))
+    os.kill(server, signal.SIGKILL)
+
+    def reported() -> bool:
+        return any("mountFailed" in e for e in events(roost, inst)[seen:])
+
+    wait_until(reported, 10, "a mountFailed event")
+    failed = next(e["mountFailed"] for e in events(roost, inst)[seen:] if "mountFailed" in e)
+    assert failed["mountPoint"] == "/mnt/fs", failed
+    assert mounts(roost, inst)["/mnt/fs"]["state"] == "failed"
+    listed = roost.ls()[inst]
+    assert listed["status"] == "Degraded" and "mounts" in listed["degradedBy"], listed
+    roost.run("mount", "remove", inst, "/mnt/fs", "--force", timeout=60)
+    out = guest(roost, inst, "timeout 10 cat /mnt/fs/data.txt; echo rc=$?", timeout=60)
+    assert out.splitlines()[-1] not in ("rc=0", "rc=124", "rc=143"), out
+    assert "/mnt/fs" not in mounts(roost, inst)
+    assert " /mnt/fs " not in guest(roost, inst, "cat /proc/mounts")
+    assert roost.ls()[inst]["status"] == "Running"
+    assert set(_sftp_servers(roost, inst)) == before
+    # A new reverse-sshfs mount works after.
+    roost.run("mount", "add", inst, str(share), "/mnt/fs2", "--type", "reverse-sshfs")
+    assert guest(roost, inst, "cat /mnt/fs2/data.txt") == "share s\n"
+    roost.run("mount", "remove", inst, "/mnt/fs2")
