@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, pid_running, wait_until
 from tests.e2e.test_portfwd import free_port, guest_background, guest_kill, port_open
@@ -361,11 +362,10 @@ def test_ssh_master_killed_during_start(roost: Roost, flt: str) -> None:
 
 # The guest agent killed as it comes up at boot (a boot step of roost.yaml,
 # in our own VM): the [.] keeps pgrep from matching this script's own shell.
-KILL_AGENT_AT_BOOT = (
-    "provision:\n  - mode: boot\n    script: |\n"
-    "      nohup sh -c 'for i in $(seq 300); do p=$(pgrep -f \"roost-guestagent[.]pyz\"); "
+KILL_AGENT_AT_BOOT = {"mode": "boot", "script": (
+    "nohup sh -c 'for i in $(seq 300); do p=$(pgrep -f \"roost-guestagent[.]pyz\"); "
     "if [ -n \"$p\" ]; then kill -9 $p; echo $p > /run/roost-e2e-killed; exit; fi; "
-    "sleep 0.05; done' >/dev/null 2>&1 &\n")
+    "sleep 0.05; done' >/dev/null 2>&1 &\n")}
 
 
 def test_guest_agent_killed_during_start(roost: Roost, flt: str) -> None:
@@ -375,7 +375,9 @@ def test_guest_agent_killed_during_start(roost: Roost, flt: str) -> None:
     with fault("guestagent-start", "kill -9 of the guest agent as it starts at boot",
                "restarted in the guest; start still reaches Running") as d:
         try:
-            config.write_text(good + KILL_AGENT_AT_BOOT)
+            doc = yaml.safe_load(good)
+            doc["provision"] = [*(doc.get("provision") or []), KILL_AGENT_AT_BOOT]
+            config.write_text(yaml.safe_dump(doc, sort_keys=False))
             out = start(roost)
             d["message"] = out.stderr.strip().splitlines()[-1:]
         finally:
