@@ -369,6 +369,7 @@ KILL_AGENT_AT_BOOT = {"mode": "boot", "script": (
 
 
 def test_guest_agent_killed_during_start(roost: Roost, flt: str) -> None:
+    write_synced(roost, "ga-start")
     _stop(roost)
     config = roost.home / NAME / "roost.yaml"
     good = config.read_text()
