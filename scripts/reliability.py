@@ -120,20 +120,31 @@ SECTIONS = [
 ]
 
 
+def _written(path: Path) -> str:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    except OSError:
+        return "never"
+
+
 def render(results: Path) -> str:
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+    # The checkout the results were recorded in (tests/.results is in it).
+    repo = results.resolve().parents[1]
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = ["# Reliability", "",
-           f"Written by `scripts/reliability.py` from `tests/.results/` after the suite "
-           f"ran at commit `{commit}` ({when}). Nothing here is typed in by hand: "
-           "each table is what the tests recorded while they ran.", "",
+           f"Written by `scripts/reliability.py` from `tests/.results/` of a checkout at "
+           f"commit `{commit}`, after the suite ran there. Nothing here is typed in by hand: "
+           "each table is what the tests recorded while they ran; each section says when "
+           "its file was written.", "",
            "## Totals", ""]
     body: list[str] = []
     totals: list[list[Any]] = []
     for title, name, section in SECTIONS:
         lines, summary = section(_load(results, name))
-        body += ["", f"## {title}", "", f"From `tests/.results/{name}`.", "", *lines]
+        body += ["", f"## {title}", "",
+                 f"From `tests/.results/{name}`, written {_written(results / name)}.", "",
+                 *lines]
         totals.append([title, ", ".join(f"{k}: {_cell(v, 80)}" for k, v in summary.items())
                        if summary else "not run"])
     out += _table(["area", "totals"], totals)
