@@ -21,9 +21,9 @@ if [ "$rc" -eq 5 ]; then
   echo "test: pytest collected no tests; that is a failure" >&2
   exit 1
 fi
-[ "$rc" -eq 0 ] || exit "$rc"
-# RELIABILITY.md from what this full run recorded (tests/.results/).
+# RELIABILITY.md from what this full run recorded (tests/.results/), failures included.
 [ "$#" -eq 0 ] && .venv/bin/python scripts/reliability.py
+[ "$rc" -eq 0 ] || exit "$rc"
 
 # Again as a normal user, as most people run roost (no root, no sudo): every
 # end-to-end file on the built-in image; the guest user is then that user,
