@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from roost.hostagent.mounts.virtiofsd import Virtiofsd, find_virtiofsd
 from roost.store.instance import pid_running
 
 
-def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
+def daemons(tmp_path: Path) -> tuple[str, Path, Callable[[], Virtiofsd]]:
+    """virtiofsd, a share, and a maker of daemons serving it on one socket."""
     binary = find_virtiofsd()
     assert binary is not None and os.geteuid() == 0, "scripts/setup.sh installs virtiofsd"
     share = tmp_path / "share"
@@ -19,6 +21,12 @@ def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
 
     def daemon() -> Virtiofsd:
         return Virtiofsd(binary, tmp_path / "mnt0.vfs.sock", str(share), tmp_path / "log")
+
+    return binary, share, daemon
+
+
+def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
+    binary, share, daemon = daemons(tmp_path)
 
     async def scenario() -> None:
         first = daemon()
@@ -40,13 +48,7 @@ def test_adopt_and_stop_an_orphaned_virtiofsd(tmp_path: Path) -> None:
 def test_starting_over_a_left_daemon_stops_it_first(tmp_path: Path) -> None:
     """A cold boot after a host agent died mid-start: the virtiofsd it left
     for the same socket is stopped, not orphaned beside the new one."""
-    binary = find_virtiofsd()
-    assert binary is not None and os.geteuid() == 0, "scripts/setup.sh installs virtiofsd"
-    share = tmp_path / "share"
-    share.mkdir()
-
-    def daemon() -> Virtiofsd:
-        return Virtiofsd(binary, tmp_path / "mnt0.vfs.sock", str(share), tmp_path / "log")
+    _, _, daemon = daemons(tmp_path)
 
     async def scenario() -> None:
         left = daemon()
