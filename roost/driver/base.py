@@ -4,6 +4,7 @@ capabilities as protocols of their own, found with isinstance()."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -154,6 +155,34 @@ class Suspendable(Protocol):
 
     def discard_ram_file(self) -> None:
         """Delete the guest RAM file, which only a saved state needs."""
+
+
+@dataclass(frozen=True)
+class DiskError:
+    """The VM's disk failed a guest request on the host side."""
+
+    device: str
+    operation: str  # "read" or "write"
+    nospace: bool  # the host file system is full (ENOSPC)
+    paused: bool  # the VM was stopped for it, the request held to be retried
+    reason: str
+
+
+@runtime_checkable
+class PausesOnFullDisk(Protocol):
+    """Optional capability: a guest write that finds the host file system
+    full pauses the VM (its request held, nothing lost) instead of failing
+    inside the guest; the host agent continues it once there is room."""
+
+    def disk_errors(self) -> AsyncIterator[DiskError]:
+        """The disk errors as they happen, for as long as the VM runs."""
+
+    async def paused_on_disk_error(self) -> bool:
+        """Whether the VM is paused by a disk error now (one that happened
+        before this host agent took the VM over, too)."""
+
+    async def continue_running(self) -> None:
+        """Let the VM run on: its held requests are tried again."""
 
 
 @runtime_checkable

@@ -27,7 +27,9 @@ from roost.cidata import GuestIdentity, files_for, write_iso
 from roost.config.loader import Config, load_config
 from roost.driver.base import (
     Driver,
+    DriverInfo,
     FileSystemHotplug,
+    PausesOnFullDisk,
     Suspendable,
     VMDescription,
     mac_address,
@@ -38,6 +40,7 @@ from roost.hostagent import readiness
 from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.copytohost import copy_to_host
+from roost.hostagent.diskwatch import DiskWatch
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentError
@@ -122,6 +125,7 @@ class HostAgent:
         self.mounts: MountManager
         self.port_forwarding: PortForwarding
         self.checkpoints: Checkpoints
+        self.disk_watch: DiskWatch | None = None
         # What `roost ls` shows: starting until readiness is decided, then
         # running or degraded, with what failed.
         self.ready_state = "starting"
@@ -286,12 +290,17 @@ class HostAgent:
             graceful=not (self._forced or self.checkpoints.suspended)))
         # Before that: the shares' daemons end with the VM, and that is no failure.
         self.cleanups.push("stop watching mount daemons", self.mounts.unwatch_all)
+        if isinstance(self.driver, PausesOnFullDisk):
+            self.disk_watch = DiskWatch(self.driver, inst.disk, inst.dir / "room.reserve",
+                                        self.events, on_change=self._disk_changed)
+            self.disk_watch.start()
+            self.cleanups.push("stop watching the disk", self.disk_watch.stop)
         woken: asyncio.Future[None] | None = None
         if self.resume_state is not None:
             await self.checkpoints.run_restored()
             woken = asyncio.ensure_future(self.checkpoints.wake(self.resume_state))
         self.cleanups.push("close the SSH master", lambda: close_ssh_master(inst))
-        self._write_runtime()
+        self._write_runtime_file(self.driver.info())  # a takeover needs it: no start without
 
         # Readiness runs beside the API's start-up (aiohttp's import alone is
         # ~0.15 s here), but Running is announced only once ha.sock serves.
@@ -349,6 +358,12 @@ class HostAgent:
     def _write_runtime(self) -> None:
         self._runtime_write_due = False
         info = self.driver.info()
+        try:
+            self._write_runtime_file(info)
+        except OSError as e:  # a full file system: written again with the next change
+            log.warning("cannot write %s: %s", self.inst.runtime, e)
+
+    def _write_runtime_file(self, info: DriverInfo) -> None:
         write_atomic(self.inst.runtime, json.dumps({
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
@@ -377,17 +392,23 @@ class HostAgent:
 
     def _mounts_changed(self) -> None:
         """Degraded by "mounts" while a share is failed (or failed at boot);
-        decided by readiness until it has run."""
+        decided by readiness until it has run. So is "disk"."""
         if self.ready_state == "starting":
             return
         self._decide_degraded()
         self._write_runtime()
         self.events.emit(degraded=bool(self.degraded_by))
 
+    def _disk_changed(self) -> None:
+        """Degraded by "disk" while the VM is paused on a full file system."""
+        self._mounts_changed()
+
     def _decide_degraded(self) -> None:
-        others = [d for d in self.degraded_by if d != "mounts"]
+        others = [d for d in self.degraded_by if d not in ("mounts", "disk")]
         failed = self.mount_errors or any(r.error for r in self.mounts.records.values())
-        self.degraded_by = others + (["mounts"] if failed else [])
+        disk_full = self.disk_watch is not None and self.disk_watch.paused
+        self.degraded_by = others + (["mounts"] if failed else []) + (
+            ["disk"] if disk_full else [])
         self.ready_state = "degraded" if self.degraded_by else "running"
 
     def _discard_ram(self) -> None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import threading
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from roost.store.logfile import Rotation
+
+log = logging.getLogger(__name__)
 
 MAX_ERRORS = 50
 MAX_ERROR_CHARS = 2000  # one error's message (a guest's output may be in it)
@@ -33,6 +36,7 @@ class EventEmitter:
         self._out = out
         self._rotation = rotation  # of `out`'s file, when it is one
         self._lock = threading.Lock()
+        self._write_failed = False
         self.status: dict[str, Any] = {"running": False, "degraded": False, "exiting": False,
                                        "errors": []}
 
@@ -55,10 +59,20 @@ class EventEmitter:
             self._write(event)
 
     def _write(self, event: dict[str, Any]) -> None:
-        self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
-        self._out.flush()
-        if self._rotation is not None:
-            self._rotation.check()
+        # A full file system keeps the event in the stream's buffer (what was
+        # written of it stays a torn line, which readers skip until the rest
+        # follows with the next flush); the status itself lives on in memory.
+        try:
+            self._out.write(json.dumps(event, separators=(",", ":")) + "\n")
+            self._out.flush()
+            if self._rotation is not None:
+                self._rotation.check()
+        except OSError as e:
+            if not self._write_failed:
+                log.warning("cannot write the status events: %s", e)
+            self._write_failed = True
+        else:
+            self._write_failed = False
 
     def add_error(self, message: str) -> None:
         if len(message) > MAX_ERROR_CHARS:

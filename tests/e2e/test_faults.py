@@ -10,6 +10,8 @@ from `ssh -O check` on its control socket) are killed.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -581,3 +583,81 @@ def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
     finally:
         run("delete", "--force", "small")
         subprocess.run(["umount", str(fs)], check=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs takes root (CI's root pass)")
+def test_guest_disk_fills_the_host_file_system(tmp_path: Path) -> None:
+    """A guest writing to its disk while ROOST_HOME's file system fills up:
+    the VM pauses (the write held, no I/O error in the guest), an event and
+    `ls` say why, and once there is room again the VM continues by itself
+    and the guest's file is whole."""
+    fs = tmp_path / "small"
+    fs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400m,mode=0700", "tmpfs", str(fs)],
+                   check=True)
+    small = Roost(fs / "home")
+    name, size = "full", 48 << 20
+    expected = hashlib.sha256((b"roost\n" * (size // 6 + 1))[:size]).hexdigest()
+    writer: subprocess.Popen[str] | None = None
+    try:
+        with fault("full-fs-guest-write", "the guest writes 48 MiB while ROOST_HOME's "
+                   "file system has 4 MiB left", "the VM pauses with an event and Degraded, "
+                   "continues once room is made; the file is whole") as d:
+            small.run("create", name, "--memory", "256MiB", "--disk", "2GiB")
+            small.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+            inst = fs / "home" / name
+            # On tmpfs roost leaves the RAM file sparse (allocating it would
+            # take the guest's RAM of host memory up front), so it takes room
+            # as the guest touches its pages: all of it now, so that the disk
+            # is what meets the full file system.
+            with open(inst / "ram.bin", "r+b") as ram:
+                os.posix_fallocate(ram.fileno(), 0, os.fstat(ram.fileno()).st_size)
+            st = os.statvfs(fs)
+            filler = fs / "filler"
+            with open(filler, "wb") as f:
+                os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - (4 << 20))
+            writer = small.popen(
+                "shell", name, "--", "sh", "-c",
+                f"yes roost | head -c {size} > big && sync && sha256sum big")
+            log = inst / "ha.stdout.log"
+
+            def statuses() -> list[dict[str, Any]]:
+                found = []
+                for line in log.read_text().splitlines():
+                    with contextlib.suppress(ValueError):  # a line being written
+                        found.append(json.loads(line)["status"])
+                return found
+
+            wait_until(lambda: any("diskFull" in s for s in statuses()), 120,
+                       "a diskFull event")
+            paused = next(s for s in statuses() if "diskFull" in s)
+            d["event"] = paused["diskFull"]
+            assert paused["degraded"] and paused["diskFull"]["path"] == str(inst / "disk.qcow2")
+            d["message"] = [e for e in paused["errors"] if "paused" in e]
+            assert d["message"] and "free space there" in d["message"][0]
+            listed = small.ls()[name]
+            d["ls"] = listed["status"]
+            assert d["ls"] == "Degraded", listed
+            assert writer.poll() is None  # held, not failed
+            filler.unlink()
+            out, err = writer.communicate(timeout=120)
+            assert writer.returncode == 0, err
+            d["guestSha256"] = out.split()[0]
+            assert d["guestSha256"] == expected
+            resumed = [s["diskContinued"] for s in statuses() if "diskContinued" in s]
+            assert resumed, "no diskContinued event"
+            d["continued"] = resumed[0]
+            wait_until(lambda: small.ls()[name]["status"] == "Running", 30, "Running again")
+            d["residue"] = []
+    finally:
+        if writer is not None and writer.poll() is None:
+            writer.kill()
+            writer.communicate()
+        small.run("delete", "--force", name, timeout=120, check=False)
+        with contextlib.suppress(OSError):
+            (fs / "filler").unlink()
+        left = _processes_naming(fs)
+        # The SSH master ends a moment after the instance it served.
+        wait_until(lambda: subprocess.run(["umount", str(fs)], capture_output=True).returncode
+                   == 0, 30, f"{fs} to unmount")
+        assert left == []

@@ -148,7 +148,11 @@ def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
             "-drive", f"if=pflash,format=raw,unit=1,file={_option_value(spec.boot.uefi_vars)}",
         ]
     argv += [
-        "-drive", f"if=none,id=root,file={_option_value(spec.disk)},format=qcow2,discard=unmap",
+        # A write that finds the host file system full pauses the VM with the
+        # request held (werror=enospc; QEMU's default, said here because the
+        # host agent relies on it): the guest sees no I/O error, nothing is lost.
+        "-drive", f"if=none,id=root,file={_option_value(spec.disk)},format=qcow2,discard=unmap,"
+        "werror=enospc,rerror=report",
         "-device",
         "virtio-blk-pci,drive=root" + (",bootindex=0" if spec.boot.kernel is None else ""),
         "-drive",

@@ -7,13 +7,15 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from roost.driver.base import DriverError, DriverInfo, Share, SSHAddress
+from roost.driver.base import DiskError, DriverError, DriverInfo, Share, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
 from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
 from roost.driver.qemu.machine import saved_entries
+from roost.driver.qemu.ramfile import reserve_ram_file
 from roost.driver.qemu.sandbox import use_sandbox
 from roost.store.durable import fsync_dir, fsync_path
 
@@ -35,28 +37,13 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def check_room_for_ram(ram_file: Path, memory: int) -> None:
-    """Refuse a boot whose file-backed RAM cannot fit: QEMU makes the file
-    sparse, and a guest touching a page the file system cannot hold gets
-    QEMU killed by SIGBUS mid-run, with nothing saying why."""
-    from roost.config.sizes import human_size
-
-    st = os.statvfs(ram_file.parent)
-    free = st.f_bavail * st.f_frsize
-    if free < memory:
-        raise DriverError(
-            f"{ram_file.parent} has {human_size(free)} free and the guest's RAM file "
-            f"({ram_file.name}) needs {human_size(memory)}: free space there (or put "
-            "ROOST_HOME on a larger file system), or lower memory in roost.yaml")
-
-
 async def _exit_status(proc: asyncio.subprocess.Process) -> int | None:
     return await proc.wait()
 
 
 class QemuDriver:
-    """Driver, with every optional capability: FileSystemHotplug, VMSnapshots
-    and Suspendable (see roost.driver.base)."""
+    """Driver, with every optional capability: FileSystemHotplug, VMSnapshots,
+    Suspendable and PausesOnFullDisk (see roost.driver.base)."""
 
     def __init__(self, spec: QemuSpec, log_path: Path) -> None:
         self.spec = spec
@@ -86,8 +73,8 @@ class QemuDriver:
                   self.spec.pidfile):
             p.unlink(missing_ok=True)
         if self.spec.ram_file is not None and self.spec.incoming is None:
-            self.spec.ram_file.unlink(missing_ok=True)  # a cold boot starts clean
-            check_room_for_ram(self.spec.ram_file, self.spec.memory)
+            # A cold boot starts clean, its RAM's blocks taken before the guest runs.
+            await asyncio.to_thread(reserve_ram_file, self.spec.ram_file, self.spec.memory)
         argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name))
         log.info("starting %s", " ".join(argv))
         with open(self.log_path, "ab") as logf:
@@ -320,6 +307,23 @@ class QemuDriver:
                     status)
         await self._qmp_execute("cont")
         return True
+
+    # -- disk errors ------------------------------------------------------------
+
+    async def disk_errors(self) -> AsyncIterator[DiskError]:
+        qmp = self._require_qmp()
+        with qmp.listener("BLOCK_IO_ERROR") as listener:
+            async for event in listener:
+                data = event.get("data", {})
+                yield DiskError(
+                    device=str(data.get("device") or data.get("node-name") or "?"),
+                    operation=str(data.get("operation", "?")),
+                    nospace=bool(data.get("nospace", False)),
+                    paused=data.get("action") == "stop",
+                    reason=str(data.get("reason", "")))
+
+    async def paused_on_disk_error(self) -> bool:
+        return bool((await self._qmp_execute("query-status")).get("status") == "io-error")
 
     def discard_ram_file(self) -> None:
         if self.spec.ram_file is not None:
