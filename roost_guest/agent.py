@@ -99,6 +99,9 @@ def short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+BAD_STREAM = "bad or duplicate stream id %s (host streams are even, 1..2**32-1)"
+
+
 class Connection:
     """One host session on a channel: requests, event subscriptions, streams.
 
@@ -124,6 +127,11 @@ class Connection:
         # Ids of requests served on threads of their own; a second request
         # with the same id before the first is answered is refused.
         self._in_flight: Set[int] = set()
+        # Host streams whose tunnel request is being served (the connect in
+        # the guest under way), and those of them the host reset meanwhile:
+        # it gave up waiting, and a stream opened after that would be no one's.
+        self._opening: Set[int] = set()
+        self._reset_while_opening: Set[int] = set()
         # +1 at each hello: a reply to a request of an earlier host session
         # is dropped, not delivered to a new request that reuses its id.
         self.generation = 0
@@ -252,6 +260,26 @@ class Connection:
             raise
         stream.start()
         return stream
+
+    def opening(self, stream_id: int) -> None:
+        with self._streams_lock:
+            self._opening.add(stream_id)
+
+    def opened(self, stream_id: int) -> bool:
+        """The tunnel request of `stream_id` is served: False when the host
+        reset the stream meanwhile."""
+        with self._streams_lock:
+            self._opening.discard(stream_id)
+            if stream_id in self._reset_while_opening:
+                self._reset_while_opening.discard(stream_id)
+                return False
+            return True
+
+    def reset_unknown(self, stream_id: int) -> None:
+        """A reset for no stream of ours: one still opening is not opened."""
+        with self._streams_lock:
+            if stream_id in self._opening:
+                self._reset_while_opening.add(stream_id)
 
     def stream_done(self, stream_id: int) -> None:
         with self._streams_lock:
@@ -595,6 +623,8 @@ class Agent:
         if not conn.begin(req_id):
             conn.send_error(req_id, "request id %s is already in flight" % req_id)
             return
+        if kind == "tunnel" and protocol.valid_stream_id(req.get("stream"), parity=0):
+            conn.opening(req["stream"])  # before a reset that follows it can be read
         threading.Thread(target=self.reply, args=(conn, req, handler, conn.generation),
                          daemon=True).start()
 
@@ -639,13 +669,21 @@ class Agent:
 
     def open_tunnel(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         stream_id = req.get("stream")
-        if not protocol.valid_stream_id(stream_id, parity=0) or stream_id in conn.streams:
-            raise RequestError("bad or duplicate stream id %s (host streams are even, "
-                               "1..2**32-1)" % short(stream_id))
+        if not protocol.valid_stream_id(stream_id, parity=0):
+            raise RequestError(BAD_STREAM % short(stream_id))
         try:
+            if stream_id in conn.streams:
+                raise RequestError(BAD_STREAM % short(stream_id))
             sock = tunnel.open_local(req)
         except tunnel.TunnelError as e:
+            conn.opened(stream_id)
             raise RequestError(str(e)) from None
+        except RequestError:
+            conn.opened(stream_id)
+            raise
+        if not conn.opened(stream_id):
+            sock.close()
+            raise RequestError("stream %d was reset by the host while it opened" % stream_id)
         stream = conn.add_stream(stream_id, sock, req.get("proto") == "udp")
         conn.finish(req.get("id"))
         try:
@@ -666,6 +704,8 @@ class Agent:
             return
         stream = conn.streams.get(stream_id)
         if stream is None:
+            if kind == "reset":
+                conn.reset_unknown(stream_id)
             return  # already gone; the peer learns from our own reset or eof
         if kind == "window":
             n = req.get("bytes")

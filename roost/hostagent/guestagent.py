@@ -356,6 +356,9 @@ class GuestAgentClient:
                 stream = self._streams.get(msg.stream_id)
                 if stream is not None:
                     stream._deliver(msg.data)
+                else:  # the guest would hold it open, waiting for a window
+                    self._send_nowait({"type": "reset", "stream": msg.stream_id,
+                                       "error": "no such stream on the host"})
             else:
                 self._complain(msg.reason)
         except Exception as e:  # a bug: this frame is lost, the session goes on
@@ -571,6 +574,10 @@ class GuestAgentClient:
         except BaseException:
             self._forget(stream)
             stream.closed = True
+            # Given up (a timeout, or the local peer left): the guest may
+            # still be connecting, and must not keep what it opens.
+            self._send_nowait({"type": "reset", "stream": stream.id,
+                               "error": "the host gave up opening the stream"})
             raise
         return stream
 

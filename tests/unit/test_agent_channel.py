@@ -123,6 +123,44 @@ async def test_tunnel_to_closed_port_fails_clearly(client: GuestAgentClient) -> 
         await client.open_stream("tcp", host="127.0.0.1", port=port)
 
 
+async def test_a_tunnel_the_host_gave_up_on_is_not_kept(client: GuestAgentClient) -> None:
+    """The host stops waiting for a tunnel whose connect in the guest is slow
+    (a TCP listener with a full accept queue drops SYNs: the connect retries
+    after 1 s). When the connect completes, the guest closes it instead of
+    holding a stream no one reads."""
+    listener = _listen("tcp")
+    listener.listen(0)
+    addr = listener.getsockname()
+    fillers = []
+    for _ in range(3):  # listen(0) holds one; the others wait in SYN retries
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(addr)
+        fillers.append(f)
+    filler_ports = {f.getsockname()[1] for f in fillers}
+    await asyncio.sleep(0.2)
+    try:
+        with pytest.raises(GuestAgentError, match="did not answer"):
+            await client.open_stream("tcp", host=addr[0], port=addr[1], timeout=0.5)
+        listener.settimeout(10)
+        while True:  # the fillers' first, as the queue drains; then the guest's
+            conn, peer = await asyncio.to_thread(listener.accept)
+            if peer[1] not in filler_ports:
+                break
+            conn.close()
+        conn.settimeout(5)
+        try:
+            assert await asyncio.to_thread(conn.recv, 1) == b""  # closed, not held
+        except ConnectionResetError:
+            pass  # closed with data unread: as good
+        conn.close()
+        assert await client.request("ping") is not None  # the session goes on
+    finally:
+        for f in fillers:
+            f.close()
+        listener.close()
+
+
 async def test_64_concurrent_streams_of_1mib(client: GuestAgentClient) -> None:
     server, port = await _echo_server()
     payload = os.urandom(1 << 20)
