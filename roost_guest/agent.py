@@ -411,6 +411,10 @@ class Agent:
 
     def mount(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         try:
+            if req.get("keepExisting") is True:
+                kept = mounts.keep_existing(req)
+                if kept is not None:
+                    return kept
             if req.get("fstype") == "reverse-sshfs":
                 return self._mount_sshfs(conn, req)
             return mounts.mount_device(req)

@@ -43,13 +43,40 @@ def _run(argv: List[str], timeout: float = 30.0) -> str:
     return out
 
 
-def mounted_at(path: str) -> bool:
+def _mount_at(path: str) -> Optional[Tuple[str, str]]:
+    """(source, fstype) of the mount on top at `path`, from /proc/self/mounts."""
+    found = None
     with open("/proc/self/mounts") as f:
         for line in f:
             fields = line.split()
-            if len(fields) > 1 and fields[1].replace("\\040", " ") == path:
-                return True
-    return False
+            if len(fields) > 2 and fields[1].replace("\\040", " ") == path:
+                found = (fields[0].replace("\\040", " "), fields[2])
+    return found
+
+
+def keep_existing(req: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """A host agent that took over a VM, not knowing which of roost.yaml's
+    shares the guest still has, asks for each with keepExisting: the answer
+    when the guest has it (same type and tag), else None, and the share is
+    mounted as usual. A reverse-sshfs mount there is ended first: its
+    server went with the host agent that started it."""
+    path = req.get("mountPoint")
+    if protocol.guest_mount_point_problem(path):
+        return None  # check_mount_point says what is wrong
+    norm = os.path.normpath(str(path))
+    there = _mount_at(norm)
+    if there is None:
+        return None
+    fstype = req.get("fstype")
+    if fstype in ("virtiofs", "9p") and there == (req.get("tag"), fstype):
+        return {"mountPoint": norm, "kept": True}
+    if fstype == "reverse-sshfs" and there[1] == "fuse.sshfs":
+        umount({"mountPoint": norm, "force": True})
+    return None
+
+
+def mounted_at(path: str) -> bool:
+    return _mount_at(path) is not None
 
 
 def check_mount_point(path: Any) -> str:

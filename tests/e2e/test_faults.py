@@ -17,7 +17,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -203,6 +203,24 @@ def wait_for_pid(roost: Roost, filename: str, timeout: float = 120) -> int:
     return found[0]
 
 
+def kill_pid_in(roost: Roost, filename: str) -> None:
+    os.kill(wait_for_pid(roost, filename), signal.SIGKILL)
+
+
+def start_while(roost: Roost, inject: Callable[[], None]) -> tuple[int, str]:
+    """`roost start` with `inject()` run while it is under way: its exit
+    status and standard error."""
+    starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
+    try:
+        inject()
+        _, err = starting.communicate(timeout=START_TIMEOUT + 30)
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.communicate()
+    return starting.returncode, err
+
+
 @pytest.fixture(scope="module")
 def flt(roost: Roost, vm: str) -> Iterator[str]:
     roost.run("create", NAME, "--memory", "512MiB", "--disk", "4GiB")
@@ -306,12 +324,9 @@ def test_qemu_killed_during_start(roost: Roost, flt: str) -> None:
     _stop(roost)
     with fault("qemu-start", "kill -9 of QEMU while the guest boots",
                "start fails naming QEMU; Stopped, nothing left; start again boots") as d:
-        starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
-        qemu = wait_for_pid(roost, "qemu.pid")
-        os.kill(qemu, signal.SIGKILL)
-        _, err = starting.communicate(timeout=120)
+        code, err = start_while(roost, lambda: kill_pid_in(roost, "qemu.pid"))
         d["message"] = err.strip().splitlines()[-3:]
-        assert starting.returncode != 0 and "QEMU" in err, err
+        assert code != 0 and "QEMU" in err, err
         wait_until(lambda: not pid_running(roost.pid(NAME, "ha.pid")), 30, "the agent to exit")
         d["ls"] = status(roost)
         assert d["ls"] == "Stopped"
@@ -325,13 +340,13 @@ def test_host_agent_killed_during_start(roost: Roost, flt: str) -> None:
     _stop(roost)
     with fault("hostagent-start", "kill -9 of the host agent while the guest boots",
                "start fails saying so; Broken; start takes the VM over") as d:
-        starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
-        wait_for_pid(roost, "qemu.pid")
-        ha = wait_for_pid(roost, "ha.pid")
-        os.kill(ha, signal.SIGKILL)
-        _, err = starting.communicate(timeout=120)
+        def kill_host_agent() -> None:
+            wait_for_pid(roost, "qemu.pid")
+            kill_pid_in(roost, "ha.pid")
+
+        code, err = start_while(roost, kill_host_agent)
         d["message"] = err.strip().splitlines()[-3:]
-        assert starting.returncode != 0 and "host agent" in err, err
+        assert code != 0 and "host agent" in err, err
         d["ls"] = status(roost)
         assert d["ls"] == "Broken"
         start(roost)
@@ -345,16 +360,16 @@ def test_ssh_master_killed_during_start(roost: Roost, flt: str) -> None:
     _stop(roost)
     with fault("sshmaster-start", "kill -9 of the SSH control master as it comes up",
                "start still reaches Running (a new master)") as d:
-        starting = roost.popen("start", NAME, "--timeout", str(START_TIMEOUT))
-        sock = roost.home / NAME / "ssh.sock"
-        wait_until(sock.exists, START_TIMEOUT, "the SSH control socket")
-        master = ssh_master_pid(roost)
-        if master is not None:
-            os.kill(master, signal.SIGKILL)
-        d["killed"] = master
-        _, err = starting.communicate(timeout=START_TIMEOUT)
+        def kill_master() -> None:
+            sock = roost.home / NAME / "ssh.sock"
+            wait_until(sock.exists, START_TIMEOUT, "the SSH control socket")
+            d["killed"] = master = ssh_master_pid(roost)
+            if master is not None:
+                os.kill(master, signal.SIGKILL)
+
+        code, err = start_while(roost, kill_master)
         d["message"] = err.strip().splitlines()[-2:]
-        assert starting.returncode == 0, err
+        assert code == 0, err
         d["ls"] = status(roost)
         assert d["ls"] == "Running"
         d["residue"] = residue(roost)

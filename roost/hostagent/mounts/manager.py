@@ -380,8 +380,12 @@ class MountManager:
 
     # -- guest side -------------------------------------------------------------
 
-    async def _guest_mount(self, rec: MountRecord) -> None:
+    async def _guest_mount(self, rec: MountRecord, keep_existing: bool = False) -> None:
+        """Mount `rec` in the guest; `keep_existing`: a mount of it the
+        guest still has is kept (see roost_guest.mounts.keep_existing)."""
         params: dict[str, Any] = {"mountPoint": rec.mount_point, "readonly": not rec.writable}
+        if keep_existing:
+            params["keepExisting"] = True
         token = ""
         if rec.type == "reverse-sshfs":
             token = self.sftp.grant(rec.location, rec.writable, rec.mount_point)
@@ -544,11 +548,7 @@ class MountManager:
                     await self._plug(rec)
                 rec.detached = False
                 if mount_in_guest:
-                    try:
-                        await self._guest_mount(rec)
-                    except MountFailed as e:
-                        if not (all_static and "already a mount point" in str(e)):
-                            raise
+                    await self._guest_mount(rec, keep_existing=all_static)
             except RoostError as e:
                 rec.error = str(e)
                 errors.append(f"{rec.mount_point}: {e}")
