@@ -1,3 +1,3 @@
-from roost.cli.main import main
+from roost.cli.entry import main
 
 main()

@@ -7,32 +7,17 @@ load only for the commands that use them.
 
 from __future__ import annotations
 
-import errno
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from roost.cli.failures import fail, fail_on_file_system
 from roost.errors import RoostError, UsageError
 
 if TYPE_CHECKING:
     from roost.hostagent.apimodels import MountType
-
-
-def _fail(e: RoostError) -> None:
-    click.echo(f"roost: error: {e}", err=True)
-    sys.exit(e.exit_code)
-
-
-# Errors of the host's file systems, not of roost: said plainly, not as a
-# traceback. Anything else that escapes is a bug and keeps its traceback.
-_FILE_SYSTEM_ERRORS = {
-    errno.ENOSPC: "free space on its file system",
-    errno.EDQUOT: "free space within your quota there",
-    errno.EROFS: "the file system is read-only; set ROOST_HOME to a writable directory",
-    errno.EACCES: "check the permissions of that path",
-}
 
 
 class _Group(click.Group):
@@ -40,14 +25,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except RoostError as e:
-            _fail(e)
+            fail(e)
         except OSError as e:
-            if e.errno not in _FILE_SYSTEM_ERRORS:
-                raise
-            where = f" ({e.filename})" if e.filename else ""
-            click.echo(f"roost: error: {e.strerror}{where}: {_FILE_SYSTEM_ERRORS[e.errno]}",
-                       err=True)
-            sys.exit(1)
+            fail_on_file_system(e)
+            raise
 
 
 def _name(ctx: click.Context, param: click.Parameter, value: str) -> str:

@@ -10,7 +10,6 @@ written with reads back as the same number: parse(format(n)) == n.
 from __future__ import annotations
 
 import re
-from fractions import Fraction
 
 _UNITS = {
     "": 1, "b": 1,
@@ -34,6 +33,8 @@ def _quoted(value: object) -> str:
 
 def parse_size(value: str | int) -> int:
     """Bytes in `value`; binary units whatever the spelling (as Lima does)."""
+    from fractions import Fraction  # ~5 ms to import: not for `roost ls`
+
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValueError(f"expected {SIZE_FORM}, got {_quoted(value)}")
     if isinstance(value, int):

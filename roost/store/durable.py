@@ -10,7 +10,6 @@ place, and then its directory is fsynced; only then does the write count.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -42,6 +41,8 @@ def replace_durably(tmp: Path, path: Path) -> None:
 def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
     """Replace `path` with `data`: a reader sees the old or the new file, never
     part of one, and after a crash the new one is there once this returned."""
+    import tempfile  # not for `roost ls`
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 from roost.errors import RoostError, UsageError, cut, quote
 from roost.store import agentlock
 from roost.store.durable import fsync_dir, write_atomic
 from roost.store.home import ensure_home, make_private_dir
 from roost.store.paths import roost_home
+
+# Not `typing`: `roost ls` imports this module, and typing costs it ~5 ms
+# (mypy takes any name TYPE_CHECKING as true).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 # sockaddr_un.sun_path is 108 bytes including the NUL.
@@ -60,10 +61,31 @@ class _InstanceFile:
         return inst.dir / self.filename
 
 
-@dataclass(frozen=True)
 class Instance:
+    """An instance: its name and directory (a value; equal when both are).
+
+    Not a dataclass: `roost ls` imports this module, and dataclasses (with
+    inspect) costs it ~10 ms."""
+
+    __slots__ = ("dir", "name")
     name: str
     dir: Path
+
+    def __init__(self, name: str, dir: Path) -> None:
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "dir", dir)
+
+    def __setattr__(self, key: str, value: object) -> None:
+        raise AttributeError(f"Instance is immutable: cannot set {key}")
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Instance) and (self.name, self.dir) == (other.name, other.dir)
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.dir))
+
+    def __repr__(self) -> str:
+        return f"Instance(name={self.name!r}, dir={self.dir!r})"
 
     @classmethod
     def at(cls, name: str, home: Path | None = None) -> Instance:
@@ -178,6 +200,8 @@ class Instance:
     def config_digest(self) -> str:
         """Identifies roost.yaml's exact text (a resume checks it is unchanged)."""
         try:
+            import hashlib  # not for `roost ls`
+
             return hashlib.sha256(self.config.read_bytes()).hexdigest()
         except OSError:
             return ""
@@ -258,6 +282,9 @@ def create_instance_dir(inst: Instance, files: dict[str, str]) -> None:
     home = make_private_dir(inst.dir.parent)
     if inst.dir.exists():
         raise RoostError(f"instance {inst.name!r} already exists in {inst.dir}")
+    import shutil
+    import tempfile
+
     tmp = Path(tempfile.mkdtemp(prefix=f".{inst.name}.", dir=home))  # mkdtemp: 0700
     try:
         for filename, text in files.items():
