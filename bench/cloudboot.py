@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from common import roost as run_roost
-from common import scratch_home, summary
+from common import banner_seconds, free_port, qemu_argv, scratch_home, summary
 
 MIB = 1024**2
 
@@ -149,14 +149,6 @@ def download_figures(runs: int = 3, mib: int = 200) -> dict[str, Any]:
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _events(home: Path, name: str) -> list[dict[str, Any]]:
     from datetime import datetime
 
@@ -184,8 +176,6 @@ def _roost_boot(home: Path, name: str) -> dict[str, Any]:
 
     running = next(e for e in events if e["status"].get("running"))
     assert not running["status"].get("degraded"), running["status"].get("errors")
-    argv_line = next(ln for ln in (home / name / "ha.stderr.log").read_text().splitlines()
-                     if "starting /" in ln and "qemu-system" in ln)
     # cloud-final is the boot's last job: systemd counts the boot finished a
     # moment after cloud-init wrote result.json (Running's bar).
     guest = run_roost(home, "shell", name, "--", "sh", "-c",
@@ -196,30 +186,11 @@ def _roost_boot(home: Path, name: str) -> dict[str, Any]:
         "banner_s": first("waiting: a command runs over SSH"),
         "cloud_init_done_s": round(running["t"] - t0, 2),
         "guest_systemd_analyze": guest,
-        "argv": argv_line.split("starting ", 1)[1].split(" "),
+        "argv": qemu_argv(home, name),
         "base": json.loads((home / name / "image.json").read_text())["disk"],
         "cidata": home / name / "cidata.iso",
         "dir": str(home / name),
     }
-
-
-def _banner_seconds(port: int, proc: subprocess.Popen[bytes], timeout: float) -> float:
-    """From now to the first SSH identification line, one connection at a time."""
-    import socket
-
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the floor's QEMU exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                sock.settimeout(10)
-                if sock.recv(8).startswith(b"SSH-"):
-                    return float(time.monotonic() - start)
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"no SSH banner within {timeout}s")
 
 
 def _cloud_init_seconds(port: int, home: Path, timeout: float) -> float:
@@ -251,14 +222,15 @@ def _floor_boot(machine: dict[str, Any], scratch: Path, home: Path) -> tuple[flo
     shutil.copy(machine["cidata"], floor / "cidata.iso")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", machine["base"],
                     "-F", "qcow2", str(floor / "disk.qcow2"), "4G"], check=True)
-    port = _free_port()
+    port = free_port()
     argv = [a.replace(machine["dir"], str(floor)) for a in machine["argv"]]
     argv = [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
             if "hostfwd=" in a else a for a in argv]
+    start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        banner = _banner_seconds(port, proc, 900)
+        banner = banner_seconds(port, proc, start, 900)
         return banner, banner + _cloud_init_seconds(port, home, 900)
     finally:
         proc.kill()  # ours: started above

@@ -40,3 +40,79 @@ def scratch_home() -> Iterator[Path]:
                             config.parent.name],
                            env={**os.environ, "ROOST_HOME": str(home)}, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def qemu_argv(home: Path, name: str) -> list[str]:
+    """The QEMU command line the host agent last started `name` with."""
+    import shlex
+
+    lines = (home / name / "ha.stderr.log").read_text().splitlines()
+    line = next(ln for ln in reversed(lines) if "starting /" in ln and "qemu-system" in ln)
+    return shlex.split(line.split("starting ", 1)[1])
+
+
+def banner_seconds(port: int, proc: subprocess.Popen[bytes], start: float,
+                   timeout: float) -> float:
+    """From `start` (time.monotonic) to the first SSH identification line on
+    127.0.0.1:port, one connection at a time (as roost's probe does)."""
+    import socket
+    import time
+
+    while time.monotonic() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the floor's QEMU exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+                sock.settimeout(10)
+                if sock.recv(8).startswith(b"SSH-"):
+                    return float(time.monotonic() - start)
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise RuntimeError(f"no SSH banner within {timeout}s")
+
+
+def machine_floor(home: Path, name: str, scratch: Path, timeout: float = 600) -> float:
+    """The machine floor: instance `name`'s own QEMU command line (devices,
+    disk, RAM backing, sandbox) on a fresh copy-on-write disk over the same
+    base and a copy of its cidata, started by this process without roost:
+    seconds from exec to the SSH banner on its forwarded port."""
+    import json
+    import time
+
+    inst = home / name
+    floor = scratch / "floor"
+    shutil.rmtree(floor, ignore_errors=True)
+    floor.mkdir(parents=True)
+    shutil.copy(inst / "cidata.iso", floor / "cidata.iso")
+    base = json.loads((inst / "image.json").read_text())["disk"]
+    size = json.loads(subprocess.run(
+        ["qemu-img", "info", "--output=json", "-U", str(inst / "disk.qcow2")],
+        capture_output=True, text=True, check=True).stdout)["virtual-size"]
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
+                    str(floor / "disk.qcow2"), str(size)], check=True)
+    port = free_port()
+    argv = [a.replace(str(inst), str(floor)) for a in qemu_argv(home, name)]
+    argv = [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
+            if "hostfwd=" in a else a for a in argv]
+    start = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        return banner_seconds(port, proc, start, timeout)
+    finally:
+        proc.kill()  # ours: started above
+        proc.wait()
+
+
+def host_facts() -> dict[str, object]:
+    """What a figure depends on: CPUs, and how busy the machine was."""
+    return {"cpus": os.cpu_count(), "loadavg_at_start": os.getloadavg()[0]}

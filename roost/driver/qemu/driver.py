@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shlex
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -76,7 +77,7 @@ class QemuDriver:
             # A cold boot starts clean, its RAM's blocks taken before the guest runs.
             await asyncio.to_thread(reserve_ram_file, self.spec.ram_file, self.spec.memory)
         argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name))
-        log.info("starting %s", " ".join(argv))
+        log.info("starting %s", shlex.join(argv))  # as a shell takes it back
         with open(self.log_path, "ab") as logf:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
