@@ -40,8 +40,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import roost as run_roost
 from common import banner_seconds, free_port, qemu_argv, scratch_home, summary
+from common import roost as run_roost
 
 MIB = 1024**2
 
