@@ -354,6 +354,7 @@ class Agent:
                                            self.opts.probes_dir)
         self.handlers: Dict[str, Handler] = {
             "ping": lambda conn, req: {"pong": True},
+            "boot-done": lambda conn, req: {"marker": self.boot_done_marker()},
             "info": lambda conn, req: self.info(),
             "events": self.subscribe,
             "listen": self.listen,
@@ -374,6 +375,14 @@ class Agent:
         self._subscribers: List[Connection] = []
         self._sub_lock = threading.Lock()
         self.epoch = new_epoch()  # this process's; the virtio-serial port has its own
+
+    def boot_done_marker(self) -> str:
+        """The boot-done marker's line; "" while the boot scripts still run."""
+        try:
+            with open(protocol.BOOT_DONE_MARKER) as f:
+                return f.read(4096).strip()
+        except OSError:
+            return ""
 
     def info(self) -> Dict[str, Any]:
         return {

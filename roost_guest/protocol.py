@@ -87,6 +87,10 @@ EXEC_SIGNALS = ("HUP", "INT", "QUIT", "KILL", "USR1", "USR2", "TERM", "CONT", "S
 # Hybrid vsock (Firecracker, Cloud Hypervisor): the host writes
 # "CONNECT <port>\n" to the VMM's Unix socket and reads "OK <port>\n".
 VSOCK_PORT = 52
+# Written by the guest's boot (roost-boot) once its provisioning steps ran:
+# "<boot id> <status> [<failed step>]"; read by the host over the channel
+# (request boot-done) or, without the guest agent, over SSH.
+BOOT_DONE_MARKER = "/run/roost/boot-done"
 
 # Deeper JSON is refused on both sides: no message of ours nests beyond a
 # handful of levels, and a bound far below the interpreter's recursion

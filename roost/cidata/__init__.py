@@ -13,10 +13,11 @@ from importlib import resources
 
 from roost.cidata.builtin import builtin_files
 from roost.cidata.cloudinit import cloud_init_files
-from roost.cidata.identity import BOOT_DONE_MARKER, GuestIdentity
+from roost.cidata.identity import GuestIdentity
 from roost.cidata.iso import write_iso
 from roost.cidata.zipapp import GUEST_AGENT_FILE, guest_agent_zipapp
 from roost.config.model import PROVISION_ORDER, Provision
+from roost_guest.protocol import BOOT_DONE_MARKER
 
 __all__ = ["BOOT_DONE_MARKER", "GUEST_AGENT_FILE", "GuestIdentity", "files_for",
            "guest_agent_zipapp", "provision_files", "write_iso"]

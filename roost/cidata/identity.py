@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 from roost.config.model import Provision
 
-BOOT_DONE_MARKER = "/run/roost/boot-done"
-
 
 @dataclass
 class GuestIdentity:

@@ -449,10 +449,19 @@ class HostAgent:
         async def ssh(command: list[str], timeout: float) -> tuple[int, str]:
             return await run_ssh(self.inst, command, timeout)
 
+        async def agent_boot_marker() -> str | None:
+            if not self.session.connected:
+                return None
+            try:
+                client = await self.session.open()
+                return str((await client.request("boot-done", timeout=2.0)).get("marker", ""))
+            except GuestAgentError:
+                return None
+
         ctx = readiness.ReadinessContext(
             inst=self.inst, info=self.driver.info(), boot_id=self.instance_id,
             cloud_image=self.config.cloud_image(), run_ssh=ssh, ping_agent=ping_agent,
-            emit=self.events.emit_transient)
+            emit=self.events.emit_transient, agent_boot_marker=agent_boot_marker)
         return readiness.requirements(ctx, resumed)
 
     async def _wait_ssh_again(self) -> None:
@@ -483,10 +492,17 @@ class HostAgent:
         # The guest agent is independent of SSH: wait for both at once.
         optional_task = asyncio.ensure_future(self._run_list(optional))
         try:
-            results = await self._run_list(essential)
+            # After the banner, the SSH login and the boot-done check at once.
+            results = await self._run_list(essential[:1])
             if all(r.ok for r in results):
-                await self.port_forwarding.start(self.cleanups)
-                results += await self._run_list(final)
+                final_task = asyncio.ensure_future(self._run_list(final))
+                try:
+                    results += await self._run_list(essential[1:])
+                    if all(r.ok for r in results):
+                        await self.port_forwarding.start(self.cleanups)
+                        results += await final_task
+                finally:
+                    final_task.cancel()
             results += await optional_task
             if woken is not None:
                 await woken
