@@ -4,10 +4,13 @@
 One VM; in it a source server that sends as many bytes as asked. The host
 downloads SIZE through the roost forward (guest agent tunnel over
 virtio-serial) and through an `ssh -L` forward (the instance's SSH
-ControlMaster) to the same guest service; connection set-up is timed as a
-connect plus a one-byte round trip; and the time from the guest's listen()
-to the host port accepting is measured from the guest printing "listening"
-(over SSH) to the first successful connect.
+ControlMaster) to the same guest service, runs interleaved; the roost
+forward is checked to go through the guest agent (`via: agent` in `roost
+ls --json`). Connection set-up is a connect plus a one-byte round trip,
+interleaved roost / ssh -L. Listen-to-accept runs from the guest's own
+listen() (the guest stamps its clock right after it; the guest-host clock
+offset is measured through the forward, best of 50 round trips, and
+removed) to the first connect the host port accepts.
 
     .venv/bin/python bench/portfwd.py [--size-mib 256] [--runs 3]   # prints JSON
 """
@@ -25,15 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from common import scratch_home, summary
+from common import host_facts, scratch_home, summary
 
 SOURCE_SERVER = r"""
-import socket, struct, sys, threading
+import socket, struct, sys, threading, time
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen(64)
-print("listening", flush=True)
+print("listening %.6f" % time.time(), flush=True)
 block = b"\0" * 65536
 def serve(c):
     head = c.recv(8)
@@ -42,6 +45,9 @@ def serve(c):
     n = struct.unpack(">Q", head)[0]
     if n == 0:
         c.sendall(b"!")
+    if n == 2**64 - 1:  # the guest's clock
+        c.sendall(struct.pack(">d", time.time()))
+        n = 0
     while n > 0:
         k = min(n, len(block))
         c.sendall(block[:k])
@@ -101,19 +107,64 @@ def connect_rtt(port: int, n: int = 20) -> list[float]:
 
 
 
-def listen_to_accept(home: Path, name: str, runs: int) -> list[float]:
+def clock_offset(port: int, n: int = 50) -> tuple[float, float]:
+    """(guest clock - host clock, its uncertainty): the round trip through the
+    forward with the least delay, its guest stamp taken to be mid-way."""
+    best: tuple[float, float] | None = None
+    for _ in range(n):
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+            before = time.time()
+            s.sendall(struct.pack(">Q", 2**64 - 1))
+            data = b""
+            while len(data) < 8:
+                data += s.recv(8 - len(data))
+            after = time.time()
+        guest = struct.unpack(">d", data)[0]
+        sample = (guest - (before + after) / 2, (after - before) / 2)
+        if best is None or sample[1] < best[1]:
+            best = sample
+    assert best is not None
+    return best
+
+
+def accept_time(port: int, timeout: float) -> float:
+    """The host clock when 127.0.0.1:port first accepts a connection."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return time.time()
+        time.sleep(0.001)
+    raise TimeoutError(f"127.0.0.1:{port} never accepted")
+
+
+def listen_to_accept(home: Path, name: str, runs: int, offset: float) -> list[float]:
+    """From the guest's listen() (its stamp, on the host's clock) to the host accepting."""
     out = []
     for _ in range(runs):
         port = free_port()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "roost", "shell", name, "--", "python3", "/tmp/source.py",
-             str(port)], env={**os.environ, "ROOST_HOME": str(home)}, text=True,
+            ["ssh", "-F", str(home / name / "ssh.config"), f"roost-{name}", "python3",
+             "/tmp/source.py", str(port)], text=True,
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "listening"
-        out.append(wait_port(port, 10))
-        proc.terminate()
-        proc.wait()
+        try:
+            accepted = accept_time(port, 20)
+            assert proc.stdout is not None
+            word, stamp = proc.stdout.readline().split()
+            assert word == "listening"
+            out.append(accepted - (float(stamp) - offset))
+        finally:
+            proc.terminate()
+            proc.wait()
+    return out
+
+
+def connect_rtts(ports: dict[str, int], n: int = 30) -> dict[str, list[float]]:
+    """Connect + a one-byte round trip, taking turns between the forwards."""
+    out: dict[str, list[float]] = {k: [] for k in ports}
+    for _ in range(n):
+        for key, port in ports.items():
+            out[key] += connect_rtt(port, 1)
     return out
 
 
@@ -133,6 +184,10 @@ def main() -> None:
                         f"python3 /tmp/source.py {port} </dev/null >/dev/null 2>&1 &"],
                        env=env, check=True, capture_output=True)
         wait_port(port, 10)
+        forwards = json.loads(roost(home, "ls", "--json").stdout)[0]["portForwards"]
+        via = next(f["via"] for f in forwards
+                   if f["protocol"] == "tcp" and f["guestAddr"].endswith(f":{port}"))
+        assert via == "agent", forwards  # the guest agent's tunnel, not SSH
         ssh_port = free_port()
         ssh_base = ["ssh", "-F", str(home / name / "ssh.config")]
         subprocess.run([*ssh_base, "-O", "forward", "-L", f"127.0.0.1:{ssh_port}:127.0.0.1:{port}",
@@ -141,18 +196,26 @@ def main() -> None:
         for _ in range(args.runs):  # interleaved, so both see the same load
             roost_mibs.append(download(port, size))
             ssh_mibs.append(download(ssh_port, size))
-        roost_rtt, ssh_rtt = connect_rtt(port), connect_rtt(ssh_port)
-        l2a = listen_to_accept(home, name, 5)
+        rtt = connect_rtts({"roost": port, "ssh": ssh_port})
+        offset, uncertainty = clock_offset(port)
+        l2a = listen_to_accept(home, name, 5, offset)
         ratio = statistics.median(roost_mibs) / statistics.median(ssh_mibs)
         print(json.dumps({
+            **host_facts(),
             "size_mib": args.size_mib,
             "runs": args.runs,
             "roost_tunnel_mib_s": summary(roost_mibs, 1),
             "ssh_L_mib_s": summary(ssh_mibs, 1),
             "throughput_ratio_roost_over_ssh": round(ratio, 2),
-            "throughput_ratio_goal": 2.0,
-            "connect_roundtrip_roost_s": summary(roost_rtt, 4),
-            "connect_roundtrip_ssh_s": summary(ssh_rtt, 4),
+            "throughput_ratio_goal": 3.0,
+            "roost_forward_via": via,
+            "connect_first_byte_roost_s": summary(rtt["roost"], 4),
+            "connect_first_byte_ssh_L_s": summary(rtt["ssh"], 4),
+            "connect_ratio_roost_over_ssh_L": round(statistics.median(rtt["roost"])
+                                                    / statistics.median(rtt["ssh"]), 2),
+            "connect_ratio_goal": 1.0,
+            "guest_clock_offset_s": round(offset, 4),
+            "guest_clock_offset_uncertainty_s": round(uncertainty, 4),
             "listen_to_host_accept_s": summary(l2a, 3),
             "listen_to_host_accept_goal_s": 0.25,
         }, indent=2))

@@ -9,6 +9,7 @@ defines `ls` the same way and says what is wrong.
 
 from __future__ import annotations
 
+import os
 import sys
 
 FAST_LS = (["ls"], ["ls", "--json"])
@@ -23,12 +24,15 @@ def main() -> None:
 
         try:
             ls(as_json=argv == ["ls", "--json"])
+            sys.stdout.flush()
+        except BrokenPipeError:  # `roost ls | head`: the reader has all it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except RoostError as e:
             fail(e)
         except OSError as e:
             fail_on_file_system(e)
             raise
-        sys.stdout.flush()
         return
     from roost.cli.main import main as click_main
 
