@@ -62,22 +62,25 @@ def qemu_argv(home: Path, name: str) -> list[str]:
 def banner_seconds(port: int, proc: subprocess.Popen[bytes], start: float,
                    timeout: float) -> float:
     """From `start` (time.monotonic) to the first SSH identification line on
-    127.0.0.1:port, one connection at a time (as roost's probe does)."""
-    import socket
+    127.0.0.1:port, found by roost's own probe (roost.hostagent.banner: a
+    naive one waits out slirp's parked connections and reads late), so that
+    a floor and roost are held to the same probe."""
+    import asyncio
     import time
 
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the floor's QEMU exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                sock.settimeout(10)
-                if sock.recv(8).startswith(b"SSH-"):
-                    return float(time.monotonic() - start)
-        except OSError:
-            pass
-        time.sleep(0.01)
-    raise RuntimeError(f"no SSH banner within {timeout}s")
+    from roost.hostagent.banner import wait_for_banner
+
+    async def probe() -> None:
+        waiting = asyncio.ensure_future(wait_for_banner("127.0.0.1", port, timeout=timeout))
+        while not waiting.done():
+            if proc.poll() is not None:
+                waiting.cancel()
+                raise RuntimeError(f"the floor's QEMU exited with {proc.returncode}")
+            await asyncio.wait([waiting], timeout=0.1)
+        waiting.result()
+
+    asyncio.run(probe())
+    return float(time.monotonic() - start)
 
 
 def machine_floor(home: Path, name: str, scratch: Path, timeout: float = 600) -> float:

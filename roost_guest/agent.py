@@ -127,11 +127,10 @@ class Connection:
         # Ids of requests served on threads of their own; a second request
         # with the same id before the first is answered is refused.
         self._in_flight: Set[int] = set()
-        # Host streams whose tunnel request is being served (the connect in
-        # the guest under way), and those of them the host reset meanwhile:
-        # it gave up waiting, and a stream opened after that would be no one's.
-        self._opening: Set[int] = set()
-        self._reset_while_opening: Set[int] = set()
+        # Host streams whose tunnel request is being served: made when the
+        # request is read, so that the data, eof or reset the host sends
+        # after it (without waiting for the answer) has a stream to go to.
+        self._pending_tunnels: Dict[int, tunnel.Stream] = {}
         # +1 at each hello: a reply to a request of an earlier host session
         # is dropped, not delivered to a new request that reuses its id.
         self.generation = 0
@@ -261,25 +260,20 @@ class Connection:
         stream.start()
         return stream
 
-    def opening(self, stream_id: int) -> None:
+    def add_pending_tunnel(self, stream_id: int, datagram: bool) -> None:
+        """A tunnel request was read: its stream takes frames from now on,
+        holding them until the connect in the guest is made."""
         with self._streams_lock:
-            self._opening.add(stream_id)
+            if stream_id in self.streams:
+                return  # a duplicate: open_tunnel refuses it
+            stream = tunnel.Stream(stream_id, None, datagram, self.send, self.send_data,
+                                   self.stream_done)
+            self.streams[stream_id] = stream
+            self._pending_tunnels[stream_id] = stream
 
-    def opened(self, stream_id: int) -> bool:
-        """The tunnel request of `stream_id` is served: False when the host
-        reset the stream meanwhile."""
+    def take_pending_tunnel(self, stream_id: int) -> Optional[tunnel.Stream]:
         with self._streams_lock:
-            self._opening.discard(stream_id)
-            if stream_id in self._reset_while_opening:
-                self._reset_while_opening.discard(stream_id)
-                return False
-            return True
-
-    def reset_unknown(self, stream_id: int) -> None:
-        """A reset for no stream of ours: one still opening is not opened."""
-        with self._streams_lock:
-            if stream_id in self._opening:
-                self._reset_while_opening.add(stream_id)
+            return self._pending_tunnels.pop(stream_id, None)
 
     def stream_done(self, stream_id: int) -> None:
         with self._streams_lock:
@@ -311,6 +305,7 @@ class Connection:
             self.generation += 1
         with self._streams_lock:
             self._in_flight.clear()
+            self._pending_tunnels.clear()
             streams = list(self.streams.values())
             listeners = list(self.listeners.items())
             self.listeners.clear()
@@ -637,7 +632,8 @@ class Agent:
             conn.send_error(req_id, "request id %s is already in flight" % req_id)
             return
         if kind == "tunnel" and protocol.valid_stream_id(req.get("stream"), parity=0):
-            conn.opening(req["stream"])  # before a reset that follows it can be read
+            # Before the frames that follow it are read (see add_pending_tunnel).
+            conn.add_pending_tunnel(req["stream"], req.get("proto") == "udp")
         threading.Thread(target=self.reply, args=(conn, req, handler, conn.generation),
                          daemon=True).start()
 
@@ -681,23 +677,21 @@ class Agent:
             log("reply failed: %s" % e)
 
     def open_tunnel(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """Connect to what the request names and join it to the stream made
+        when the request was read (what the host sent it meanwhile is queued)."""
         stream_id = req.get("stream")
-        if not protocol.valid_stream_id(stream_id, parity=0):
+        stream = conn.take_pending_tunnel(stream_id) \
+            if protocol.valid_stream_id(stream_id, parity=0) else None
+        if stream is None:
             raise RequestError(BAD_STREAM % short(stream_id))
         try:
-            if stream_id in conn.streams:
-                raise RequestError(BAD_STREAM % short(stream_id))
             sock = tunnel.open_local(req)
         except tunnel.TunnelError as e:
-            conn.opened(stream_id)
+            stream.reset()
             raise RequestError(str(e)) from None
-        except RequestError:
-            conn.opened(stream_id)
-            raise
-        if not conn.opened(stream_id):
+        if not stream.attach(sock):  # the host gave up on it meanwhile
             sock.close()
-            raise RequestError("stream %d was reset by the host while it opened" % stream_id)
-        stream = conn.add_stream(stream_id, sock, req.get("proto") == "udp")
+            raise RequestError("stream %s was reset by the host while it opened" % stream_id)
         conn.finish(req.get("id"))
         try:
             # Answered here, before the stream's first data frame can go out.
@@ -717,8 +711,6 @@ class Agent:
             return
         stream = conn.streams.get(stream_id)
         if stream is None:
-            if kind == "reset":
-                conn.reset_unknown(stream_id)
             return  # already gone; the peer learns from our own reset or eof
         if kind == "window":
             n = req.get("bytes")

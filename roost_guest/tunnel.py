@@ -70,11 +70,13 @@ def describe(req: Dict[str, Any]) -> str:
 
 
 class Stream:
-    def __init__(self, stream_id: int, sock: socket.socket, datagram: bool,
+    def __init__(self, stream_id: int, sock: Optional[socket.socket], datagram: bool,
                  send_json: SendJson, send_data: SendData,
                  on_done: Callable[[int], None]) -> None:
+        """`sock` None: a stream whose connect is under way (attach() joins
+        it); it queues what the host sends, up to the window, meanwhile."""
         self.id = stream_id
-        self.sock = sock
+        self._sock = sock
         self.datagram = datagram
         self._send_json = send_json
         self._send_data = send_data
@@ -86,6 +88,19 @@ class Stream:
         self._closed = False
         self._read_done = False
         self._write_done = False
+
+    @property
+    def sock(self) -> socket.socket:
+        assert self._sock is not None, "stream %d has no socket yet" % self.id
+        return self._sock
+
+    def attach(self, sock: socket.socket) -> bool:
+        """The connect was made; False if the stream was reset meanwhile."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._sock = sock
+            return True
 
     def start(self) -> None:
         threading.Thread(target=self._read_loop, daemon=True).start()
@@ -207,8 +222,9 @@ class Stream:
             return
         self._closed = True
         self._cond.notify_all()
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
-        with contextlib.suppress(OSError):
-            self.sock.close()
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
+            with contextlib.suppress(OSError):
+                self._sock.close()
         self._on_done(self.id)

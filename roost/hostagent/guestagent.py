@@ -223,6 +223,7 @@ class GuestAgentClient:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
         self._stream_ids = itertools.count(2, 2)  # host streams are even
+        self._opening: set[asyncio.Future[None]] = set()  # optimistic opens' answers
         self._streams: dict[int, TunnelStream] = {}
         self._guest_streams = 0  # of those, guest-initiated (odd ids)
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_QUEUE)
@@ -524,13 +525,26 @@ class GuestAgentClient:
         """A message that wants no answer (such as a command's signal)."""
         await self._send_json({"type": type_, **params})
 
-    async def request(self, type_: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
-        req_id = next(self._ids)
+    def _issue(self, type_: str, params: dict[str, Any]
+               ) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Write a request now (before any frame written after this call) and
+        register its answer's future; raises GuestAgentError if not connected."""
+        if self._writer is None or not self.connected:
+            raise GuestAgentError("not connected to the guest agent")
+        try:
+            frame = protocol.encode_json({"id": (req_id := next(self._ids)), "type": type_,
+                                          **params})
+        except protocol.ProtocolError as e:
+            raise GuestAgentError(f"cannot send this request: {e}") from None
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[req_id] = fut
         self._parts[req_id] = []
+        self._writer.write(frame)
+        return req_id, fut
+
+    async def _answer(self, type_: str, req_id: int, fut: asyncio.Future[dict[str, Any]],
+                      timeout: float) -> dict[str, Any]:
         try:
-            await self._send_json({"id": req_id, "type": type_, **params})
             reply = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             raise GuestAgentError(f"guest agent did not answer {type_!r} in {timeout:g}s") from None
@@ -543,6 +557,17 @@ class GuestAgentClient:
         if isinstance(result.get("parts"), str):
             result[result.pop("parts")] = parts
         return result
+
+    async def request(self, type_: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
+        req_id, fut = self._issue(type_, params)
+        try:
+            assert self._writer is not None
+            await self._writer.drain()
+        except BaseException:
+            self._pending.pop(req_id, None)
+            self._parts.pop(req_id, None)
+            raise
+        return await self._answer(type_, req_id, fut, timeout)
 
     def new_stream(self, datagram: bool = False) -> TunnelStream:
         """A host stream, registered so that no frame of it arrives unclaimed;
@@ -561,25 +586,58 @@ class GuestAgentClient:
 
     async def open_stream(self, proto: str, *, host: str | None = None,
                           port: int | None = None, path: str | None = None,
-                          timeout: float = 10.0) -> TunnelStream:
-        """Open a tunnel to host:port (tcp, udp) or path (unix) in the guest."""
+                          timeout: float = 10.0, optimistic: bool = False) -> TunnelStream:
+        """Open a tunnel to host:port (tcp, udp) or path (unix) in the guest.
+
+        `optimistic`: return at once, the request sent; what is sent on the
+        stream follows it (the guest queues it until its connect is made),
+        saving a round trip per connection. A refusal then resets the
+        stream, as the guest's own reset would."""
         stream = self.new_stream(datagram=proto == "udp")
         params: dict[str, Any] = {"stream": stream.id, "proto": proto}
         if path is not None:
             params["path"] = path
         else:
             params.update(host=host, port=port)
+        if optimistic:
+            try:
+                req_id, fut = self._issue("tunnel", params)
+            except BaseException:
+                self._forget(stream)
+                stream.closed = True
+                raise
+            task = asyncio.ensure_future(self._confirm_open(stream, req_id, fut, timeout))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
+            return stream
         try:
             await self.request("tunnel", timeout=timeout, **params)
         except BaseException:
-            self._forget(stream)
-            stream.closed = True
-            # Given up (a timeout, or the local peer left): the guest may
-            # still be connecting, and must not keep what it opens.
-            self._send_nowait({"type": "reset", "stream": stream.id,
-                               "error": "the host gave up opening the stream"})
+            self._gave_up_opening(stream)
             raise
         return stream
+
+    def _gave_up_opening(self, stream: TunnelStream, error: str = "") -> None:
+        """A tunnel that did not open (refused, timed out, or the local peer
+        left): forgotten here; the guest may still be connecting, and must
+        not keep what it opens."""
+        if error:
+            stream._reset_local(error)
+        self._forget(stream)
+        stream.closed = True
+        self._send_nowait({"type": "reset", "stream": stream.id,
+                           "error": "the host gave up opening the stream"})
+
+    async def _confirm_open(self, stream: TunnelStream, req_id: int,
+                            fut: asyncio.Future[dict[str, Any]], timeout: float) -> None:
+        try:
+            await self._answer("tunnel", req_id, fut, timeout)
+        except GuestAgentError as e:
+            log.info("tunnel %d: %s", stream.id, e)
+            self._gave_up_opening(stream, str(e))
+        except asyncio.CancelledError:
+            self._gave_up_opening(stream, "session closed by the host")
+            raise
 
     async def accepted(self) -> tuple[dict[str, Any], TunnelStream]:
         """The next guest-initiated stream: its accept event and the stream."""
@@ -594,6 +652,8 @@ class GuestAgentClient:
             yield event
 
     async def close(self) -> None:
+        for task in list(self._opening):
+            task.cancel()
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(Exception):

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from roost.driver.channel import UnixDialer
-from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, StreamReset
 from tests.unit.guest_agent_process import guest_agent_on
 
 
@@ -114,6 +114,32 @@ async def test_tcp_tunnel_round_trip_and_eof(client: GuestAgentClient) -> None:
     await stream.send_eof()
     assert await stream.recv() is None
     server.close()
+
+
+async def test_an_optimistic_tunnel_carries_what_was_sent_before_its_answer(
+        client: GuestAgentClient) -> None:
+    """The forwards' open: data follows the request without waiting for the
+    answer; the guest queues it until its connect is made."""
+    server, port = await _echo_server()
+    stream = await client.open_stream("tcp", host="127.0.0.1", port=port, optimistic=True)
+    await stream.send(b"early " * 1000)  # before the guest can have answered
+    await stream.send_eof()
+    got = b""
+    while (data := await stream.recv()) is not None:
+        got += data
+        await stream.ack(len(data))
+    assert got == b"early " * 1000
+    server.close()
+
+
+async def test_an_optimistic_tunnel_that_is_refused_is_reset(client: GuestAgentClient) -> None:
+    sock = _listen("tcp")
+    port = sock.getsockname()[1]
+    sock.close()
+    stream = await client.open_stream("tcp", host="127.0.0.1", port=port, optimistic=True)
+    with pytest.raises(StreamReset, match=r"cannot connect to tcp:127\.0\.0\.1"):
+        await asyncio.wait_for(stream.recv(), 10)
+    assert await client.request("ping") is not None
 
 
 async def test_tunnel_to_closed_port_fails_clearly(client: GuestAgentClient) -> None:

@@ -91,7 +91,8 @@ class TCPForward(_StreamServer):
 
     async def _open(self) -> TunnelStream:
         client = await self.opener()
-        return await client.open_stream("tcp", host=self.guest_host, port=self.guest_port)
+        return await client.open_stream("tcp", host=self.guest_host, port=self.guest_port,
+                                        optimistic=True)
 
 
 class UnixForward(_StreamServer):
@@ -112,7 +113,7 @@ class UnixForward(_StreamServer):
 
     async def _open(self) -> TunnelStream:
         client = await self.opener()
-        return await client.open_stream("unix", path=self.guest_path)
+        return await client.open_stream("unix", path=self.guest_path, optimistic=True)
 
     async def stop(self) -> None:
         await super().stop()
