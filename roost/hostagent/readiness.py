@@ -101,8 +101,10 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
     """Essential, optional and final requirements.
 
     After a resume the guest is exactly as it was when it last passed them
-    all, so only the path from the host is checked again (sshd answers
-    through the new QEMU's forward; the guest agent answered `wake`).
+    all, so only the path from the host is checked again: sshd answers
+    through the new QEMU's forward and a login works (the old SSH
+    connection went with the old QEMU: made again here, beside the guest
+    agent's `wake`, so that Running means what it means after a boot).
     """
     inst, info = ctx.inst, ctx.info
     logs = f"the guest console log {inst.serial_log} and {inst.qemu_log}"
@@ -175,5 +177,5 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
             f"{inst.name} -- cat /run/roost/provision.log`)",
             FINAL_TIMEOUT, retry_interval=0.1)]
     if resumed:
-        return essential[:1], optional, []
+        return essential, optional, []
     return essential, optional, final
