@@ -5,12 +5,14 @@
   guest idle, after a settle; QEMU's RSS against the guest's RAM in use
   (MemTotal - MemAvailable, read in the guest).
 * RAM backing: the guest writes 1 GiB into its RAM (a file in its tmpfs),
-  once in roost's VM (file-backed RAM, ram.bin, shared: what suspend saves
-  in place) and once in the same machine with anonymous RAM
-  (memory-backend-ram, started by the bench from the instance's own command
-  line without roost): for each, the host's writeback while it writes and
-  for 30 s after (/proc/vmstat nr_written), the disk the backing takes, and
-  QEMU's RSS. The baseline is the anonymous machine, same run.
+  once in roost's VM (memfd RAM, shared, as virtiofsd needs) and in the
+  same machine started by the bench from the instance's own command line
+  without roost, with file-backed RAM (ram.bin on ROOST_HOME's file
+  system, shared: what roost used until it measured this) and with
+  anonymous RAM (memory-backend-ram, the baseline: not shareable, so no
+  virtiofs): for each, the time the write takes, the host's writeback while
+  it writes and for 30 s after (/proc/vmstat nr_written), the disk the
+  backing takes, and QEMU's RSS.
 
     .venv/bin/python bench/idle.py [--seconds 30]      # prints JSON
 """
@@ -108,11 +110,13 @@ def write_ram(ssh: list[str], qemu: int, backing: Path | None) -> dict[str, Any]
     }
 
 
-def anonymous_machine(home: Path, name: str, scratch: Path) -> dict[str, Any]:
-    """The instance's own machine with anonymous RAM, on a copy of its disk."""
+def other_backing(home: Path, name: str, scratch: Path, backing: str) -> dict[str, Any]:
+    """The instance's own machine with RAM backed by `backing` ("file" or
+    "ram"), on a copy-on-write disk over its own."""
     inst = home / name
-    floor = scratch / "anon"
+    floor = scratch / backing
     floor.mkdir()
+    ram_file = floor / "ram.bin"
     shutil.copy(inst / "cidata.iso", floor / "cidata.iso")
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                     str(inst / "disk.qcow2"), str(floor / "disk.qcow2")], check=True)
@@ -120,8 +124,9 @@ def anonymous_machine(home: Path, name: str, scratch: Path) -> dict[str, Any]:
     argv = []
     for a in qemu_argv(home, name):
         a = a.replace(str(inst), str(floor))
-        if a.startswith("memory-backend-file,"):
-            a = f"memory-backend-ram,id=mem,size={MEMORY_MIB}M"
+        if a.startswith("memory-backend-memfd,"):
+            a = (f"memory-backend-file,id=mem,size={MEMORY_MIB}M,share=on,mem-path={ram_file}"
+                 if backing == "file" else f"memory-backend-ram,id=mem,size={MEMORY_MIB}M")
         if "hostfwd=" in a:
             a = a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
         argv.append(a)
@@ -137,9 +142,9 @@ def anonymous_machine(home: Path, name: str, scratch: Path) -> dict[str, Any]:
         deadline = time.monotonic() + 120
         while subprocess.run([*ssh, "true"], capture_output=True).returncode != 0:
             if time.monotonic() > deadline:
-                raise RuntimeError("no SSH login into the anonymous-RAM machine")
+                raise RuntimeError(f"no SSH login into the {backing}-backed machine")
             time.sleep(0.5)
-        return write_ram(ssh, proc.pid, None)
+        return write_ram(ssh, proc.pid, ram_file if backing == "file" else None)
     finally:
         proc.kill()  # ours: started above
         proc.wait()
@@ -159,17 +164,15 @@ def main() -> None:
             idle = idle_figures(home, name, args.seconds)
             qemu = int((home / name / "qemu.pid").read_text().split()[0])
             ssh = ["ssh", "-F", str(home / name / "ssh.config"), f"roost-{name}"]
-            ram_file = home / name / "ram.bin"
-            file_backed = {"backing_disk_before_mb":
-                           round(os.stat(ram_file).st_blocks * 512 / 1e6, 1),
-                           **write_ram(ssh, qemu, ram_file)}
+            memfd = write_ram(ssh, qemu, None)
             roost(home, "stop", name)
-            anonymous = anonymous_machine(home, name, scratch)
+            file_backed = other_backing(home, name, scratch, "file")
+            anonymous = other_backing(home, name, scratch, "ram")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(json.dumps({
         **facts, "guest_memory_mib": MEMORY_MIB, "idle": idle,
-        "ram_backing": {"file_backed_ram_bin": file_backed,
+        "ram_backing": {"roost_memfd": memfd, "file_backed_ram_bin": file_backed,
                         "baseline_anonymous_ram": anonymous},
     }, indent=2))
 

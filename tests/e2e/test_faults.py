@@ -549,12 +549,12 @@ def _processes_naming(path: Path) -> list[str]:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs takes root (CI's root pass)")
 def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
-    """ROOST_HOME on a 48 MiB tmpfs: a 512 MiB guest's RAM file cannot fit,
-    and, once the file system is filled up, a new instance cannot be made.
-    Each is refused saying so, with nothing left running or half made."""
+    """ROOST_HOME on a 64 MiB tmpfs, filled up under a running guest: a
+    suspend cannot write the VM's state, and a new instance cannot be made.
+    Each is refused saying so; the VM runs on; nothing is left half made."""
     fs = tmp_path / "small"
     fs.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs", str(fs)],
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=0700", "tmpfs", str(fs)],
                    check=True)
     env = {**roost.env, "ROOST_HOME": str(fs / "home")}
 
@@ -562,30 +562,44 @@ def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
         return subprocess.run([sys.executable, "-m", "roost", *args], env=env, text=True,
                               capture_output=True, timeout=180, stdin=subprocess.DEVNULL)
 
+    def fill(leave: int = 0) -> None:
+        """The file system filled up to `leave` bytes free."""
+        with open(fs / "filler", "ab") as f:
+            try:
+                while os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize > leave + (1 << 20):
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+                if leave == 0:
+                    while True:
+                        f.write(b"\0" * 4096)
+                        f.flush()
+            except OSError:
+                pass
+
     try:
-        with fault("full-fs-ram", "ROOST_HOME with less room than the guest's RAM file",
-                   "start refuses naming the free space; Stopped; nothing left") as d:
+        with fault("full-fs-suspend", "`roost suspend` with ROOST_HOME's file system full",
+                   "refused naming the space; the VM runs on; no state file left") as d:
             made = run("create", "small", "--memory", "512MiB", "--disk", "4GiB")
             assert made.returncode == 0, made.stderr
-            started = run("start", "small", "--timeout", "120")
-            d["message"] = started.stderr.strip().splitlines()[-3:]
-            assert started.returncode != 0 and "free" in started.stderr, started.stderr
-            assert "needs 512MiB" in started.stderr and "Traceback" not in started.stderr
+            started = run("start", "small", "--timeout", str(START_TIMEOUT))
+            assert started.returncode == 0, started.stderr
+            # Room for the guest's own writes (a full disk would pause it: see
+            # the next test), not for its RAM in use, which the saved state holds.
+            fill(leave=8 << 20)
+            suspended = run("suspend", "small")
+            d["message"] = suspended.stderr.strip().splitlines()[-2:]
+            assert suspended.returncode != 0 and "Traceback" not in suspended.stderr
+            assert "space" in suspended.stderr.lower(), suspended.stderr
             ls = run("ls", "--json")
             d["ls"] = json.loads(ls.stdout)[0]["status"]
-            assert d["ls"] == "Stopped"
-            d["residue"] = _processes_naming(fs) + [
-                str(p) for p in (fs / "home" / "small").glob("*.sock")]
+            assert d["ls"] == "Running"
+            d["residue"] = [p.name for p in (fs / "home" / "small").iterdir()
+                            if p.name in ("vmstate.bin", "suspended.json")]
             assert d["residue"] == []
+            assert run("shell", "small", "--", "true").returncode == 0
         with fault("full-fs-create", "`roost create` on a file system with no room left",
                    "refused saying why; no half-made instance directory") as d:
-            with open(fs / "filler", "wb") as f:
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass
+            fill()
             made = run("create", "second")
             d["message"] = made.stderr.strip().splitlines()[-2:]
             assert made.returncode != 0 and "Traceback" not in made.stderr, made.stderr
@@ -621,12 +635,6 @@ def test_guest_disk_fills_the_host_file_system(tmp_path: Path) -> None:
             small.run("create", name, "--memory", "256MiB", "--disk", "2GiB")
             small.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
             inst = fs / "home" / name
-            # On tmpfs roost leaves the RAM file sparse (allocating it would
-            # take the guest's RAM of host memory up front), so it takes room
-            # as the guest touches its pages: all of it now, so that the disk
-            # is what meets the full file system.
-            with open(inst / "ram.bin", "r+b") as ram:
-                os.posix_fallocate(ram.fileno(), 0, os.fstat(ram.fileno()).st_size)
             st = os.statvfs(fs)
             filler = fs / "filler"
             with open(filler, "wb") as f:

@@ -54,7 +54,9 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
     out = roost.run("suspend", sleeper, timeout=300).stdout
     assert "suspended" in out
     assert roost.ls()[sleeper]["status"] == "Suspended"
-    assert (roost.home / sleeper / "ram.bin").exists()
+    # The RAM in use is in the saved state (memfd RAM: no ram.bin any more).
+    assert (roost.home / sleeper / "vmstate.bin").stat().st_size > 16 << 20
+    assert not (roost.home / sleeper / "ram.bin").exists()
     assert not port_open()
     stop = roost.run("stop", sleeper, check=False)
     assert stop.returncode != 0 and "roost resume" in stop.stderr

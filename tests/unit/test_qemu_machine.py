@@ -49,8 +49,8 @@ def test_description_to_machine(tmp_path: Path) -> None:
     vm = describe(tmp_path, {"cpus": 3, "memory": "1GiB", "readOnlyRoot": True})
     spec = machine_spec(vm)
     assert (spec.cpus, spec.memory, spec.ssh_port, spec.accel) == (3, 1024**3, 40022, "tcg")
-    assert (spec.disk, spec.qmp_sock, spec.ram_file) == (vm.inst.disk, vm.inst.qmp_sock,
-                                                        vm.inst.ram_file)
+    assert (spec.disk, spec.qmp_sock, spec.ram_file) == (vm.inst.disk, vm.inst.qmp_sock, None)
+    assert "memory-backend-memfd,id=mem,size=1024M,share=on" in build_argv(spec)
     argv = build_argv(spec)
     assert option(argv, "-kernel") == [str(tmp_path / "vmlinux")]
     assert option(argv, "-append")[0].endswith(" roost.overlay=1")

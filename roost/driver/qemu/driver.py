@@ -16,7 +16,6 @@ from roost.driver.base import DiskError, DriverError, DriverInfo, Share, SSHAddr
 from roost.driver.channel import Dialer, UnixDialer
 from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
 from roost.driver.qemu.machine import saved_entries
-from roost.driver.qemu.ramfile import reserve_ram_file
 from roost.driver.qemu.sandbox import use_sandbox
 from roost.store.durable import fsync_dir, fsync_path
 
@@ -73,9 +72,6 @@ class QemuDriver:
         for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock,
                   self.spec.pidfile):
             p.unlink(missing_ok=True)
-        if self.spec.ram_file is not None and self.spec.incoming is None:
-            # A cold boot starts clean, its RAM's blocks taken before the guest runs.
-            await asyncio.to_thread(reserve_ram_file, self.spec.ram_file, self.spec.memory)
         argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name))
         log.info("starting %s", shlex.join(argv))  # as a shell takes it back
         with open(self.log_path, "ab") as logf:
@@ -247,8 +243,9 @@ class QemuDriver:
     # -- suspend and resume ---------------------------------------------------
 
     async def save_state(self, path: Path, timeout: float = 120.0) -> float:
-        """Migrate the VM's state into `path` (it ends paused) and have it, and
-        the RAM file, on disk; seconds taken."""
+        """Migrate the VM's state, its RAM in use with it, into `path` (it ends
+        paused) and have it (and the RAM file of a VM an older roost
+        suspended) on disk; seconds taken."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         await self._qmp_execute("migrate-set-parameters", {"max-bandwidth": 16 * 1024**3})

@@ -53,7 +53,8 @@ def machine_spec(vm: VMDescription) -> QemuSpec:
         cpu_type=config.cpu_type,
         shares=vm.shares,
         virtiofs_devices=not vm.restore,  # a suspend unplugged them
-        ram_file=inst.ram_file,
+        # memfd RAM, not ram.bin: see bench/idle.py and cmdline.QemuSpec.ram_file.
+        ram_file=None,
         incoming=inst.vmstate if vm.restore else None,
     )
 
