@@ -250,6 +250,10 @@ class QemuDriver:
         start = loop.time()
         await self._qmp_execute("migrate-set-parameters", {"max-bandwidth": 16 * 1024**3})
         await self._set_ignore_shared()
+        # Paused first: the RAM is then saved as it stands, in one pass. A live
+        # save (the guest running, its dirty pages sent again) under
+        # multi-threaded TCG restored guests with a corrupted kernel.
+        await self._qmp_execute("stop")
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         except OSError as e:
