@@ -564,15 +564,13 @@ def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
 
     def fill(leave: int = 0) -> None:
         """The file system filled up to `leave` bytes free."""
-        with open(fs / "filler", "ab") as f:
+        with open(fs / "filler", "ab", buffering=0) as f:  # unbuffered: no flush at close
             try:
                 while os.statvfs(fs).f_bavail * os.statvfs(fs).f_frsize > leave + (1 << 20):
                     f.write(b"\0" * (1 << 20))
-                    f.flush()
                 if leave == 0:
                     while True:
                         f.write(b"\0" * 4096)
-                        f.flush()
             except OSError:
                 pass
 
