@@ -609,7 +609,9 @@ def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
             assert run("ls").returncode == 0
     finally:
         run("delete", "--force", "small")
-        subprocess.run(["umount", str(fs)], check=False)
+        # The SSH master ends a moment after the instance it served.
+        wait_until(lambda: subprocess.run(["umount", str(fs)], capture_output=True).returncode
+                   == 0, 30, f"{fs} to unmount")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs takes root (CI's root pass)")
