@@ -40,7 +40,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from common import banner_seconds, free_port, qemu_argv, scratch_home, summary
+from common import banner_seconds, free_port, moved_argv, qemu_argv, scratch_home, summary
 from common import roost as run_roost
 
 MIB = 1024**2
@@ -223,9 +223,7 @@ def _floor_boot(machine: dict[str, Any], scratch: Path, home: Path) -> tuple[flo
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", machine["base"],
                     "-F", "qcow2", str(floor / "disk.qcow2"), "4G"], check=True)
     port = free_port()
-    argv = [a.replace(machine["dir"], str(floor)) for a in machine["argv"]]
-    argv = [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
-            if "hostfwd=" in a else a for a in argv]
+    argv = moved_argv(machine["argv"], machine["dir"], str(floor), port)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

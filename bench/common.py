@@ -83,6 +83,14 @@ def banner_seconds(port: int, proc: subprocess.Popen[bytes], start: float,
     return float(time.monotonic() - start)
 
 
+def moved_argv(argv: list[str], inst_dir: str, floor_dir: str, port: int) -> list[str]:
+    """An instance's QEMU command line on the files in `floor_dir`, its SSH
+    forwarded from 127.0.0.1:port."""
+    argv = [a.replace(inst_dir, floor_dir) for a in argv]
+    return [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
+            if "hostfwd=" in a else a for a in argv]
+
+
 def machine_floor(home: Path, name: str, scratch: Path, timeout: float = 600) -> float:
     """The machine floor: instance `name`'s own QEMU command line (devices,
     disk, RAM backing, sandbox) on a fresh copy-on-write disk over the same
@@ -103,9 +111,7 @@ def machine_floor(home: Path, name: str, scratch: Path, timeout: float = 600) ->
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2",
                     str(floor / "disk.qcow2"), str(size)], check=True)
     port = free_port()
-    argv = [a.replace(str(inst), str(floor)) for a in qemu_argv(home, name)]
-    argv = [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
-            if "hostfwd=" in a else a for a in argv]
+    argv = moved_argv(qemu_argv(home, name), str(inst), str(floor), port)
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -30,7 +30,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import banner_seconds, free_port, host_facts, qemu_argv, roost, scratch_home
+from common import (
+    banner_seconds,
+    free_port,
+    host_facts,
+    moved_argv,
+    qemu_argv,
+    roost,
+    scratch_home,
+)
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 MEMORY_MIB = 2048
@@ -121,15 +129,10 @@ def other_backing(home: Path, name: str, scratch: Path, backing: str) -> dict[st
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                     str(inst / "disk.qcow2"), str(floor / "disk.qcow2")], check=True)
     port = free_port()
-    argv = []
-    for a in qemu_argv(home, name):
-        a = a.replace(str(inst), str(floor))
-        if a.startswith("memory-backend-memfd,"):
-            a = (f"memory-backend-file,id=mem,size={MEMORY_MIB}M,share=on,mem-path={ram_file}"
-                 if backing == "file" else f"memory-backend-ram,id=mem,size={MEMORY_MIB}M")
-        if "hostfwd=" in a:
-            a = a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
-        argv.append(a)
+    memory = (f"memory-backend-file,id=mem,size={MEMORY_MIB}M,share=on,mem-path={ram_file}"
+              if backing == "file" else f"memory-backend-ram,id=mem,size={MEMORY_MIB}M")
+    argv = [memory if a.startswith("memory-backend-memfd,") else a
+            for a in moved_argv(qemu_argv(home, name), str(inst), str(floor), port)]
     start = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
