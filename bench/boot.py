@@ -3,9 +3,10 @@
 runs interleaved (kernel floor, machine floor, roost; again), built-in image.
 
 * machine floor: the instance's own QEMU command line (roost's devices,
-  disk, file-backed RAM, sandbox) on a fresh copy-on-write disk, started by
-  the bench without roost, to the SSH banner on its forwarded port: what
-  roost adds on top is the host agent, readiness and the CLI.
+  disk, RAM backing, sandbox) on a fresh copy-on-write disk, started by
+  the bench without roost, to the SSH banner on its forwarded port, found
+  by a probe that spares the guest nothing (bench/common.banner_seconds):
+  what roost adds on top is the host agent, readiness and the CLI.
 * kernel floor: the same kernel and initramfs on a bare machine (no disk,
   NIC, virtio-serial, root ports or RAM file) to an init that prints a
   marker at once: no initramfs init, no root mount, no switch_root. Only

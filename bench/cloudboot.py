@@ -228,7 +228,7 @@ def _floor_boot(machine: dict[str, Any], scratch: Path, home: Path) -> tuple[flo
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        banner = banner_seconds(port, proc, start, 900)
+        banner = banner_seconds(port, proc, start, 900, then_ssh=True)
         return banner, banner + _cloud_init_seconds(port, home, 900)
     finally:
         proc.kill()  # ours: started above

@@ -137,7 +137,7 @@ def other_backing(home: Path, name: str, scratch: Path, backing: str) -> dict[st
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        banner_seconds(port, proc, start, 600)
+        banner_seconds(port, proc, start, 600, then_ssh=True)
         ssh = ["ssh", "-p", str(port), "-i", str(home / "_config" / "user"),
                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                "-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectionAttempts=30",

@@ -12,7 +12,15 @@ listen() (the guest stamps its clock right after it; the guest-host clock
 offset is measured through the forward, best of 50 round trips, and
 removed) to the first connect the host port accepts.
 
-    .venv/bin/python bench/portfwd.py [--size-mib 256] [--runs 3]   # prints JSON
+Many listeners: the guest opens LISTENERS TCP listeners at once; the figure
+is the time from its stamp (after the last listen()) until the host agent's
+API lists a forward for every one. Its baseline, in the same run on the same
+VM: the same number of forwards made as Lima's SSH forwarder makes them, one
+`ssh -O forward -L` per port on the instance's ControlMaster, one after
+another (then cancelled).
+
+    .venv/bin/python bench/portfwd.py [--size-mib 256] [--runs 3] [--listeners 1000]
+    # prints JSON
 """
 
 from __future__ import annotations
@@ -56,6 +64,21 @@ def serve(c):
 while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+MANY_LISTENERS = r"""
+import socket, sys, time
+n, first = int(sys.argv[1]), int(sys.argv[2])
+socks = []
+for port in range(first, first + n):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", port))
+    s.listen(8)
+    socks.append(s)
+print("listening %.6f" % time.time(), flush=True)
+sys.stdin.read()
 """
 
 
@@ -159,6 +182,78 @@ def listen_to_accept(home: Path, name: str, runs: int, offset: float) -> list[fl
     return out
 
 
+def free_range(n: int, avoid: range = range(0)) -> range:
+    """n consecutive ports free on the host's loopback (the forwards of the
+    guest's listeners take the same port numbers)."""
+    for first in range(20000, 30000 - n, 100):
+        if first in avoid or first + n - 1 in avoid:
+            continue
+        socks = []
+        try:
+            for port in range(first, first + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+            return range(first, first + n)
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise SystemExit(f"no {n} free consecutive ports in 20000..30000")
+
+
+def forwarded(home: Path, name: str, first: int, n: int) -> int:
+    """How many guest ports in first..first+n the host agent forwards now."""
+    from roost.cli import haclient
+
+    info = haclient.request(home / name / "ha.sock", "GET", "/v1/info", timeout=30)
+    ports = [int(f["guestAddr"].rsplit(":", 1)[1]) for f in info["portForwards"]
+             if f["protocol"] == "tcp"]
+    return sum(first <= p < first + n for p in ports)
+
+
+def many_listeners(home: Path, name: str, ports: range, offset: float) -> float:
+    """From the guest's stamp after listen() on each of ports to a forward for each."""
+    n = len(ports)
+    proc = subprocess.Popen(
+        ["ssh", "-F", str(home / name / "ssh.config"), f"roost-{name}", "sh", "-c",
+         f"'ulimit -n {n + 100}; exec python3 /tmp/many.py {n} {ports.start}'"],
+        text=True, stdout=subprocess.PIPE, stdin=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        word, stamp = proc.stdout.readline().split()
+        assert word == "listening"
+        deadline = time.monotonic() + 300
+        while forwarded(home, name, ports.start, n) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{n} listeners were not all forwarded in 300 s")
+            time.sleep(0.02)
+        return time.time() - (float(stamp) - offset)
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait()
+
+
+def ssh_forward_each(home: Path, name: str, ports: range, guest_port: int) -> float:
+    """Lima's way: one `ssh -O forward -L` per port, one after another; then
+    they are cancelled (not timed)."""
+    base = ["ssh", "-F", str(home / name / "ssh.config")]
+    n = len(ports)
+    specs = [f"127.0.0.1:{port}:127.0.0.1:{guest_port}" for port in ports]
+    started = time.monotonic()
+    for spec in specs:
+        subprocess.run([*base, "-O", "forward", "-L", spec, f"roost-{name}"], check=True,
+                       capture_output=True)
+    took = time.monotonic() - started
+    for i in range(0, n, 100):
+        subprocess.run([*base, "-O", "cancel",
+                        *[a for spec in specs[i : i + 100] for a in ("-L", spec)],
+                        f"roost-{name}"], capture_output=True)
+    return took
+
+
 def connect_rtts(ports: dict[str, int], n: int = 30) -> dict[str, list[float]]:
     """Connect + a one-byte round trip, taking turns between the forwards."""
     out: dict[str, list[float]] = {k: [] for k in ports}
@@ -172,6 +267,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mib", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--listeners", type=int, default=1000)
     args = parser.parse_args()
     size = args.size_mib << 20
     with scratch_home() as home:
@@ -179,6 +275,7 @@ def main() -> None:
         env = {**os.environ, "ROOST_HOME": str(home)}
         roost(home, "start", name, "--timeout", "300")
         roost(home, "shell", name, "--", "sh", "-c", "cat > /tmp/source.py", input=SOURCE_SERVER)
+        roost(home, "shell", name, "--", "sh", "-c", "cat > /tmp/many.py", input=MANY_LISTENERS)
         port = free_port()
         subprocess.run([sys.executable, "-m", "roost", "shell", name, "--", "sh", "-c",
                         f"python3 /tmp/source.py {port} </dev/null >/dev/null 2>&1 &"],
@@ -199,6 +296,9 @@ def main() -> None:
         rtt = connect_rtts({"roost": port, "ssh": ssh_port})
         offset, uncertainty = clock_offset(port)
         l2a = listen_to_accept(home, name, 5, offset)
+        guest_ports = free_range(args.listeners)
+        many = many_listeners(home, name, guest_ports, offset)
+        many_ssh = ssh_forward_each(home, name, free_range(args.listeners, guest_ports), port)
         ratio = statistics.median(roost_mibs) / statistics.median(ssh_mibs)
         print(json.dumps({
             **host_facts(),
@@ -218,6 +318,10 @@ def main() -> None:
             "guest_clock_offset_uncertainty_s": round(uncertainty, 4),
             "listen_to_host_accept_s": summary(l2a, 3),
             "listen_to_host_accept_goal_s": 0.25,
+            "listeners": args.listeners,
+            "listeners_all_forwarded_s": round(many, 2),
+            "baseline_ssh_O_forward_each_s": round(many_ssh, 2),
+            "listeners_ratio_roost_over_ssh_each": round(many / many_ssh, 3),
         }, indent=2))
 
 

@@ -19,23 +19,17 @@ import sys
 import threading
 import time
 
-from roost_guest import (
-    __version__,
-    diff,
-    execute,
-    health,
-    mounts,
-    ports,
-    protocol,
-    tunnel,
-    vsock,
-    worker,
-)
+# execute, mounts and diff are imported where they are first used: under TCG
+# their imports (and signal's) cost tens of milliseconds before the first
+# answer, which the host waits for at every boot.
+from roost_guest import __version__, health, ports, protocol, tunnel, vsock, worker
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Set, Union
+
+    from roost_guest import execute
 
     StreamEnd = Union[tunnel.Stream, execute.Port]
 
@@ -51,6 +45,13 @@ PART_ITEMS = 1000  # list items per "part" event: well under the frame limit
 def log(msg: str) -> None:
     sys.stderr.write("roost-guestagent: %s\n" % msg)
     sys.stderr.flush()
+
+
+def end_orphaned_commands() -> None:
+    killed = health.end_orphans()
+    if killed:
+        log("killed %d check(s) a previous guest agent left running: pids %s"
+            % (len(killed), " ".join(map(str, killed))))
 
 
 class RequestError(Exception):
@@ -350,7 +351,7 @@ class Agent:
         self.handlers: Dict[str, Handler] = {
             "ping": lambda conn, req: {"pong": True},
             "boot-done": lambda conn, req: {"marker": self.boot_done_marker()},
-            "info": lambda conn, req: self.info(),
+            "info": self.info,
             "events": self.subscribe,
             "listen": self.listen,
             "mount": self.mount,
@@ -379,7 +380,7 @@ class Agent:
         except OSError:
             return ""
 
-    def info(self) -> Dict[str, Any]:
+    def info(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         return {
             "version": __version__,
             "python": "%d.%d.%d" % sys.version_info[:3],
@@ -389,8 +390,8 @@ class Agent:
             "agentUptime": round(time.monotonic() - _STARTED, 3),
             "pid": os.getpid(),
             "epoch": self.epoch,
-            "ports": ports.as_dicts(self.ports.current()),
             "portScanner": self.ports.scanner_kind,
+            **send_parts(conn, req, "ports", ports.as_dicts(self.ports.current())),
         }
 
     # -- events -----------------------------------------------------------
@@ -401,7 +402,8 @@ class Agent:
                 self._subscribers.append(conn)
         self.ports.start()
         self.worker.start()
-        return {"ports": ports.as_dicts(self.ports.current()), "worker": self.worker.snapshot()}
+        return {"worker": self.worker.snapshot(),
+                **send_parts(conn, req, "ports", ports.as_dicts(self.ports.current()))}
 
     def listen(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         path = req.get("path")
@@ -414,6 +416,7 @@ class Agent:
         return {"path": path}
 
     def mount(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        from roost_guest import mounts
         try:
             if req.get("keepExisting") is True:
                 kept = mounts.keep_existing(req)
@@ -427,6 +430,7 @@ class Agent:
 
     def _mount_sshfs(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """sshfs speaks SFTP over a stream that the host joins to sftp-server."""
+        from roost_guest import mounts
         path = mounts.check_mount_point(req.get("mountPoint"))
         ours, theirs = socket.socketpair()
         # The host serves what it granted this token for, whatever we claim.
@@ -442,6 +446,7 @@ class Agent:
         return {"mountPoint": path}
 
     def umount(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        from roost_guest import mounts
         try:
             result = mounts.umount(req)
         except mounts.MountError as e:
@@ -500,15 +505,12 @@ class Agent:
         return {"skew": round(float(value) - before, 3)}
 
     def diff(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        from roost_guest import diff
         try:
             changes = diff.diff()
         except diff.DiffError as e:
             raise RequestError(str(e)) from None
-        # Any number of changes: sent in parts that each fit a frame.
-        for i in range(0, len(changes), PART_ITEMS):
-            conn.send({"event": "part", "id": req.get("id"), "key": "changes",
-                       "items": changes[i : i + PART_ITEMS]})
-        return {"parts": "changes", "count": len(changes)}
+        return {"count": len(changes), **send_parts(conn, req, "changes", changes)}
 
     def worker_status(self) -> Dict[str, Any]:
         self.worker.start()
@@ -520,6 +522,7 @@ class Agent:
     def start_exec(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """Spawn the command and answer {"pid"}, or {"error", "exitCode"} when it
         cannot run; only after the answer does it start to flow (roost_guest.execute)."""
+        from roost_guest import execute
         try:
             run = self._spawn(conn, req)
         except execute.ExecError as e:  # served: the command could not run
@@ -535,6 +538,7 @@ class Agent:
 
     def exec_control(self, conn: Connection, req: Dict[str, Any]) -> None:
         """exec-signal, exec-kill, exec-resize: to the command of a host stream."""
+        from roost_guest import execute
         kind = req["type"]
         stream_id = req.get("stream")
         if not protocol.valid_stream_id(stream_id, parity=0):
@@ -549,6 +553,7 @@ class Agent:
         # else the command has ended: the host learns of it from its exit event
 
     def _spawn(self, conn: Connection, req: Dict[str, Any]) -> execute.Exec:
+        from roost_guest import execute
         if not self.opts.allow_exec:
             raise RequestError("exec is disabled in this guest (guestAgent.allowExec: false)")
         try:
@@ -604,7 +609,7 @@ class Agent:
         if kind in protocol.STREAM_CONTROL:
             self.stream_control(conn, req)
             return
-        if kind in execute.CONTROL_TYPES:
+        if kind in protocol.EXEC_CONTROL:
             self.exec_control(conn, req)
             return
         req_id = req.get("id")
@@ -723,6 +728,17 @@ class Agent:
             stream.eof()
         else:
             stream.reset()
+
+
+def send_parts(conn: Connection, req: Dict[str, Any], key: str,
+               items: List[Any]) -> Dict[str, Any]:
+    """A list of any length as `part` events that each fit a frame (a guest
+    may listen on ten thousand ports), before the reply, which names the key
+    the host puts them under."""
+    for i in range(0, len(items), PART_ITEMS):
+        conn.send({"event": "part", "id": req.get("id"), "key": key,
+                   "items": items[i : i + PART_ITEMS]})
+    return {"parts": key}
 
 
 class PortWatcher:
@@ -954,7 +970,10 @@ USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N
   --integrations-dir DIR, --probes-dir DIR
                    health check and probe definitions (/etc/roost/*.d)
   --busy-threshold X, --sample-secs S
-                   busy while more than X tasks are runnable, sampled every S"""
+                   busy while more than X tasks are runnable, sampled every S
+  --wait-for PATH  start serving once PATH exists (the agent was started
+                   early in boot, before the file systems it serves on)
+  --log PATH       append stderr to PATH (once PATH's directory exists)"""
 
 
 class Options:
@@ -965,9 +984,11 @@ class Options:
         self.allow_exec = False
         self.busy_threshold = 0.5
         self.sample_secs = 1.0
-        self.audit_log = execute.AUDIT_LOG
+        self.audit_log = "/var/log/roost/exec.log"
         self.integrations_dir = health.INTEGRATIONS_DIR
         self.probes_dir = health.PROBES_DIR
+        self.wait_for = ""
+        self.log = ""
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -985,7 +1006,7 @@ def parse_args(argv: List[str]) -> Options:
         name, eq, value = flag.partition("=")
         if name not in ("--port", "--unix", "--vsock-port", "--busy-threshold",
                         "--sample-secs", "--audit-log", "--integrations-dir",
-                        "--probes-dir"):
+                        "--probes-dir", "--wait-for", "--log"):
             sys.exit("roost-guestagent: unknown option %r\n%s" % (flag, USAGE))
         if not eq:
             if not args:
@@ -1012,15 +1033,83 @@ def parse_args(argv: List[str]) -> Options:
             opts.integrations_dir = value
         elif name == "--probes-dir":
             opts.probes_dir = value
+        elif name == "--wait-for":
+            opts.wait_for = value
+        elif name == "--log":
+            opts.log = value
         else:
             opts.unix = value
     return opts
 
 
+def mark_boot_timeline(what: str, at: Optional[float] = None,
+                       path: str = "/run/roost/boot-timeline") -> None:
+    """One line of the guest's boot timeline (seconds since kernel start, as
+    /proc/uptime: CLOCK_MONOTONIC, which needs no /proc), if boot made one:
+    `roost info` shows it, bench/boot.py reports it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # never creates it
+    except OSError:
+        return
+    try:
+        line = "%.2f %s\n" % (time.monotonic() if at is None else at, what)
+        os.write(fd, line.encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+WAIT_FOR_LIMIT = 60.0  # then serve anyway: a late start beats none
+
+
+def wait_for_path(path: str, limit: float = WAIT_FOR_LIMIT) -> None:
+    """Until `path` exists. Started early in boot, the agent has done its
+    imports (most of its start-up under TCG) while the guest's init mounted
+    /proc, /run and named the virtio ports; it serves once boot says so."""
+    deadline = time.monotonic() + limit
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            log("%s did not appear within %gs; serving anyway" % (path, limit))
+            return
+        time.sleep(0.01)
+
+
+def redirect_stderr(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    except OSError as e:
+        log("cannot log to %s: %s" % (path, e))
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def default_interrupt_signals() -> None:
+    """SIGINT and SIGQUIT back to their defaults if the agent was started
+    with them ignored (as a shell starts a command in the background, which
+    is how the initramfs starts it): an ignored signal stays ignored across
+    exec, so every command the agent runs would shrug off ^C. `_signal`, not
+    `signal`: the latter's enums cost tens of milliseconds under TCG."""
+    import _signal  # type: ignore[import-not-found]
+
+    for signum in (_signal.SIGINT, _signal.SIGQUIT):
+        if _signal.getsignal(signum) == _signal.SIG_IGN:
+            _signal.signal(signum, _signal.SIG_DFL)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
+    imported = time.monotonic()
+    default_interrupt_signals()
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.wait_for:
+        wait_for_path(args.wait_for)
+        mark_boot_timeline("guest agent imported", imported)
+    if args.log:
+        redirect_stderr(args.log)
     agent = Agent(args)
     agent.health.start()  # rescans its directories; runs nothing until files appear
+    threading.Thread(target=end_orphaned_commands, daemon=True).start()
     threads = []
     if args.unix:
         sock = unix_listener(args.unix)
@@ -1039,6 +1128,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         t.daemon = True
         t.start()
     log("serving (%s)" % ", ".join(x for x in (args.port, args.unix) if x))
+    mark_boot_timeline("guest agent serving")
     while any(t.is_alive() for t in threads):
         time.sleep(3600)
 

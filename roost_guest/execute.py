@@ -44,7 +44,6 @@ KILL_GRACE = 2.0  # seconds from the first signal of a kill to SIGKILL
 # After the command exits, children that still hold its output pipes may
 # write on; the run ends once its output has been quiet this long.
 QUIET_AFTER_EXIT = 2.0
-CONTROL_TYPES = ("exec-signal", "exec-kill", "exec-resize")
 _MAX_TERM = 64
 
 

@@ -32,14 +32,21 @@ PROBES_DIR = "/etc/roost/probes.d"
 RESCAN_SECS = 1.0
 
 
+# In the environment of every command run here: a respawned agent finds what
+# its predecessor left running by it (see end_orphans).
+COMMAND_MARK = "ROOST_GUEST_COMMAND"
+
+
 def run_command(cmd: Any, timeout: float) -> Tuple[int, str, str, bool]:
     """(exit code, stdout, stderr, timed out) of `cmd`, killed after `timeout`."""
     import signal
     import subprocess
 
     argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else [str(a) for a in cmd]
+    env = dict(os.environ)
+    env[COMMAND_MARK] = "1"
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+                            stderr=subprocess.PIPE, start_new_session=True, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
         timed_out = False
@@ -50,6 +57,37 @@ def run_command(cmd: Any, timeout: float) -> Tuple[int, str, str, bool]:
         timed_out = True
     return (proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
             timed_out)
+
+
+def end_orphans(proc: str = "/proc") -> List[int]:
+    """Kill the process groups of the commands a predecessor left running:
+    session leaders marked with COMMAND_MARK whose parent is not this agent.
+    An agent killed by SIGKILL (the OOM killer) cannot kill its in-flight
+    checks at their timeouts, and one that never ends would outlive every
+    respawn. The pids of the groups killed."""
+    import signal
+
+    mark = ("%s=1" % COMMAND_MARK).encode()
+    me = os.getpid()
+    killed = []
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        try:
+            with open("%s/%s/stat" % (proc, entry), "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()  # after the name
+            ppid, session = int(fields[1]), int(fields[3])
+            if session != pid or ppid == me:
+                continue
+            with open("%s/%s/environ" % (proc, entry), "rb") as f:
+                if mark not in f.read().split(b"\0"):
+                    continue
+            os.killpg(pid, signal.SIGKILL)
+            killed.append(pid)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile, or not ours to read
+    return killed
 
 
 def _number(spec: Dict[str, Any], key: str, default: float) -> float:

@@ -100,6 +100,8 @@ MAX_DEPTH = 64
 MAX_ID = 2**53
 MAX_STREAM_ID = 2**32 - 1  # what the data frame's 4-byte field holds
 STREAM_CONTROL = ("window", "eof", "reset")
+# Requests about a running command (see Exec above), answered by no reply.
+EXEC_CONTROL = ("exec-signal", "exec-kill", "exec-resize")
 # Events the guest sends about one host stream (see Exec above).
 STREAM_EVENTS = ("exit", "exec-refused")
 # A sync frame is {"sync": N, "epoch": E}: a few dozen bytes.

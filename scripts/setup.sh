@@ -24,6 +24,7 @@ DEBIAN_PACKAGES=(
   fdisk             # ... whose partition table sfdisk writes
   ovmf              # UEFI firmware for images that boot with firmware.legacyBIOS: false
   uidmap            # newuidmap/newgidmap: a normal user's virtiofsd, confined as them
+  openssl           # tests make the CA and the server certificate caCerts is tested with
 )
 if [ "${1:-}" = "--dev" ]; then
   DEBIAN_PACKAGES+=(python3-venv)  # scripts/test-as-user.sh: a venv on the system's python3

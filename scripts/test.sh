@@ -35,7 +35,8 @@ fi
 # which takes root (deselected, not skipped: a skipped end-to-end test fails a run).
 if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
   echo "test: end-to-end tests again as a normal user (scripts/test-as-user.sh)"
-  bash scripts/test-as-user.sh tests/e2e/test_cli_errors.py tests/e2e/test_faults.py \
+  bash scripts/test-as-user.sh tests/e2e/test_cli_errors.py tests/e2e/test_copy.py \
+    tests/e2e/test_everyday.py tests/e2e/test_faults.py \
     tests/e2e/test_guest_services.py tests/e2e/test_lifecycle.py \
     tests/e2e/test_micro_tools.py tests/e2e/test_mount_faults.py tests/e2e/test_mounts.py \
     tests/e2e/test_portfwd.py tests/e2e/test_sandbox.py tests/e2e/test_snapshots.py \

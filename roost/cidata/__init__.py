@@ -58,6 +58,8 @@ def files_for(ident: GuestIdentity) -> dict[str, bytes]:
         GUEST_AGENT_FILE: guest_agent_zipapp(),
         "roost-provision": _guest_script("roost-provision"),
         "roost-boot": _guest_script("roost-boot"),
+        "roost-environment": _guest_script("roost-environment"),
+        "roost-disks": _guest_script("roost-disks"),
         **builtin_files(ident),
         **cloud_init_files(ident),
         **provision_files(ident.provision),
@@ -67,6 +69,13 @@ def files_for(ident: GuestIdentity) -> dict[str, bytes]:
         # Sourced by the provisioning script, and in pam_env's format for logins.
         files["environment"] = "".join(f"{k}={_quote_env(v)}\n" for k, v in env).encode()
         files["environment.pam"] = "".join(f'{k}="{v}"\n' for k, v in env).encode()
+    if ident.disks:
+        files["disks"] = "".join(f"{name} {int(fmt)} {fs}\n"
+                                 for name, fmt, fs in ident.disks).encode()
+    if ident.ca_certs:
+        # For the built-in image, which has no CA bundle of its own (cloud
+        # images get them from cloud-init's ca_certs).
+        files["ca-certs.pem"] = "".join(ident.ca_certs).encode()
     for check in ident.health_checks:
         files[f"integrations.d/{check['name']}.json"] = json.dumps(check).encode()
     return files

@@ -54,6 +54,10 @@ def user_data(ident: GuestIdentity) -> str:
         }]})
     if ident.timezone:
         doc["timezone"] = ident.timezone
+    if ident.ca_certs or ident.ca_remove_defaults:
+        # cloud-init's ca_certs module: update-ca-certificates with these added.
+        doc["ca_certs"] = {"remove_defaults": ident.ca_remove_defaults,
+                           "trusted": ident.ca_certs}
     return "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False)
 
 

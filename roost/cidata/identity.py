@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 from roost.config.model import Provision
 
+# The host as the guest reaches it (slirp's gateway on roost's guest network).
+HOST_ADDRESS = "192.168.5.2"
+
 
 @dataclass
 class GuestIdentity:
@@ -23,7 +26,7 @@ class GuestIdentity:
     cloud_instance_id: str = ""
     mac: str = ""
     guest_addr: str = "192.168.5.15/24"
-    gateway: str = "192.168.5.2"
+    gateway: str = HOST_ADDRESS
     dns: str = "192.168.5.3"
     provision: list[Provision] = field(default_factory=list)
     allow_exec: bool = False
@@ -32,6 +35,11 @@ class GuestIdentity:
     sample_secs: float = 1.0
     env: dict[str, str] = field(default_factory=dict)
     timezone: str | None = None
+    # roost.yaml's caCerts: PEM certificates, and whether the image's own go.
+    ca_certs: list[str] = field(default_factory=list)
+    ca_remove_defaults: bool = False
+    # roost.yaml's additionalDisks: (name, format when blank, file system type).
+    disks: list[tuple[str, bool, str]] = field(default_factory=list)
 
     def env_file(self) -> str:
         """roost.env: shell-quoted values the guest's scripts source."""

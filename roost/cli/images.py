@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from roost.cli.table import table_lines
 from roost.errors import UsageError
 from roost.image.buildcache import images_dir
 from roost.image.builtin import find_cached
@@ -77,10 +78,8 @@ def list_images(as_json: bool) -> None:
         r["format"] or "-", r["state"],
         ",".join(_short_instance(i) for i in r["instances"]) or "-",
     ) for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        cells = (c.ljust(w) for c, w in zip(row, widths, strict=False))
-        click.echo("  ".join(cells) + "  " + row[-1])
+    for line in table_lines(table):
+        click.echo(line)
 
 
 def _check_location(location: str, digest: str | None) -> str:

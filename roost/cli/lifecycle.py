@@ -9,18 +9,20 @@ verified belongs to this instance.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
-from roost.errors import RoostError
+from roost.errors import RoostError, UsageError
 from roost.sshutil.config import control_argv
 from roost.store.instance import (
     Instance,
@@ -126,8 +128,114 @@ def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
     click.echo(f"{name} stopped")
 
 
+@contextlib.contextmanager
+def _stopped_to_new_name(old: str, new: str, verb: str, done: str
+                         ) -> Iterator[tuple[Instance, Instance]]:
+    """Instance `old`, stopped, and `new`, a name no instance has, both
+    locked: what clone and rename start from."""
+    inst = Instance.at(old).require()
+    target = Instance.at(new)
+    if target.dir.exists() or target.dir.is_symlink():
+        raise UsageError(f"an instance named {new!r} exists already; pick another name")
+    with operation_lock(old, f"{verb} it"), operation_lock(new, "create it"):
+        status = inst.status()
+        if status != Status.STOPPED:
+            raise RoostError(f"instance {old!r} is {status.value.lower()}; only a stopped "
+                             f"instance is {done}: `roost stop {old}` first")
+        yield inst, target
+
+
+CLONED_FILES = ("image.json",)  # beside roost.yaml and the disk; the rest is per instance
+
+
+def clone(old: str, new: str) -> Instance:
+    """A new instance from a stopped one: its roost.yaml, and its disk as a
+    copy (reflinked where the file system can). Everything that names the
+    machine is new: instance-id (cloud-init runs its per-instance steps
+    again), SSH host keys, MAC address, host name; the disk's snapshots are
+    not copied."""
+    Instance.at(new).check_socket_paths()
+    with _stopped_to_new_name(old, new, "clone", "cloned") as (inst, target):
+
+        def fill(tmp: Path) -> None:
+            for filename in CLONED_FILES:
+                if inst.path(filename).exists():
+                    shutil.copy2(inst.path(filename), tmp / filename)
+            if inst.disk.exists():
+                copy_disk(inst.disk, tmp / inst.disk.name)
+
+        create_instance_dir(target, {"roost.yaml": inst.config.read_text()}, fill)
+    return target
+
+
+def copy_disk(src: Path, dst: Path) -> None:
+    """A qcow2 disk copied (its backing file shared, read-only), without its
+    internal snapshots: they hold the other machine's state."""
+    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(src), str(dst)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RoostError(f"cannot copy {src}: {proc.stderr.strip()}")
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(dst)],
+                          capture_output=True, text=True, check=False)
+    if info.returncode != 0:
+        raise RoostError(f"{src} is not a disk qemu-img can read: {info.stderr.strip()}")
+    for snap in json.loads(info.stdout).get("snapshots") or []:
+        drop = subprocess.run(["qemu-img", "snapshot", "-d", str(snap["name"]), str(dst)],
+                              capture_output=True, text=True, check=False)
+        if drop.returncode != 0:
+            raise RoostError(f"cannot drop snapshot {snap['name']!r} from the copy of "
+                             f"{src}: {drop.stderr.strip()}")
+
+
+KEPT_BY_FACTORY_RESET = ("roost.yaml", "protected")
+
+
+def factory_reset(name: str) -> list[str]:
+    """A stopped instance as if just created: its disk (and with it all it
+    had written, snapshots too), machine identity, saved state and logs go;
+    roost.yaml stays. The removed file names."""
+    inst = Instance.at(name).require()
+    with operation_lock(name, "reset it"):
+        status = inst.status()
+        if status not in (Status.STOPPED, Status.SUSPENDED):
+            raise RoostError(f"instance {name!r} is {status.value.lower()}; `roost stop {name}` "
+                             "first")
+        if inst.protected.exists():
+            raise RoostError(f"instance {name!r} is protected; `roost unprotect {name}` first")
+        removed = []
+        for entry in sorted(inst.dir.iterdir()):
+            if entry.name in KEPT_BY_FACTORY_RESET:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry.name)
+        return removed
+
+
+def rename(old: str, new: str) -> None:
+    """A stopped instance under a new name (its directory moves; ssh.config
+    and the guest's host name follow at its next start)."""
+    with _stopped_to_new_name(old, new, "rename", "renamed") as (inst, target):
+        if inst.protected.exists():
+            raise RoostError(f"instance {old!r} is protected; `roost unprotect {old}` first")
+        os.rename(inst.dir, target.dir)  # one directory, one file system: all or nothing
+
+
+def set_protected(name: str, protected: bool) -> None:
+    inst = Instance.at(name).require()
+    if protected:
+        inst.protected.touch()
+    else:
+        inst.protected.unlink(missing_ok=True)
+
+
 def delete(name: str, force: bool = False) -> None:
     inst = Instance.at(name).require()
+    if inst.protected.exists():
+        raise RoostError(f"instance {name!r} is protected; `roost unprotect {name}` first "
+                         "(--force does not override it)")
     with operation_lock(name, "delete it"):
         status = inst.status()
         if status not in (Status.STOPPED, Status.SUSPENDED):
@@ -138,9 +246,14 @@ def delete(name: str, force: bool = False) -> None:
                 )
             stop(name, force=True)
         shutil.rmtree(inst.dir)
+        # A suspended instance held its disks: they are free now.
+        from roost.store.disks import list_disks
+
+        for disk in list_disks():
+            disk.release(name)
 
 
-def shell(name: str, command: list[str]) -> None:
+def shell(name: str, command: list[str], workdir: str | None = None) -> None:
     from roost.sshutil.config import ssh_argv
 
     inst = Instance.at(name).require()
@@ -153,7 +266,7 @@ def shell(name: str, command: list[str]) -> None:
     if shutil.which("ssh") is None:
         raise RoostError("the OpenSSH client (ssh) was not found; install openssh-client")
     tty = sys.stdin.isatty() and sys.stdout.isatty()
-    argv = ssh_argv(inst, command, tty=tty)
+    argv = ssh_argv(inst, command, tty=tty, workdir=workdir)
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 

@@ -12,9 +12,10 @@ import contextlib
 import json
 import os
 
+from roost.cli.table import table_lines
 from roost.config import MAX_DOCUMENT_BYTES
 from roost.config.sizes import human_size, parse_size
-from roost.errors import RoostError
+from roost.errors import RoostError, UsageError
 from roost.store.instance import Instance, Status, list_instances
 
 # Not `typing`: `roost ls` imports this module, and typing costs it ~5 ms
@@ -99,13 +100,43 @@ def describe(inst: Instance) -> dict[str, Any]:
         "health": runtime.get("health", "-") if inst.hostagent_alive() else "-",
         "hostagentPid": runtime.get("hostagentPid") if inst.hostagent_alive() else None,
         "qemuPid": inst.qemu_pid_alive(),
+        "protected": inst.protected.exists(),
     }
 
 
-def ls(as_json: bool) -> None:
+def parse_filter(spec: str) -> tuple[str, str]:
+    """KEY=VALUE of `roost ls --filter`: a field of `ls --json`."""
+    key, eq, value = spec.partition("=")
+    if not eq or not key:
+        raise UsageError(f"--filter {spec!r}: write KEY=VALUE, e.g. status=Running")
+    return key, value
+
+
+def _matches(row: dict[str, Any], filters: list[tuple[str, str]]) -> bool:
+    for key, value in filters:
+        if key not in row:
+            raise UsageError(f"--filter: no field {key!r}; the fields are those of "
+                             f"`roost ls --json`: {', '.join(row)}")
+        got = row[key]
+        text = json.dumps(got) if isinstance(got, (bool, list, dict)) or got is None \
+            else str(got)
+        if text.lower() != value.lower():
+            return False
+    return True
+
+
+def ls(as_json: bool = False, fmt: str = "table", filters: list[tuple[str, str]] | None = None,
+       ) -> None:
     rows = [describe(inst) for inst in list_instances()]
-    if as_json:
+    if filters:
+        rows = [r for r in rows if _matches(r, filters)]
+    if as_json or fmt == "json":
         print(json.dumps(rows, indent=2))
+        return
+    if fmt == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(rows, sort_keys=False), end="")
         return
     header = ("NAME", "STATUS", "HEALTH", "SSH", "CPUS", "MEMORY", "DISK", "DIR")
     table = [header] + [
@@ -119,10 +150,8 @@ def ls(as_json: bool) -> None:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
-    for row in table:
-        cells = (c.ljust(w) for c, w in zip(row, widths, strict=False))
-        print("  ".join(cells) + "  " + row[-1])
+    for line in table_lines(table):
+        print(line)
 
 
 def info(name: str, as_json: bool) -> None:

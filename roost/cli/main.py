@@ -88,18 +88,136 @@ def create(name: str, config_file: str | None, template: str | None, sets: tuple
     click.echo(f"created {name} in {inst.dir}")
 
 
+START_TIMEOUT = click.option(
+    "--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
+    help="seconds for all of it (image download or build, disk, boot, readiness); on "
+         "expiry it says which phase ran out")
+
+
 @cli.command()
-@NAME
+@click.argument("name", required=False, default="default", callback=_name)
 @_source_options(" (new instances only)")
-@click.option("--timeout", type=click.FloatRange(min=1), default=600.0, show_default=True,
-              help="seconds for all of it (image download or build, disk, boot, "
-                   "readiness); on expiry it says which phase ran out")
+@START_TIMEOUT
 def start(name: str, config_file: str | None, template: str | None, sets: tuple[str, ...],
           timeout: float) -> None:
-    """Start an instance (creating it if needed) and wait until it is running."""
+    """Start an instance (creating it if needed) and wait until it is running.
+
+    NAME defaults to `default`, as in Lima.
+    """
     from roost.cli import start as start_mod
 
     sys.exit(start_mod.start(name, config_file, timeout, template=template, sets=sets))
+
+
+@cli.command()
+@NAME
+@click.option("--force", "-f", is_flag=True, help="kill the VM instead of shutting it down")
+@START_TIMEOUT
+def restart(name: str, force: bool, timeout: float) -> None:
+    """Stop a running instance, then start it again (a stopped one just starts)."""
+    from roost.cli import lifecycle
+    from roost.cli import start as start_mod
+    from roost.store.instance import Instance, Status
+
+    inst = Instance.at(name).require()
+    if inst.status() == Status.SUSPENDED:
+        raise UsageError(f"{name} is suspended; `roost resume {name}` brings it back, "
+                         f"`roost stop --force {name}` drops its saved state")
+    if inst.status() != Status.STOPPED:
+        lifecycle.stop(name, force=force)
+    sys.exit(start_mod.start(name, None, timeout))
+
+
+@cli.command()
+@NAME
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="set one key, e.g. cpus=4 or mounts[0].writable=true (a YAML value; "
+                   "repeatable); without --set, roost.yaml opens in $VISUAL or $EDITOR")
+@click.option("--start", "start_after", is_flag=True, help="start the instance afterwards")
+def edit(name: str, sets: tuple[str, ...], start_after: bool) -> None:
+    """Change a stopped instance's roost.yaml; nothing invalid is saved."""
+    from roost.cli import edit as editing
+
+    changed = editing.edit(name, sets)
+    click.echo(f"{name}: roost.yaml {'saved' if changed else 'unchanged'}")
+    if start_after:
+        from roost.cli import start as start_mod
+
+        sys.exit(start_mod.start(name, None, 600.0))
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+           ) -> tuple[str, ...]:
+    return tuple(_name(ctx, param, v) for v in value)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...", callback=_names)
+@click.option("--json", "as_json", is_flag=True, help="one JSON event a line, with its "
+              "\"instance\"")
+@click.option("--duration", type=click.FloatRange(min=0), metavar="SECONDS",
+              help="stop after this long (default: until interrupted)")
+def watch(names: tuple[str, ...], as_json: bool, duration: float | None) -> None:
+    """Show the host agents' events as they happen: of every instance (also those
+    started later), or of the NAMEs."""
+    from roost.cli import watch as watching
+
+    watching.watch(names, as_json, duration)
+
+
+@cli.command()
+@NAME
+@click.argument("new_name", metavar="NEW_NAME", callback=_name)
+def clone(name: str, new_name: str) -> None:
+    """A new instance from a stopped one: its configuration and a copy of its disk,
+    with a machine identity of its own (instance-id, SSH host keys, MAC, host name)."""
+    from roost.cli import lifecycle
+
+    inst = lifecycle.clone(name, new_name)
+    click.echo(f"cloned {name} to {new_name} in {inst.dir}; `roost start {new_name}` boots it")
+
+
+@cli.command()
+@NAME
+@click.argument("new_name", metavar="NEW_NAME", callback=_name)
+def rename(name: str, new_name: str) -> None:
+    """Give a stopped instance a new name."""
+    from roost.cli import lifecycle
+
+    lifecycle.rename(name, new_name)
+    click.echo(f"renamed {name} to {new_name}")
+
+
+@cli.command("factory-reset")
+@NAME
+def factory_reset(name: str) -> None:
+    """Return a stopped instance to how it was created: a fresh disk and machine
+    identity at its next start; roost.yaml is kept."""
+    from roost.cli import lifecycle
+
+    removed = lifecycle.factory_reset(name)
+    click.echo(f"{name} reset ({len(removed)} files removed); `roost start {name}` boots it "
+               "afresh")
+
+
+@cli.command()
+@NAME
+def protect(name: str) -> None:
+    """Refuse to delete the instance (also with --force) until `roost unprotect`."""
+    from roost.cli import lifecycle
+
+    lifecycle.set_protected(name, True)
+    click.echo(f"{name} is protected: `roost delete` refuses it until `roost unprotect {name}`")
+
+
+@cli.command()
+@NAME
+def unprotect(name: str) -> None:
+    """Allow `roost delete` of the instance again."""
+    from roost.cli import lifecycle
+
+    lifecycle.set_protected(name, False)
+    click.echo(f"{name} is no longer protected")
 
 
 @cli.command()
@@ -126,12 +244,18 @@ def delete(name: str, force: bool) -> None:
 
 
 @cli.command("ls")
-@click.option("--json", "as_json", is_flag=True, help="one JSON object per instance, in a list")
-def ls(as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="one JSON object per instance, in a list "
+              "(the same as --format json)")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table",
+              show_default=True)
+@click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="only instances whose `ls --json` field KEY is VALUE (any case), e.g. "
+                   "status=Running; repeatable: all must match")
+def ls(as_json: bool, fmt: str, filters: tuple[str, ...]) -> None:
     """List instances."""
     from roost.cli import listing
 
-    listing.ls(as_json)
+    listing.ls(as_json, fmt, [listing.parse_filter(f) for f in filters])
 
 
 @cli.command()
@@ -145,9 +269,11 @@ def info(name: str, as_json: bool) -> None:
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--workdir", metavar="DIR", help="the guest directory to start in (default: "
+              "the guest user's home)")
 @NAME
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def shell(name: str, command: tuple[str, ...]) -> None:
+def shell(workdir: str | None, name: str, command: tuple[str, ...]) -> None:
     """Open a shell in the instance, or run COMMAND (after --) there.
 
     The exit status of COMMAND is passed through.
@@ -157,7 +283,114 @@ def shell(name: str, command: tuple[str, ...]) -> None:
     words = list(command)
     if words[:1] == ["--"]:
         words = words[1:]
-    lifecycle.shell(name, words)
+    lifecycle.shell(name, words, workdir=workdir)
+
+
+@cli.command("copy", context_settings={"ignore_unknown_options": False})
+@click.argument("paths", nargs=-1, required=True, metavar="SOURCE... DEST")
+@click.option("--recursive", "-r", is_flag=True, help="copy directories, and what is in them")
+@click.option("--verbose", "-v", is_flag=True, help="show the command run, and the tool's "
+              "own verbose output")
+@click.option("--backend", type=click.Choice(["auto", "scp", "rsync"]), default="auto",
+              show_default=True, help="auto: rsync when the host and the instance both "
+              "have it, else scp")
+def copy(paths: tuple[str, ...], recursive: bool, verbose: bool, backend: str) -> None:
+    """Copy files between the host and instances (also `roost cp`).
+
+    A path in an instance is NAME:PATH, relative to the guest user's home
+    unless absolute; both ends may be in instances. The exit status of scp or
+    rsync is passed through.
+
+    \b
+      roost copy ./notes.txt dev:/tmp/
+      roost copy -r dev:project ./project-copy
+      roost copy dev:/etc/os-release other:/tmp/
+    """
+    from roost.cli import copy as copying
+
+    sys.exit(copying.copy(paths, recursive=recursive, verbose=verbose,
+                          backend=backend))  # type: ignore[arg-type]
+
+
+cli.add_command(click.Command("cp", params=copy.params, callback=copy.callback,
+                              help="Copy files between the host and instances (as `copy`).",
+                              hidden=True))
+
+
+def _disk_names(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                ) -> tuple[str, ...]:
+    from roost.store.disks import validate_disk_name
+
+    try:
+        return tuple(validate_disk_name(v) for v in value)
+    except UsageError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+@cli.group()
+def disk() -> None:
+    """Disks that outlive instances (roost.yaml's additionalDisks), as Lima's."""
+
+
+@disk.command("create")
+@click.argument("name")
+@click.option("--size", required=True, help="e.g. 10GiB")
+@click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2",
+              show_default=True, help="qcow2 keeps VM snapshots working")
+def disk_create(name: str, size: str, fmt: str) -> None:
+    """Create a disk; an instance formats it (ext4) when it first attaches it."""
+    from roost.cli import disks
+
+    disks.create(name, size, fmt)
+
+
+@disk.command("import")
+@click.argument("name")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["qcow2", "raw"]), default="qcow2",
+              show_default=True)
+def disk_import(name: str, source: str, fmt: str) -> None:
+    """Create disk NAME as a copy of the disk image SOURCE (qcow2, raw, vmdk, ...)."""
+    from roost.cli import disks
+
+    disks.import_(name, source, fmt)
+
+
+@disk.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def disk_ls(as_json: bool) -> None:
+    """Disks, their size and format, and the instance using each."""
+    from roost.cli import disks
+
+    disks.list_disks(as_json)
+
+
+@disk.command("delete")
+@click.argument("names", nargs=-1, required=True, callback=_disk_names)
+def disk_delete(names: tuple[str, ...]) -> None:
+    """Delete disks (refused while a running instance uses one)."""
+    from roost.cli import disks
+
+    disks.delete(names)
+
+
+@disk.command("resize")
+@click.argument("name", callback=lambda c, p, v: _disk_names(c, p, (v,))[0])
+@click.option("--size", required=True, help="the new size, e.g. 20GiB (only larger)")
+def disk_resize(name: str, size: str) -> None:
+    """Grow a disk that no running instance uses."""
+    from roost.cli import disks
+
+    disks.resize(name, size)
+
+
+@disk.command("unlock")
+@click.argument("names", nargs=-1, required=True, callback=_disk_names)
+def disk_unlock(names: tuple[str, ...]) -> None:
+    """Forget which instance uses these disks (after a crash, say)."""
+    from roost.cli import disks
+
+    disks.unlock(names)
 
 
 @cli.group()

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from roost.cli import haclient
+from roost.cli.table import table_lines
 from roost.errors import UsageError, cut
 from roost.hostagent.apimodels import MountAdd, MountRemove, MountType
 from roost.store.instance import Instance
@@ -57,9 +58,8 @@ def listing(name: str, as_json: bool) -> None:
     for m in mounts:
         rows.append((m["mountPoint"], m["location"], m["type"], "rw" if m["writable"] else "ro",
                      "yes" if m["ephemeral"] else "no", m["state"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    for line in table_lines(rows):
+        click.echo(line)
     for m in mounts:  # why a share failed, below the table
         if m.get("error"):
             click.echo(f"{m['mountPoint']}: {m['error']}", err=True)

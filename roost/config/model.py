@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
@@ -173,6 +174,16 @@ class PortForward(_Model):
     _check_guest_ip = field_validator("guest_ip")(classmethod(lambda cls, v: _ip(v)))
     _check_host_ip = field_validator("host_ip")(classmethod(lambda cls, v: _ip(v)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def _must_be_zero_fills_in(cls, data: Any) -> Any:
+        # As Lima: guestIPMustBeZero alone means guestIP 0.0.0.0.
+        if isinstance(data, dict) and data.get("guestIPMustBeZero", data.get(
+                "guest_ip_must_be_zero")) is True and "guestIP" not in data \
+                and "guest_ip" not in data:
+            return {**data, "guestIP": "0.0.0.0"}
+        return data
+
     @model_validator(mode="after")
     def _ranges(self) -> PortForward:
         for name, rng in (("guestPortRange", self.guest_port_range),
@@ -187,7 +198,14 @@ class PortForward(_Model):
         if g and h and g[1] - g[0] != h[1] - h[0]:
             raise ValueError("hostPortRange must span as many ports as guestPortRange")
         if self.host_socket and self.guest_socket is None and not self.reverse:
-            raise ValueError("hostSocket needs guestSocket (or reverse: true)")
+            # Lima's guestPort -> hostSocket: one guest TCP port to a host socket.
+            if self.guest_port is None:
+                raise ValueError("hostSocket needs guestSocket or a single guestPort "
+                                 "(or reverse: true)")
+            if self.proto == "udp":
+                raise ValueError("hostSocket forwards TCP: drop proto: udp")
+            if self.host_port is not None or self.host_port_range is not None:
+                raise ValueError("give hostSocket or hostPort, not both")
         if self.reverse and not (self.guest_socket and self.host_socket):
             raise ValueError("reverse forwarding needs both guestSocket and hostSocket")
         if self.guest_ip_must_be_zero and not ipaddress.ip_address(self.guest_ip).is_unspecified:
@@ -206,10 +224,19 @@ class PortForward(_Model):
             return None
         v = os.path.expanduser(v)
         if not v.startswith("/"):
-            # Lima takes a relative hostSocket from the instance directory; not yet here.
-            raise ValueError(f"must be an absolute host path (or start with ~), got {quote(v)}; "
-                             "a relative path is not supported yet")
+            # As Lima: under the instance's sock/ directory (made absolute at start).
+            if "\0" in v or ".." in v.split("/") or not v.strip("/."):
+                raise ValueError(f"a relative hostSocket names a socket in the instance's "
+                                 f"sock/ directory, without '..'; got {quote(v)}")
+            return os.path.normpath(v)
         return _socket_path(v, "host")
+
+    def in_instance(self, sock_dir: Path) -> PortForward:
+        """This rule with a relative hostSocket made absolute under `sock_dir`."""
+        if self.host_socket is None or self.host_socket.startswith("/"):
+            return self
+        path = _socket_path(str(sock_dir / self.host_socket), "host")
+        return self.model_copy(update={"host_socket": path})
 
     def guest_range(self) -> tuple[int, int] | None:
         if self.guest_port_range is not None:
@@ -393,11 +420,89 @@ class HealthCheck(_Model):
         return {k: v for k, v in self.model_dump(by_alias=False).items() if v is not None}
 
 
+class AdditionalDisk(_Model):
+    """A disk made by `roost disk create`, attached at start and mounted at
+    /mnt/roost-NAME (Lima's additionalDisks; a bare name is {name: NAME})."""
+
+    name: str
+    format: bool = True  # make a file system on it when it has none
+    fs_type: Literal["ext4"] = "ext4"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+    @field_validator("name")
+    @classmethod
+    def _disk_name(cls, v: str) -> str:
+        from roost.store.disks import DISK_NAME
+
+        if not DISK_NAME.match(v):
+            raise ValueError(f"{quote(v)} is no disk name: 1-20 of a-z, 0-9 and -")
+        return v
+
+
+PEM_BEGIN, PEM_END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
+
+
+def _pem_certificates(v: str) -> str:
+    text = v.strip()
+    if not text.startswith(PEM_BEGIN) or not text.endswith(PEM_END):
+        raise ValueError(f"not a PEM certificate: it must start with {PEM_BEGIN} and end "
+                         f"with {PEM_END}")
+    return text + "\n"
+
+
+class CACerts(_Model):
+    """Lima's caCerts: CA certificates the guest trusts, beside its own or,
+    with removeDefaults, instead of them."""
+
+    remove_defaults: bool | None = None
+    files: list[str] = Field(default_factory=list)
+    certs: list[Annotated[str, AfterValidator(_pem_certificates)]] = Field(
+        default_factory=list)
+
+    @field_validator("files")
+    @classmethod
+    def _readable_pem_files(cls, v: list[str]) -> list[str]:
+        paths = []
+        for raw in v:
+            path = os.path.expanduser(raw)
+            if not path.startswith("/"):
+                raise ValueError(f"{quote(raw)}: must be an absolute host path (or start with ~)")
+            _pem_certificates(_read_pem(path))
+            paths.append(path)
+        return paths
+
+    def trusted(self) -> list[str]:
+        """Every certificate, inline and from the files (read now)."""
+        return [*self.certs, *(_pem_certificates(_read_pem(p)) for p in self.files)]
+
+    def wanted(self) -> bool:
+        return bool(self.certs or self.files or self.remove_defaults)
+
+
+def _read_pem(path: str) -> str:
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read(1 << 20)
+    except UnicodeDecodeError:
+        raise ValueError(f"{quote(path)} is not PEM text") from None
+    except OSError as e:
+        raise ValueError(f"cannot read {quote(path)}: {e.strerror or e}") from None
+
+
 class Worker(_Model):
     """Idle/busy: busy while more than busyThreshold tasks are runnable."""
 
     busy_threshold: Annotated[float, Field(ge=0)] = 0.5
     sample_secs: Annotated[float, Field(ge=0.1, le=3600)] = 1.0
+
+
+def _repeated(names: list[str]) -> list[str]:
+    """The names given more than once, sorted."""
+    return sorted({n for n in names if names.count(n) > 1})
 
 
 class Config(_Model):
@@ -417,6 +522,11 @@ class Config(_Model):
     env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], EnvValue] = Field(
         default_factory=dict)
     timezone: str | None = None
+    # Values for {{.Param.KEY}} in provisioning steps (roost/config/params.py).
+    param: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")], str] = Field(
+        default_factory=dict)
+    # The host's http_proxy & co. in the guest's environment (env wins), as Lima.
+    propagate_proxy_env: bool = True
     ssh: SSH = Field(default_factory=SSH)
     mount_type: Literal["virtiofs", "9p", "reverse-sshfs"] | None = None
     mounts: list[Mount] = Field(default_factory=list)
@@ -425,16 +535,34 @@ class Config(_Model):
     guest_agent: GuestAgent = Field(default_factory=GuestAgent)
     worker: Worker = Field(default_factory=Worker)
     health_checks: list[HealthCheck] = Field(default_factory=list)
+    ca_certs: CACerts = Field(default_factory=CACerts)
+    additional_disks: list[AdditionalDisk] = Field(default_factory=list)
     # Built-in image: the disk is a read-only lower layer, changes live in a
     # tmpfs upper layer (gone at shutdown) that `roost diff` reports.
     read_only_root: bool = False
 
+    @model_validator(mode="after")
+    def _params_defined(self) -> Config:
+        from roost.config import params
+
+        missing = [f"provision[{i}] uses {{{{.Param.{key}}}}}" for i, key in
+                   params.used(self.provision) if key not in self.param]
+        if missing:
+            raise ValueError(f"{'; '.join(missing[:5])}, which param does not define (add "
+                             "it to param:, or --set param.KEY=VALUE)")
+        return self
+
+    @field_validator("additional_disks")
+    @classmethod
+    def _disks_once(cls, v: list[AdditionalDisk]) -> list[AdditionalDisk]:
+        if dupes := _repeated([d.name for d in v]):
+            raise ValueError(f"disk {dupes[0]!r} is listed twice")
+        return v
+
     @field_validator("health_checks")
     @classmethod
     def _unique_checks(cls, v: list[HealthCheck]) -> list[HealthCheck]:
-        names = [c.name for c in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := _repeated([c.name for c in v]):
             raise ValueError(f"health check names must be unique, repeated: {quote(dupes)}")
         return v
 

@@ -28,6 +28,10 @@ class SSHAddress:
     port: int
 
 
+# Where sshd listens inside the guest (the host forwards a port of its own to it).
+GUEST_SSH_PORT = 22
+
+
 @dataclass(frozen=True)
 class DriverInfo:
     name: str
@@ -66,6 +70,16 @@ class Share:
 
 
 @dataclass(frozen=True)
+class DataDisk:
+    """One of roost.yaml's additionalDisks: the guest finds it by `name`
+    (the virtio-blk serial)."""
+
+    name: str
+    path: Path
+    format: str  # "qcow2" or "raw"
+
+
+@dataclass(frozen=True)
 class VMDescription:
     """What VM to run, as the host agent knows it: the driver builds its
     machine from this (QEMU: roost.driver.qemu.machine)."""
@@ -75,6 +89,7 @@ class VMDescription:
     image: PinnedImage  # what boots
     ssh_port: int  # on the host's 127.0.0.1
     shares: tuple[Share, ...] = ()
+    disks: tuple[DataDisk, ...] = ()
     # The VM that suspend saved into inst.vmstate: loaded, not booted.
     restore: bool = False
 
@@ -98,6 +113,19 @@ class Driver(Protocol):
 
     def guest_agent_dialer(self) -> Dialer:
         """How to open a byte stream to the guest agent."""
+
+
+@runtime_checkable
+class Resettable(Protocol):
+    """Optional capability: a hard reset, as of a machine's reset button."""
+
+    async def reset(self) -> None:
+        """Reset the VM's CPUs and devices; it boots again from its firmware.
+        Until end_resets(), a reset the guest asks for resets it too (rather
+        than ending the VM, as a guest's reboot otherwise does)."""
+
+    async def end_resets(self) -> None:
+        """A reset the guest asks for ends the VM again."""
 
 
 @runtime_checkable

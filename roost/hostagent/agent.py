@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -24,19 +25,25 @@ from typing import TYPE_CHECKING, Any
 
 from roost import __version__
 from roost.cidata import GuestIdentity, files_for, write_iso
+from roost.config import params
 from roost.config.loader import Config, load_config
+from roost.config.model import PortForward
 from roost.driver.base import (
+    DataDisk,
     Driver,
     DriverInfo,
     FileSystemHotplug,
     PausesOnFullDisk,
+    Resettable,
     Suspendable,
     VMDescription,
     mac_address,
 )
 from roost.driver.factory import create_driver
 from roost.errors import RoostError
-from roost.hostagent import readiness
+from roost.hostagent import boothang, readiness
+from roost.hostagent.apisocket import LazyApiSocket, Serving
+from roost.hostagent.boothang import BootHangWatch
 from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.copytohost import copy_to_host
@@ -65,6 +72,7 @@ from roost.hostagent.sshmaster import close_ssh_master, run_ssh
 from roost.image.disk import read_pinned
 from roost.sshutil.config import guest_user, host_timezone, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
+from roost.store.disks import Disk
 from roost.store.durable import write_atomic
 from roost.store.instance import Instance, pid_running
 from roost.store.paths import config_dir
@@ -74,6 +82,10 @@ if TYPE_CHECKING:
     from roost.hostagent.main import Restore
 
 log = logging.getLogger("roost.hostagent")
+# How often the guest agent is asked whether sshd listens, until the banner
+# arrives: a question over virtio-serial, not a connection slirp could park.
+SSHD_POLL_INTERVAL = 0.05
+RUNTIME_WRITE_DELAY = 0.1  # runtime.json: at most one write in this long
 
 
 def end_left_qemu(pid: int, timeout: float = 10.0) -> None:
@@ -119,6 +131,8 @@ class HostAgent:
         self._stop = asyncio.Event()
         self._forced = False
         self._runtime_write_due = False  # a runtime.json write is scheduled
+        self._runtime_removed = False  # by the cleanup: no write after it
+        self._runtime_written = -RUNTIME_WRITE_DELAY  # loop time of the last write
         self.config_digest = ""
         # The pieces New wires together.
         self.session: GuestAgentSession
@@ -166,27 +180,34 @@ class HostAgent:
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
         host_priv, host_pub = ensure_host_key(inst.host_key, inst.name)
+        new_seed = not self.attach_pid and not self.resume_state  # the guest has the old one
         ident = GuestIdentity(
             instance_id=self.instance_id, hostname=inst.name, user=user, uid=uid,
             authorized_keys=[user_pub], host_private_key=host_priv, host_public_key=host_pub,
             cloud_instance_id=inst.cloud_instance_id(), mac=mac_address(inst.name),
-            provision=list(self.config.provision),
+            provision=params.substitute(self.config.provision, self.config.param),
             allow_exec=self.config.guest_agent.allow_exec,
             health_checks=[c.guest_json() for c in self.config.health_checks],
             busy_threshold=self.config.worker.busy_threshold,
             sample_secs=self.config.worker.sample_secs,
-            env=dict(self.config.env), timezone=self.config.timezone or host_timezone(),
+            env=self._guest_env(), timezone=self.config.timezone or host_timezone(),
+            # Read only for a new seed: a resume or takeover keeps the guest's.
+            ca_certs=self._ca_certs() if new_seed else [],
+            ca_remove_defaults=bool(self.config.ca_certs.remove_defaults),
+            disks=[(d.name, d.format, d.fs_type) for d in self.config.additional_disks],
         )
-        if not self.attach_pid and not self.resume_state:  # the guest has this ISO
+        if new_seed:
             write_iso(inst.cidata, files_for(ident))
-        write_ssh_files(inst, self.ssh_port, user, identity, host_pub)
+        write_ssh_files(inst, self.ssh_port, user, identity, host_pub,
+                        forward_agent=self.config.ssh.forward_agent)
         static_mounts = static_records(self.config, inst.dir)
         for rec in static_mounts if self.resume_state is not None else []:
             rec.detached = True  # the saved VM has them unmounted (MountManager.detach_all)
         # A restored VM is the machine it was saved from, whatever roost.yaml says now.
         self.driver = restore.driver if restore else create_driver(VMDescription(
             inst=inst, config=self.config, image=read_pinned(inst), ssh_port=self.ssh_port,
-            shares=boot_shares(static_mounts, inst.dir), restore=self.resume_state is not None))
+            shares=boot_shares(static_mounts, inst.dir), disks=self._data_disks(),
+            restore=self.resume_state is not None))
         self._prestarted = restore is not None
         self.session = GuestAgentSession(
             self.driver.guest_agent_dialer(), self.events, instance=inst.name,
@@ -208,9 +229,10 @@ class HostAgent:
                 self.mount_errors = True
         else:
             self.mounts.discard_saved()  # a VM of its own: none of its predecessor's mounts
-        self.port_forwarding = PortForwarding(inst, list(self.config.port_forwards),
+        self.port_forwarding = PortForwarding(inst, self._port_forwards(),
                                               self.session, self.events, self._runtime_changed,
-                                              self.mounts.sftp.serve_guest_stream)
+                                              self.mounts.sftp.serve_guest_stream,
+                                              host_ssh_port=self.ssh_port or None)
         self.checkpoints = Checkpoints(
             inst, self.driver, self.session, self.mounts, self.events,
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
@@ -275,6 +297,8 @@ class HostAgent:
         self.cleanups.push("remove the RAM file", self._discard_ram)
         # Pushed before the VM starts, so it runs after the VM has stopped.
         self.cleanups.push("stop virtiofsd processes", self.mounts.stop_daemons)
+        # Released after the VM has stopped (and kept by a suspended one).
+        self._take_disks()
         if self.attach_pid:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
@@ -302,8 +326,8 @@ class HostAgent:
         self.cleanups.push("close the SSH master", lambda: close_ssh_master(inst))
         self._write_runtime_file(self.driver.info())  # a takeover needs it: no start without
 
-        # Readiness runs beside the API's start-up (aiohttp's import alone is
-        # ~0.15 s here), but Running is announced only once ha.sock serves.
+        # Readiness runs beside the API's start-up, and Running is announced
+        # only once ha.sock accepts (its HTTP stack loads at the first client).
         api_up = asyncio.Event()
         ready = asyncio.ensure_future(self._become_ready(api_up, woken))
         ready.add_done_callback(self._readiness_failed)
@@ -335,28 +359,47 @@ class HostAgent:
         return 0
 
     async def _start_api(self) -> None:
-        api_server = await asyncio.to_thread(_import_api_server)  # the loop goes on meanwhile
-        api = api_server(self.info, self.events.snapshot, self.mounts, self.session,
-                         self.checkpoints)
-        await api.start(self.inst.ha_sock)
-        self.cleanups.push("close ha.sock", lambda: api.close(self.inst.ha_sock))
+        async def serve() -> Serving:
+            api_server = await asyncio.to_thread(_import_api_server)  # the loop goes on
+            api = api_server(self.info, self.events.snapshot, self.mounts, self.session,
+                             self.checkpoints)
+            return await api.serving()
+
+        sock = LazyApiSocket(serve)
+        await sock.start(self.inst.ha_sock)
+        self.cleanups.push("close ha.sock", lambda: sock.close(self.inst.ha_sock))
 
     def _readiness_failed(self, task: asyncio.Future[None]) -> None:
-        """A readiness step that crashed ends the host agent, loudly."""
-        if not task.cancelled() and task.exception() is not None:
-            log.error("readiness failed", exc_info=task.exception())
-            self.events.add_error(f"readiness failed: {task.exception()}")
-            self._stop.set()
+        """A boot that cannot become ready, or a readiness step that crashed
+        (loudly: a bug), ends the host agent."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        if isinstance(error, RoostError):
+            log.error("%s", error)
+            self.events.add_error(str(error))
+        else:
+            log.error("readiness failed", exc_info=error)
+            self.events.add_error(f"readiness failed: {error}")
+        self._stop.set()
 
     def _runtime_changed(self) -> None:
-        """runtime.json once for a burst of changes (a guest that closes two
-        thousand listeners at once stops as many forwards in one go)."""
+        """runtime.json once for a burst of changes: a guest that opens two
+        thousand listeners at once starts as many forwards, each of which
+        yields to the loop, and a durable write of a file that grows with
+        each one would take seconds in all."""
         if not self._runtime_write_due:
             self._runtime_write_due = True
-            asyncio.get_running_loop().call_soon(self._write_runtime)
+            loop = asyncio.get_running_loop()
+            # At once after a quiet spell; within a burst, once per delay.
+            wait = self._runtime_written + RUNTIME_WRITE_DELAY - loop.time()
+            loop.call_later(max(0.0, wait), self._write_runtime)
 
     def _write_runtime(self) -> None:
         self._runtime_write_due = False
+        if self._runtime_removed:
+            return
+        self._runtime_written = asyncio.get_running_loop().time()
         info = self.driver.info()
         try:
             self._write_runtime_file(info)
@@ -399,6 +442,52 @@ class HostAgent:
         self._write_runtime()
         self.events.emit(degraded=bool(self.degraded_by))
 
+    def _data_disks(self) -> tuple[DataDisk, ...]:
+        """roost.yaml's additionalDisks, which must exist (they are taken at start)."""
+        out = []
+        for want in self.config.additional_disks:
+            disk = Disk(want.name)
+            if not disk.exists():
+                raise HostAgentError(
+                    f"additionalDisks: no disk named {want.name!r}; `roost disk create "
+                    f"{want.name} --size 10GiB` makes one")
+            out.append(DataDisk(want.name, disk.file, disk.format()))
+        return tuple(out)
+
+    def _take_disks(self) -> None:
+        for want in self.config.additional_disks:
+            Disk(want.name).acquire(self.inst.name)
+            self.cleanups.push(f"release disk {want.name}",
+                               functools.partial(self._release, want.name))
+
+    def _release(self, name: str) -> None:
+        if not self.checkpoints.suspended:  # a suspended VM still has the disk
+            Disk(name).release(self.inst.name)
+
+    def _port_forwards(self) -> list[PortForward]:
+        try:
+            return [rule.in_instance(self.inst.dir / "sock")
+                    for rule in self.config.port_forwards]
+        except ValueError as e:  # the instance's directory makes the path too long
+            raise HostAgentError(f"portForwards: hostSocket: {e}") from None
+
+    def _ca_certs(self) -> list[str]:
+        try:
+            return self.config.ca_certs.trusted()
+        except ValueError as e:  # a file changed since roost.yaml was checked
+            raise HostAgentError(f"caCerts.files: {e}") from None
+
+    def _guest_env(self) -> dict[str, Any]:
+        """roost.yaml's env, over the host's proxy settings (propagateProxyEnv)."""
+        from roost.cidata.identity import HOST_ADDRESS
+        from roost.cidata.proxyenv import proxy_env
+
+        env: dict[str, Any] = {}
+        if self.config.propagate_proxy_env:
+            env.update(proxy_env(os.environ, HOST_ADDRESS))
+        env.update(self.config.env)
+        return env
+
     def _disk_changed(self) -> None:
         """Degraded by "disk" while the VM is paused on a full file system."""
         self._mounts_changed()
@@ -416,6 +505,7 @@ class HostAgent:
             self.driver.discard_ram_file()
 
     def _remove_runtime_files(self) -> None:
+        self._runtime_removed = True  # a write still due must not bring it back
         self.inst.runtime.unlink(missing_ok=True)
 
     def info(self) -> dict[str, Any]:
@@ -436,7 +526,7 @@ class HostAgent:
 
     # -- readiness ------------------------------------------------------------
 
-    def requirements(self, resumed: bool = False
+    def requirements(self, resumed: bool = False, fresh_boot: bool = False
                      ) -> tuple[list[Requirement], list[Requirement], list[Requirement]]:
         async def ping_agent() -> None:
             try:
@@ -445,6 +535,16 @@ class HostAgent:
             except GuestAgentError as e:
                 await self.session.drop()
                 raise NotReady(str(e)) from None
+
+        async def sshd_listening() -> None:
+            while True:
+                if self.session.connected:
+                    with contextlib.suppress(GuestAgentError):
+                        client = await self.session.open()
+                        found = (await client.request("info", timeout=2.0)).get("ports")
+                        if isinstance(found, list) and readiness.sshd_among(found):
+                            return
+                await asyncio.sleep(SSHD_POLL_INTERVAL)
 
         async def ssh(command: list[str], timeout: float) -> tuple[int, str]:
             return await run_ssh(self.inst, command, timeout)
@@ -461,8 +561,22 @@ class HostAgent:
         ctx = readiness.ReadinessContext(
             inst=self.inst, info=self.driver.info(), boot_id=self.instance_id,
             cloud_image=self.config.cloud_image(), run_ssh=ssh, ping_agent=ping_agent,
-            emit=self.events.emit_transient, agent_boot_marker=agent_boot_marker)
+            emit=self.events.emit_transient, agent_boot_marker=agent_boot_marker,
+            sshd_listening=sshd_listening, boot_hang=self._boot_hang_watch(fresh_boot))
         return readiness.requirements(ctx, resumed)
+
+    def _boot_hang_watch(self, fresh_boot: bool) -> BootHangWatch | None:
+        driver = self.driver
+        if not fresh_boot or not isinstance(driver, Resettable):
+            return None
+
+        def note(message: str) -> None:
+            log.warning("%s", message)
+            self.events.emit_transient(rebooted={"reason": message})
+
+        return BootHangWatch(self.inst.serial_log, driver.reset, driver.end_resets,
+                             alive=lambda: self.session.connected, note=note,
+                             grace=boothang.grace_from_env())
 
     async def _wait_ssh_again(self) -> None:
         """The essential requirements again, as after boot (a snapshot was applied)."""
@@ -487,13 +601,19 @@ class HostAgent:
 
     async def _become_ready(self, api_up: asyncio.Event,
                             woken: asyncio.Future[None] | None) -> None:
-        essential, optional, final = self.requirements(resumed=self.resume_state is not None)
+        resumed = self.resume_state is not None
+        essential, optional, final = self.requirements(
+            resumed=resumed, fresh_boot=not resumed and not self.attach_pid)
         self.cleanups.push("disconnect the guest agent", self.session.drop)
         # The guest agent is independent of SSH: wait for both at once.
         optional_task = asyncio.ensure_future(self._run_list(optional))
         try:
             # After the banner, the SSH login and the boot-done check at once.
             results = await self._run_list(essential[:1])
+            for r in results:
+                if r.fatal:  # the boot is lost: the VM is ended (no guest to shut
+                    self._forced = True  # down) and the host agent with it
+                    raise HostAgentError(r.error)
             if all(r.ok for r in results):
                 final_task = asyncio.ensure_future(self._run_list(final))
                 try:

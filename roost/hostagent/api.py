@@ -288,6 +288,19 @@ class ApiServer:
     async def _get_status(self, request: web.Request, _: None) -> web.Response:
         return web.json_response(self._status())
 
+    async def serving(self) -> tuple[web.Server, Callable[[], Awaitable[None]]]:
+        """aiohttp's server for connections accepted elsewhere (apisocket.py),
+        and what closes it."""
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        assert self._runner.server is not None
+        return self._runner.server, self._cleanup
+
+    async def _cleanup(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
     async def start(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         self._runner = web.AppRunner(self.app, access_log=None)

@@ -25,6 +25,11 @@ attempt is sshd's and keeps its full `patience`. Refused and closed
 attempts cost the guest nothing but a SYN, so they are retried within
 `poll_interval`: the banner is seen that soon after sshd listens.
 
+The guest agent, which needs no network, often knows first that sshd
+listens: given a `kick` (an event set then), the probe starts a fresh
+attempt at once in place of the oldest parked one, whose SYN slirp would
+only re-send seconds later.
+
 Each read has its own deadline, and the probe is an ordinary coroutine, so
 cancelling it stops it at once, also in the middle of a read.
 """
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any
 
 SUPPORTED_PREFIXES = ("SSH-2.0-", "SSH-1.99-")
 MAX_PREAMBLE_LINES = 32
@@ -217,6 +223,15 @@ class _Prober:
         attempt.task.cancel()
         await asyncio.gather(attempt.task, return_exceptions=True)
 
+    async def kicked(self, now: float) -> None:
+        """sshd listens: a parked attempt waits on slirp's SYN re-sends, a
+        fresh one reaches sshd now. Nothing changes once the guest answered."""
+        if self.answered:
+            return
+        if len(self.open) >= self.policy.max_in_flight:
+            await self.abandon(self.open[0])
+        self.start(now)
+
     def finished(self, attempt: _Attempt) -> Banner | None:
         """Account for a finished attempt; its banner, or None to go on."""
         self.open.remove(attempt)
@@ -252,22 +267,29 @@ async def wait_for_banner(
     *,
     timeout: float,
     policy: ProbePolicy | None = None,
+    kick: asyncio.Event | None = None,
 ) -> Banner:
     """Probe until a banner arrives, a permanent error, or `timeout`.
 
     See the module docstring for why attempts are made as they are. The
-    first banner wins; the attempts still open are closed.
+    first banner wins; the attempts still open are closed. `kick`, once
+    set, means sshd listens in the guest (see the module docstring).
     """
     loop = asyncio.get_running_loop()
     p = policy or ProbePolicy()
     prober = _Prober(host, port, p, loop, retry_delay=p.first_retry, not_before=loop.time())
     deadline = loop.time() + timeout
+    kicked = asyncio.ensure_future(kick.wait()) if kick is not None else None
     try:
         while True:
             for attempt in [a for a in prober.open if a.task.done()]:
                 banner = prober.finished(attempt)
                 if banner is not None:
                     return banner
+            if kicked is not None and kicked.done():
+                kicked = None
+                await prober.kicked(loop.time())
+                continue
             now = loop.time()
             if now >= deadline:
                 raise prober.timeout_error(timeout)
@@ -284,12 +306,17 @@ async def wait_for_banner(
                         continue
                     wake = min(wake, replace_at)
             timeout_left = max(0.0, wake - now)
-            if prober.open:
-                await asyncio.wait([a.task for a in prober.open], timeout=timeout_left,
+            waits: list[asyncio.Future[Any]] = [a.task for a in prober.open]
+            if kicked is not None:
+                waits.append(kicked)
+            if waits:
+                await asyncio.wait(waits, timeout=timeout_left,
                                    return_when=asyncio.FIRST_COMPLETED)
             else:
                 await asyncio.sleep(timeout_left)
     finally:
+        if kicked is not None:
+            kicked.cancel()
         tasks = [a.task for a in prober.open]
         for task in tasks:
             task.cancel()

@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from roost.cidata import BOOT_DONE_MARKER
-from roost.driver.base import DriverInfo
+from roost.driver.base import GUEST_SSH_PORT, DriverInfo
 from roost.hostagent import banner, cloudinit
+from roost.hostagent.boothang import BootHang, BootHangWatch
 from roost.hostagent.requirements import NotReady, Requirement
 from roost.store.instance import Instance
 
@@ -47,6 +49,40 @@ class ReadinessContext:
     # The boot-done marker's line from the guest agent; None without one.
     agent_boot_marker: Callable[[], Awaitable[str | None]]
     ssh_works: asyncio.Event = field(default_factory=asyncio.Event)
+    # Returns once the guest agent sees sshd listen (it needs no network);
+    # None where nothing can tell.
+    sshd_listening: Callable[[], Awaitable[None]] | None = None
+    # Watches a fresh boot's console for a kernel hung before sshd; None after
+    # a resume or a takeover, or where the VM cannot be reset.
+    boot_hang: BootHangWatch | None = None
+
+
+def sshd_among(listeners: list[dict[str, Any]]) -> bool:
+    """Whether the guest agent's listening sockets include sshd's, reachable
+    from outside the guest (not on loopback only)."""
+    return any(entry.get("proto") == "tcp" and entry.get("port") == GUEST_SSH_PORT
+               and not str(entry.get("ip", "")).startswith("127.") and entry.get("ip") != "::1"
+               for entry in listeners)
+
+
+async def _banner_unless_hung(info: DriverInfo, kick: asyncio.Event,
+                              hang: asyncio.Future[None] | None) -> None:
+    """The banner, or BootHang from the watch, whichever comes first."""
+    wait: asyncio.Future[Any] = asyncio.ensure_future(banner.wait_for_banner(
+        info.ssh.host, info.ssh.port, timeout=ESSENTIAL_TIMEOUT, kick=kick))
+    try:
+        if hang is not None:
+            await asyncio.wait({wait, hang}, return_when=asyncio.FIRST_COMPLETED)
+            if hang.done() and not hang.cancelled() and hang.exception() is not None:
+                hang.result()  # raises BootHang
+        await wait
+    finally:
+        wait.cancel()
+
+
+def _set_if_done(task: asyncio.Future[None], event: asyncio.Event) -> None:
+    if not task.cancelled() and task.exception() is None:
+        event.set()
 
 
 def _check_marker(line: str, boot_id: str, log: str) -> None:
@@ -111,10 +147,22 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
     watch = CloudInitWatch(ctx) if ctx.cloud_image else None
 
     async def check_banner() -> None:
+        kick = asyncio.Event()
+        listening = None
+        if ctx.sshd_listening is not None:
+            listening = asyncio.ensure_future(ctx.sshd_listening())
+            listening.add_done_callback(lambda t: _set_if_done(t, kick))
+        hang = None if ctx.boot_hang is None else asyncio.ensure_future(ctx.boot_hang.run())
         try:
-            await banner.wait_for_banner(info.ssh.host, info.ssh.port, timeout=ESSENTIAL_TIMEOUT)
+            await _banner_unless_hung(info, kick, hang)
         except banner.BannerError as e:
             raise NotReady(str(e), permanent=not e.retryable) from None
+        except BootHang as e:
+            raise NotReady(str(e), fatal=True) from None
+        finally:
+            for task in (listening, hang):
+                if task is not None:
+                    task.cancel()
 
     async def check_ssh() -> None:
         status, out = await ctx.run_ssh(["true"], SSH_COMMAND_TIMEOUT)

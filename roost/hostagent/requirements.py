@@ -33,11 +33,13 @@ def start_deadline_from_env() -> float | None:
 
 
 class NotReady(Exception):
-    """The check failed this time; `permanent` failures are not retried."""
+    """The check failed this time; `permanent` failures are not retried, and
+    `fatal` ones end this boot (nothing after them can pass)."""
 
-    def __init__(self, message: str, permanent: bool = False) -> None:
+    def __init__(self, message: str, permanent: bool = False, fatal: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent or fatal
+        self.fatal = fatal
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ class Result:
     seconds: float
     error: str = ""
     attempts: int = 0
+    fatal: bool = False
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -94,7 +97,7 @@ async def wait_for(req: Requirement, deadline_left: float | None = None) -> Resu
         except NotReady as e:
             if e.permanent:
                 return Result(req, False, time.monotonic() - start,
-                              f"{req.description}: {e}", attempts)
+                              f"{req.description}: {e}", attempts, fatal=e.fatal)
             last = str(e)
         except TimeoutError as e:
             if window.expired():

@@ -363,12 +363,14 @@ def _write_etc(root: Path) -> None:
     etc = root / "etc"
     files = {
         "passwd": (
-            "root:x:0:0:root:/root:/bin/sh\n"
+            # The login shell reads /etc/environment (dropbear has no pam_env).
+            "root:x:0:0:root:/root:/usr/lib/roost/login-shell\n"
             "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
         ),
         "group": "root:x:0:\ntty:x:5:\nsudo:x:27:\nnogroup:x:65534:\n",
         "shadow": "root:*:19000:0:99999:7:::\n",
-        "shells": "/bin/sh\n/bin/ash\n/bin/bash\n",
+        # dropbear refuses a user whose shell is not listed here.
+        "shells": "/bin/sh\n/bin/ash\n/bin/bash\n/usr/lib/roost/login-shell\n",
         "nsswitch.conf": "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n",
         "profile": "export PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin\n",
         # Mounted by one `mount -a` in the boot script (one fork, not six).

@@ -19,9 +19,16 @@ def _quote(path: Path) -> str:
     return '"' + str(path).replace('"', '\\"') + '"'
 
 
-def render_ssh_config(inst: Instance, port: int, user: str, identity: Path) -> str:
+def render_ssh_config(inst: Instance, port: int, user: str, identity: Path,
+                      forward_agent: bool = False) -> str:
     # The host key is pinned through HostKeyAlias, so known_hosts does not
-    # depend on the (possibly new each start) local port.
+    # depend on the (possibly new each start) local port. IdentitiesOnly: the
+    # instance's own key logs in, never another of the user's agent; without
+    # ssh.forwardAgent no agent is asked at all (IdentityAgent none), with it
+    # the agent must stay reachable, as ssh drops SSH_AUTH_SOCK, and so the
+    # forwarding, under IdentityAgent none.
+    agent = ["  ForwardAgent yes"] if forward_agent else ["  IdentityAgent none",
+                                                          "  ForwardAgent no"]
     return "\n".join([
         f"Host {host_alias(inst.name)}",
         "  HostName 127.0.0.1",
@@ -29,7 +36,7 @@ def render_ssh_config(inst: Instance, port: int, user: str, identity: Path) -> s
         f"  User {user}",
         f"  IdentityFile {_quote(identity)}",
         "  IdentitiesOnly yes",
-        "  IdentityAgent none",
+        *agent,
         f"  UserKnownHostsFile {_quote(inst.known_hosts)}",
         f"  HostKeyAlias {host_alias(inst.name)}",
         "  StrictHostKeyChecking yes",
@@ -46,20 +53,28 @@ def render_ssh_config(inst: Instance, port: int, user: str, identity: Path) -> s
     ])
 
 
-def write_ssh_files(inst: Instance, port: int, user: str, identity: Path, host_pub: str) -> None:
+def write_ssh_files(inst: Instance, port: int, user: str, identity: Path, host_pub: str,
+                    forward_agent: bool = False) -> None:
     key_type, key_b64 = host_pub.split()[:2]
     write_atomic(inst.known_hosts, f"{host_alias(inst.name)} {key_type} {key_b64}\n", 0o600)
-    write_atomic(inst.ssh_config, render_ssh_config(inst, port, user, identity), 0o600)
+    write_atomic(inst.ssh_config, render_ssh_config(inst, port, user, identity, forward_agent),
+                 0o600)
 
 
-def ssh_argv(inst: Instance, command: list[str], tty: bool = False) -> list[str]:
-    """argv for the system ssh; each word of `command` reaches the guest intact."""
+def ssh_argv(inst: Instance, command: list[str], tty: bool = False,
+             workdir: str | None = None) -> list[str]:
+    """argv for the system ssh; each word of `command` reaches the guest intact.
+    With `workdir`, the command (or the user's login shell) runs there."""
     argv = ["ssh", "-F", str(inst.ssh_config)]
     if tty:
         argv.append("-t")
     argv.append(host_alias(inst.name))
-    if command:
-        argv += ["--", " ".join(shlex.quote(word) for word in command)]
+    words = " ".join(shlex.quote(word) for word in command)
+    if workdir is not None:
+        run = words or '"${SHELL:-/bin/sh}" -l'
+        argv += ["--", f"cd -- {shlex.quote(workdir)} && exec {run}"]
+    elif command:
+        argv += ["--", words]
     return argv
 
 

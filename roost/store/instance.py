@@ -12,7 +12,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -118,6 +118,8 @@ class Instance:
     suspended = _InstanceFile("suspended.json")
     vmstate = _InstanceFile("vmstate.bin")
     ram_file = _InstanceFile("ram.bin")
+    # Present while `roost delete` must refuse the instance (as Lima's).
+    protected = _InstanceFile("protected")
 
     def cloud_instance_id(self) -> str:
         """cloud-init's instance-id: made once, kept for the instance's life."""
@@ -234,12 +236,17 @@ class Instance:
 
 
 def pid_running(pid: int) -> bool:
-    """A process with this pid runs (a zombie does not count)."""
+    """A process with this pid runs: a zombie does not count, but a zombie
+    thread-group leader whose other threads are still exiting does. Those
+    threads share its file table, so its fds (and the locks on them, such as
+    ha.lock's) live until the last of them is gone."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state != "Z":
+            return True
+        return len(os.listdir(f"/proc/{pid}/task")) > 1
     except (OSError, IndexError):
         return False
-    return state != "Z"
 
 
 def _read_pid(path: Path) -> int | None:
@@ -276,8 +283,10 @@ def operation_lock(name: str, what: str) -> Iterator[None]:
         yield
 
 
-def create_instance_dir(inst: Instance, files: dict[str, str]) -> None:
-    """Create the instance directory (0700) with `files`, all or nothing, and
+def create_instance_dir(inst: Instance, files: dict[str, str],
+                        fill: Callable[[Path], None] | None = None) -> None:
+    """Create the instance directory (0700) with `files`, and whatever `fill`
+    puts in it (given the directory still being made), all or nothing, and
     on disk before it returns."""
     home = make_private_dir(inst.dir.parent)
     if inst.dir.exists():
@@ -289,6 +298,8 @@ def create_instance_dir(inst: Instance, files: dict[str, str]) -> None:
     try:
         for filename, text in files.items():
             write_atomic(tmp / filename, text)
+        if fill is not None:
+            fill(tmp)
         os.rename(tmp, inst.dir)
         fsync_dir(home)
     except OSError as e:

@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+from roost.store import instance
+from tests.e2e.tls import make_ca
+
 START_TIMEOUT = 600  # first start may build the image (apt downloads)
 
 
@@ -80,13 +83,7 @@ def as_guest_root(*command: str) -> list[str]:
 
 
 def pid_running(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
+    return pid is not None and instance.pid_running(pid)
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
@@ -129,9 +126,13 @@ def roost() -> Iterator[Roost]:
 # Port-forward rules the shared VM is created with (tests/e2e/test_portfwd.py).
 REMAP_GUEST_PORT, REMAP_HOST_PORT = 18081, 28081
 IGNORED_GUEST_PORT = 18082
+SOCKET_GUEST_PORT = 18083  # forwarded to a host Unix socket (host_port_socket)
 GUEST_ECHO_SOCKET = "/tmp/roost-e2e-echo.sock"
 GUEST_REVERSE_SOCKET = "/run/roost-e2e/host-service.sock"
 HEALTH_FLAG = "/tmp/roost-e2e-healthy"
+E2E_DISK = "e2edata"  # the shared instance's additional disk
+# roost.yaml's env: as written, in every login (nothing in it is expanded).
+E2E_ENV_VALUE = "two words, $HOME and a = sign"
 # Static mounts of the shared VM (virtiofs, the default here).
 STATIC_RW_GUEST, STATIC_RO_GUEST = "/mnt/static-rw", "/mnt/static-ro"
 
@@ -144,6 +145,16 @@ def static_share(roost: Roost, which: str) -> Path:
 
 def host_echo_socket(roost: Roost) -> Path:
     return roost.home / "e2e-echo.sock"
+
+
+def e2e_ca_cert(roost: Roost) -> Path:
+    """The CA certificate the shared instance's caCerts names."""
+    return roost.home / "e2e-tls" / "e2e-ca.pem"
+
+
+def host_port_socket(roost: Roost) -> Path:
+    """Where the relative hostSocket of the guestPort rule lands: the instance's sock/."""
+    return roost.home / "e2e" / "sock" / "e2e-port.sock"
 
 
 def host_reverse_socket(roost: Roost) -> Path:
@@ -161,6 +172,8 @@ def vm(roost: Roost) -> str:
         f"    hostPort: {REMAP_HOST_PORT}\n"
         f"  - guestPort: {IGNORED_GUEST_PORT}\n"
         "    ignore: true\n"
+        f"  - guestPort: {SOCKET_GUEST_PORT}\n"
+        "    hostSocket: e2e-port.sock\n"
         f"  - guestSocket: {GUEST_ECHO_SOCKET}\n"
         f"    hostSocket: {host_echo_socket(roost)}\n"
         f"  - guestSocket: {GUEST_REVERSE_SOCKET}\n"
@@ -177,6 +190,8 @@ def vm(roost: Roost) -> str:
         "    healthTimeoutSecs: 0.5\n"
         "guestAgent:\n"
         "  allowExec: true\n"
+        "env:\n"
+        f"  ROOST_E2E_ENV: '{E2E_ENV_VALUE}'\n"
         "worker:\n"
         "  sampleSecs: 0.2\n"
         "mounts:\n"
@@ -187,6 +202,10 @@ def vm(roost: Roost) -> str:
         f"    mountPoint: {STATIC_RO_GUEST}\n"
     )
     (static_share(roost, "ro") / "hello.txt").write_text("static hello\n")
+    ca = make_ca(roost.home / "e2e-tls", "e2e-ca")
+    config.write_text(config.read_text() + f"caCerts:\n  files:\n    - {ca.cert}\n"
+                      f"additionalDisks:\n  - {E2E_DISK}\n")
+    roost.run("disk", "create", E2E_DISK, "--size", "256MiB")
     roost.run("create", name, "--config", str(config), "--cpus", "2", "--memory", "1GiB",
               "--disk", "4GiB")
     roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)

@@ -19,10 +19,12 @@ import pytest
 
 from tests.e2e import test_hostile_guest as hostile
 from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
+from tests.e2e.tls import CA, GUEST_SEES_HOST, https_server, make_ca, server_certificate
 
 NAME = "deb"
 GUEST_HTTP_PORT = 18090
 STATIC_GUEST = "/mnt/static"
+DEB_DISK = "debdata"
 
 
 def host_user() -> tuple[str, int]:
@@ -38,11 +40,20 @@ def share(roost: Roost) -> Path:
 
 
 @pytest.fixture(scope="module")
-def debian(roost: Roost, share: Path) -> Iterator[str]:
+def trusted_ca(roost: Roost) -> CA:
+    return make_ca(roost.home / "deb-tls", "deb-ca")
+
+
+@pytest.fixture(scope="module")
+def debian(roost: Roost, share: Path, trusted_ca: CA) -> Iterator[str]:
     config = roost.home / "deb.yaml"
     config.write_text(
         "base: debian-12\n"
         "guestAgent:\n  allowExec: true\n"
+        # removeDefaults: update-ca-certificates then has one certificate to
+        # link, not Debian's 140 (a minute of first boot under TCG).
+        f"caCerts:\n  removeDefaults: true\n  files:\n    - {trusted_ca.cert}\n"
+        f"additionalDisks:\n  - {DEB_DISK}\n"
         "env:\n  ROOST_E2E_VAR: from-roost-yaml\n"
         "mounts:\n"
         f"  - location: {share}\n    mountPoint: {STATIC_GUEST}\n    writable: true\n"
@@ -59,17 +70,52 @@ def debian(roost: Roost, share: Path) -> Iterator[str]:
         "  - guest: /etc/roost-e2e-data\n    host: \"{{.Dir}}/copied/data.txt\"\n"
         "    deleteOnStop: true\n"
     )
+    roost.run("disk", "create", DEB_DISK, "--size", "256MiB")
     roost.run("create", NAME, "--config", str(config), "--memory", "1GiB", "--disk", "4GiB")
     roost.run("start", NAME, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
     try:
         yield NAME
     finally:
         roost.run("delete", "--force", NAME, timeout=180, check=False)
+        roost.run("disk", "delete", DEB_DISK, check=False)
 
 
 def sh(roost: Roost, script: str, check: bool = True) -> str:
     proc = roost.run("shell", NAME, "--", "sh", "-c", script, check=check, timeout=120)
     return proc.stdout if check else proc.stdout + proc.stderr
+
+
+# The guest verifies a server's certificate against its CA bundle (Python's
+# ssl: OpenSSL's default paths, i.e. /etc/ssl/certs).
+FETCH = ("python3 -c 'import sys, urllib.request; "
+         "print(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())' ")
+
+
+def test_ca_certs_are_trusted_by_the_guest(roost: Roost, debian: str, trusted_ca: CA) -> None:
+    """caCerts through real cloud-init (update-ca-certificates): a server whose
+    certificate the CA signed is verified; one of another CA is refused; with
+    removeDefaults the image's own CAs are gone from the bundle."""
+    d = trusted_ca.cert.parent
+    with https_server(*server_certificate(trusted_ca, d, "trusted")) as port:
+        assert "hello over tls" in sh(roost, FETCH + f"https://{GUEST_SEES_HOST}:{port}/")
+    stranger = make_ca(d, "stranger-ca")
+    with https_server(*server_certificate(stranger, d, "stranger")) as port:
+        out = sh(roost, FETCH + f"https://{GUEST_SEES_HOST}:{port}/", check=False)
+        assert "CERTIFICATE_VERIFY_FAILED" in out, out
+    bundle = sh(roost, "cat /etc/ssl/certs/ca-certificates.crt")
+    assert bundle.count("BEGIN CERTIFICATE") == 1, "only caCerts' CA is trusted"
+    assert trusted_ca.cert.read_text().strip() in bundle
+
+
+def test_additional_disk_is_made_and_mounted(roost: Roost, debian: str) -> None:
+    """additionalDisks from cloud-init's bootcmd (roost-boot): ext4 made on the
+    blank disk, mounted at /mnt/roost-NAME, writable by root."""
+    mounts = sh(roost, "cat /proc/mounts")
+    assert any(line.split()[1:3] == [f"/mnt/roost-{DEB_DISK}", "ext4"]
+               for line in mounts.splitlines()), mounts
+    out = sh(roost, f"echo on-disk | sudo tee /mnt/roost-{DEB_DISK}/marker >/dev/null && "
+                    f"cat /mnt/roost-{DEB_DISK}/marker")
+    assert out == "on-disk\n"
 
 
 def test_running_not_degraded_from_cloud_init(roost: Roost, debian: str) -> None:

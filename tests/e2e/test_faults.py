@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from roost.image.cpio import NewcWriter
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, pid_running, wait_until
 from tests.e2e.test_portfwd import free_port, guest_background, guest_kill, port_open
 from tests.unit.imageserver import serving, sha256
@@ -409,6 +411,60 @@ def test_guest_agent_killed_during_start(roost: Roost, flt: str) -> None:
         assert d["ls"] == "Running"
         d["residue"] = residue(roost)
         assert d["residue"] == []
+        assert synced_intact(roost)
+
+
+# A guest kernel hung early in boot, as under a TCG timer fault: an initramfs
+# whose /init prints what Linux prints then (an RCU stall report) and stops.
+HUNG_INIT = (b"#!/bin/busybox sh\n"
+             b"echo 'rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:' >/dev/console\n"
+             b"exec /bin/busybox sleep 100000\n")
+
+
+def hung_initrd(good: Path, out: Path) -> None:
+    """`good` with its /init replaced: the kernel unpacks a second cpio
+    archive after the first, and a later entry wins."""
+    with out.open("wb") as f:
+        f.write(good.read_bytes())
+        writer = NewcWriter(f)
+        writer.add_file("init", HUNG_INIT, 0o755)
+        writer.close()
+
+
+def test_guest_kernel_hung_in_early_boot(roost: Roost, flt: str) -> None:
+    write_synced(roost, "boot-hang")
+    _stop(roost)
+    pin = roost.home / NAME / "image.json"
+    good = pin.read_text()
+    with fault("boot-hang", "the guest kernel hangs early in boot (only an RCU stall "
+               "report on its console, no sshd, no guest agent)",
+               "one reset, then start fails naming the hang, long before the banner's "
+               "300 s; nothing left; start again boots") as d:
+        hung = roost.home / "hung-initrd"
+        hung_initrd(Path(json.loads(good)["initrd"]), hung)
+        roost.env["ROOST_BOOT_HANG_GRACE_SECS"] = "3"
+        try:
+            pin.write_text(json.dumps({**json.loads(good), "initrd": str(hung)}))
+            began = time.monotonic()
+            out = start(roost, check=False)
+            d["seconds"] = round(time.monotonic() - began, 1)
+        finally:
+            pin.write_text(good)
+            del roost.env["ROOST_BOOT_HANG_GRACE_SECS"]
+        d["message"] = [line.strip() for line in out.stderr.splitlines() if "hung" in line]
+        assert out.returncode != 0 and "hung early in boot" in out.stderr, out.stderr
+        assert d["seconds"] < 120, d
+        boots = (roost.home / NAME / "serial.log").read_bytes().count(b"detected stalls")
+        d["bootsSeen"] = boots
+        assert boots == 2, "one reset: the hung /init ran twice"
+        reset = [e["status"]["rebooted"] for e in events(roost) if "rebooted" in e["status"]]
+        assert reset and "hung early in boot" in reset[-1]["reason"], reset
+        if status(roost) != "Stopped":
+            roost.run("stop", "--force", NAME, timeout=180)
+        d["ls"] = status(roost)
+        d["residue"] = residue(roost)
+        assert d["residue"] == []
+        start(roost)
         assert synced_intact(roost)
 
 

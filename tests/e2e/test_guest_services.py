@@ -147,12 +147,23 @@ def test_a_killed_guest_agent_is_followed_again(roost: Roost, vm: str) -> None:
     # session and subscribes again: a port opened after is forwarded.
     old = guest_agent_pid(roost, vm)
     assert old.isdigit(), old
+    # A check the killed agent had in flight: its own session, marked, now
+    # init's child. The respawned agent ends it.
+    orphan = roost.run("shell", vm, "--", "python3", "-c",
+                       "import subprocess; print(subprocess.Popen(['sleep', '300'], "
+                       "start_new_session=True, env={'ROOST_GUEST_COMMAND': '1'}).pid)"
+                       ).stdout.strip()
+    assert orphan.isdigit(), orphan
     roost.run("shell", vm, "--", *as_guest_root("kill", "-9", old))
     killed = time.monotonic()
     while not (new := guest_agent_pid(roost, vm)).isdigit() or new == old:
         assert time.monotonic() - killed < 30, "the guest agent was not respawned"
         time.sleep(0.2)
     respawned = time.monotonic()
+    alive = f"test -d /proc/{orphan} && ! grep -q '^State:.*Z' /proc/{orphan}/status"
+    while roost.run("shell", vm, "--", "sh", "-c", alive, check=False).returncode == 0:
+        assert time.monotonic() - respawned < 10, "the killed agent's check is still running"
+        time.sleep(0.2)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -193,15 +204,23 @@ def check(roost: Roost, vm: str, name: str) -> dict[str, Any]:
     return next(c for c in health(roost, vm)["checks"] if c["name"] == name)
 
 
-# Pids of `sleep 30` processes alive both now and 1.5 s later.
-OUTLIVING_SLEEPS = r"""
-sleeps() {
-  for d in /proc/[0-9]*; do
-    [ "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" = "sleep 30 " ] && echo "${d#/proc/}"
-  done
-}
-before=" $(sleeps | tr '\n' ' ') "; sleep 1.5
-for p in $(sleeps); do case "$before" in *" $p "*) echo "$p";; esac; done
+# The guest agent's (pid $1) `sleep 30` children older than 5 s, with their
+# age. The stuck check is killed 0.5 s into each run and runs every 5 s: a
+# leaked sleep lives 30 s, so a leak leaves several such processes, while an
+# in-flight one, however late its kill under load, is younger. Only children
+# of the running agent count: the agent the test before SIGKILLed could not
+# kill the check it had in flight, whose sleep, now init's, runs out its 30 s.
+# (The age is from /proc/PID/stat's start time, in the kernel's USER_HZ
+# ticks, against /proc/uptime.)
+OLD_SLEEPS = r"""
+now=$(cut -d' ' -f1 /proc/uptime)
+for d in /proc/[0-9]*; do
+  [ "$(tr '\0' ' ' < "$d/cmdline" 2>/dev/null)" = "sleep 30 " ] || continue
+  [ "$(cut -d')' -f2 "$d/stat" 2>/dev/null | cut -d' ' -f3)" = "$1" ] || continue
+  start=$(cut -d')' -f2 "$d/stat" 2>/dev/null | cut -d' ' -f21)
+  [ -n "$start" ] && awk -v now="$now" -v start="$start" -v pid="${d#/proc/}" \
+    'BEGIN { if (now - start / 100 > 5) printf "%s %.1fs\n", pid, now - start / 100 }'
+done
 """
 
 
@@ -219,9 +238,12 @@ def test_health_checks_grace_timeout_and_bad_file(roost: Roost, vm: str) -> None
         assert time.monotonic() < deadline, "the stuck check never failed"
         time.sleep(0.3)
     assert "timed out after 0.5s (killed)" in check(roost, vm, "stuck")["detail"]
-    # Killed, not left: the check runs again every 5 s, so one `sleep 30` may be
-    # in flight; a leaked one is still there after longer than the 0.5 s timeout.
-    assert roost.run("shell", vm, "--", "sh", "-c", OUTLIVING_SLEEPS).stdout == ""
+    # Killed, not left behind: no `sleep 30` is older than a run of the check.
+    time.sleep(6)  # a second run, so a leak would have left one old enough
+    agent = guest_agent_pid(roost, vm)
+    assert agent.isdigit(), agent
+    assert roost.run("shell", vm, "--", "sh", "-c", OLD_SLEEPS, "sh", agent).stdout == ""
+    deadline = time.monotonic() + 30
     roost.run("shell", vm, "--",
               *as_guest_root("sh", "-c", "echo '{oops' > /etc/roost/integrations.d/broken.json"))
     while not health(roost, vm)["errors"]:

@@ -24,9 +24,11 @@ from tests.e2e.conftest import (
     IGNORED_GUEST_PORT,
     REMAP_GUEST_PORT,
     REMAP_HOST_PORT,
+    SOCKET_GUEST_PORT,
     STATIC_RW_GUEST,
     Roost,
     host_echo_socket,
+    host_port_socket,
     host_reverse_socket,
     pid_running,
     wait_until,
@@ -164,7 +166,13 @@ def test_remap_and_ignore_rules(roost: Roost, vm: str, echo_script: str) -> None
     assert not port_open(REMAP_GUEST_PORT)
     time.sleep(0.5)  # the ignored listener has been seen by now
     assert not port_open(IGNORED_GUEST_PORT)
-    assert not any(e["guestAddr"].endswith(f":{IGNORED_GUEST_PORT}") for e in events(roost, vm))
+    # Not forwarded, and said so, as Lima does.
+    about_ignored = [e for e in events(roost, vm)
+                     if e["guestAddr"].endswith(f":{IGNORED_GUEST_PORT}")]
+    assert about_ignored and all(
+        e == {"type": "not-forwarding", "protocol": "tcp",
+              "guestAddr": f"127.0.0.1:{IGNORED_GUEST_PORT}",
+              "reason": "a portForwards rule ignores it"} for e in about_ignored), about_ignored
     guest_kill(roost, vm, remap)
     guest_kill(roost, vm, ignored)
 
@@ -203,6 +211,26 @@ def test_guest_unix_socket_on_host(roost: Roost, vm: str, echo_script: str) -> N
             assert time.monotonic() < deadline, "guest unix socket not reachable"
             time.sleep(0.1)
     guest_kill(roost, vm, pid)
+
+
+def test_guest_port_on_a_host_socket(roost: Roost, vm: str, echo_script: str) -> None:
+    """guestPort with hostSocket: the guest's TCP listener on a host Unix
+    socket only its owner may use, no host port, gone with the listener."""
+    path = host_port_socket(roost)
+    pid = guest_background(roost, vm, f"{echo_script} tcp 127.0.0.1 {SOCKET_GUEST_PORT}")
+    wait_until(path.is_socket, 30, "the host socket of the guest port")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(b"port over unix")
+        assert s.recv(100) == b"port over unix"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert not port_open(SOCKET_GUEST_PORT)
+    forwarding = [e for e in events(roost, vm) if e.get("hostAddr") == str(path)]
+    assert forwarding[-1]["type"] == "forwarding", forwarding
+    assert forwarding[-1]["guestAddr"] == f"127.0.0.1:{SOCKET_GUEST_PORT}"
+    guest_kill(roost, vm, pid)
+    wait_until(lambda: not path.exists(), 30, "the host socket to go with the listener")
 
 
 def test_reverse_host_socket_in_guest(roost: Roost, vm: str) -> None:

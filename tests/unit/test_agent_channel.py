@@ -412,3 +412,33 @@ async def test_health_checks_and_probes(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(5)
 
+
+
+async def test_more_listeners_than_fit_a_frame(client: GuestAgentClient) -> None:
+    # 6000 listeners are some 300 KB of JSON, over a frame's 256 KiB: the
+    # subscription and info still give them all (in parts), and the session
+    # goes on; in one reply they would fail every reconnect of the host.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    count = 6000
+    if hard != resource.RLIM_INFINITY and hard < count + 1000:
+        pytest.fail(f"this test needs {count + 1000} open files; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count + 1000), hard))
+    socks = [_listen("tcp") for _ in range(count)]
+    try:
+        want = {("tcp", "127.0.0.1", s.getsockname()[1]) for s in socks}
+        for kind in ("info", "events"):  # the first waits for the agent's next scan
+            deadline = time.monotonic() + 10
+            while True:
+                ports = (await client.request(kind, timeout=30))["ports"]
+                missing = want - {(p["proto"], p["ip"], p["port"]) for p in ports}
+                if not missing or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert not missing, f"{kind}: {len(missing)} of {count} listeners missing"
+        assert await client.request("ping") == {"pong": True}
+    finally:
+        for s in socks:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

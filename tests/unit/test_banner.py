@@ -380,3 +380,57 @@ async def test_real_sshd_that_is_slow_to_accept(sshd_dir: SshdDir) -> None:
     accepted = [line for line in sshd.log if line.startswith("Connection from")]
     assert len(accepted) == ProbePolicy().max_in_flight, sshd.log
     assert not sshd.throttling(), sshd.log
+
+
+async def test_a_kick_when_sshd_listens_beats_slirps_resend() -> None:
+    # The guest agent says sshd listens (the NIC is up by then, as the
+    # built-in image orders it): the parked attempts wait on slirp's slow
+    # re-send, a fresh one is answered at once. Without the kick, the same
+    # guest is seen only at a re-send or at the next spaced attempt.
+    policy = ProbePolicy(parked_patience=10.0, first_spacing=2.0, max_spacing=4.0)
+
+    async def banner_latency(kicked: bool) -> float:
+        model = SlirpModel(nic_up=0.8, sshd_listens=0.8, resend=2.5)
+        kick = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if kicked:
+            loop.call_at(loop.time() + 0.85, kick.set)
+        async with CountingServer(model.behave) as server:
+            await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=policy,
+                                  kick=kick)
+            assert server.peak <= policy.max_in_flight
+        return time.monotonic() - (model.origin + model.sshd_listens)
+
+    with_kick, without = await banner_latency(True), await banner_latency(False)
+    assert with_kick < 0.05 + LATENCY, with_kick
+    assert without > 1.0, without
+
+
+async def test_a_kick_after_the_guest_answered_changes_nothing() -> None:
+    # Once the guest has answered (reset or banner), attempts are not parked:
+    # the kick must not add connections that sshd would pay for.
+    # A slow sshd (OpenSSH under TCG) holds the attempt that reached it when
+    # the kick comes.
+    model = SlirpModel(nic_up=0.0, sshd_listens=0.6, banner_delay=0.6)
+    kick = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.9, kick.set)
+    async with CountingServer(model.behave) as server:
+        await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=FAST, kick=kick)
+    assert len(model.sessions) == 1
+
+
+@pytest.mark.parametrize(("listeners", "found"), [
+    ([{"proto": "tcp", "ip": "0.0.0.0", "port": 22}], True),
+    ([{"proto": "tcp", "ip": "::", "port": 22}], True),
+    ([{"proto": "tcp", "ip": "192.168.5.15", "port": 22}], True),
+    ([{"proto": "tcp", "ip": "127.0.0.1", "port": 22}], False),  # not reachable
+    ([{"proto": "tcp", "ip": "::1", "port": 22}], False),
+    ([{"proto": "udp", "ip": "0.0.0.0", "port": 22}], False),
+    ([{"proto": "tcp", "ip": "0.0.0.0", "port": 2222}], False),
+    ([], False),
+])
+def test_sshd_among_the_guest_agents_listeners(listeners: list[dict[str, object]],
+                                               found: bool) -> None:
+    from roost.hostagent.readiness import sshd_among
+
+    assert sshd_among(listeners) is found

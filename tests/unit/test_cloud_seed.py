@@ -132,3 +132,19 @@ def test_provision_script_names_the_first_failing_step(tmp_path: Path) -> None:
     assert _provision(seed, run, "all").returncode == 0
     assert (run / "boot-done").read_text() == "i-boot1 1 00-system\n"
     assert "later ran" in (run / "provision.log").read_text()
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+
+
+def test_ca_certs_reach_cloud_init_and_the_builtin_image() -> None:
+    files = files_for(ident(ca_certs=[PEM, PEM.replace("MIIB", "MIIC")]))
+    doc = yaml.safe_load(files["user-data"].decode())
+    assert doc["ca_certs"] == {"remove_defaults": False,
+                               "trusted": [PEM, PEM.replace("MIIB", "MIIC")]}
+    assert files["ca-certs.pem"].decode() == PEM + PEM.replace("MIIB", "MIIC")
+    bare = files_for(ident())
+    assert "ca_certs" not in yaml.safe_load(bare["user-data"].decode())
+    assert "ca-certs.pem" not in bare
+    only_removed = yaml.safe_load(files_for(ident(ca_remove_defaults=True))["user-data"])
+    assert only_removed["ca_certs"] == {"remove_defaults": True, "trusted": []}

@@ -85,16 +85,38 @@ CASES = [
             "base: ./base.yaml\nmounts:\n  - {location: {dir}/other, mountPoint: /mnt/a/}\n",
             "both at the guest path /mnt/a"),
     # -- port forwards -------------------------------------------------------
-    _config("relative hostSocket",
-            "portForwards:\n  - {guestSocket: /run/a.sock, hostSocket: a.sock}\n",
-            "portForwards[0].hostSocket: must be an absolute host path (or start with ~), "
-            "got 'a.sock'; a relative path is not supported yet"),
+    _config("relative hostSocket out of sock/",
+            "portForwards:\n  - {guestSocket: /run/a.sock, hostSocket: ../a.sock}\n",
+            "portForwards[0].hostSocket: a relative hostSocket names a socket in the "
+            "instance's sock/ directory, without '..'; got '../a.sock'"),
     _config("hostSocket longer than a socket path may be",
             f"portForwards:\n  - {{guestSocket: /run/a.sock, hostSocket: /{'s' * 120}}}\n",
             "portForwards[0].hostSocket: a Unix socket path is at most 107 bytes"),
+    _config("hostSocket for a port range",
+            "portForwards:\n  - {guestPortRange: [8000, 8010], hostSocket: /tmp/a.sock}\n",
+            "hostSocket needs guestSocket or a single guestPort (or reverse: true)"),
+    _config("hostSocket for UDP",
+            "portForwards:\n  - {guestPort: 53, proto: udp, hostSocket: /tmp/a.sock}\n",
+            "hostSocket forwards TCP: drop proto: udp"),
+    _config("hostSocket and hostPort",
+            "portForwards:\n  - {guestPort: 80, hostPort: 8080, hostSocket: /tmp/a.sock}\n",
+            "give hostSocket or hostPort, not both"),
     _config("relative guestSocket",
             "portForwards:\n  - {guestSocket: a.sock, hostSocket: /tmp/a.sock}\n",
             "portForwards[0].guestSocket: must be an absolute guest path"),
+    # -- caCerts ----------------------------------------------------------------
+    _config("caCerts: an inline cert that is no PEM",
+            "caCerts:\n  certs:\n    - hello\n",
+            "caCerts.certs[0]: not a PEM certificate: it must start with "
+            "-----BEGIN CERTIFICATE-----"),
+    _config("caCerts: a relative file", "caCerts:\n  files: [ca.pem]\n",
+            "caCerts.files: 'ca.pem': must be an absolute host path"),
+    _config("caCerts: a missing file", "caCerts:\n  files: ['{dir}/gone.pem']\n",
+            "cannot read '{dir}/gone.pem': No such file or directory"),
+    Bad("caCerts: a file that is no certificate", ("create", "t", "--config", "{dir}/c.yaml"),
+        "not a PEM certificate", {"c.yaml": "caCerts:\n  files: ['{dir}/key.pem']\n",
+                                  "key.pem": "-----BEGIN PRIVATE KEY-----\nAAAA\n"
+                                             "-----END PRIVATE KEY-----\n"}),
     # -- the YAML itself -----------------------------------------------------
     _config("duplicate key (allowExec lost)",
             "guestAgent:\n  allowExec: true\ncpus: 2\nguestAgent:\n  allowExec: false\n",

@@ -4,7 +4,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from roost.driver.base import mac_address
+from roost.driver.base import DataDisk, mac_address
 from roost.driver.qemu.cmdline import (
     BootSpec,
     QemuSpec,
@@ -84,3 +84,21 @@ def test_spec_survives_json_for_suspend(tmp_path: Path) -> None:
     loaded = spec_from_json(json.loads(json.dumps(spec_to_json(saved))))
     assert loaded == saved
     assert build_argv(loaded) == build_argv(saved)
+
+
+def test_additional_disks_are_found_by_their_name(tmp_path: Path) -> None:
+    """Each additional disk is a virtio-blk device whose serial is its name
+    (the guest's roost-disks finds it by that), after root and cidata, and a
+    suspended VM's saved machine keeps them."""
+    disks = (DataDisk("data", tmp_path / "a,b" / "datadisk", "qcow2"),
+             DataDisk("scratch", tmp_path / "datadisk", "raw"))
+    with_disks = dataclasses.replace(spec(tmp_path), data_disks=disks)
+    argv = build_argv(with_disks)
+    drives, devices = option(argv, "-drive"), option(argv, "-device")
+    assert drives[-2].startswith(f"if=none,id=data-data,file={tmp_path}/a,,b/datadisk,"
+                                 "format=qcow2,")
+    assert drives[-1].startswith(f"if=none,id=data-scratch,file={tmp_path}/datadisk,format=raw")
+    assert "virtio-blk-pci,drive=data-data,serial=data" in devices
+    assert devices.index("virtio-blk-pci,drive=cidata") < devices.index(
+        "virtio-blk-pci,drive=data-scratch,serial=scratch")
+    assert spec_from_json(json.loads(json.dumps(spec_to_json(with_disks)))) == with_disks

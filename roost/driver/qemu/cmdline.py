@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from roost.driver.base import Share, mac_address
+from roost.driver.base import GUEST_SSH_PORT, DataDisk, Share, mac_address
 from roost.driver.qemu.sandbox import sandbox_argv
 from roost.store.durable import write_atomic
 
@@ -56,6 +56,7 @@ class QemuSpec:
     pidfile: Path
     boot: BootSpec
     shares: tuple[Share, ...] = ()  # roost.yaml's mounts, devices from launch
+    data_disks: tuple[DataDisk, ...] = ()  # roost.yaml's additionalDisks
     # False: the machine a suspended VM was saved as. Its virtiofs devices
     # were unplugged (they block saving the state); their root ports stay.
     virtiofs_devices: bool = True
@@ -97,6 +98,8 @@ def spec_from_json(data: dict[str, Any]) -> QemuSpec:
     fields = typed(QemuSpec, data)
     fields["boot"] = BootSpec(**typed(BootSpec, data["boot"]))
     fields["shares"] = tuple(Share(**typed(Share, s)) for s in data.get("shares", ()))
+    fields["data_disks"] = tuple(DataDisk(**typed(DataDisk, d))
+                                 for d in data.get("data_disks", ()))
     fields["extra"] = tuple(data.get("extra", ()))
     return QemuSpec(**fields)
 
@@ -116,6 +119,15 @@ def ensure_uefi_vars(path: Path) -> Path:
 def _option_value(value: str | Path) -> str:
     """Escape a value for QEMU's comma-separated option syntax."""
     return str(value).replace(",", ",,")
+
+
+def _data_disk_args(disks: tuple[DataDisk, ...]) -> list[str]:
+    args = []
+    for d in disks:
+        args += ["-drive", f"if=none,id=data-{d.name},file={_option_value(d.path)},"
+                 f"format={d.format},discard=unmap,werror=enospc,rerror=report",
+                 "-device", f"virtio-blk-pci,drive=data-{d.name},serial={d.name}"]
+    return args
 
 
 def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
@@ -163,8 +175,9 @@ def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
         "-drive",
         f"if=none,id=cidata,file={_option_value(spec.cidata)},format=raw,readonly=on",
         "-device", "virtio-blk-pci,drive=cidata",
+        *_data_disk_args(spec.data_disks),
         "-netdev",
-        f"user,id=net0,net={GUEST_NET},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22",
+        f"user,id=net0,net={GUEST_NET},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:{GUEST_SSH_PORT}",
         "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(spec.name)}",
         "-device", "virtio-rng-pci",
         "-device", "virtio-serial-pci,id=vser0",

@@ -348,6 +348,17 @@ class QemuDriver:
                                   f"): {info.get('error-desc', info.get('status', '?'))}")
             await asyncio.sleep(0.01)
 
+    async def reset(self) -> None:
+        # -no-reboot makes a reset end the VM (a guest's `reboot` stops it),
+        # and the firmware answers a reset with one of its own (SeaBIOS
+        # resets the machine again to get its shadow RAM back): resets stay
+        # resets until end_resets().
+        await self._qmp_execute("set-action", {"reboot": "reset"})
+        await self._qmp_execute("system_reset")
+
+    async def end_resets(self) -> None:
+        await self._qmp_execute("set-action", {"reboot": "shutdown"})
+
     async def quit(self) -> None:
         """End QEMU now (no guest shutdown): after its state was saved."""
         await self._qmp_command("quit")

@@ -52,6 +52,7 @@ def machine_spec(vm: VMDescription) -> QemuSpec:
         boot=boot_spec(vm),
         cpu_type=config.cpu_type,
         shares=vm.shares,
+        data_disks=vm.disks,
         virtiofs_devices=not vm.restore,  # a suspend unplugged them
         # memfd RAM, not ram.bin: see bench/idle.py and cmdline.QemuSpec.ram_file.
         ram_file=None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -25,6 +26,7 @@ UDP_IDLE_SECONDS = 60.0
 # `ssh -O forward|cancel` is a request to the local master: it answers in
 # milliseconds unless it is stuck.
 SSH_CONTROL_SECONDS = 10.0
+SSH_BATCH = 100  # forwards per `ssh -O forward|cancel`
 
 
 class Forward:
@@ -77,6 +79,21 @@ class _StreamServer(Forward):
         await asyncio.gather(*self._conns, return_exceptions=True)
 
 
+def _dual_stack_listener(port: int) -> socket.socket:
+    """A TCP socket on [::]:port that also accepts IPv4 (as ::ffff:a.b.c.d)."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(("::", port))
+        sock.listen(100)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class TCPForward(_StreamServer):
     def __init__(self, opener: Opener, host_ip: str, host_port: int,
                  guest_host: str, guest_port: int) -> None:
@@ -86,6 +103,11 @@ class TCPForward(_StreamServer):
         self.description = f"tcp {host_ip}:{host_port} -> guest {guest_host}:{guest_port}"
 
     async def start(self) -> None:
+        if ipaddress.ip_address(self.host_ip) == ipaddress.IPv6Address("::"):
+            # As Lima's: "::" takes IPv4 too. asyncio would make it IPv6-only.
+            self._server = await asyncio.start_server(
+                self._handle, sock=_dual_stack_listener(self.host_port), limit=1 << 18)
+            return
         self._server = await asyncio.start_server(
             self._handle, self.host_ip, self.host_port, reuse_address=True, limit=1 << 18)
 
@@ -96,12 +118,15 @@ class TCPForward(_StreamServer):
 
 
 class UnixForward(_StreamServer):
-    """A host Unix socket to a guest Unix socket (e.g. docker.sock)."""
+    """A host Unix socket to a guest Unix socket (e.g. docker.sock), or to a
+    guest TCP port (`guest_tcp`: host and port, Lima's guestPort with hostSocket)."""
 
-    def __init__(self, opener: Opener, host_path: str, guest_path: str) -> None:
+    def __init__(self, opener: Opener, host_path: str, guest_path: str = "",
+                 guest_tcp: tuple[str, int] | None = None) -> None:
         super().__init__(opener)
-        self.host_path, self.guest_path = host_path, guest_path
-        self.description = f"unix {host_path} -> guest {guest_path}"
+        self.host_path, self.guest_path, self.guest_tcp = host_path, guest_path, guest_tcp
+        target = guest_path if guest_tcp is None else f"{guest_tcp[0]}:{guest_tcp[1]}"
+        self.description = f"unix {host_path} -> guest {target}"
 
     async def start(self) -> None:
         path = Path(self.host_path)
@@ -113,6 +138,9 @@ class UnixForward(_StreamServer):
 
     async def _open(self) -> TunnelStream:
         client = await self.opener()
+        if self.guest_tcp is not None:
+            return await client.open_stream("tcp", host=self.guest_tcp[0],
+                                            port=self.guest_tcp[1], optimistic=True)
         return await client.open_stream("unix", path=self.guest_path, optimistic=True)
 
     async def stop(self) -> None:
@@ -204,33 +232,77 @@ class SSHForward(Forward):
     while the guest agent cannot be reached."""
 
     def __init__(self, ssh_base: list[str], host_ip: str, host_port: int,
-                 guest_host: str, guest_port: int) -> None:
+                 guest_host: str, guest_port: int, host_socket: str | None = None) -> None:
         self.ssh_base = ssh_base  # ssh -F ssh.config ... (no host, no command)
         self.spec = f"{host_ip}:{host_port}:{guest_host}:{guest_port}"
         if ":" in host_ip:
             self.spec = f"[{host_ip}]:{host_port}:{guest_host}:{guest_port}"
+        if host_socket is not None:  # made 0600 (ssh's StreamLocalBindMask)
+            self.spec = f"{host_socket}:{guest_host}:{guest_port}"
         self.description = f"ssh -L {self.spec}"
 
-    async def _control(self, op: str) -> None:
-        """`ssh -O op`: the master answers at once, or it is stuck (a guest that
-        froze mid-connection): then the request is given up, never waited on."""
-        proc = await asyncio.create_subprocess_exec(
-            *self.ssh_base[:-1], "-O", op, "-L", self.spec, self.ssh_base[-1],
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE)
-        try:
-            _, err = await asyncio.wait_for(proc.communicate(), SSH_CONTROL_SECONDS)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise OSError(f"ssh -O {op} -L {self.spec}: the SSH master did not answer "
-                          f"in {SSH_CONTROL_SECONDS:g}s") from None
-        if proc.returncode != 0:
-            raise OSError(f"ssh -O {op} -L {self.spec}: {err.decode(errors='replace').strip()}")
-
     async def start(self) -> None:
-        await self._control("forward")
+        await _ssh_control(self.ssh_base, "forward", [self.spec])
 
     async def stop(self) -> None:
-        await self._control("cancel")
+        await _ssh_control(self.ssh_base, "cancel", [self.spec])
+
+
+class SSHMasterStuck(OSError):
+    """The SSH master did not answer a control request in time."""
+
+
+async def _ssh_control(ssh_base: list[str], op: str, specs: list[str]) -> None:
+    """`ssh -O op -L spec ...`: the master answers at once, or it is stuck (a
+    guest that froze mid-connection): then the request is given up, never
+    waited on."""
+    what = f"ssh -O {op} -L {specs[0]}" + (f" (and {len(specs) - 1} more)" if specs[1:] else "")
+    proc = await asyncio.create_subprocess_exec(
+        *ssh_base[:-1], "-O", op, *[arg for spec in specs for arg in ("-L", spec)],
+        ssh_base[-1], stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), SSH_CONTROL_SECONDS)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise SSHMasterStuck(f"{what}: the SSH master did not answer "
+                             f"in {SSH_CONTROL_SECONDS:g}s") from None
+    if proc.returncode != 0:
+        raise OSError(f"{what}: {err.decode(errors='replace').strip()}")
+
+
+async def start_ssh_forwards(forwards: list[SSHForward]) -> dict[SSHForward, OSError]:
+    """Start many SSH forwards, SSH_BATCH to one `ssh -O forward` (a guest
+    with two thousand listeners would otherwise take two thousand ssh
+    processes, a minute of a loaded host): the forwards that failed, and why.
+    A batch that fails is tried again one by one; the master answers a
+    forward it already has with success, so each failure is its own."""
+    failed: dict[SSHForward, OSError] = {}
+    for i in range(0, len(forwards), SSH_BATCH):
+        batch = forwards[i : i + SSH_BATCH]
+        try:
+            await _ssh_control(batch[0].ssh_base, "forward", [f.spec for f in batch])
+            continue
+        except OSError as e:
+            if len(batch) == 1 or isinstance(e, SSHMasterStuck):
+                failed.update((f, e) for f in batch)  # a stuck master: no one-by-one
+                continue
+        for fwd in batch:
+            try:
+                await fwd.start()
+            except OSError as e:
+                failed[fwd] = e
+    return failed
+
+
+async def stop_ssh_forwards(forwards: list[SSHForward]) -> None:
+    """Cancel many SSH forwards, SSH_BATCH to one `ssh -O cancel`; a failure
+    is logged (the master goes on with the batch's other cancels)."""
+    for i in range(0, len(forwards), SSH_BATCH):
+        batch = forwards[i : i + SSH_BATCH]
+        try:
+            await _ssh_control(batch[0].ssh_base, "cancel", [f.spec for f in batch])
+        except OSError as e:
+            log.warning("%s", e)

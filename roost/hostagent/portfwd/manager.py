@@ -19,20 +19,29 @@ from typing import Any
 from roost.config.model import PortForward
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError, TunnelStream
 from roost.hostagent.guestevents import listener_problem, listeners_problem
-from roost.hostagent.portfwd.forward import Forward, Opener, TCPForward, UDPForward
-from roost.hostagent.portfwd.rules import HostAddr, Listener, host_address
+from roost.hostagent.portfwd.forward import (
+    Forward,
+    Opener,
+    SSHForward,
+    TCPForward,
+    UDPForward,
+    UnixForward,
+    start_ssh_forwards,
+    stop_ssh_forwards,
+)
+from roost.hostagent.portfwd.rules import HostAddr, HostSocket, Listener, decide
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict[str, Any]], None]
 # Builds a TCP forward that does not need the guest agent (SSH -L).
-FallbackFactory = Callable[[HostAddr, str, int], Forward]
+FallbackFactory = Callable[[HostAddr | HostSocket, str, int], Forward]
 
 
 @dataclass
 class Active:
     listener: Listener
-    host: HostAddr
+    host: HostAddr | HostSocket
     forward: Forward
     via: str
 
@@ -43,11 +52,12 @@ class Active:
 
 class PortForwarder:
     def __init__(self, rules: list[PortForward], opener: Opener, emit: Emit,
-                 guest_ssh_port: int = 22) -> None:
+                 guest_ssh_port: int = 22, host_ssh_port: int | None = None) -> None:
         self.rules = rules
         self.opener = opener
         self.emit = emit
         self.guest_ssh_port = guest_ssh_port
+        self.host_ssh_port = host_ssh_port
         self.fallback: FallbackFactory | None = None  # set while the agent is unreachable
         self._active: dict[Listener, Active] = {}
         self._failed: dict[Listener, dict[str, Any]] = {}
@@ -60,75 +70,115 @@ class PortForwarder:
         return list(self._failed.values())
 
     async def sync(self, listeners: Iterable[Listener]) -> None:
-        """Make the forwards match exactly this set of guest listeners."""
+        """Make the forwards match exactly this set of guest listeners. With
+        the guest agent back, forwards made over SSH meanwhile move back to it."""
         wanted = set(listeners)
         async with self._lock:
-            for gone in [lst for lst in self._active if lst not in wanted]:
-                await self._stop(gone)
-            for lst in [lst for lst in self._failed if lst not in wanted]:
-                del self._failed[lst]
-            for new in sorted(wanted - set(self._active) - set(self._failed)):
-                await self._start(new)
+            gone = [lst for lst in self._active if lst not in wanted]
+            if self.fallback is None:
+                gone += [lst for lst in wanted
+                         if lst in self._active and self._active[lst].via == "ssh"]
+            await self._stop_many(gone)
+            for lst in [lst for lst in self._failed if lst not in wanted
+                        or (self.fallback is None and self._failed[lst]["via"] == "ssh")]:
+                del self._failed[lst]  # gone, or failed over SSH: the agent tries again
+            await self._start_many(wanted - set(self._active) - set(self._failed))
 
     async def change(self, added: Iterable[Listener], removed: Iterable[Listener]) -> None:
         async with self._lock:
+            removed = list(removed)
             for lst in removed:
                 self._failed.pop(lst, None)
-                if lst in self._active:
-                    await self._stop(lst)
-            for lst in sorted(added):
-                if lst not in self._active:
-                    await self._start(lst)
+            await self._stop_many(removed)
+            await self._start_many([lst for lst in added if lst not in self._active])
 
     async def close(self) -> None:
         async with self._lock:
-            for lst in list(self._active):
-                await self._stop(lst)
+            await self._stop_many(list(self._active))
             self._failed.clear()
 
-    def _event(self, kind: str, lst: Listener, host: HostAddr, error: str = "") -> None:
+    def _event(self, kind: str, lst: Listener, host: HostAddr | HostSocket,
+               error: str = "") -> None:
         event: dict[str, Any] = {"type": kind, "protocol": lst.proto,
                                  "guestAddr": lst.addr(), "hostAddr": str(host)}
         if error:
             event["error"] = error
         self.emit(event)
 
-    async def _start(self, lst: Listener) -> None:
-        host = host_address(self.rules, lst, self.guest_ssh_port)
-        if host is None:
-            return
-        if any(a.host == host and a.listener.proto == lst.proto for a in self._active.values()):
-            return  # e.g. 0.0.0.0:80 and [::]:80: the first one serves the host port
+    def _plan(self, lst: Listener, claimed: set[tuple[HostAddr | HostSocket, str]]
+              ) -> Active | None:
+        """The forward a new listener gets (not started yet), or None."""
+        host = decide(self.rules, lst, self.guest_ssh_port, self.host_ssh_port)
+        if isinstance(host, str):
+            # As Lima: the listener was seen, and why it has no forward.
+            self.emit({"type": "not-forwarding", "protocol": lst.proto,
+                       "guestAddr": lst.addr(), "reason": host})
+            return None
+        if (host, lst.proto) in claimed:
+            return None  # e.g. 0.0.0.0:80 and [::]:80: the first one serves the host port
         guest_host = lst.connect_host()
         if self.fallback is not None:
             if lst.proto != "tcp":
-                return  # SSH forwards TCP only
+                return None  # SSH forwards TCP only
             forward, via = self.fallback(host, guest_host, lst.port), "ssh"
+        elif isinstance(host, HostSocket):
+            forward = UnixForward(self.opener, host.path, guest_tcp=(guest_host, lst.port))
+            via = "agent"
         else:
             kind = TCPForward if lst.proto == "tcp" else UDPForward
             forward, via = kind(self.opener, host.ip, host.port, guest_host, lst.port), "agent"
-        try:
-            await forward.start()
-        except OSError as e:
-            error = f"cannot listen on {host} ({lst.proto}): {e.strerror or e}"
-            if e.errno == 98:
-                error += "; the port is taken on the host (add a portForwards rule with hostPort)"
-            elif e.errno == 13:
-                error += "; ports below 1024 need privileges (map it to a higher hostPort)"
-            self._failed[lst] = {"protocol": lst.proto, "guestAddr": lst.addr(),
-                                 "hostAddr": str(host), "error": error}
-            self._event("failed", lst, host, error)
-            return
-        self._active[lst] = Active(lst, host, forward, via)
-        self._event("forwarding", lst, host)
+        claimed.add((host, lst.proto))
+        return Active(lst, host, forward, via)
 
-    async def _stop(self, lst: Listener) -> None:
-        active = self._active.pop(lst)
-        self._event("stopping", lst, active.host)
-        try:
-            await active.forward.stop()
-        except Exception as e:  # stopping one forward must not break the others
-            log.warning("stopping %s: %s", active.forward.description, e)
+    async def _start_many(self, listeners: Iterable[Listener]) -> None:
+        claimed = {(a.host, a.listener.proto) for a in self._active.values()}
+        planned = [plan for lst in sorted(listeners) if (plan := self._plan(lst, claimed))]
+        over_ssh = [p.forward for p in planned if isinstance(p.forward, SSHForward)]
+        ssh_failed = await start_ssh_forwards(over_ssh) if over_ssh else {}
+        for plan in planned:
+            error: OSError | None = None
+            if isinstance(plan.forward, SSHForward):
+                error = ssh_failed.get(plan.forward)
+            else:
+                try:
+                    await plan.forward.start()
+                except OSError as e:
+                    error = e
+            if error is not None:
+                self._record_failure(plan, error)
+                continue
+            self._failed.pop(plan.listener, None)
+            self._active[plan.listener] = plan
+            self._event("forwarding", plan.listener, plan.host)
+
+    def _record_failure(self, plan: Active, e: OSError) -> None:
+        lst, host = plan.listener, plan.host
+        error = f"cannot listen on {host} ({lst.proto}): {e.strerror or e}"
+        if isinstance(host, HostSocket):
+            pass  # no port to pick another of
+        elif e.errno == 98:
+            error += "; the port is taken on the host (add a portForwards rule with hostPort)"
+        elif e.errno == 13:
+            error += "; ports below 1024 need privileges (map it to a higher hostPort)"
+        self._failed[lst] = {"protocol": lst.proto, "guestAddr": lst.addr(),
+                             "hostAddr": str(host), "error": error, "via": plan.via}
+        self._event("failed", lst, host, error)
+
+    async def _stop_many(self, listeners: Iterable[Listener]) -> None:
+        stopping = [self._active.pop(lst) for lst in dict.fromkeys(listeners)
+                    if lst in self._active]
+        for active in stopping:
+            self._event("stopping", active.listener, active.host)
+        over_ssh = [a.forward for a in stopping if isinstance(a.forward, SSHForward)]
+        if over_ssh:
+            await stop_ssh_forwards(over_ssh)
+        for active in stopping:
+            if isinstance(active.forward, SSHForward):
+                continue
+            try:
+                await active.forward.stop()
+            except Exception as e:  # stopping one forward must not break the others
+                log.warning("stopping %s: %s", active.forward.description, e)
 
 
 def listeners_from_event(items: object) -> list[Listener]:

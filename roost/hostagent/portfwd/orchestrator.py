@@ -23,7 +23,7 @@ from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentError
 from roost.hostagent.portfwd.forward import SSHForward, UnixForward
 from roost.hostagent.portfwd.manager import AcceptHandler, PortForwarder, follow_guest_agent
-from roost.hostagent.portfwd.rules import HostAddr, Listener
+from roost.hostagent.portfwd.rules import HostAddr, HostSocket, Listener
 from roost.hostagent.readiness import SSH_COMMAND_TIMEOUT
 from roost.hostagent.session import GuestAgentSession
 from roost.hostagent.sshmaster import run_ssh
@@ -47,8 +47,10 @@ async def _cancel(task: asyncio.Task[None]) -> None:
 class PortForwarding:
     def __init__(self, inst: Instance, rules: list[PortForward], session: GuestAgentSession,
                  events: EventEmitter, changed: Callable[[], None],
-                 guest_streams: AcceptHandler | None = None) -> None:
+                 guest_streams: AcceptHandler | None = None,
+                 host_ssh_port: int | None = None) -> None:
         self.inst = inst
+        self.host_ssh_port = host_ssh_port  # ssh.localPort: never forwarded from the guest
         # Streams the guest opens that are no reverse forward (reverse sshfs).
         self.guest_streams = guest_streams
         self.rules = rules
@@ -87,7 +89,8 @@ class PortForwarding:
             cleanups.push(f"stop {fwd.description}", fwd.stop)
             self.socket_forwards.append(entry)
             self._event({**entry, "type": "forwarding"})
-        self.forwarder = PortForwarder(list(self.rules), opener, self._event)
+        self.forwarder = PortForwarder(list(self.rules), opener, self._event,
+                                       host_ssh_port=self.host_ssh_port)
         cleanups.push("stop port forwards", self.forwarder.close)
         task = asyncio.ensure_future(self._follow(self.forwarder))
         cleanups.push("stop following guest ports", lambda: _cancel(task))
@@ -119,7 +122,10 @@ class PortForwarding:
             await forwarder.close()
             base = ssh_argv(self.inst, [])
 
-            def ssh_forward(host: HostAddr, guest_host: str, guest_port: int) -> SSHForward:
+            def ssh_forward(host: HostAddr | HostSocket, guest_host: str,
+                            guest_port: int) -> SSHForward:
+                if isinstance(host, HostSocket):
+                    return SSHForward(base, "", 0, guest_host, guest_port, host.path)
                 return SSHForward(base, host.ip, host.port, guest_host, guest_port)
 
             forwarder.fallback = ssh_forward

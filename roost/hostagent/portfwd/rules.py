@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 from roost.config.model import PortForward
 
-DEFAULT_RULE = PortForward(guest_port_range=(1024, 65535))
+FIRST_UNPRIVILEGED_PORT = 1024
+DEFAULT_RULE = PortForward(guest_port_range=(FIRST_UNPRIVILEGED_PORT, 65535))
 
 
 @dataclass(frozen=True, order=True)
@@ -50,6 +51,17 @@ class HostAddr:
         return f"[{self.ip}]:{self.port}" if ":" in self.ip else f"{self.ip}:{self.port}"
 
 
+@dataclass(frozen=True, order=True)
+class HostSocket:
+    """A host Unix socket that a guest TCP port is forwarded to (Lima's
+    guestPort with hostSocket)."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return self.path
+
+
 def _ip_matches(rule: PortForward, guest: Listener) -> bool:
     gip = ipaddress.ip_address(guest.ip)
     rip = ipaddress.ip_address(rule.guest_ip)
@@ -66,10 +78,24 @@ def _guest_range(rule: PortForward) -> tuple[int, int]:
     return rule.guest_range() or (1, 65535)
 
 
-def host_address(rules: list[PortForward], guest: Listener, ssh_port: int = 22) -> HostAddr | None:
+def host_address(rules: list[PortForward], guest: Listener, ssh_port: int = 22,
+                 host_ssh_port: int | None = None) -> HostAddr | None:
     """The host address for `guest`, or None when it is not forwarded."""
+    decided = decide(rules, guest, ssh_port, host_ssh_port)
+    return decided if isinstance(decided, HostAddr) else None
+
+
+def decide(rules: list[PortForward], guest: Listener, ssh_port: int = 22,
+           host_ssh_port: int | None = None) -> HostAddr | HostSocket | str:
+    """The host address (or socket) for `guest`, or why it is not forwarded.
+
+    `host_ssh_port` (ssh.localPort) is never a guest port to forward, on
+    any address or protocol, as in Lima: its host port is the SSH forward's.
+    """
     if guest.proto == "tcp" and guest.port == ssh_port:
-        return None
+        return "the guest's sshd"
+    if guest.port == host_ssh_port:
+        return f"port {host_ssh_port} is the host's SSH port for this instance (ssh.localPort)"
     for rule in [*rules, DEFAULT_RULE]:
         if rule.guest_socket is not None:
             continue
@@ -83,7 +109,13 @@ def host_address(rules: list[PortForward], guest: Listener, ssh_port: int = 22) 
         if rule.ignore:
             if guest.unspecified and not ipaddress.ip_address(rule.guest_ip).is_unspecified:
                 continue  # ignoring loopback leaves an all-addresses listener alone
-            return None
+            return "a portForwards rule ignores it"
+        if rule.host_socket is not None:
+            if guest.proto != "tcp":
+                continue  # a stream socket: TCP only
+            return HostSocket(rule.host_socket)
         host_lo = (rule.host_range() or (lo, hi))[0]
         return HostAddr(rule.host_ip, host_lo + (guest.port - lo))
-    return None
+    if guest.port < FIRST_UNPRIVILEGED_PORT:
+        return "a privileged port: forwarded only by a portForwards rule"
+    return "no portForwards rule matches its address"

@@ -2,7 +2,8 @@
 
     python3 -m hostile_tools.flood listen COUNT FIRST_PORT MAX_SECS
         COUNT TCP listeners on 127.0.0.1 from FIRST_PORT; prints a line
-        once they listen, keeps them until stdin ends (or MAX_SECS).
+        once they listen, keeps them until stdin ends (or MAX_SECS). Each
+        echoes one message of the connections it accepts.
     python3 -m hostile_tools.flood churn SECS COUNT FIRST_PORT
         for SECS, opens COUNT listeners and closes them again, as fast as
         the guest can: each of the guest agent's scans sees a change, so
@@ -14,7 +15,7 @@
 from __future__ import annotations
 
 import json
-import select
+import selectors
 import socket
 import sys
 import time
@@ -33,6 +34,24 @@ def listen(count: int, first: int) -> list[socket.socket]:
     return socks
 
 
+def serve(socks: list[socket.socket], deadline: float) -> None:
+    """Echo one message per connection until stdin ends or the deadline
+    (epoll: select() takes no fd over 1023)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(sys.stdin, selectors.EVENT_READ)
+        for s in socks:
+            sel.register(s, selectors.EVENT_READ)
+        while (left := deadline - time.monotonic()) > 0:
+            for key, _ in sel.select(left):
+                if key.fileobj is sys.stdin:
+                    return
+                assert isinstance(key.fileobj, socket.socket)
+                conn, _ = key.fileobj.accept()
+                with conn:
+                    conn.settimeout(10)
+                    conn.sendall(conn.recv(4096))
+
+
 def agent_rss_kib() -> int:
     """The guest agent's VmRSS (the one process serving the virtio port)."""
     pids = guest_agent.agent_pids()
@@ -45,7 +64,7 @@ def main() -> None:
         count, first, max_secs = int(args[0]), int(args[1]), float(args[2])
         socks = listen(count, first)
         print(json.dumps({"listening": len(socks)}), flush=True)
-        select.select([sys.stdin], [], [], max_secs)
+        serve(socks, time.monotonic() + max_secs)
         for s in socks:
             s.close()
         return

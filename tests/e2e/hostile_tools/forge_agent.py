@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import select
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -56,7 +57,7 @@ def take_port(seconds: float = 20.0) -> tuple[int, list[int]]:
     killed: list[int] = []
     deadline = time.monotonic() + seconds
     while True:
-        killed += guest_agent.kill_agents()
+        killed += guest_agent.signal_agents(signal.SIGKILL)
         try:
             return os.open(PORT, os.O_RDWR), killed
         except OSError as e:
@@ -206,7 +207,8 @@ def main() -> None:
         wire.pump(float(mount_secs), lambda: wire.umounted)
     out.update(hellos=wire.hellos, requests=wire.requests, protocolErrors=wire.protocol_errors)
     os.close(fd)
-    guest_agent.kill_agents()  # respawned while we held the port: it serves no port now
+    # Respawned while we held the port: it serves no port now.
+    guest_agent.signal_agents(signal.SIGKILL)
     print(json.dumps(out))
 
 

@@ -2,6 +2,8 @@
 
     python3 -m hostile_tools.guest_agent kill
         SIGKILLs them (init respawns one); prints {"killed": [pids]}.
+    python3 -m hostile_tools.guest_agent stop|cont
+        SIGSTOPs (SIGCONTs) them; prints {"stop": [pids]} ({"cont": ...}).
 """
 
 from __future__ import annotations
@@ -30,13 +32,13 @@ def agent_pids() -> list[int]:
     return out
 
 
-def kill_agents() -> list[int]:
-    killed = []
+def signal_agents(sig: int) -> list[int]:
+    done = []
     for pid in agent_pids():
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
-    return killed
+            os.kill(pid, sig)
+            done.append(pid)
+    return done
 
 
 def rss_kib(pid: int) -> int:
@@ -48,9 +50,12 @@ def rss_kib(pid: int) -> int:
 
 
 def main() -> None:
-    if sys.argv[1:] != ["kill"]:
+    signals = {"kill": ("killed", signal.SIGKILL), "stop": ("stop", signal.SIGSTOP),
+               "cont": ("cont", signal.SIGCONT)}
+    if len(sys.argv) != 2 or sys.argv[1] not in signals:
         raise SystemExit(__doc__)
-    print(json.dumps({"killed": kill_agents()}))
+    key, sig = signals[sys.argv[1]]
+    print(json.dumps({key: signal_agents(sig)}))
 
 
 if __name__ == "__main__":
