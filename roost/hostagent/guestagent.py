@@ -26,6 +26,7 @@ import contextlib
 import itertools
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -49,8 +50,18 @@ ACCEPT_BACKLOG = 64
 MAX_GUEST_STREAMS = 1024  # guest-initiated streams open at once; more are refused
 MAX_PART_ITEMS = 1_000_000  # items of one long answer (e.g. diff)
 # Frames the host writes without waiting (resets, refusals) are dropped once
-# this much is unread by the guest, rather than queued without bound.
+# this much is unread by the guest, beyond the one data frame each open
+# stream may have written before it waits (so a guest that is only busy
+# with the streams' own data still gets them), rather than queued without
+# bound.
 SEND_BUFFER_LIMIT = 1 << 20
+# A request's timeout is for a guest agent that does not answer, not for one
+# busy moving the streams' data: its answer can sit behind megabytes of it
+# in the channel (64 tunnels at full window under TCG took over 10 s). While
+# stream data or credit came from the guest within the timeout (at most
+# BUSY_HEARD), the wait goes on, up to BUSY_GRACE more.
+BUSY_HEARD = 5.0
+BUSY_GRACE = 60.0
 # After this long without a frame from the guest, a ping; no answer in
 # HEARTBEAT_TIMEOUT closes the session (a guest agent hung, or restarted in a
 # way its announcement could not tell, e.g. killed in the middle of a frame).
@@ -234,6 +245,7 @@ class GuestAgentClient:
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
         self._lost: str | None = None  # why the session is to end, set while routing
         self._heard = 0.0  # loop time of the last bytes from the guest
+        self._streamed = 0.0  # time.monotonic() of its last stream data or credit
         self.epoch: int | None = None  # the guest side's, from the sync frame
         self.frames = 0  # frames received in this session
         self.rejected = 0  # of those, dropped as bad
@@ -356,6 +368,7 @@ class GuestAgentClient:
             if isinstance(msg, protocol.StreamData):
                 stream = self._streams.get(msg.stream_id)
                 if stream is not None:
+                    self._streamed = time.monotonic()
                     stream._deliver(msg.data)
                 else:  # the guest would hold it open, waiting for a window
                     self._send_nowait({"type": "reset", "stream": msg.stream_id,
@@ -416,6 +429,7 @@ class GuestAgentClient:
             if not protocol.is_int(n) or not 0 <= n <= protocol.WINDOW:
                 self._complain(f"window of {_short(n)} bytes")
                 return
+            self._streamed = time.monotonic()
             stream._grant(n)
         elif kind == "eof":
             stream._eof()
@@ -516,7 +530,8 @@ class GuestAgentClient:
     def _send_nowait(self, obj: dict[str, Any]) -> None:
         if self._writer is None or not self.connected:
             return
-        if self._writer.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+        limit = SEND_BUFFER_LIMIT + len(self._streams) * protocol.MAX_FRAME
+        if self._writer.transport.get_write_buffer_size() > limit:
             self._complain("the guest agent does not read; a frame to it is dropped")
             return
         self._writer.write(protocol.encode_json(obj))
@@ -545,7 +560,7 @@ class GuestAgentClient:
     async def _answer(self, type_: str, req_id: int, fut: asyncio.Future[dict[str, Any]],
                       timeout: float) -> dict[str, Any]:
         try:
-            reply = await asyncio.wait_for(fut, timeout)
+            reply = await self._busy_wait(fut, timeout)
         except TimeoutError:
             raise GuestAgentError(f"guest agent did not answer {type_!r} in {timeout:g}s") from None
         finally:
@@ -557,6 +572,26 @@ class GuestAgentClient:
         if isinstance(result.get("parts"), str):
             result[result.pop("parts")] = parts
         return result
+
+    async def _busy_wait(self, fut: asyncio.Future[dict[str, Any]],
+                         timeout: float) -> dict[str, Any]:
+        """`fut`'s result; TimeoutError after `timeout`, or, while the guest
+        keeps moving stream data (see BUSY_HEARD), once that stops too or
+        BUSY_GRACE more has passed."""
+        quiet = min(timeout, BUSY_HEARD)
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(fut),
+                                              max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                now = time.monotonic()
+                if now - self._streamed >= quiet or now - start >= timeout + BUSY_GRACE \
+                        or not self.connected:
+                    fut.cancel()
+                    raise
+                deadline = min(self._streamed + quiet, start + timeout + BUSY_GRACE)
 
     async def request(self, type_: str, timeout: float = 10.0, **params: Any) -> dict[str, Any]:
         req_id, fut = self._issue(type_, params)

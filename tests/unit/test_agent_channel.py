@@ -186,6 +186,66 @@ async def test_a_tunnel_the_host_gave_up_on_is_not_kept(client: GuestAgentClient
         listener.close()
 
 
+async def test_an_answer_behind_stream_data_is_waited_for(client: GuestAgentClient) -> None:
+    """A request's timeout is for a guest agent that does not answer, not one
+    busy moving stream data (CI: 64 tunnels at full window, their answers late
+    behind the data, were given up at 10 s and their connections reset). The
+    tunnel's connect in the guest is slow (a full accept queue: SYN retried
+    after 1 s) while another stream moves data: its 0.5 s timeout stretches."""
+    server, port = await _echo_server()
+    busy = await client.open_stream("tcp", host="127.0.0.1", port=port)
+    moving = True
+
+    async def keep_moving() -> int:
+        moved = 0
+        while moving:
+            await busy.send(b"b" * 65536)
+            got = 0
+            while got < 65536:
+                data = await busy.recv()
+                assert data is not None
+                got += len(data)
+                await busy.ack(len(data))
+            moved += got
+        return moved
+
+    mover = asyncio.ensure_future(keep_moving())
+    listener = _listen("tcp")
+    listener.listen(0)
+    addr = listener.getsockname()
+    fillers = []
+    for _ in range(3):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(addr)
+        fillers.append(f)
+    accepted: list[socket.socket] = []
+
+    def drain_queue() -> None:
+        time.sleep(0.8)  # past the open's own timeout
+        listener.settimeout(0.2)
+        while moving:  # the fillers', then the guest's
+            with contextlib.suppress(TimeoutError):
+                accepted.append(listener.accept()[0])
+
+    await asyncio.sleep(0.2)
+    draining = asyncio.ensure_future(asyncio.to_thread(drain_queue))
+    try:
+        start = time.monotonic()
+        stream = await client.open_stream("tcp", host=addr[0], port=addr[1], timeout=0.5)
+        assert time.monotonic() - start > 0.5
+        await stream.reset()
+    finally:
+        moving = False
+        assert await asyncio.wait_for(mover, 10) > 0
+        await draining
+        for sock in fillers + accepted:
+            sock.close()
+        listener.close()
+        await busy.reset()
+        server.close()
+
+
 async def test_64_concurrent_streams_of_1mib(client: GuestAgentClient) -> None:
     server, port = await _echo_server()
     payload = os.urandom(1 << 20)
