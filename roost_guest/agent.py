@@ -973,7 +973,10 @@ USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N
                    busy while more than X tasks are runnable, sampled every S
   --wait-for PATH  start serving once PATH exists (the agent was started
                    early in boot, before the file systems it serves on)
-  --log PATH       append stderr to PATH (once PATH's directory exists)"""
+  --log PATH       append stderr to PATH (once PATH's directory exists)
+  --dns-relay HOST:PORT
+                   relay DNS on 127.0.0.1:53 to HOST:PORT (hostResolver on
+                   an image without netfilter)"""
 
 
 class Options:
@@ -989,6 +992,7 @@ class Options:
         self.probes_dir = health.PROBES_DIR
         self.wait_for = ""
         self.log = ""
+        self.dns_relay = ""
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -1006,7 +1010,7 @@ def parse_args(argv: List[str]) -> Options:
         name, eq, value = flag.partition("=")
         if name not in ("--port", "--unix", "--vsock-port", "--busy-threshold",
                         "--sample-secs", "--audit-log", "--integrations-dir",
-                        "--probes-dir", "--wait-for", "--log"):
+                        "--probes-dir", "--wait-for", "--log", "--dns-relay"):
             sys.exit("roost-guestagent: unknown option %r\n%s" % (flag, USAGE))
         if not eq:
             if not args:
@@ -1037,6 +1041,14 @@ def parse_args(argv: List[str]) -> Options:
             opts.wait_for = value
         elif name == "--log":
             opts.log = value
+        elif name == "--dns-relay":
+            from roost_guest import dnsrelay
+
+            try:
+                dnsrelay.parse_upstream(value)
+            except ValueError as e:
+                sys.exit("roost-guestagent: %s" % e)
+            opts.dns_relay = value
         else:
             opts.unix = value
     return opts
@@ -1110,6 +1122,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     agent = Agent(args)
     agent.health.start()  # rescans its directories; runs nothing until files appear
     threading.Thread(target=end_orphaned_commands, daemon=True).start()
+    if args.dns_relay:
+        from roost_guest import dnsrelay
+
+        dnsrelay.Relay(dnsrelay.parse_upstream(args.dns_relay), log).start()
     threads = []
     if args.unix:
         sock = unix_listener(args.unix)

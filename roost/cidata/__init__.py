@@ -60,6 +60,7 @@ def files_for(ident: GuestIdentity) -> dict[str, bytes]:
         "roost-boot": _guest_script("roost-boot"),
         "roost-environment": _guest_script("roost-environment"),
         "roost-disks": _guest_script("roost-disks"),
+        "roost-dns": _guest_script("roost-dns"),
         **builtin_files(ident),
         **cloud_init_files(ident),
         **provision_files(ident.provision),

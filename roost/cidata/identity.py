@@ -40,6 +40,9 @@ class GuestIdentity:
     ca_remove_defaults: bool = False
     # roost.yaml's additionalDisks: (name, format when blank, file system type).
     disks: list[tuple[str, bool, str]] = field(default_factory=list)
+    # hostResolver's port on the host's loopback (0: off): the guest sends
+    # what it asks of `dns` there instead, through the gateway.
+    dns_port: int = 0
 
     def env_file(self) -> str:
         """roost.env: shell-quoted values the guest's scripts source."""
@@ -51,6 +54,7 @@ class GuestIdentity:
             "ROOST_GUEST_ADDR": self.guest_addr,
             "ROOST_GATEWAY": self.gateway,
             "ROOST_DNS": self.dns,
+            "ROOST_DNS_PORT": str(self.dns_port),
             "ROOST_ALLOW_EXEC": "1" if self.allow_exec else "0",
             "ROOST_BUSY_THRESHOLD": f"{self.busy_threshold:g}",
             "ROOST_SAMPLE_SECS": f"{self.sample_secs:g}",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
@@ -493,6 +494,36 @@ def _read_pem(path: str) -> str:
         raise ValueError(f"cannot read {quote(path)}: {e.strerror or e}") from None
 
 
+DNS_NAME = re.compile(r"^(?=.{1,253}\.?$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
+                      r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$")
+
+
+def _host_target(v: str) -> str:
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        if not DNS_NAME.match(v):
+            raise ValueError(f"{quote(v)} is neither an IP address nor a host name") from None
+    return v
+
+
+def _host_name(v: str) -> str:
+    if not DNS_NAME.match(v):
+        raise ValueError(f"{quote(v)} is no host name (labels of letters, digits and -, "
+                         "dot-separated)")
+    return v
+
+
+class HostResolver(_Model):
+    """Lima's hostResolver: the guest's DNS is a server in the host agent
+    (roost/hostagent/dns.py), answering as the host's resolver does."""
+
+    enabled: bool = True
+    ipv6: bool = False  # AAAA answers for names the host resolves (Lima's default: none)
+    hosts: dict[Annotated[str, AfterValidator(_host_name)],
+                Annotated[str, AfterValidator(_host_target)]] = Field(default_factory=dict)
+
+
 class Worker(_Model):
     """Idle/busy: busy while more than busyThreshold tasks are runnable."""
 
@@ -528,6 +559,7 @@ class Config(_Model):
     # The host's http_proxy & co. in the guest's environment (env wins), as Lima.
     propagate_proxy_env: bool = True
     ssh: SSH = Field(default_factory=SSH)
+    host_resolver: HostResolver = Field(default_factory=HostResolver)
     mount_type: Literal["virtiofs", "9p", "reverse-sshfs"] | None = None
     mounts: list[Mount] = Field(default_factory=list)
     port_forwards: list[PortForward] = Field(default_factory=list)

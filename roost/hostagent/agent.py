@@ -48,6 +48,7 @@ from roost.hostagent.checkpoint import Checkpoints
 from roost.hostagent.cleanup import CleanupError, CleanupStack
 from roost.hostagent.copytohost import copy_to_host
 from roost.hostagent.diskwatch import DiskWatch
+from roost.hostagent.dns import DNSServer, Resolver
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentError
@@ -176,6 +177,14 @@ class HostAgent:
         self.ssh_port = int(runtime.get("sshLocalPort") or 0) or (
             self.config.ssh.local_port or free_port())
         self.instance_id = str(runtime.get("instanceId") or f"i-{uuid.uuid4().hex[:12]}")
+        # hostResolver: bound now, for its port is in the seed (a resumed or
+        # taken-over guest redirects DNS to the port it had).
+        self.dns: DNSServer | None = None
+        if self.config.host_resolver.enabled:
+            from roost.cidata.identity import HOST_ADDRESS
+            self.dns = DNSServer(Resolver(HOST_ADDRESS, hosts=self.config.host_resolver.hosts,
+                                          ipv6=self.config.host_resolver.ipv6))
+            self.dns.bind(int(runtime.get("dnsPort") or 0))
         self.started_at = str(runtime.get("startedAt") or self.started_at)
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
@@ -195,6 +204,7 @@ class HostAgent:
             ca_certs=self._ca_certs() if new_seed else [],
             ca_remove_defaults=bool(self.config.ca_certs.remove_defaults),
             disks=[(d.name, d.format, d.fs_type) for d in self.config.additional_disks],
+            dns_port=self.dns.port if self.dns else 0,
         )
         if new_seed:
             write_iso(inst.cidata, files_for(ident))
@@ -236,6 +246,7 @@ class HostAgent:
         self.checkpoints = Checkpoints(
             inst, self.driver, self.session, self.mounts, self.events,
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
+                      "dnsPort": self.dns.port if self.dns else 0,
                       "instanceId": self.instance_id, "startedAt": self.started_at},
             stop=self._stop.set, wait_ssh=self._wait_ssh_again)
 
@@ -299,6 +310,9 @@ class HostAgent:
         self.cleanups.push("stop virtiofsd processes", self.mounts.stop_daemons)
         # Released after the VM has stopped (and kept by a suspended one).
         self._take_disks()
+        if self.dns is not None:  # answering before the guest's first query
+            await self.dns.start()
+            self.cleanups.push("stop the DNS server", self.dns.stop)
         if self.attach_pid:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)
@@ -409,6 +423,7 @@ class HostAgent:
     def _write_runtime_file(self, info: DriverInfo) -> None:
         write_atomic(self.inst.runtime, json.dumps({
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
+            "dnsPort": self.dns.port if self.dns else 0,
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
             "portForwards": self.port_forwarding.active(),
             "health": self.session.health.get("summary", "-"),
@@ -514,6 +529,8 @@ class HostAgent:
             "name": self.inst.name, "dir": str(self.inst.dir), "version": __version__,
             "instanceId": self.instance_id, "startedAt": self.started_at,
             "hostagentPid": os.getpid(), "sshLocalPort": self.ssh_port,
+            "hostResolver": ({"port": self.dns.port, "refused": self.dns.resolver.refused}
+                             if self.dns else None),
             "driver": {"name": d.name, "accel": d.accel, "pid": d.pid,
                        "sshAddress": f"{d.ssh.host}:{d.ssh.port}",
                        "guestAgent": d.guest_agent, "capabilities": d.capabilities},

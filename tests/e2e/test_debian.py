@@ -19,6 +19,14 @@ import pytest
 
 from tests.e2e import test_hostile_guest as hostile
 from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
+from tests.e2e.hostdns import (
+    HOST_ADDRESS,
+    HOSTS_ADDRESS,
+    HOSTS_NAME,
+    guest_getent,
+    guest_query,
+    host_only_name,
+)
 from tests.e2e.tls import CA, GUEST_SEES_HOST, https_server, make_ca, server_certificate
 
 NAME = "deb"
@@ -55,6 +63,7 @@ def debian(roost: Roost, share: Path, trusted_ca: CA) -> Iterator[str]:
         f"caCerts:\n  removeDefaults: true\n  files:\n    - {trusted_ca.cert}\n"
         f"additionalDisks:\n  - {DEB_DISK}\n"
         "env:\n  ROOST_E2E_VAR: from-roost-yaml\n"
+        f"hostResolver:\n  hosts:\n    {HOSTS_NAME}: {HOSTS_ADDRESS}\n"
         "mounts:\n"
         f"  - location: {share}\n    mountPoint: {STATIC_GUEST}\n    writable: true\n"
         "healthChecks:\n"
@@ -89,6 +98,20 @@ def sh(roost: Roost, script: str, check: bool = True) -> str:
 # ssl: OpenSSL's default paths, i.e. /etc/ssl/certs).
 FETCH = ("python3 -c 'import sys, urllib.request; "
          "print(urllib.request.urlopen(sys.argv[1], timeout=30).read().decode())' ")
+
+
+def test_the_guest_resolves_as_the_host_does(roost: Roost, debian: str) -> None:
+    """hostResolver on a real cloud image: roost-dns's nft DNAT sends what
+    the guest asks of its DNS address (resolv.conf, from cloud-init's
+    network config) to the host agent's server, over UDP and TCP."""
+    assert sh(roost, "cat /run/roost/dns").startswith(f"nft {HOST_ADDRESS}:")
+    assert guest_getent(roost, debian, "host.roost.internal") == [HOST_ADDRESS]
+    assert guest_getent(roost, debian, HOSTS_NAME) == [HOSTS_ADDRESS]
+    name, want = host_only_name()
+    assert guest_getent(roost, debian, name) == want
+    for proto in ("udp", "tcp"):
+        assert guest_query(roost, debian, HOSTS_NAME, "192.168.5.3", "53", proto) == {
+            "rcode": 0, "a": [HOSTS_ADDRESS]}
 
 
 def test_ca_certs_are_trusted_by_the_guest(roost: Roost, debian: str, trusted_ca: CA) -> None:
