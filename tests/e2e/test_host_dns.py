@@ -5,6 +5,7 @@ server. The same on a cloud image, by a DNAT: tests/e2e/test_debian.py."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.e2e.conftest import Roost
 from tests.e2e.hostdns import (
@@ -32,19 +33,23 @@ def test_the_guest_resolves_as_the_host_does(roost: Roost, vm: str) -> None:
 
 def test_a_guest_flooding_the_dns_server_slows_only_its_own_dns(roost: Roost, vm: str) -> None:
     """Guest root sends 3000 queries at once straight to the host's server
-    (past the relay): the host agent answers the API meanwhile, every query
-    is answered or refused rather than queued without bound, and DNS works
-    right after."""
+    (past the relay). The host agent answers its API meanwhile; what the
+    server answers is an answer or REFUSED (the bound on lookups at once),
+    nothing queued without bound; and DNS works right after."""
     port = str(resolver_port(roost, vm))
-    start = time.monotonic()
-    flooded = guest_query(roost, vm, "flood.invalid", HOST_ADDRESS, port, "udp", "3000")
-    took = time.monotonic() - start
-    answered = flooded["answered"]
-    # NXDOMAIN (3) from the host's resolver, or REFUSED (5) beyond MAX_IN_FLIGHT;
-    # UDP datagrams past the guest's socket buffers may be lost, not more.
-    assert set(answered) <= {"3", "5"}, answered
-    assert sum(answered.values()) > 1000, answered
-    assert roost.run("info", vm, "--json", timeout=10).returncode == 0
+    with ThreadPoolExecutor(1) as pool:
+        flooding = pool.submit(guest_query, roost, vm, "flood.invalid", HOST_ADDRESS, port,
+                               "udp", "3000")
+        time.sleep(2)  # the shell is up and the queries on their way
+        start = time.monotonic()
+        roost.run("info", vm, "--json", timeout=30)
+        info_took = time.monotonic() - start
+        answered = flooding.result()["answered"]
+    # NXDOMAIN from the host's resolver, SERVFAIL where it gave up (its
+    # upstream flooded in turn), REFUSED past the bound. UDP under a flood
+    # loses datagrams on the way (slirp, socket buffers): no count of those.
+    assert set(answered) <= {"2", "3", "5"}, answered
+    assert answered.get("5", 0) > 0, f"the bound was never reached: {answered}"
+    assert info_took < 5, f"roost info took {info_took:.1f}s during the flood"
     assert guest_query(roost, vm, "host.roost.internal", "127.0.0.1", "53", "udp") == {
         "rcode": 0, "a": [HOST_ADDRESS]}
-    assert took < 60, took
