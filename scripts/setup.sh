@@ -11,6 +11,7 @@ DEBIAN_PACKAGES=(
   qemu-utils        # qemu-img for copy-on-write disks
   openssh-client    # roost shell, ssh readiness, ControlMaster forwarding
   openssh-sftp-server # reverse-sshfs mounts serve folders with sftp-server
+  rsync             # roost copy --backend rsync (auto: when both sides have it)
   openssh-server    # unit tests run their own sshd; the system service stays off
   e2fsprogs         # mkfs.ext4 -d builds the built-in image's root disk
   xz-utils          # kernel modules are xz-compressed
@@ -28,6 +29,7 @@ DEBIAN_PACKAGES=(
 )
 if [ "${1:-}" = "--dev" ]; then
   DEBIAN_PACKAGES+=(python3-venv)  # scripts/test-as-user.sh: a venv on the system's python3
+  DEBIAN_PACKAGES+=(ansible-core)  # tests: Ansible through ssh -F ~/.roost/NAME/ssh.config
 fi
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -49,6 +49,7 @@ PACKAGES = [
     "ca-certificates", "iproute2", "ifupdown", "isc-dhcp-client", "netbase",
     "fuse3", "sshfs", "procps", "kmod", "e2fsprogs", "fdisk", "less", "locales", "zstd", "tzdata",
     "nftables",  # hostResolver's DNS redirect (roost-dns), as cloud images have it
+    "rsync",  # roost copy's rsync backend, as Debian's cloud images have it
     KERNEL_PACKAGE, "initramfs-tools",
 ]
 # Whose versions make the cache key: what the guest's behaviour depends on.

@@ -27,6 +27,7 @@ from tests.e2e.hostdns import (
     guest_query,
     host_only_name,
 )
+from tests.e2e.test_copy import guest_digests, make_tree
 from tests.e2e.tls import CA, GUEST_SEES_HOST, https_server, make_ca, server_certificate
 
 NAME = "deb"
@@ -112,6 +113,34 @@ def test_the_guest_resolves_as_the_host_does(roost: Roost, debian: str) -> None:
     for proto in ("udp", "tcp"):
         assert guest_query(roost, debian, HOSTS_NAME, "192.168.5.3", "53", proto) == {
             "rcode": 0, "a": [HOSTS_ADDRESS]}
+
+
+def test_rsync_and_ansible_through_the_ssh_config(roost: Roost, debian: str,
+                                                  tmp_path: Path) -> None:
+    """`ssh -F ~/.roost/NAME/ssh.config roost-NAME` as other OpenSSH tools use
+    it, against the real distribution: `roost copy --backend rsync`, rsync
+    over ssh by hand, and Ansible (its own ssh arguments off, so it starts no
+    ControlPersist master of its own that would outlive the test)."""
+    config, host = str(roost.home / debian / "ssh.config"), f"roost-{debian}"
+    want = make_tree(tmp_path / "tree")
+    roost.run("copy", "--backend", "rsync", "-r", str(tmp_path / "tree"), f"{debian}:/tmp/by-roost",
+              timeout=120)
+    assert guest_digests(roost, debian, "/tmp/by-roost") == want
+    subprocess.run(["rsync", "-a", "-e", f"ssh -F {config}", f"{tmp_path / 'tree'}/",
+                    f"{host}:/tmp/by-rsync/"], check=True, capture_output=True, timeout=120)
+    assert guest_digests(roost, debian, "/tmp/by-rsync") == want
+    assert sh(roost, "test -x /tmp/by-rsync/'sub dir'/deeper/tool.sh && echo x") == "x\n"
+    env = {**os.environ, "ANSIBLE_HOME": str(tmp_path / "ansible"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_SSH_ARGS": "",
+           "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PYTHON_INTERPRETER": "auto_silent"}
+    common = ["-i", f"{host},", "--ssh-common-args", f"-F {config}"]
+    ping = subprocess.run(["ansible", "all", *common, "-m", "ping"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert ping.returncode == 0 and '"ping": "pong"' in ping.stdout, ping.stdout + ping.stderr
+    become = subprocess.run(["ansible", "all", *common, "--become", "-m", "command",
+                             "-a", "id -u"], env=env, capture_output=True, text=True, timeout=180)
+    assert become.returncode == 0 and become.stdout.strip().endswith("0"), \
+        become.stdout + become.stderr
 
 
 def test_ca_certs_are_trusted_by_the_guest(roost: Roost, debian: str, trusted_ca: CA) -> None:
