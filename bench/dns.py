@@ -37,24 +37,32 @@ def q(name):
         + b"\0" + struct.pack("!HH", 1, 1)
 def once(server, name):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(5)
+    s.settimeout(2)
     pkt = q(name)
     t = time.perf_counter()
     s.sendto(pkt, (server, 53))
-    while s.recv(4096)[:2] != pkt[:2]:
-        pass
-    took = time.perf_counter() - t
-    s.close()
-    return took
+    try:
+        while s.recv(4096)[:2] != pkt[:2]:
+            pass
+    except socket.timeout:
+        return None  # lost: counted, not timed
+    finally:
+        s.close()
+    return time.perf_counter() - t
 paths = {"hostResolver": ("127.0.0.1", name), "slirp": ("192.168.5.3", name),
          "hostResolverOwnName": ("127.0.0.1", "host.roost.internal")}
 for server, qname in paths.values():
     once(server, qname)  # warm: caches on each path, the relay's first thread
 out = {k: [] for k in paths}
+lost = {k: 0 for k in paths}
 for _ in range(n):
     for k, (server, qname) in paths.items():
-        out[k].append(once(server, qname))
-print(json.dumps(out))
+        took = once(server, qname)
+        if took is None:
+            lost[k] += 1
+        else:
+            out[k].append(took)
+print(json.dumps({"times": out, "lost": lost}))
 '''
 
 
@@ -76,7 +84,7 @@ def main() -> None:
         roost(home, "start", "dns", "--timeout", "900")
         out = json.loads(roost(home, "shell", "dns", "--", "python3", "-", args.name,
                                str(args.queries), input=GUEST))
-    result = {k: ms(v) for k, v in out.items()}
+    result = {k: {**ms(v), "lost": out["lost"][k]} for k, v in out["times"].items()}
     print(json.dumps({
         **facts, "image": "built-in", "queries_each": args.queries, "name": args.name,
         "lookup_ms": result,

@@ -252,3 +252,27 @@ async def test_the_guest_relay_carries_udp_and_tcp(server: DNSServer) -> None:
     finally:
         relay.udp.close()
         relay.tcp.close()
+
+
+async def test_the_relay_keeps_clients_with_the_same_query_id_apart(server: DNSServer) -> None:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    relay = Relay(("127.0.0.1", server.port), print, listen=("127.0.0.1", port))
+    assert relay.start()
+    try:
+        names = {"db.test": "10.1.2.3", "host.roost.internal": HOST}
+        packets = []
+        for name in names:
+            q = DNSRecord.question(name)
+            q.header.id = 4242  # both clients chose the same id
+            packets.append(bytes(q.pack()))
+        replies = await asyncio.gather(*(udp_query(port, p) for p in packets))
+        for (name, addr), reply in zip(names.items(), replies, strict=True):
+            rec = DNSRecord.parse(reply)
+            assert rec.header.id == 4242 and str(rec.q.qname) == name + "."
+            assert [str(rr.rdata) for rr in rec.rr] == [addr]
+    finally:
+        relay.udp.close()
+        relay.tcp.close()
