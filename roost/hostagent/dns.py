@@ -27,7 +27,8 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,9 @@ from dnslib import AAAA, CNAME, QTYPE, RCODE, RR, A, DNSError, DNSRecord  # type
 log = logging.getLogger(__name__)
 
 HOST_NAMES = ("host.roost.internal", "host.lima.internal")
-TTL = 30
+TTL = 30  # s, of an answer from the host's resolver (and the server's cache of it)
+NEGATIVE_TTL = 5  # s, of "no such name"
+CACHE_ENTRIES = 4096
 MAX_IN_FLIGHT = 64  # queries resolved at once; more are refused
 MAX_TCP_CLIENTS = 16
 TCP_IDLE = 10.0  # s: a TCP client that sends nothing in this long is closed
@@ -73,6 +76,7 @@ class Resolver:
     ipv6: bool = False  # AAAA of the host's names (Lima's hostResolver.ipv6)
     resolv_conf: Path = Path("/etc/resolv.conf")
     upstream_port: int = 53
+    clock: Callable[[], float] = time.monotonic  # of the answers kept
     in_flight: int = 0
     refused: int = 0
 
@@ -80,6 +84,7 @@ class Resolver:
         # Threads of its own: a guest asking for names that never resolve
         # must not hold up the host agent's other work on the default pool.
         self._pool: ThreadPoolExecutor | None = None
+        self._cache: dict[tuple[str, int], tuple[float, list[str], int]] = {}
         self._static = {_name(k): v for k, v in self.hosts.items()}
         for n in HOST_NAMES:
             self._static.setdefault(n, self.host_address)
@@ -146,6 +151,21 @@ class Resolver:
         return await self._forward(packet, query)
 
     async def _getaddrinfo(self, name: str, family: int) -> tuple[list[str], int]:
+        """The host's answer, kept for as long as the guest is told it may
+        keep it (TTL; NEGATIVE_TTL for no address): glibc in the guest keeps
+        nothing, and a lookup on the host costs a thread hop and a query."""
+        now = self.clock()
+        cached = self._cache.get((name, family))
+        if cached is not None and cached[0] > now:
+            return cached[1], cached[2]
+        addrs, rcode = await self._lookup(name, family)
+        if rcode != RCODE.SERVFAIL:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()  # rare: a guest asking for many names
+            self._cache[(name, family)] = (now + (TTL if addrs else NEGATIVE_TTL), addrs, rcode)
+        return addrs, rcode
+
+    async def _lookup(self, name: str, family: int) -> tuple[list[str], int]:
         loop = asyncio.get_running_loop()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="dns")

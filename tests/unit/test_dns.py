@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
@@ -276,3 +277,24 @@ async def test_the_relay_keeps_clients_with_the_same_query_id_apart(server: DNSS
     finally:
         relay.udp.close()
         relay.tcp.close()
+
+
+async def test_the_hosts_answers_are_kept_for_their_ttl(server: DNSServer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    lookup = server.resolver._lookup
+
+    async def counted(name: str, family: int) -> tuple[list[str], int]:
+        calls.append(name)
+        return await lookup(name, family)
+
+    monkeypatch.setattr(server.resolver, "_lookup", counted)
+    for _ in range(3):
+        assert answers(await udp_query(server.port, ask("localhost"))) == (0, [HOST])
+        assert answers(await udp_query(server.port, ask("gone.invalid")))[0] == RCODE.NXDOMAIN
+    assert calls == ["localhost", "gone.invalid"]
+    now = time.monotonic()
+    monkeypatch.setattr(server.resolver, "clock", lambda: now + dns.NEGATIVE_TTL + 1)
+    await udp_query(server.port, ask("localhost"))
+    await udp_query(server.port, ask("gone.invalid"))
+    assert calls == ["localhost", "gone.invalid", "gone.invalid"]  # "no such name" expired first
