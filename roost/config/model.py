@@ -494,6 +494,15 @@ def _read_pem(path: str) -> str:
         raise ValueError(f"cannot read {quote(path)}: {e.strerror or e}") from None
 
 
+class Network(_Model):
+    """What the guest may reach. `internet: false` cuts it off: QEMU's user
+    network (slirp) runs restricted, so nothing the guest sends leaves it:
+    no host, no internet, no DNS. What the host opens still works (SSH,
+    port forwards, the guest agent's channel, mounts)."""
+
+    internet: bool = True
+
+
 DNS_NAME = re.compile(r"^(?=.{1,253}\.?$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$")
 
@@ -560,6 +569,7 @@ class Config(_Model):
     propagate_proxy_env: bool = True
     ssh: SSH = Field(default_factory=SSH)
     host_resolver: HostResolver = Field(default_factory=HostResolver)
+    network: Network = Field(default_factory=Network)
     mount_type: Literal["virtiofs", "9p", "reverse-sshfs"] | None = None
     mounts: list[Mount] = Field(default_factory=list)
     port_forwards: list[PortForward] = Field(default_factory=list)

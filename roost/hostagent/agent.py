@@ -180,7 +180,8 @@ class HostAgent:
         # hostResolver: bound now, for its port is in the seed (a resumed or
         # taken-over guest redirects DNS to the port it had).
         self.dns: DNSServer | None = None
-        if self.config.host_resolver.enabled:
+        # Cut off from the internet, the guest cannot reach it either.
+        if self.config.host_resolver.enabled and self.config.network.internet:
             from roost.cidata.identity import HOST_ADDRESS
             self.dns = DNSServer(Resolver(HOST_ADDRESS, hosts=self.config.host_resolver.hosts,
                                           ipv6=self.config.host_resolver.ipv6))

@@ -76,6 +76,9 @@ class QemuSpec:
     # the host agent continues it.
     incoming: Path | None = None
     cpu_type: str | None = None  # under TCG; None: TCG_CPU
+    # False: slirp restricted (roost.yaml's network.internet): the guest's
+    # packets reach nothing outside; hostfwd (SSH) still comes in.
+    internet: bool = True
 
 
 def spec_to_json(spec: QemuSpec) -> dict[str, Any]:
@@ -177,7 +180,8 @@ def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
         "-device", "virtio-blk-pci,drive=cidata",
         *_data_disk_args(spec.data_disks),
         "-netdev",
-        f"user,id=net0,net={GUEST_NET},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:{GUEST_SSH_PORT}",
+        f"user,id=net0,net={GUEST_NET},hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:{GUEST_SSH_PORT}"
+        + ("" if spec.internet else ",restrict=on"),
         "-device", f"virtio-net-pci,netdev=net0,mac={mac_address(spec.name)}",
         "-device", "virtio-rng-pci",
         "-device", "virtio-serial-pci,id=vser0",

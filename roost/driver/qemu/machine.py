@@ -51,6 +51,7 @@ def machine_spec(vm: VMDescription) -> QemuSpec:
         serial_sock=inst.serial_sock, serial_log=inst.serial_log, pidfile=inst.qemu_pid,
         boot=boot_spec(vm),
         cpu_type=config.cpu_type,
+        internet=config.network.internet,
         shares=vm.shares,
         data_disks=vm.disks,
         virtiofs_devices=not vm.restore,  # a suspend unplugged them

@@ -1,0 +1,116 @@
+"""network.internet: false, attacked from guest root: the guest's packets
+reach nothing outside it (the host's loopback through the gateway, the
+host's own address, DNS), while what the host opens still works (SSH, a
+port forward through the guest agent). The shared instance, which has the
+internet, is the positive control in the same run: it reaches the same
+host server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.conftest import Roost, as_guest_root, small_vm
+from tests.e2e.test_portfwd import free_port, guest_background, guest_wait_listening
+
+# Run as root in the guest: each target, and whether it answered.
+PROBE = r"""
+import json, socket, struct, sys
+out = {}
+for target in sys.argv[1:]:
+    host, port = target.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            out[target] = s.recv(16).decode()
+    except OSError as e:
+        out[target] = "no answer: %s" % type(e).__name__
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(5)
+q = struct.pack("!HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x09localhost\x00" + struct.pack("!HH", 1, 1)
+s.sendto(q, ("192.168.5.3", 53))
+try:
+    out["dns"] = "answered %d bytes" % len(s.recv(512))
+except OSError as e:
+    out["dns"] = "no answer: %s" % type(e).__name__
+print(json.dumps(out))
+"""
+
+
+def host_address() -> str:
+    """The host's own (non-loopback) address: where its default route leaves."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent
+        return str(s.getsockname()[0])
+
+
+@pytest.fixture(scope="module")
+def host_server() -> Iterator[int]:
+    """A TCP server on all the host's addresses that says 'host'."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind(("0.0.0.0", 0))
+    srv.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn, contextlib.suppress(OSError):
+                conn.sendall(b"host")
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def offline(roost: Roost) -> Iterator[str]:
+    with small_vm(roost, "offline", "--set", "network.internet=false") as name:
+        yield name
+
+
+def probe(roost: Roost, name: str, port: int) -> dict[str, str]:
+    targets = [f"192.168.5.2:{port}", f"{host_address()}:{port}"]
+    out = roost.run("shell", name, "--", *as_guest_root("python3", "-", *targets),
+                    input=PROBE, timeout=120)
+    return dict(json.loads(out.stdout))
+
+
+def test_an_offline_guest_reaches_nothing_from_root(roost: Roost, vm: str, offline: str,
+                                                    host_server: int) -> None:
+    online = probe(roost, vm, host_server)
+    assert all(v == "host" for k, v in online.items() if k != "dns"), online
+    assert online["dns"].startswith("answered"), online
+    cut_off = probe(roost, offline, host_server)
+    assert not any(v == "host" for v in cut_off.values()), cut_off
+    assert all(v.startswith("no answer") for v in cut_off.values()), cut_off
+    info = json.loads(roost.run("info", offline, "--json").stdout)
+    assert info["hostagent"]["hostResolver"] is None  # nothing the guest could reach
+
+
+def test_what_the_host_opens_still_works(roost: Roost, offline: str) -> None:
+    assert roost.run("shell", offline, "--", "echo", "over-ssh").stdout == "over-ssh\n"
+    port = free_port()
+    pid = guest_background(roost, offline, f"python3 -m http.server {port} --bind 127.0.0.1")
+    try:
+        guest_wait_listening(roost, offline, port)
+        body = b""
+        for _ in range(100):  # the forward follows the guest's listen() within moments
+            with contextlib.suppress(OSError), socket.create_connection(
+                    ("127.0.0.1", port), timeout=2) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                body = s.recv(64)
+            if body:
+                break
+            time.sleep(0.1)
+        assert body.startswith(b"HTTP/1.0 200"), body
+    finally:
+        roost.run("shell", offline, "--", "kill", str(pid), check=False)
