@@ -13,6 +13,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -96,8 +97,19 @@ def test_an_offline_guest_reaches_nothing_from_root(roost: Roost, vm: str, offli
     assert info["hostagent"]["hostResolver"] is None  # nothing the guest could reach
 
 
-def test_what_the_host_opens_still_works(roost: Roost, offline: str) -> None:
+def test_what_the_host_opens_still_works(roost: Roost, offline: str, tmp_path: Path) -> None:
     assert roost.run("shell", offline, "--", "echo", "over-ssh").stdout == "over-ssh\n"
+    for kind in ("virtiofs", "reverse-sshfs"):
+        share = tmp_path / kind
+        share.mkdir()
+        (share / "in.txt").write_text(f"{kind} in\n")
+        point = f"/mnt/offline-{kind}"
+        roost.run("mount", "add", offline, str(share), point, "--type", kind, "--writable")
+        assert roost.run("shell", offline, "--", "cat", f"{point}/in.txt").stdout == \
+            f"{kind} in\n"
+        roost.run("shell", offline, "--", "sh", "-c", f"echo out > {point}/out.txt")
+        assert (share / "out.txt").read_text() == "out\n"
+        roost.run("mount", "remove", offline, point)
     port = free_port()
     pid = guest_background(roost, offline, f"python3 -m http.server {port} --bind 127.0.0.1")
     try:
