@@ -503,6 +503,24 @@ class Network(_Model):
     internet: bool = True
 
 
+class TimeoutPolicy(_Model):
+    after: Annotated[float, Field(gt=0)]  # seconds from Running
+    action: Literal["delete", "suspend", "stop"] = "delete"
+
+
+class IdlePolicy(_Model):
+    after: Annotated[float, Field(gt=0)]  # seconds idle (the guest agent's worker status)
+    action: Literal["suspend", "stop"] = "suspend"
+
+
+class Lifecycle(_Model):
+    """What the host agent does to a sandbox on its own: after `timeout` from
+    Running, or once the guest has been idle `idle.after` seconds."""
+
+    timeout: TimeoutPolicy | None = None
+    idle: IdlePolicy | None = None
+
+
 DNS_NAME = re.compile(r"^(?=.{1,253}\.?$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.)*"
                       r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?$")
 
@@ -570,6 +588,7 @@ class Config(_Model):
     ssh: SSH = Field(default_factory=SSH)
     host_resolver: HostResolver = Field(default_factory=HostResolver)
     network: Network = Field(default_factory=Network)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     mount_type: Literal["virtiofs", "9p", "reverse-sshfs"] | None = None
     mounts: list[Mount] = Field(default_factory=list)
     port_forwards: list[PortForward] = Field(default_factory=list)

@@ -52,6 +52,7 @@ from roost.hostagent.dns import DNSServer, Resolver
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter, rfc3339_now
 from roost.hostagent.guestagent import GuestAgentError
+from roost.hostagent.lifecycle import LifecyclePolicy
 from roost.hostagent.mounts.manager import (
     MountManager,
     MountRecord,
@@ -250,6 +251,8 @@ class HostAgent:
                       "dnsPort": self.dns.port if self.dns else 0,
                       "instanceId": self.instance_id, "startedAt": self.started_at},
             stop=self._stop.set, wait_ssh=self._wait_ssh_again)
+        self.lifecycle = LifecyclePolicy(self.config.lifecycle, inst, self.events,
+                                         suspend=self.checkpoints.suspend, stop=self._stop.set)
 
     async def _finish_interrupted_suspend(self) -> None:
         """A VM taken over in the middle of a suspend (its host agent died
@@ -674,3 +677,6 @@ class HostAgent:
             running=True, degraded=bool(self.degraded_by), phase="running",
             requirements=[r.to_json() for r in self.results], guestAgent=agent,
         )
+        if self.lifecycle.wanted:  # its clock runs from Running
+            self.cleanups.push("stop the lifecycle policy", self.lifecycle.close)
+            self.lifecycle.start()
