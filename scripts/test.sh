@@ -37,8 +37,9 @@ if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
   echo "test: end-to-end tests again as a normal user (scripts/test-as-user.sh)"
   bash scripts/test-as-user.sh tests/e2e/test_cli_errors.py tests/e2e/test_copy.py \
     tests/e2e/test_everyday.py tests/e2e/test_faults.py \
-    tests/e2e/test_guest_services.py tests/e2e/test_lifecycle.py \
-    tests/e2e/test_micro_tools.py tests/e2e/test_mount_faults.py tests/e2e/test_mounts.py \
+    tests/e2e/test_guest_services.py tests/e2e/test_host_dns.py tests/e2e/test_lifecycle.py \
+    tests/e2e/test_lifecycle_policy.py tests/e2e/test_micro_tools.py \
+    tests/e2e/test_mount_faults.py tests/e2e/test_mounts.py tests/e2e/test_network_policy.py \
     tests/e2e/test_portfwd.py tests/e2e/test_sandbox.py tests/e2e/test_snapshots.py \
     tests/e2e/test_suspend.py tests/e2e/test_zz_faults.py \
     --deselect tests/e2e/test_faults.py::test_roost_home_on_a_full_file_system \
