@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from roost import __version__
 from roost.cidata import GuestIdentity, files_for, write_iso
+from roost.cidata.identity import HOST_ADDRESS
 from roost.config import params
 from roost.config.loader import Config, load_config
 from roost.config.model import PortForward
@@ -183,7 +184,6 @@ class HostAgent:
         self.dns: DNSServer | None = None
         # Cut off from the internet, the guest cannot reach it either.
         if self.config.host_resolver.enabled and self.config.network.internet:
-            from roost.cidata.identity import HOST_ADDRESS
             self.dns = DNSServer(Resolver(HOST_ADDRESS, hosts=self.config.host_resolver.hosts,
                                           ipv6=self.config.host_resolver.ipv6))
             self.dns.bind(int(runtime.get("dnsPort") or 0))
@@ -206,7 +206,7 @@ class HostAgent:
             ca_certs=self._ca_certs() if new_seed else [],
             ca_remove_defaults=bool(self.config.ca_certs.remove_defaults),
             disks=[(d.name, d.format, d.fs_type) for d in self.config.additional_disks],
-            dns_port=self.dns.port if self.dns else 0,
+            dns_port=self.dns_port,
         )
         if new_seed:
             write_iso(inst.cidata, files_for(ident))
@@ -248,11 +248,16 @@ class HostAgent:
         self.checkpoints = Checkpoints(
             inst, self.driver, self.session, self.mounts, self.events,
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
-                      "dnsPort": self.dns.port if self.dns else 0,
+                      "dnsPort": self.dns_port,
                       "instanceId": self.instance_id, "startedAt": self.started_at},
             stop=self._stop.set, wait_ssh=self._wait_ssh_again)
         self.lifecycle = LifecyclePolicy(self.config.lifecycle, inst, self.events,
                                          suspend=self.checkpoints.suspend, stop=self._stop.set)
+
+    @property
+    def dns_port(self) -> int:
+        """hostResolver's port on the host's loopback; 0: none."""
+        return self.dns.port if self.dns else 0
 
     async def _finish_interrupted_suspend(self) -> None:
         """A VM taken over in the middle of a suspend (its host agent died
@@ -427,7 +432,7 @@ class HostAgent:
     def _write_runtime_file(self, info: DriverInfo) -> None:
         write_atomic(self.inst.runtime, json.dumps({
             "hostagentPid": os.getpid(), "qemuPid": info.pid, "sshLocalPort": self.ssh_port,
-            "dnsPort": self.dns.port if self.dns else 0,
+            "dnsPort": self.dns_port,
             "accel": info.accel, "instanceId": self.instance_id, "startedAt": self.started_at,
             "portForwards": self.port_forwarding.active(),
             "health": self.session.health.get("summary", "-"),
@@ -498,7 +503,6 @@ class HostAgent:
 
     def _guest_env(self) -> dict[str, Any]:
         """roost.yaml's env, over the host's proxy settings (propagateProxyEnv)."""
-        from roost.cidata.identity import HOST_ADDRESS
         from roost.cidata.proxyenv import proxy_env
 
         env: dict[str, Any] = {}

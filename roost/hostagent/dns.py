@@ -176,9 +176,11 @@ class Resolver:
         except TimeoutError:
             return [], RCODE.SERVFAIL
         except socket.gaierror as e:
-            if e.errno in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", -5)):
-                return [], RCODE.NXDOMAIN if e.errno == socket.EAI_NONAME else RCODE.NOERROR
-            if e.errno == getattr(socket, "EAI_ADDRFAMILY", -9):
+            if e.errno == socket.EAI_NONAME:
+                return [], RCODE.NXDOMAIN
+            # The name is there without an address of this family.
+            if e.errno in (getattr(socket, "EAI_NODATA", -5),
+                           getattr(socket, "EAI_ADDRFAMILY", -9)):
                 return [], RCODE.NOERROR
             return [], RCODE.SERVFAIL
         addrs: list[str] = []
@@ -353,11 +355,10 @@ class DNSServer:
     async def stop(self) -> None:
         if self._tcp_server is not None:
             self._tcp_server.close()
-        for task in list(self._clients):
+        tasks = [*self._clients, *(self._udp_protocol.tasks if self._udp_protocol else ())]
+        for task in tasks:
             task.cancel()
-        if self._udp_protocol is not None:
-            for t in list(self._udp_protocol.tasks):
-                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if self._udp_transport is not None:
             self._udp_transport.close()
         elif self._udp is not None:

@@ -26,7 +26,6 @@ import contextlib
 import itertools
 import logging
 import secrets
-import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -245,7 +244,7 @@ class GuestAgentClient:
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
         self._lost: str | None = None  # why the session is to end, set while routing
         self._heard = 0.0  # loop time of the last bytes from the guest
-        self._streamed = 0.0  # time.monotonic() of its last stream data or credit
+        self._streamed = 0.0  # loop time of the read that brought its last stream data or credit
         self.epoch: int | None = None  # the guest side's, from the sync frame
         self.frames = 0  # frames received in this session
         self.rejected = 0  # of those, dropped as bad
@@ -368,7 +367,7 @@ class GuestAgentClient:
             if isinstance(msg, protocol.StreamData):
                 stream = self._streams.get(msg.stream_id)
                 if stream is not None:
-                    self._streamed = time.monotonic()
+                    self._streamed = self._heard
                     stream._deliver(msg.data)
                 else:  # the guest would hold it open, waiting for a window
                     self._send_nowait({"type": "reset", "stream": msg.stream_id,
@@ -429,7 +428,7 @@ class GuestAgentClient:
             if not protocol.is_int(n) or not 0 <= n <= protocol.WINDOW:
                 self._complain(f"window of {_short(n)} bytes")
                 return
-            self._streamed = time.monotonic()
+            self._streamed = self._heard
             stream._grant(n)
         elif kind == "eof":
             stream._eof()
@@ -578,15 +577,16 @@ class GuestAgentClient:
         """`fut`'s result; TimeoutError after `timeout`, or, while the guest
         keeps moving stream data (see BUSY_HEARD), once that stops too or
         BUSY_GRACE more has passed."""
+        loop = asyncio.get_running_loop()
         quiet = min(timeout, BUSY_HEARD)
-        start = time.monotonic()
+        start = loop.time()
         deadline = start + timeout
         while True:
             try:
                 return await asyncio.wait_for(asyncio.shield(fut),
-                                              max(0.0, deadline - time.monotonic()))
+                                              max(0.0, deadline - loop.time()))
             except TimeoutError:
-                now = time.monotonic()
+                now = loop.time()
                 if now - self._streamed >= quiet or now - start >= timeout + BUSY_GRACE \
                         or not self.connected:
                     fut.cancel()

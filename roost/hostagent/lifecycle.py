@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -89,6 +88,6 @@ class LifecyclePolicy:
                 subprocess.Popen(
                     [sys.executable, "-m", "roost", "delete", "--force", self.inst.name],
                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                    start_new_session=True, env={**os.environ})
+                    start_new_session=True)
             return
         self._stop()
