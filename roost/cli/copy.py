@@ -21,7 +21,7 @@ from typing import Literal
 
 from roost.errors import RoostError, UsageError
 from roost.sshutil.config import host_alias
-from roost.store.instance import NAME_RE, Instance, Status
+from roost.store.instance import NAME_RE, Instance
 
 Backend = Literal["auto", "scp", "rsync"]
 
@@ -61,13 +61,7 @@ def _running(name: str) -> Instance:
     if not inst.exists():
         raise UsageError(f"no instance named {name!r} (`roost ls` lists them; for a host "
                          f"path with a colon, write ./{name}:...)")
-    status = inst.status()
-    if status != Status.RUNNING:
-        raise RoostError(f"instance {name!r} is {status.value.lower()}; copying needs it "
-                         f"running: `roost start {name}`")
-    if not inst.ssh_config.exists():
-        raise RoostError(f"{inst.ssh_config} is missing; restart the instance")
-    return inst
+    return inst.require_ssh(f"copying needs it running: `roost start {name}`")
 
 
 def _strip_slash(path: str) -> str:

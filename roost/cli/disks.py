@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from roost.cli.table import table_lines
+from roost.cli.table import listing_lines
 from roost.config.sizes import format_size, parse_size
 from roost.errors import UsageError
 from roost.store import disks
@@ -38,16 +36,11 @@ def import_(name: str, source: str, fmt: str) -> None:
 
 def list_disks(as_json: bool) -> None:
     rows = [d.info() for d in disks.list_disks()]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no disks (`roost disk create NAME --size 10GiB` makes one)")
-        return
-    table = [("NAME", "SIZE", "FORMAT", "IN USE BY", "DIR")] + [
-        (r["name"], format_size(r["size"]), r["format"], r["inUseBy"] or "-", r["dir"])
-        for r in rows]
-    for line in table_lines(table):
+    for line in listing_lines(
+            rows, as_json, ("NAME", "SIZE", "FORMAT", "IN USE BY", "DIR"),
+            lambda r: (r["name"], format_size(r["size"]), r["format"], r["inUseBy"] or "-",
+                       r["dir"]),
+            empty="no disks (`roost disk create NAME --size 10GiB` makes one)"):
         click.echo(line)
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import click
 
-from roost.cli.table import table_lines
+from roost.cli.table import listing_lines
 from roost.errors import UsageError
 from roost.image.buildcache import images_dir
 from roost.image.builtin import find_cached
@@ -65,20 +64,12 @@ def _short_instance(path: str) -> str:
 
 
 def list_images(as_json: bool) -> None:
-    rows = image_rows()
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    if not rows:
-        click.echo("no cached images (`roost image pull URL` or `roost start` fetch them)")
-        return
-    header = ("LOCATION", "DIGEST", "SIZE", "FORMAT", "STATE", "INSTANCES")
-    table = [header] + [(
-        str(r["location"] or "?"), (r["digest"] or "-")[:19], f"{r['size'] / MIB:.1f} MiB",
-        r["format"] or "-", r["state"],
-        ",".join(_short_instance(i) for i in r["instances"]) or "-",
-    ) for r in rows]
-    for line in table_lines(table):
+    for line in listing_lines(
+            image_rows(), as_json, ("LOCATION", "DIGEST", "SIZE", "FORMAT", "STATE", "INSTANCES"),
+            lambda r: (str(r["location"] or "?"), (r["digest"] or "-")[:19],
+                       f"{r['size'] / MIB:.1f} MiB", r["format"] or "-", r["state"],
+                       ",".join(_short_instance(i) for i in r["instances"]) or "-"),
+            empty="no cached images (`roost image pull URL` or `roost start` fetch them)"):
         click.echo(line)
 
 

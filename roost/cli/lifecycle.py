@@ -256,13 +256,7 @@ def delete(name: str, force: bool = False) -> None:
 def shell(name: str, command: list[str], workdir: str | None = None) -> None:
     from roost.sshutil.config import ssh_argv
 
-    inst = Instance.at(name).require()
-    status = inst.status()
-    if status != Status.RUNNING:
-        raise RoostError(f"instance {name!r} is {status.value.lower()}; "
-                         f"start it with `roost start {name}`")
-    if not inst.ssh_config.exists():
-        raise RoostError(f"{inst.ssh_config} is missing; restart the instance")
+    inst = Instance.at(name).require().require_ssh(f"start it with `roost start {name}`")
     if shutil.which("ssh") is None:
         raise RoostError("the OpenSSH client (ssh) was not found; install openssh-client")
     tty = sys.stdin.isatty() and sys.stdout.isatty()

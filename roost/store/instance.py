@@ -193,6 +193,16 @@ class Instance:
                              f"`roost start {self.name}` first")
         return self
 
+    def require_ssh(self, not_running: str) -> Instance:
+        """This instance, if it runs and has its ssh.config: what a command
+        through SSH needs. `not_running` ends the error for one that does not."""
+        status = self.status()
+        if status != Status.RUNNING:
+            raise RoostError(f"instance {self.name!r} is {status.value.lower()}; {not_running}")
+        if not self.ssh_config.exists():
+            raise RoostError(f"{self.ssh_config} is missing; restart the instance")
+        return self
+
     def drop_saved_state(self) -> None:
         """The saved device state is gone: a restored VM ran (the RAM file no longer
         matches it), or `stop --force` discarded it."""
