@@ -205,9 +205,9 @@ def free_range(n: int, avoid: range = range(0)) -> range:
 
 def forwarded(home: Path, name: str, first: int, n: int) -> int:
     """How many guest ports in first..first+n the host agent forwards now."""
-    from roost.cli import haclient
+    from roost.ops import hostapi
 
-    info = haclient.request(home / name / "ha.sock", "GET", "/v1/info", timeout=30)
+    info = hostapi.request(home / name / "ha.sock", "GET", "/v1/info", timeout=30)
     ports = [int(f["guestAddr"].rsplit(":", 1)[1]) for f in info["portForwards"]
              if f["protocol"] == "tcp"]
     return sum(first <= p < first + n for p in ports)

@@ -30,12 +30,12 @@ def to_bar(home: Path, name: str, command: str) -> tuple[float, float, float]:
     """`roost COMMAND NAME` then the bar, asked by this process directly (no
     CLI start-up in the figure): (to Running, to the bar, the guest agent's
     first answer after Running)."""
-    from roost.cli import haclient
+    from roost.ops import hostapi
 
     start = time.monotonic()
     roost(home, command, name, "--timeout", "600")
     running = time.monotonic()
-    haclient.request(home / name / "ha.sock", "GET", "/v1/guest/status", timeout=30)
+    hostapi.request(home / name / "ha.sock", "GET", "/v1/guest/status", timeout=30)
     agent = time.monotonic()
     subprocess.run(["ssh", "-F", str(home / name / "ssh.config"), f"roost-{name}", "true"],
                    check=True, capture_output=True, timeout=60)

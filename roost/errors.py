@@ -13,6 +13,59 @@ class UsageError(RoostError):
     exit_code = 2
 
 
+# Typed failures of the operations layer (roost.ops) and the SDK: each still
+# a RoostError with its message for the user, so the CLI prints it as before.
+
+class NotFound(RoostError):
+    """No instance (or snapshot, or file) of that name."""
+
+
+class AlreadyExists(RoostError):
+    """An instance of that name exists already; `usage`: the name was the
+    user's choice of a new one (exit status 2)."""
+
+    def __init__(self, message: str, usage: bool = False) -> None:
+        super().__init__(message)
+        self.exit_code = 2 if usage else 1
+
+
+class WrongState(RoostError):
+    """The instance is not in a state the operation works on (running,
+    stopped, suspended...). `status` is the one it was in, when known."""
+
+    def __init__(self, message: str, status: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Busy(RoostError):
+    """Another roost command is working on the same instance."""
+
+
+class HostAgentUnreachable(RoostError):
+    """The instance's host agent did not answer on its socket."""
+
+
+class RequestFailed(RoostError):
+    """The host agent (or the guest agent behind it) answered a request with
+    an error: 403 the configuration does not allow it, 409 the instance's
+    state does not, 5xx the guest or the host failed. `status` is the HTTP
+    status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class RequestRefused(UsageError):
+    """The host agent refused a request as wrong (HTTP 400, or 404: no such
+    thing); a usage error."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 # Bounds on what a message quotes: a value from the user may be megabytes.
 QUOTE_CHARS = 200
 MAX_LISTED = 20

@@ -8,12 +8,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import click
 
-from roost.cli import haclient
 from roost.errors import UsageError
+from roost.ops.guest import ask as ask_guest
 from roost.store import logfile
 from roost.store.instance import Instance
 
@@ -27,13 +26,6 @@ def execute(name: str, argv: list[str], timeout: float, tty: bool) -> int:
     from roost.cli import execclient
 
     return execclient.run(inst.ha_sock, argv, timeout, tty)
-
-
-def ask_guest(name: str, kind: str, timeout: float = 10.0) -> Any:
-    """The guest agent's answer to `kind` (status, health, probes, diff), through
-    the host agent's one guest endpoint."""
-    inst = Instance.at(name).require_running()
-    return haclient.request(inst.ha_sock, "GET", f"/v1/guest/{kind}", timeout=timeout)
 
 
 def status(name: str, as_json: bool) -> None:
@@ -118,7 +110,7 @@ def probes(name: str, as_json: bool) -> None:
 def show_diff(name: str, as_json: bool) -> None:
     from roost.config.sizes import human_size
 
-    result = ask_guest(name, "diff", timeout=120.0)
+    result = ask_guest(name, "diff")
     changes = result["changes"]
     if as_json:
         click.echo(json.dumps(changes, indent=2))

@@ -81,9 +81,9 @@ def _source_options(note: str) -> Callable[[F], F]:
 def create(name: str, config_file: str | None, template: str | None, sets: tuple[str, ...],
            cpus: int | None, memory: str | None, disk: str | None) -> None:
     """Create an instance without starting it."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    inst = lifecycle.create(name, config_file, template=template, sets=sets,
+    inst = instances.create(name, config_file, template=template, sets=sets,
                             cpus=cpus, memory=memory, disk=disk)
     click.echo(f"created {name} in {inst.dir}")
 
@@ -115,7 +115,6 @@ def start(name: str, config_file: str | None, template: str | None, sets: tuple[
 @START_TIMEOUT
 def restart(name: str, force: bool, timeout: float) -> None:
     """Stop a running instance, then start it again (a stopped one just starts)."""
-    from roost.cli import lifecycle
     from roost.cli import start as start_mod
     from roost.store.instance import Instance, Status
 
@@ -124,7 +123,7 @@ def restart(name: str, force: bool, timeout: float) -> None:
         raise UsageError(f"{name} is suspended; `roost resume {name}` brings it back, "
                          f"`roost stop --force {name}` drops its saved state")
     if inst.status() != Status.STOPPED:
-        lifecycle.stop(name, force=force)
+        _stop(name, force=force)
     sys.exit(start_mod.start(name, None, timeout))
 
 
@@ -171,9 +170,9 @@ def watch(names: tuple[str, ...], as_json: bool, duration: float | None) -> None
 def clone(name: str, new_name: str) -> None:
     """A new instance from a stopped one: its configuration and a copy of its disk,
     with a machine identity of its own (instance-id, SSH host keys, MAC, host name)."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    inst = lifecycle.clone(name, new_name)
+    inst = instances.clone(name, new_name)
     click.echo(f"cloned {name} to {new_name} in {inst.dir}; `roost start {new_name}` boots it")
 
 
@@ -182,9 +181,9 @@ def clone(name: str, new_name: str) -> None:
 @click.argument("new_name", metavar="NEW_NAME", callback=_name)
 def rename(name: str, new_name: str) -> None:
     """Give a stopped instance a new name."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    lifecycle.rename(name, new_name)
+    instances.rename(name, new_name)
     click.echo(f"renamed {name} to {new_name}")
 
 
@@ -193,9 +192,9 @@ def rename(name: str, new_name: str) -> None:
 def factory_reset(name: str) -> None:
     """Return a stopped instance to how it was created: a fresh disk and machine
     identity at its next start; roost.yaml is kept."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    removed = lifecycle.factory_reset(name)
+    removed = instances.factory_reset(name)
     click.echo(f"{name} reset ({len(removed)} files removed); `roost start {name}` boots it "
                "afresh")
 
@@ -204,9 +203,9 @@ def factory_reset(name: str) -> None:
 @NAME
 def protect(name: str) -> None:
     """Refuse to delete the instance (also with --force) until `roost unprotect`."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    lifecycle.set_protected(name, True)
+    instances.set_protected(name, True)
     click.echo(f"{name} is protected: `roost delete` refuses it until `roost unprotect {name}`")
 
 
@@ -214,9 +213,9 @@ def protect(name: str) -> None:
 @NAME
 def unprotect(name: str) -> None:
     """Allow `roost delete` of the instance again."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    lifecycle.set_protected(name, False)
+    instances.set_protected(name, False)
     click.echo(f"{name} is no longer protected")
 
 
@@ -227,9 +226,19 @@ def unprotect(name: str) -> None:
 @click.option("--timeout", type=click.FloatRange(min=1), default=90.0, show_default=True)
 def stop(name: str, force: bool, timeout: float) -> None:
     """Stop a running instance."""
-    from roost.cli import lifecycle
+    _stop(name, force=force, timeout=timeout)
 
-    lifecycle.stop(name, force=force, timeout=timeout)
+
+def _stop(name: str, force: bool, timeout: float = 90.0) -> None:
+    from roost.ops import instances
+
+    outcome = instances.stop(name, force=force, timeout=timeout, on_progress=_note)
+    click.echo(f"{name} {'is ' if outcome == instances.Stopped.NOT_RUNNING else ''}"
+               f"{outcome.value}")
+
+
+def _note(message: str) -> None:
+    click.echo(message, err=True)
 
 
 @cli.command()
@@ -237,9 +246,10 @@ def stop(name: str, force: bool, timeout: float) -> None:
 @click.option("--force", "-f", is_flag=True, help="stop the instance first if it runs")
 def delete(name: str, force: bool) -> None:
     """Delete an instance and its disk."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    lifecycle.delete(name, force=force)
+    if instances.delete(name, force=force, on_progress=_note):
+        click.echo(f"{name} stopped")
     click.echo(f"deleted {name}")
 
 
@@ -278,12 +288,17 @@ def shell(workdir: str | None, name: str, command: tuple[str, ...]) -> None:
 
     The exit status of COMMAND is passed through.
     """
-    from roost.cli import lifecycle
+    import os
+
+    from roost.ops import instances
 
     words = list(command)
     if words[:1] == ["--"]:
         words = words[1:]
-    lifecycle.shell(name, words, workdir=workdir)
+    tty = sys.stdin.isatty() and sys.stdout.isatty()
+    argv = instances.shell_argv(name, words, workdir=workdir, tty=tty)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
 
 
 @cli.command("copy", context_settings={"ignore_unknown_options": False})
@@ -306,7 +321,7 @@ def copy(paths: tuple[str, ...], recursive: bool, verbose: bool, backend: str) -
       roost copy -r dev:project ./project-copy
       roost copy dev:/etc/os-release other:/tmp/
     """
-    from roost.cli import copy as copying
+    from roost.ops import copy as copying
 
     sys.exit(copying.copy(paths, recursive=recursive, verbose=verbose,
                           backend=backend))  # type: ignore[arg-type]
@@ -566,9 +581,13 @@ def status(name: str, as_json: bool) -> None:
 @NAME
 def suspend(name: str) -> None:
     """Save the running VM's state to disk and stop it (resume brings it back)."""
-    from roost.cli import lifecycle
+    from roost.ops import instances
 
-    lifecycle.suspend(name)
+    done = instances.suspend(name)
+    detached = done.detached_mounts
+    note = f"; shared folders {', '.join(detached)} come back on resume" if detached else ""
+    click.echo(f"{name} suspended in {done.seconds:.2f}s "
+               f"(state saved in {done.save_seconds}s){note}")
 
 
 @cli.command()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from roost.cli.start import EventFollower
+from roost.ops.start import EventFollower
 from roost.store.instance import Instance, list_instances
 
 POLL_SECONDS = 0.2

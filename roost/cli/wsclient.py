@@ -35,7 +35,7 @@ def accept_key(key: bytes) -> bytes:
 def connect(path: Path, resource: str, timeout: float = 10.0) -> tuple[socket.socket, bytes]:
     """Connect and upgrade; the socket and the bytes read past the handshake.
 
-    An HTTP answer other than 101 raises its error, as roost.cli.haclient does."""
+    An HTTP answer other than 101 raises its error, as roost.ops.hostapi does."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:

@@ -17,7 +17,16 @@ from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 
-from roost.errors import RoostError, UsageError, cut, quote
+from roost.errors import (
+    AlreadyExists,
+    Busy,
+    NotFound,
+    RoostError,
+    UsageError,
+    WrongState,
+    cut,
+    quote,
+)
 from roost.store import agentlock
 from roost.store.durable import fsync_dir, write_atomic
 from roost.store.home import ensure_home, make_private_dir
@@ -136,7 +145,7 @@ class Instance:
 
     def require(self) -> Instance:
         if not self.exists():
-            raise RoostError(f"instance {self.name!r} does not exist (see `roost ls`)")
+            raise NotFound(f"instance {self.name!r} does not exist (see `roost ls`)")
         return self
 
     def sockets(self) -> list[Path]:
@@ -189,8 +198,8 @@ class Instance:
         """This instance, if it exists and runs; else a clear error."""
         status = self.require().status()
         if status != Status.RUNNING:
-            raise RoostError(f"instance {self.name!r} is {status.value.lower()}, not running; "
-                             f"`roost start {self.name}` first")
+            raise WrongState(f"instance {self.name!r} is {status.value.lower()}, not running; "
+                             f"`roost start {self.name}` first", status.value)
         return self
 
     def require_ssh(self, not_running: str) -> Instance:
@@ -198,7 +207,8 @@ class Instance:
         through SSH needs. `not_running` ends the error for one that does not."""
         status = self.status()
         if status != Status.RUNNING:
-            raise RoostError(f"instance {self.name!r} is {status.value.lower()}; {not_running}")
+            raise WrongState(f"instance {self.name!r} is {status.value.lower()}; {not_running}",
+                             status.value)
         if not self.ssh_config.exists():
             raise RoostError(f"{self.ssh_config} is missing; restart the instance")
         return self
@@ -286,7 +296,7 @@ def operation_lock(name: str, what: str) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RoostError(
+            raise Busy(
                 f"another roost command is already working on {name!r}; "
                 f"wait for it to finish, then {what} again"
             ) from None
@@ -300,7 +310,7 @@ def create_instance_dir(inst: Instance, files: dict[str, str],
     on disk before it returns."""
     home = make_private_dir(inst.dir.parent)
     if inst.dir.exists():
-        raise RoostError(f"instance {inst.name!r} already exists in {inst.dir}")
+        raise AlreadyExists(f"instance {inst.name!r} already exists in {inst.dir}")
     import shutil
     import tempfile
 
@@ -315,7 +325,7 @@ def create_instance_dir(inst: Instance, files: dict[str, str],
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise RoostError(f"instance {inst.name!r} already exists in {inst.dir}") from None
+            raise AlreadyExists(f"instance {inst.name!r} already exists in {inst.dir}") from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

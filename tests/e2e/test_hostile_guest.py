@@ -40,8 +40,8 @@ from typing import Any
 
 import pytest
 
-from roost.cli import haclient
 from roost.errors import RoostError
+from roost.ops import hostapi
 from tests.e2e.conftest import (
     STATIC_RO_GUEST,
     Roost,
@@ -188,7 +188,7 @@ def mounts(roost: Roost, name: str) -> dict[str, dict[str, Any]]:
 
 
 def info(roost: Roost, name: str, timeout: float = 10.0) -> dict[str, Any]:
-    result: dict[str, Any] = haclient.request(roost.home / name / "ha.sock", "GET", "/v1/info",
+    result: dict[str, Any] = hostapi.request(roost.home / name / "ha.sock", "GET", "/v1/info",
                                               timeout=timeout)
     return result
 

@@ -17,12 +17,12 @@ import aiohttp
 import pytest
 from openapi_spec_validator import validate as validate_spec
 
-from roost.cli import haclient
 from roost.cli.main import cli
-from roost.cli.mounts import remove_query
 from roost.errors import UsageError
 from roost.hostagent.api import ApiServer
 from roost.hostagent.apimodels import ExecRequest, ExecResize, MountAdd, MountRemove, MountType
+from roost.ops import hostapi
+from roost.ops.mounts import remove_query
 from roost.store.snapshots import check_tag
 from roost_guest.protocol import EXEC_SIGNALS
 from tests.unit.api_harness import RecordedMounts, served_api
@@ -297,10 +297,10 @@ async def test_valid_requests_reach_their_handlers_typed(api: Api) -> None:
 async def test_the_cli_sends_what_the_api_takes(api: Api) -> None:
     """The CLI's bodies are the models' wire form; sent by its own client."""
     body = MountAdd(location="/tmp", mount_point="/mnt/c", writable=False).wire()
-    rec = await asyncio.to_thread(haclient.request, api.sock, "POST", "/v1/mounts", body)
+    rec = await asyncio.to_thread(hostapi.request, api.sock, "POST", "/v1/mounts", body)
     assert rec["mountPoint"] == "/mnt/c" and api.mounts.added[-1][3] is False
     assert MountRemove(mount_point="/mnt/c").wire() == {"mountPoint": "/mnt/c", "force": False}
-    await asyncio.to_thread(haclient.request, api.sock, "DELETE",
+    await asyncio.to_thread(hostapi.request, api.sock, "DELETE",
                             f"/v1/mounts?{remove_query('/mnt/c', True)}")
     assert (api.mounts.removed[-1], api.mounts.forced[-1]) == ("/mnt/c", True)
     answers = await api.exec_ws(ExecRequest(argv=["sh", "-c", "stty size"], tty=True, rows=7,
@@ -309,7 +309,7 @@ async def test_the_cli_sends_what_the_api_takes(api: Api) -> None:
     assert ExecResize(type="resize", rows=1, cols=2).wire() == {
         "type": "resize", "rows": 1, "cols": 2}
     with pytest.raises(UsageError, match=r'writable: expected a boolean, got "no"'):
-        await asyncio.to_thread(haclient.request, api.sock, "POST", "/v1/mounts",
+        await asyncio.to_thread(hostapi.request, api.sock, "POST", "/v1/mounts",
                                 {**body, "writable": "no"})
 
 

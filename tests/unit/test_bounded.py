@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from roost.cli.start import EventFollower
 from roost.hostagent.events import MAX_ERROR_CHARS, MAX_ERRORS, EventEmitter
+from roost.ops.start import EventFollower
 from roost.store import logfile
 
 # A host agent's stdout and stderr, as `roost start` spawns it: files, rotated

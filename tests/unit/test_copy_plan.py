@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from roost.cli.copy import Location, parse_location, plan
 from roost.errors import UsageError
+from roost.ops.copy import Location, parse_location, plan
 
 CFG = "/tmp/cfg"
 

@@ -12,6 +12,7 @@ and fits its readiness waits into it.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -55,6 +56,13 @@ class Deadline:
 
         if self.expired():
             raise expired()
+        if threading.current_thread() is not threading.main_thread():
+            # SIGALRM reaches only the main thread (an SDK call runs in a worker):
+            # the block runs unbounded and the deadline is checked at its end.
+            yield
+            if self.expired():
+                raise expired()
+            return
 
         def expire(signum: int, frame: FrameType | None) -> None:
             raise _Expired

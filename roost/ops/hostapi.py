@@ -8,7 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from roost.errors import RoostError, UsageError
+from roost.errors import HostAgentUnreachable, RequestFailed, RequestRefused
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -25,6 +25,8 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def request(sock: Path, method: str, path: str, body: Any = None,
             timeout: float = 10.0) -> Any:
+    """The decoded JSON answer; for an HTTP error, RequestRefused (400, 404:
+    the request was wrong) or RequestFailed, with its message."""
     conn = _UnixConnection(sock, timeout)
     try:
         payload = json.dumps(body).encode() if body is not None else None
@@ -33,7 +35,7 @@ def request(sock: Path, method: str, path: str, body: Any = None,
         resp = conn.getresponse()
         data = resp.read()
     except OSError as e:
-        raise RoostError(f"cannot reach the host agent at {sock}: {e}") from None
+        raise HostAgentUnreachable(f"cannot reach the host agent at {sock}: {e}") from None
     finally:
         conn.close()
     try:
@@ -42,7 +44,7 @@ def request(sock: Path, method: str, path: str, body: Any = None,
         decoded = data.decode(errors="replace")
     if resp.status >= 400:
         message = decoded.get("error") if isinstance(decoded, dict) else decoded
-        if resp.status in (400, 404):  # the request was wrong, not roost
-            raise UsageError(str(message))
-        raise RoostError(str(message))
+        if resp.status in (400, 404):
+            raise RequestRefused(str(message), resp.status)
+        raise RequestFailed(str(message), resp.status)
     return decoded

@@ -1,4 +1,9 @@
-"""create, stop, delete and shell.
+"""Instances: create, stop, delete, clone, rename, factory-reset, protect,
+suspend, and the ssh command line of a shell.
+
+Each returns what it did (or raises a typed RoostError) and prints
+nothing: the CLI and the SDK say it their own way. Waits that a person
+watches report through `on_progress`.
 
 The CLI never speaks QMP: a running instance is stopped by signalling its
 host agent, which shuts the VM down in order. Only when the host agent is
@@ -14,15 +19,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import click
-
-from roost.errors import RoostError, UsageError
+from roost.errors import AlreadyExists, RoostError, WrongState
 from roost.sshutil.config import control_argv
 from roost.store.instance import (
     Instance,
@@ -33,6 +37,27 @@ from roost.store.instance import (
 )
 
 HOSTAGENT_KILL_SECONDS = 5.0
+
+Notify = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+class Stopped(StrEnum):
+    """What `stop` did."""
+
+    STOPPED = "stopped"
+    NOT_RUNNING = "not running"
+    STATE_DROPPED = "stopped (its saved state dropped)"
+
+
+@dataclass(frozen=True)
+class Suspended:
+    seconds: float  # the whole suspend, as the caller waited
+    save_seconds: float  # writing the VM's state
+    detached_mounts: list[str]  # shared folders that come back on resume
 
 
 def create(name: str, config_file: str | None, *, template: str | None = None,
@@ -75,37 +100,37 @@ def _close_ssh_master(inst: Instance) -> None:
         )
 
 
-def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
+def stop(name: str, force: bool = False, timeout: float = 90.0,
+         on_progress: Notify = _quiet) -> Stopped:
+    """Stop NAME: its host agent shuts the guest down (--force: powers it off)."""
     inst = Instance.at(name).require()
     if inst.status() == Status.SUSPENDED:
         if not force:
-            raise RoostError(f"{name} is suspended (not running); `roost resume {name}` brings "
+            raise WrongState(f"{name} is suspended (not running); `roost resume {name}` brings "
                              f"it back, `roost stop --force {name}` drops its saved state and "
-                             "keeps its disk")
+                             "keeps its disk", Status.SUSPENDED.value)
         with operation_lock(name, "discard its saved state"):
             # The guest as if it lost power at the suspend: its disk as it was then.
             inst.drop_saved_state()
             inst.ram_file.unlink(missing_ok=True)
-        click.echo(f"{name} stopped (its saved state dropped)")
-        return
+        return Stopped.STATE_DROPPED
     if inst.status() == Status.STOPPED:
         inst.remove_stale_runtime_files()
-        click.echo(f"{name} is not running")
-        return
+        return Stopped.NOT_RUNNING
     ha_pid = inst.hostagent_pid()
     if ha_pid is not None:
         # The host agent stops what it started (QEMU, virtiofsd) and reaps it;
         # --force only skips the guest's orderly shutdown. A host agent that
         # does not answer is killed below.
         if force:
-            click.echo(f"stopping {name} (no guest shutdown)...", err=True)
+            on_progress(f"stopping {name} (no guest shutdown)...")
             _signal(ha_pid, signal.SIGUSR1)
             timeout = min(timeout, FORCE_STOP_SECONDS)
         else:
-            click.echo(f"stopping {name} (shutting the guest down)...", err=True)
+            on_progress(f"stopping {name} (shutting the guest down)...")
             _signal(ha_pid, signal.SIGTERM)
         if not _wait(lambda: not inst.hostagent_alive(), timeout):
-            click.echo(f"{name} did not stop within {timeout:g}s; killing it", err=True)
+            on_progress(f"{name} did not stop within {timeout:g}s; killing it")
             force = True
     if inst.hostagent_alive():
         pid = inst.hostagent_pid()
@@ -125,7 +150,7 @@ def stop(name: str, force: bool = False, timeout: float = 90.0) -> None:
             raise RoostError(f"QEMU (pid {qemu_pid}) of {name} did not exit")
     _close_ssh_master(inst)
     inst.remove_stale_runtime_files()
-    click.echo(f"{name} stopped")
+    return Stopped.STOPPED
 
 
 @contextlib.contextmanager
@@ -136,12 +161,13 @@ def _stopped_to_new_name(old: str, new: str, verb: str, done: str
     inst = Instance.at(old).require()
     target = Instance.at(new)
     if target.dir.exists() or target.dir.is_symlink():
-        raise UsageError(f"an instance named {new!r} exists already; pick another name")
+        raise AlreadyExists(f"an instance named {new!r} exists already; pick another name",
+                            usage=True)
     with operation_lock(old, f"{verb} it"), operation_lock(new, "create it"):
         status = inst.status()
         if status != Status.STOPPED:
-            raise RoostError(f"instance {old!r} is {status.value.lower()}; only a stopped "
-                             f"instance is {done}: `roost stop {old}` first")
+            raise WrongState(f"instance {old!r} is {status.value.lower()}; only a stopped "
+                             f"instance is {done}: `roost stop {old}` first", status.value)
         yield inst, target
 
 
@@ -198,8 +224,8 @@ def factory_reset(name: str) -> list[str]:
     with operation_lock(name, "reset it"):
         status = inst.status()
         if status not in (Status.STOPPED, Status.SUSPENDED):
-            raise RoostError(f"instance {name!r} is {status.value.lower()}; `roost stop {name}` "
-                             "first")
+            raise WrongState(f"instance {name!r} is {status.value.lower()}; `roost stop {name}` "
+                             "first", status.value)
         if inst.protected.exists():
             raise RoostError(f"instance {name!r} is protected; `roost unprotect {name}` first")
         removed = []
@@ -231,48 +257,50 @@ def set_protected(name: str, protected: bool) -> None:
         inst.protected.unlink(missing_ok=True)
 
 
-def delete(name: str, force: bool = False) -> None:
+def delete(name: str, force: bool = False, on_progress: Notify = _quiet) -> bool:
+    """Delete NAME and its disk; whether it had to be stopped first (--force)."""
     inst = Instance.at(name).require()
     if inst.protected.exists():
         raise RoostError(f"instance {name!r} is protected; `roost unprotect {name}` first "
                          "(--force does not override it)")
+    stopped = False
     with operation_lock(name, "delete it"):
         status = inst.status()
         if status not in (Status.STOPPED, Status.SUSPENDED):
             if not force:
-                raise RoostError(
+                raise WrongState(
                     f"instance {name!r} is {status.value.lower()}; stop it first "
-                    f"(`roost stop {name}`) or delete with --force"
+                    f"(`roost stop {name}`) or delete with --force", status.value
                 )
-            stop(name, force=True)
+            stopped = stop(name, force=True, on_progress=on_progress) == Stopped.STOPPED
         shutil.rmtree(inst.dir)
         # A suspended instance held its disks: they are free now.
         from roost.store.disks import list_disks
 
         for disk in list_disks():
             disk.release(name)
+    return stopped
 
 
-def shell(name: str, command: list[str], workdir: str | None = None) -> None:
+def shell_argv(name: str, command: Sequence[str], workdir: str | None = None,
+               tty: bool = False) -> list[str]:
+    """The OpenSSH command line that opens a shell in NAME (or runs `command`)."""
     from roost.sshutil.config import ssh_argv
 
     inst = Instance.at(name).require().require_ssh(f"start it with `roost start {name}`")
     if shutil.which("ssh") is None:
         raise RoostError("the OpenSSH client (ssh) was not found; install openssh-client")
-    tty = sys.stdin.isatty() and sys.stdout.isatty()
-    argv = ssh_argv(inst, command, tty=tty, workdir=workdir)
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)
+    return ssh_argv(inst, list(command), tty=tty, workdir=workdir)
 
 
-def suspend(name: str, timeout: float = 300.0) -> None:
-    from roost.cli import haclient
+def suspend(name: str, timeout: float = 300.0) -> Suspended:
+    """Save NAME's VM state to disk and stop it; `start` (or resume) brings it back."""
+    from roost.ops import hostapi
 
     inst = Instance.at(name).require_running()
     started = time.monotonic()
-    result = haclient.request(inst.ha_sock, "POST", "/v1/suspend", timeout=timeout)
+    result = hostapi.request(inst.ha_sock, "POST", "/v1/suspend", timeout=timeout)
     _wait(lambda: not inst.hostagent_alive(), 60.0)
-    detached = result.get("detachedMounts") or []
-    note = f"; shared folders {', '.join(detached)} come back on resume" if detached else ""
-    click.echo(f"{name} suspended in {time.monotonic() - started:.2f}s "
-               f"(state saved in {result['saveSeconds']}s){note}")
+    return Suspended(seconds=time.monotonic() - started,
+                     save_seconds=float(result["saveSeconds"]),
+                     detached_mounts=list(result.get("detachedMounts") or []))
