@@ -29,9 +29,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Set, Union
 
-    from roost_guest import execute
+    from roost_guest import execute, files
 
-    StreamEnd = Union[tunnel.Stream, execute.Port]
+    StreamEnd = Union[tunnel.Stream, execute.Port, files.FileStream, files.Watch]
 
 if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
@@ -280,6 +280,14 @@ class Connection:
         with self._streams_lock:
             self.streams.pop(stream_id, None)
 
+    def add_stream_end(self, end: StreamEnd) -> bool:
+        """Register a stream end of a files request; False if its id is taken."""
+        with self._streams_lock:
+            if end.id in self.streams:
+                return False
+            self.streams[end.id] = end
+        return True
+
     def add_exec(self, run: execute.Exec) -> bool:
         """Register a command's streams; False if the host reused a stream id."""
         with self._streams_lock:
@@ -365,6 +373,14 @@ class Agent:
             "wake": self.wake,
             "exec": self.start_exec,
             "tunnel": self.open_tunnel,
+            "files-stat": self.files_request,
+            "files-list": self.files_request,
+            "files-mkdir": self.files_request,
+            "files-remove": self.files_request,
+            "files-rename": self.files_request,
+            "files-read": self.files_stream,
+            "files-write": self.files_stream,
+            "files-watch": self.files_stream,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
@@ -536,6 +552,74 @@ class Agent:
         run.start()
         return ANSWERED
 
+    # -- files (roost_guest.files) ---------------------------------------------
+
+    def _files(self) -> Any:
+        if not self.opts.allow_files:
+            raise RequestError("file access is disabled in this guest "
+                               "(guestAgent.allowFiles: false)")
+        from roost_guest import files
+        return files
+
+    def files_request(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """stat, list, mkdir, remove, rename: answered in one reply (a long
+        listing as parts)."""
+        files = self._files()
+        kind = req["type"]
+        try:
+            if kind == "files-list":
+                return send_parts(conn, req, "entries", files.list_dir(req))
+            serve = {"files-stat": files.stat_path, "files-mkdir": files.make_dir,
+                     "files-remove": files.remove, "files-rename": files.rename}[kind]
+            result: Dict[str, Any] = serve(req)
+            return result
+        except files.FilesError as e:
+            raise RequestError(str(e)) from None
+
+    def files_stream(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """read, write and watch: the reply, then the stream's data or events."""
+        files = self._files()
+        stream_id = req.get("stream")
+        if not protocol.valid_stream_id(stream_id, parity=0) or stream_id in conn.streams:
+            raise RequestError(BAD_STREAM % short(stream_id))
+        kind = req["type"]
+        try:
+            if kind == "files-watch":
+                end: Any = files.Watch(req, stream_id, conn.send, conn.stream_done)
+                result: Dict[str, Any] = {"path": end.path}
+            elif kind == "files-read":
+                fd, result = files.open_read(req)
+                end = files.FileStream(stream_id, conn.send, conn.send_data, conn.stream_done)
+            else:
+                target = files.Write(req)
+                end = files.FileStream(stream_id, conn.send, conn.send_data, conn.stream_done)
+                result = {"path": target.path, "mode": target.mode}
+        except files.FilesError as e:
+            raise RequestError(str(e)) from None
+        if not conn.add_stream_end(end):
+            if kind == "files-read":
+                os.close(fd)
+            elif kind == "files-write":
+                target.abandon()
+            raise RequestError(BAD_STREAM % short(stream_id))
+        conn.finish(req.get("id"))
+        try:
+            # Answered before the stream's first data or event can go out.
+            conn.send({"id": req.get("id"), "ok": True, "result": result})
+        except OSError:
+            end.reset()
+            conn.stream_done(stream_id)
+            if kind == "files-write":
+                target.abandon()
+            return ANSWERED
+        if kind == "files-watch":
+            end.start()
+        elif kind == "files-read":
+            end.send_file(fd)
+        else:
+            end.receive_file(target)
+        return ANSWERED
+
     def exec_control(self, conn: Connection, req: Dict[str, Any]) -> None:
         """exec-signal, exec-kill, exec-resize: to the command of a host stream."""
         from roost_guest import execute
@@ -601,7 +685,9 @@ class Agent:
 
     # Served on a thread of their own: they may take a while, and the
     # channel's other requests and streams must not wait for them.
-    THREADED = ("tunnel", "mount", "umount", "exec", "diff", "sleep-prep", "wake")
+    THREADED = ("tunnel", "mount", "umount", "exec", "diff", "sleep-prep", "wake",
+                "files-stat", "files-list", "files-mkdir", "files-remove", "files-rename",
+                "files-read", "files-write", "files-watch")
 
     def dispatch(self, conn: Connection, req: Dict[str, Any]) -> None:
         """One JSON message from the host; every problem gets an error reply."""
@@ -966,6 +1052,7 @@ USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N
   --unix PATH      listen on a Unix socket at PATH
   --vsock-port N   listen on vsock port N, for the host (CID 2) only (0: off)
   --allow-exec     serve the dev-only exec request (audited)
+  --allow-files    serve file requests: read, write, list, watch...
   --audit-log PATH where exec runs are logged (default /var/log/roost/exec.log)
   --integrations-dir DIR, --probes-dir DIR
                    health check and probe definitions (/etc/roost/*.d)
@@ -985,6 +1072,7 @@ class Options:
         self.unix = ""
         self.vsock_port = 0
         self.allow_exec = False
+        self.allow_files = False
         self.busy_threshold = 0.5
         self.sample_secs = 1.0
         self.audit_log = "/var/log/roost/exec.log"
@@ -1006,6 +1094,9 @@ def parse_args(argv: List[str]) -> Options:
             sys.exit(0)
         if flag == "--allow-exec":
             opts.allow_exec = True
+            continue
+        if flag == "--allow-files":
+            opts.allow_files = True
             continue
         name, eq, value = flag.partition("=")
         if name not in ("--port", "--unix", "--vsock-port", "--busy-threshold",

@@ -83,6 +83,16 @@ class Spec:
                 c.isalnum() or c in "-_.+" for c in term):
             raise ExecError("exec term must be a terminal name such as xterm-256color")
         self.term = term
+        env = req.get("env", {})
+        if not isinstance(env, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+                and "\0" not in k + v for k, v in env.items()):
+            raise ExecError("exec env must map variable names (no '=' or NUL) to strings")
+        self.env: Dict[str, str] = env
+        cwd = req.get("cwd", "")
+        if not isinstance(cwd, str) or "\0" in cwd or (cwd and not cwd.startswith("/")):
+            raise ExecError("exec cwd must be an absolute path (or empty: /)")
+        self.cwd = cwd or "/"
 
     def stream_ids(self) -> List[int]:
         return [self.stream] if self.stderr is None else [self.stream, self.stderr]
@@ -242,16 +252,18 @@ class Exec:
             child_out = child_err = child_in
             if spec.rows and spec.cols:
                 set_window_size(master, spec.rows, spec.cols)
-            env = dict(os.environ, TERM=spec.term or "dumb")
+            env = dict(os.environ, TERM=spec.term or "dumb", **spec.env)
             ours = [master]
         else:
             child_in, stdin_w = os.pipe()
             stdout_r, child_out = os.pipe()
             stderr_r, child_err = os.pipe()
             ours = [stdin_w, stdout_r, stderr_r]
+            if spec.env:
+                env = dict(os.environ, **spec.env)
         try:
             self._proc = subprocess.Popen(
-                spec.argv, stdin=child_in, stdout=child_out, stderr=child_err, cwd="/",
+                spec.argv, stdin=child_in, stdout=child_out, stderr=child_err, cwd=spec.cwd,
                 env=env, start_new_session=True, preexec_fn=preexec)
         except OSError as e:
             for fd in ours:

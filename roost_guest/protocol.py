@@ -53,6 +53,17 @@ field is answered ``{"event": "exec-refused", "stream": S, "error"}``, one
 for a stream that is no command's is dropped. S and E are host streams
 (even ids). A reset of S, or the end of the session, kills the command.
 
+Files (guestAgent.allowFiles; roost_guest.files). ``files-stat``,
+``files-list`` (entries as parts), ``files-mkdir``, ``files-remove`` and
+``files-rename`` are answered in one reply. ``files-read`` {"path",
+"stream": S} answers the file's stat, then its bytes come on S (credit as
+for tunnels) and an eof. ``files-write`` {"path", "stream": S, "mode"}
+answers, takes S's data until the host's eof, then sends {"event":
+"files-written", "stream": S, "size" | "error"}; a reset of S abandons the
+write. ``files-watch`` {"path", "recursive", "stream": S} sends {"event":
+"files-change", "stream": S, "path", "kind"} until S is reset. S is a host
+stream (even id).
+
 Standard library only, and Python 3.8 compatible: it runs in the guest.
 """
 
@@ -103,7 +114,7 @@ STREAM_CONTROL = ("window", "eof", "reset")
 # Requests about a running command (see Exec above), answered by no reply.
 EXEC_CONTROL = ("exec-signal", "exec-kill", "exec-resize")
 # Events the guest sends about one host stream (see Exec above).
-STREAM_EVENTS = ("exit", "exec-refused")
+STREAM_EVENTS = ("exit", "exec-refused", "files-written", "files-change")
 # A sync frame is {"sync": N, "epoch": E}: a few dozen bytes.
 SYNC_MAX = 128
 

@@ -30,6 +30,7 @@ class GuestIdentity:
     dns: str = "192.168.5.3"
     provision: list[Provision] = field(default_factory=list)
     allow_exec: bool = False
+    allow_files: bool = False
     health_checks: list[dict[str, object]] = field(default_factory=list)
     busy_threshold: float = 0.5
     sample_secs: float = 1.0
@@ -56,6 +57,7 @@ class GuestIdentity:
             "ROOST_DNS": self.dns,
             "ROOST_DNS_PORT": str(self.dns_port),
             "ROOST_ALLOW_EXEC": "1" if self.allow_exec else "0",
+            "ROOST_ALLOW_FILES": "1" if self.allow_files else "0",
             "ROOST_BUSY_THRESHOLD": f"{self.busy_threshold:g}",
             "ROOST_SAMPLE_SECS": f"{self.sample_secs:g}",
         }

@@ -404,6 +404,9 @@ EnvValue = Annotated[str, BeforeValidator(_env_value), AfterValidator(_env_text)
 
 class GuestAgent(_Model):
     allow_exec: bool = False
+    # Files through the guest agent (read, write, list, watch...): a permission
+    # of its own, so a sandbox can move files with no way to run commands.
+    allow_files: bool = False
 
 
 class HealthCheck(_Model):

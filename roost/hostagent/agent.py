@@ -198,6 +198,7 @@ class HostAgent:
             cloud_instance_id=inst.cloud_instance_id(), mac=mac_address(inst.name),
             provision=params.substitute(self.config.provision, self.config.param),
             allow_exec=self.config.guest_agent.allow_exec,
+            allow_files=self.config.guest_agent.allow_files,
             health_checks=[c.guest_json() for c in self.config.health_checks],
             busy_threshold=self.config.worker.busy_threshold,
             sample_secs=self.config.worker.sample_secs,
@@ -223,7 +224,8 @@ class HostAgent:
         self._prestarted = restore is not None
         self.session = GuestAgentSession(
             self.driver.guest_agent_dialer(), self.events, instance=inst.name,
-            allow_exec=self.config.guest_agent.allow_exec, changed=self._runtime_changed,
+            allow_exec=self.config.guest_agent.allow_exec,
+            allow_files=self.config.guest_agent.allow_files, changed=self._runtime_changed,
             early=restore.woken if restore else None)
         hotplug = self.driver if isinstance(self.driver, FileSystemHotplug) else None
         self.mounts = MountManager(inst.dir, hotplug, self.session.open, static_mounts,

@@ -8,9 +8,11 @@ naming the field.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
@@ -22,17 +24,27 @@ from roost.hostagent import execws, openapi
 from roost.hostagent.apiinput import InputError, field_names, from_json, from_strings
 from roost.hostagent.apimodels import (
     ApiInput,
+    DirCreate,
+    FileRef,
+    FileRemove,
+    FileRename,
+    FileWatch,
+    FileWrite,
     MountAdd,
     MountRemove,
     MountType,
     SnapshotCreate,
     SnapshotRef,
 )
+from roost.hostagent.errors import Forbidden
 from roost.hostagent.execstream import ExecSpec, GuestExec
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.openapi import Reply, Route
+from roost_guest import protocol
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GUEST_REQUESTS = ("status", "health", "probes", "diff")  # answered by the guest agent
+WATCH_POLL = 0.5  # how often a watch looks whether its client is still there
 
 
 class Mounts(Protocol):
@@ -51,12 +63,31 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
+class _Answer(Exception):
+    """An error answer with its status, raised from within a handler."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _guest_refused(client: GuestAgentClient, e: GuestAgentError) -> _Answer:
+    """The guest agent's refusal of a files request as an answer: 404 for a
+    path that is not there, 503 when the guest agent went away, else 400."""
+    message = str(e)
+    if not client.connected:
+        return _Answer(503, f"the guest agent does not answer: {message}")
+    return _Answer(404 if "(ENOENT)" in message else 400, message)
+
+
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """roost's errors as JSON: a usage error is 400, any other 500, and a bug
     says what it was (the traceback goes to ha.stderr.log), never just 500."""
     try:
         return await handler(request)
+    except _Answer as e:
+        return _error(e.status, str(e))
     except web.HTTPException as e:
         if e.status < 400:
             raise
@@ -100,7 +131,7 @@ async def _input(route: Route, request: web.Request) -> ApiInput | None:
     model, source = route.takes, route.takes_in if route.takes is not None else None
     if source != "query" and request.query:
         raise InputError(f"{where} takes no query parameters (got {', '.join(request.query)})")
-    if source != "body" and request.body_exists:
+    if source != "body" and request.body_exists and not route.raw_body:
         raise InputError(f"{where} takes no request body")
     if model is None:
         return None
@@ -136,6 +167,8 @@ class Guest(Protocol):
     async def request(self, kind: str) -> dict[str, Any]: ...
 
     async def start_exec(self, spec: ExecSpec) -> GuestExec: ...
+
+    async def files(self) -> GuestAgentClient: ...
 
 
 class Checkpoints(Protocol):
@@ -199,6 +232,7 @@ class ApiServer:
             self.app.router.add_route(route.method, route.path, _accepting(route),
                                       expect_handler=_expect)
         self._runner: web.AppRunner | None = None
+        self._closing = asyncio.Event()  # long answers (watches) end when it is set
 
     def _route_table(self) -> list[Route]:
         guest_errors = {503: "the guest agent does not answer"}
@@ -234,7 +268,169 @@ class ApiServer:
                               None)},
                   {400: "not a WebSocket upgrade (or a query or body was sent)"},
                   websocket=execws.WEBSOCKET),
+            *self._file_routes(),
         ]
+
+    def _file_routes(self) -> list[Route]:
+        errors = {403: "guestAgent.allowFiles is off for this instance",
+                  404: "no such file or directory in the guest",
+                  503: "the guest agent does not answer"}
+        entry = {"type": "object", "properties": {
+            "type": {"enum": ["file", "dir", "symlink", "other"]}, "size": {"type": "integer"},
+            "mode": {"type": "integer"}, "mtime": {"type": "number"},
+            "uid": {"type": "integer"}, "gid": {"type": "integer"}}}
+        return [
+            Route("GET", "/v1/files", "A file of the guest, its bytes as they are read "
+                  "(guestAgent.allowFiles).", self._file_read,
+                  {200: Reply("the file; X-Roost-Mode has its permission bits", {
+                      "type": "string", "format": "binary"}, "application/octet-stream")},
+                  errors, takes=FileRef, takes_in="query"),
+            Route("PUT", "/v1/files", "Write a file of the guest from the body; it replaces "
+                  "the file at once when all of it has come.", self._file_write,
+                  {200: Reply("written: path, mode, size", _OBJECT)}, errors,
+                  takes=FileWrite, takes_in="query", raw_body=True),
+            Route("DELETE", "/v1/files", "Remove a file or directory of the guest.",
+                  self._file_remove, {200: Reply("removed", _OBJECT)}, errors,
+                  takes=FileRemove, takes_in="query"),
+            Route("GET", "/v1/files/stat", "What a path of the guest is.", self._file_stat,
+                  {200: Reply("exists: false, or its type, size, mode, mtime, uid, gid",
+                              entry)}, errors, takes=FileRef, takes_in="query"),
+            Route("GET", "/v1/files/list", "A directory of the guest, sorted by name.",
+                  self._file_list, {200: Reply("the entries, each with its name", {
+                      "type": "array", "items": entry})}, errors,
+                  takes=FileRef, takes_in="query"),
+            Route("POST", "/v1/files/rename", "Rename a file or directory of the guest.",
+                  self._file_rename, {200: Reply("renamed", _OBJECT)}, errors,
+                  takes=FileRename),
+            Route("POST", "/v1/files/dir", "Make a directory in the guest.", self._file_mkdir,
+                  {200: Reply("the directories made", _OBJECT)}, errors, takes=DirCreate),
+            Route("GET", "/v1/files/watch", "Changes under a path of the guest, one JSON "
+                  "object a line, until the client closes.", self._file_watch,
+                  {200: Reply("{\"path\", \"kind\": created|modified|deleted} lines "
+                              "(and {\"dropped\": n} when the reader fell behind)",
+                              {"type": "string"}, "application/x-ndjson")},
+                  errors, takes=FileWatch, takes_in="query"),
+        ]
+
+    async def _files(self) -> GuestAgentClient:
+        try:
+            return await self._guest.files()
+        except Forbidden as e:
+            raise _Answer(403, str(e)) from None
+        except RoostError as e:
+            raise _Answer(503, str(e)) from None
+
+    async def _file_call(self, kind: str, **params: Any) -> web.Response:
+        from roost.hostagent import files
+
+        client = await self._files()
+        try:
+            return web.json_response(await files.request(client, kind, **params))
+        except GuestAgentError as e:
+            raise _guest_refused(client, e) from None
+
+    async def _file_stat(self, request: web.Request, q: FileRef) -> web.Response:
+        return await self._file_call("stat", path=q.path)
+
+    async def _file_list(self, request: web.Request, q: FileRef) -> web.Response:
+        from roost.hostagent import files
+
+        client = await self._files()
+        try:
+            answer = await files.request(client, "list", path=q.path)
+        except GuestAgentError as e:
+            raise _guest_refused(client, e) from None
+        return web.json_response(answer.get("entries", []))
+
+    async def _file_remove(self, request: web.Request, q: FileRemove) -> web.Response:
+        return await self._file_call("remove", path=q.path, recursive=q.recursive)
+
+    async def _file_rename(self, request: web.Request, body: FileRename) -> web.Response:
+        return await self._file_call("rename", **{"from": body.path, "to": body.to})
+
+    async def _file_mkdir(self, request: web.Request, body: DirCreate) -> web.Response:
+        mode = {"mode": body.mode} if body.mode >= 0 else {}
+        return await self._file_call("mkdir", path=body.path, parents=body.parents, **mode)
+
+    async def _file_read(self, request: web.Request, q: FileRef) -> web.StreamResponse:
+        from roost.hostagent import files
+
+        client = await self._files()
+        try:
+            meta, chunks = await files.read(client, q.path)
+        except GuestAgentError as e:
+            raise _guest_refused(client, e) from None
+        response = web.StreamResponse(headers={
+            "Content-Type": "application/octet-stream", "X-Roost-Mode": str(meta.get("mode")),
+            "X-Roost-Size": str(meta.get("size"))})
+        await response.prepare(request)
+        try:
+            async with contextlib.aclosing(chunks):
+                async for data in chunks:
+                    await response.write(data)
+        except (ConnectionResetError, OSError):
+            return response  # the client left; the guest's end is reset
+        except GuestAgentError as e:
+            # The status line has gone: the client sees a body cut short.
+            log.warning("reading %s from the guest failed: %s", q.path, e)
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        await response.write_eof()
+        return response
+
+    async def _file_write(self, request: web.Request, q: FileWrite) -> web.Response:
+        from roost.hostagent import files
+
+        client = await self._files()
+
+        async def body() -> AsyncIterator[bytes]:
+            while data := await request.content.read(protocol.DATA_CHUNK):
+                yield data
+
+        try:
+            written = await files.write(client, q.path, q.mode if q.mode >= 0 else None,
+                                        body())
+        except GuestAgentError as e:
+            raise _guest_refused(client, e) from None
+        except web.RequestPayloadError as e:
+            raise InputError(f"the request body could not be read: {e}") from None
+        except ConnectionResetError:  # the client left: files.write reset the guest's end
+            log.info("a write of %s was given up by its client", q.path)
+            raise _Answer(400, "the client closed the connection") from None
+        return web.json_response(written)
+
+    async def _file_watch(self, request: web.Request, q: FileWatch) -> web.StreamResponse:
+        import json
+
+        from roost.hostagent import files
+
+        client = await self._files()
+        try:
+            _, changes = await files.watch(client, q.path, q.recursive)
+        except GuestAgentError as e:
+            raise _guest_refused(client, e) from None
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+
+        async def forward() -> None:
+            async for change in changes:
+                await response.write(json.dumps(change).encode() + b"\n")
+
+        # Ends when the client leaves or the host agent closes, though nothing
+        # changes: aiohttp does not cancel a handler whose client has gone.
+        task = asyncio.ensure_future(forward())
+        try:
+            while not task.done():
+                transport = request.transport
+                if transport is None or transport.is_closing() or self._closing.is_set():
+                    break
+                await asyncio.wait([task], timeout=WATCH_POLL)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError, OSError):
+                await task
+        return response
 
     async def _get_openapi(self, request: web.Request, _: None) -> web.Response:
         if self._openapi is None:
@@ -297,6 +493,7 @@ class ApiServer:
         return self._runner.server, self._cleanup
 
     async def _cleanup(self) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -313,6 +510,7 @@ class ApiServer:
             os.umask(old)
 
     async def close(self, path: Path) -> None:
+        self._closing.set()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

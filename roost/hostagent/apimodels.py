@@ -126,6 +126,11 @@ class ExecRequest(ApiInput):
     """The terminal's width (with tty; 0: the guest's default)."""
     term: Annotated[str, Constraint(pattern=r"^[A-Za-z0-9._+-]{0,64}$")] = ""
     """TERM for the terminal, such as xterm-256color ("": dumb)."""
+    env: dict[str, ExecArg] = dataclasses.field(default_factory=dict)
+    """Environment variables, over the guest agent's own (the guest refuses a
+    name with "=" or NUL)."""
+    cwd: Annotated[str, Constraint(pattern=r"^(/[^\x00]*)?$")] = ""
+    """The directory it starts in (absolute; "": /)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -156,3 +161,70 @@ class ExecSignal(ApiInput):
 # The control messages after the request, by their type.
 EXEC_CONTROLS: dict[str, type[ApiInput]] = {
     "eof": ExecEof, "resize": ExecResize, "signal": ExecSignal, "kill": ExecSignal}
+
+
+# A path in the guest, for the files routes (guestAgent.allowFiles); the
+# guest agent bounds its length (4096 bytes, as PATH_MAX).
+GuestPath = Annotated[str, Constraint(pattern=r"^/[^\x00]*$")]
+FileMode = Annotated[int, Constraint(ge=-1, le=0o7777)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRef(ApiInput):
+    """A file or directory in the guest (GET /v1/files, /v1/files/stat, /v1/files/list)."""
+
+    path: GuestPath
+    """Its absolute path in the guest."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileWrite(ApiInput):
+    """Write a file in the guest from the request body (PUT /v1/files?path=...)."""
+
+    path: GuestPath
+    """The file's absolute path; it is replaced at once when the body has all come."""
+    mode: FileMode = -1
+    """Its permission bits (e.g. 420 for 0o644); -1: kept from the file it
+    replaces, else 0o644."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRemove(ApiInput):
+    """Remove a file or directory in the guest (DELETE /v1/files?path=...)."""
+
+    path: GuestPath
+    """What to remove."""
+    recursive: bool = False
+    """Remove a directory with all it holds (else only an empty one)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileRename(ApiInput):
+    """Rename (move) a file or directory in the guest (POST /v1/files/rename)."""
+
+    path: GuestPath
+    """What to move."""
+    to: GuestPath
+    """Its new path (an existing file there is replaced, as by rename(2))."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DirCreate(ApiInput):
+    """Make a directory in the guest (POST /v1/files/dir)."""
+
+    path: GuestPath
+    """The directory to make."""
+    parents: bool = False
+    """Make missing parents too, and succeed if it exists (mkdir -p)."""
+    mode: FileMode = -1
+    """Its permission bits; -1: 0o755."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileWatch(ApiInput):
+    """Follow changes under a path in the guest (GET /v1/files/watch?path=...)."""
+
+    path: GuestPath
+    """A file or directory."""
+    recursive: bool = False
+    """Also what is in its subdirectories."""

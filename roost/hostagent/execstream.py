@@ -32,6 +32,8 @@ class ExecSpec:
     rows: int = 0  # the pty's size (0: the guest's default)
     cols: int = 0
     term: str = ""  # TERM for a pty
+    env: tuple[tuple[str, str], ...] = ()  # over the guest agent's environment
+    cwd: str = ""  # where it starts ("": /)
 
 
 # The exit event's fields, as the client gets them, and the types they must have.
@@ -79,6 +81,10 @@ class GuestExec:
         params: dict[str, Any] = {
             "stream": run.stdio.id, "argv": spec.argv, "seconds": spec.timeout,
             "tty": spec.tty, "rows": spec.rows, "cols": spec.cols, "term": spec.term}
+        if spec.env:
+            params["env"] = dict(spec.env)
+        if spec.cwd:
+            params["cwd"] = spec.cwd
         if run.stderr is not None:
             params["stderr"] = run.stderr.id
         try:

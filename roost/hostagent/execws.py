@@ -110,7 +110,8 @@ def parse_spec(text: str) -> ExecSpec:
     size = len(json.dumps(body.argv))
     if size > MAX_ARGV_BYTES:
         raise InputError(f"argv: the command line is {size} bytes; at most {MAX_ARGV_BYTES} fit")
-    return ExecSpec(list(body.argv), body.timeout, body.tty, body.rows, body.cols, body.term)
+    return ExecSpec(list(body.argv), body.timeout, body.tty, body.rows, body.cols, body.term,
+                    tuple(body.env.items()), body.cwd)
 
 
 def parse_control(text: str) -> ApiInput:

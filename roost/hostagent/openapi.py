@@ -56,7 +56,7 @@ class WebSocket:
 
 @dataclass(frozen=True)
 class Route:
-    method: Literal["GET", "POST", "DELETE"]
+    method: Literal["GET", "POST", "PUT", "DELETE"]
     path: str  # aiohttp's and OpenAPI's syntax alike: /v1/snapshots/{tag}
     summary: str
     handler: RouteHandler  # called with the request and its validated input (or None)
@@ -65,6 +65,7 @@ class Route:
     takes: type[ApiInput] | None = None
     takes_in: Literal["body", "query", "path"] = "body"
     websocket: WebSocket | None = None
+    raw_body: bool = False  # takes its body as bytes (application/octet-stream), streamed
 
     @property
     def operation_id(self) -> str:
@@ -100,6 +101,9 @@ def _operation(route: Route, components: dict[str, Any]) -> dict[str, Any]:
             JSON: {"schema": _schema_of(route.takes, components)}}}
     elif route.takes is not None:
         op["parameters"] = _parameters(route)
+    if route.raw_body:
+        op["requestBody"] = {"required": True, "content": {
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
     responses: dict[str, Any] = {}
     for status, reply in route.ok.items():
         responses[str(status)] = {"description": reply.description}

@@ -19,7 +19,7 @@ from typing import Any
 
 from roost.driver.channel import Dialer
 from roost.errors import UsageError
-from roost.hostagent.errors import HostAgentError
+from roost.hostagent.errors import Forbidden, HostAgentError
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.execstream import ExecSpec, GuestExec
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
@@ -31,12 +31,13 @@ REQUEST_TIMEOUT = 120.0
 
 class GuestAgentSession:
     def __init__(self, dialer: Dialer, events: EventEmitter, *, instance: str,
-                 allow_exec: bool, changed: Callable[[], None],
+                 allow_exec: bool, changed: Callable[[], None], allow_files: bool = False,
                  early: asyncio.Future[GuestAgentClient] | None = None) -> None:
         self._dialer = dialer
         self._events = events
         self._instance = instance
         self._allow_exec = allow_exec
+        self._allow_files = allow_files
         self._changed = changed  # the guest's health changed: runtime.json is written again
         self._lock = asyncio.Lock()
         self._early = early
@@ -85,6 +86,18 @@ class GuestAgentSession:
             if not client.connected:
                 raise HostAgentError(f"the guest agent does not answer: {e}") from None
             raise UsageError(str(e)) from None  # the guest refused this request
+
+    async def files(self) -> GuestAgentClient:
+        """The session, for a request on the guest's files (off unless roost.yaml
+        enables it); Forbidden when it is off."""
+        if not self._allow_files:
+            raise Forbidden(
+                f"file access is disabled for {self._instance}; set guestAgent.allowFiles: "
+                "true in roost.yaml and restart to enable it")
+        try:
+            return await self.open()
+        except GuestAgentError as e:
+            raise HostAgentError(f"the guest agent does not answer: {e}") from None
 
     async def start_exec(self, spec: ExecSpec) -> GuestExec:
         """A command in the guest (dev-only, off unless roost.yaml enables it)."""

@@ -82,8 +82,8 @@ class Served:
 
 @asynccontextmanager
 async def served_api(agent_sock: str,
-                     make_mounts: Callable[[Instance, GuestAgentSession], Mounts]
-                     ) -> AsyncIterator[Served]:
+                     make_mounts: Callable[[Instance, GuestAgentSession], Mounts],
+                     allow_files: bool = True) -> AsyncIterator[Served]:
     """The API of instance "dev" (ROOST_HOME set by the caller) on its socket."""
     inst = Instance.at("dev")
     inst.dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ async def served_api(agent_sock: str,
     driver = CapabilityLessDriver(agent_sock)
     events = EventEmitter(io.StringIO())
     guest = GuestAgentSession(driver.guest_agent_dialer(), events, instance="dev",
-                              allow_exec=True, changed=lambda: None)
+                              allow_exec=True, changed=lambda: None, allow_files=allow_files)
     mounts = make_mounts(inst, guest)
 
     async def no_ssh() -> None:

@@ -67,8 +67,9 @@ class Operation:
 
     @property
     def body_schema(self) -> dict[str, Any] | None:
+        """The JSON body's schema; None for none, or for bytes (PUT /v1/files)."""
         body = self.spec.get("requestBody")
-        return body["content"][JSON_TYPE]["schema"] if body else None
+        return body["content"].get(JSON_TYPE, {}).get("schema") if body else None
 
     def parameters(self, where: str) -> list[dict[str, Any]]:
         return [p for p in self.spec.get("parameters", []) if p["in"] == where]

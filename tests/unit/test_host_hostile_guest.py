@@ -235,3 +235,81 @@ async def _take(events: AsyncIterator[dict[str, Any]], n: int) -> AsyncIterator[
         n -= 1
         if n == 0:
             return
+
+
+# -- files (roost.hostagent.files): what guest root can send back ----------------
+
+async def test_a_watch_flood_and_bad_changes_are_bounded_and_dropped(
+        guest: RawGuest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.hostagent import files
+
+    monkeypatch.setattr(files, "WATCH_QUEUE", 100)
+    client, session = await _connect(guest)
+    started = asyncio.ensure_future(files.watch(client, "/w", False))
+    req = await session.request("files-watch")
+    session.send(frame({"id": req["id"], "ok": True, "result": {"path": "/w"}}))
+    _, changes = await started
+    stream = req["stream"]
+    for bad in ({"path": "relative", "kind": "created"}, {"path": 7, "kind": "created"},
+                {"path": "/" + "x" * 5000, "kind": "created"},
+                {"path": "/a", "kind": "exploded"}, {"path": "/a"}):
+        session.send(frame({"event": "files-change", "stream": stream, **bad}))
+    session.send(frame({"event": "files-written", "stream": stream, "size": 1}))
+    for i in range(5000):  # far more than the host holds for a reader that does not read
+        session.send(frame({"event": "files-change", "stream": stream, "path": f"/w/{i}",
+                            "kind": "created"}))
+    session.send(frame({"id": 10**6, "ok": True, "result": {}}))  # a marker: all read by then
+    await session.drain()
+    await asyncio.sleep(0.5)
+    assert client.rejected >= 6 and client.connected
+    got = [await asyncio.wait_for(changes.__anext__(), 5) for _ in range(101)]
+    assert got[0] == {"dropped": 4900}  # counted, not queued
+    assert [c["path"] for c in got[1:]] == [f"/w/{i}" for i in range(100)]
+    await changes.aclose()
+    assert (await session.request("reset"))["stream"] == stream  # the guest's watch ends
+    await client.close()
+
+
+async def test_a_write_the_guest_never_confirms_fails_and_is_reset(
+        guest: RawGuest, monkeypatch: pytest.MonkeyPatch) -> None:
+    from roost.hostagent import files
+
+    monkeypatch.setattr(files, "WRITE_DONE_TIMEOUT", 0.5)
+    client, session = await _connect(guest)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data"
+
+    writing = asyncio.ensure_future(files.write(client, "/f", None, body()))
+    req = await session.request("files-write")
+    session.send(frame({"id": req["id"], "ok": True, "result": {"path": "/f", "mode": 420}}))
+    assert (await session.request("eof"))["stream"] == req["stream"]
+    # What the guest says instead of confirming is checked, and counts for nothing.
+    session.send(frame({"event": "files-written", "stream": req["stream"], "size": "4"}))
+    session.send(frame({"event": "files-change", "stream": req["stream"], "path": "/f",
+                        "kind": "created"}))
+    with pytest.raises(GuestAgentError, match="did not confirm the write"):
+        await writing
+    assert (await session.request("reset"))["stream"] == req["stream"]
+    assert client.rejected == 2 and client.connected
+    await client.close()
+
+
+async def test_a_read_that_overruns_its_window_is_reset(guest: RawGuest) -> None:
+    from roost.hostagent import files
+
+    client, session = await _connect(guest)
+    started = asyncio.ensure_future(files.read(client, "/big"))
+    req = await session.request("files-read")
+    session.send(frame({"id": req["id"], "ok": True, "result": {"size": 1, "mode": 420}}))
+    _, chunks = await started
+    chunk = b"x" * protocol.DATA_CHUNK
+    for _ in range(protocol.WINDOW // len(chunk) + 2):  # more than the credit it was given
+        session.send(protocol.encode_data(req["stream"], chunk))
+    reset = await session.request("reset")
+    assert reset["stream"] == req["stream"] and "overrun" in reset["error"]
+    with pytest.raises(guestagent.StreamReset):
+        async for _ in chunks:
+            pass
+    assert client.connected
+    await client.close()

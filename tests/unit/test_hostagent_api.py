@@ -119,6 +119,24 @@ async def test_guest_requests_through_the_api(api: aiohttp.ClientSession) -> Non
     assert error["status"] == 400 and "argv" in error["error"]
 
 
+async def test_exec_takes_an_environment_and_a_directory(api: aiohttp.ClientSession,
+                                                         tmp_path: Path) -> None:
+    async def run(request: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+        async with api.ws_connect("/v1/exec") as ws:
+            await ws.send_json(request)
+            messages = [m async for m in ws]
+        out = b"".join(m.data[1:] for m in messages if m.type == aiohttp.WSMsgType.BINARY)
+        return out, json.loads(messages[-1].data)
+
+    out, end = await run({"argv": ["sh", "-c", 'echo "$A|$B"; pwd'], "env": {"A": "x y",
+                          "B": "$HOME"}, "cwd": str(tmp_path)})
+    assert end["type"] == "exit" and out == f"x y|$HOME\n{tmp_path}\n".encode()
+    _, refused = await run({"argv": ["true"], "env": {"A=B": "c"}})
+    assert refused["status"] == 400 and "env" in refused["error"]
+    _, refused = await run({"argv": ["true"], "cwd": "relative"})
+    assert refused["status"] == 400 and "cwd" in refused["error"]
+
+
 async def test_capabilities_the_driver_lacks_are_usage_errors(api: aiohttp.ClientSession
                                                               ) -> None:
     status, body = await answer(await api.post("/v1/suspend"))
