@@ -40,7 +40,8 @@ if [ "$(id -u)" -eq 0 ] && [ "$#" -eq 0 ]; then
     tests/e2e/test_guest_services.py tests/e2e/test_host_dns.py tests/e2e/test_lifecycle.py \
     tests/e2e/test_lifecycle_policy.py tests/e2e/test_micro_tools.py \
     tests/e2e/test_mount_faults.py tests/e2e/test_mounts.py tests/e2e/test_network_policy.py \
-    tests/e2e/test_portfwd.py tests/e2e/test_sandbox.py tests/e2e/test_snapshots.py \
+    tests/e2e/test_portfwd.py tests/e2e/test_sandbox.py tests/e2e/test_sdk.py \
+    tests/e2e/test_snapshots.py \
     tests/e2e/test_suspend.py tests/e2e/test_zz_faults.py \
     --deselect tests/e2e/test_faults.py::test_roost_home_on_a_full_file_system \
     --deselect tests/e2e/test_faults.py::test_guest_disk_fills_the_host_file_system

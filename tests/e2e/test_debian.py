@@ -6,6 +6,7 @@ One VM for the module: a TCG boot of it takes a minute or two.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pwd
@@ -58,7 +59,7 @@ def debian(roost: Roost, share: Path, trusted_ca: CA) -> Iterator[str]:
     config = roost.home / "deb.yaml"
     config.write_text(
         "base: debian-12\n"
-        "guestAgent:\n  allowExec: true\n"
+        "guestAgent:\n  allowExec: true\n  allowFiles: true\n"
         # removeDefaults: update-ca-certificates then has one certificate to
         # link, not Debian's 140 (a minute of first boot under TCG).
         f"caCerts:\n  removeDefaults: true\n  files:\n    - {trusted_ca.cert}\n"
@@ -293,6 +294,46 @@ def test_health_check_and_exec(roost: Roost, debian: str) -> None:
     wait_until(lambda: health() == "healthy", 30, "the health check to pass")
     out = roost.run("exec", debian, "--", "sh", "-c", "id -u; echo exec-ok")
     assert out.stdout.split() == ["0", "exec-ok"]
+
+
+def test_the_sdk_on_debian(roost: Roost, debian: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """roost.sdk against systemd, cloud-init's users and a real shell: commands
+    streamed with exit codes and stdin, a pty, files (10 MB, mode, owner,
+    watch) through the guest agent."""
+    from roost.sdk import Sandbox
+
+    monkeypatch.setenv("ROOST_HOME", str(roost.home))
+    sb = Sandbox.connect(debian)
+    try:
+        chunks: list[bytes] = []
+        result = sb.commands.run("echo one; sleep 0.3; echo two; echo err >&2; exit 4",
+                                 on_stdout=chunks.append)
+        assert (result.exit_code, result.stdout, result.stderr) == (4, b"one\ntwo\n",
+                                                                     b"err\n")
+        assert len(chunks) >= 2
+        assert sb.commands.run(["sh", "-c", "echo $ROOST_E2E_VAR"]).text == "from-roost-yaml\n"
+        data = os.urandom(10 * 1024 * 1024)
+        assert sb.commands.run(["sha256sum"], stdin=data).text.split()[0] == \
+            hashlib.sha256(data).hexdigest()
+        user, _ = host_user()
+        home = sb.commands.run(["sh", "-c", f"getent passwd {user} | cut -d: -f6"]).text.strip()
+        sb.files.write(f"{home}/sdk.bin", data, mode=0o640)
+        assert sb.files.read(f"{home}/sdk.bin") == data
+        assert sb.commands.run(["stat", "-c", "%a %U", f"{home}/sdk.bin"]).text == \
+            f"640 {user}\n"
+        with sb.files.watch(home) as watch:
+            sb.commands.run(["su", "-", user, "-c", "echo hi > ~/sdk-watched.txt"])
+            change = watch.next(timeout=30)
+            assert (change.path, change.kind) == (f"{home}/sdk-watched.txt", "created")
+        screen = bytearray()
+        term = sb.commands.pty(["/bin/bash", "--norc"], rows=33, cols=99, on_data=screen.extend)
+        term.send_stdin("stty size; exit 3\n")
+        assert term.wait(timeout=60).exit_code == 3 and b"33 99" in screen
+        term.close()
+        sb.files.remove(f"{home}/sdk.bin")
+        sb.files.remove(f"{home}/sdk-watched.txt")
+    finally:
+        sb.close()
 
 
 def test_snapshot_and_suspend_resume(roost: Roost, debian: str) -> None:
