@@ -4,7 +4,8 @@ baseline measured in the same run, runs interleaved (A B A B):
 
 * create: `Sandbox.create()` to the first command's output, against the
   CLI doing the same (`roost start NEW` then `roost exec NEW -- echo`);
-* fork: `Sandbox.fork(stopped)` to the first output, against `create`;
+* fork: `Sandbox.fork(paused)` to the first output, against resuming that
+  same paused source to its first output (and against `create`);
 * pause and resume: `sb.pause()`, and `Sandbox.connect()` (auto-resume) to
   the first output, against a cold `sb.stop()` + `Sandbox.connect(start=True)`
   to the first output;
@@ -67,7 +68,7 @@ def main() -> None:
 
         Sandbox.create(name="warm", memory=MEMORY).kill()  # the image built, caches warm
 
-        create_s, cli_s, fork_s = [], [], []
+        create_s, cli_s, fork_s, fork_resume_s = [], [], [], []
         for i in range(args.runs):  # SDK create, CLI, fork, ...
             start = time.monotonic()
             sb = Sandbox.create(name=f"c{i}", memory=MEMORY)
@@ -83,12 +84,16 @@ def main() -> None:
             cli_s.append(time.monotonic() - start)
             roost(home, "delete", "--force", f"k{i}")
 
-            sb.stop()
+            sb.pause()
             start = time.monotonic()
             fork = Sandbox.fork(sb, name=f"f{i}")
             first_output(fork)
             fork_s.append(time.monotonic() - start)
             fork.kill()
+            start = time.monotonic()
+            sb = Sandbox.connect(f"c{i}")  # the same source, resumed: the baseline
+            first_output(sb)
+            fork_resume_s.append(time.monotonic() - start)
             sb.kill()
 
         sb = Sandbox.create(name="pr", memory=MEMORY)
@@ -174,7 +179,9 @@ def main() -> None:
         "create_to_first_output_s": summary(create_s),
         "baseline_cli_start_then_exec_s": summary(cli_s),
         "create_vs_cli": ratio(create_s, cli_s),
-        "fork_to_first_output_s": summary(fork_s),
+        "fork_of_paused_to_first_output_s": summary(fork_s),
+        "baseline_resume_of_the_source_to_first_output_s": summary(fork_resume_s),
+        "fork_vs_resume": ratio(fork_s, fork_resume_s),
         "fork_vs_create": ratio(fork_s, create_s),
         "pause_s": summary(pause_s),
         "resume_to_first_output_s": summary(resume_s),

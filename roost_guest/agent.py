@@ -381,6 +381,7 @@ class Agent:
             "files-read": self.files_stream,
             "files-write": self.files_stream,
             "files-watch": self.files_stream,
+            "reidentify": self.reidentify,
         }
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
@@ -507,6 +508,14 @@ class Agent:
         """After a restore: the wall clock, then each restore_cmd."""
         clock = self.set_clock(conn, req) if "time" in req else {}
         return {"restores": self._run_hooks("restore_cmd"), **clock}
+
+    def reidentify(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """A fork, woken: its own host name, SSH host key and MAC (roost_guest.identity)."""
+        from roost_guest import identity
+        try:
+            return identity.reidentify(req)
+        except identity.IdentityError as e:
+            raise RequestError(str(e)) from None
 
     def set_clock(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """After a restore the guest's wall clock is where it was saved."""
@@ -687,7 +696,7 @@ class Agent:
     # channel's other requests and streams must not wait for them.
     THREADED = ("tunnel", "mount", "umount", "exec", "diff", "sleep-prep", "wake",
                 "files-stat", "files-list", "files-mkdir", "files-remove", "files-rename",
-                "files-read", "files-write", "files-watch")
+                "files-read", "files-write", "files-watch", "reidentify")
 
     def dispatch(self, conn: Connection, req: Dict[str, Any]) -> None:
         """One JSON message from the host; every problem gets an error reply."""

@@ -179,6 +179,19 @@ def clone(name: str, new_name: str) -> None:
 @cli.command()
 @NAME
 @click.argument("new_name", metavar="NEW_NAME", callback=_name)
+def fork(name: str, new_name: str) -> None:
+    """A new instance from a suspended one that runs on from its saved memory
+    (`roost start NEW_NAME`), or from a stopped one (as clone), with a machine
+    identity of its own."""
+    from roost.ops import fork as forking
+
+    inst = forking.fork(name, new_name)
+    click.echo(f"forked {name} to {new_name} in {inst.dir}; `roost start {new_name}` runs it")
+
+
+@cli.command()
+@NAME
+@click.argument("new_name", metavar="NEW_NAME", callback=_name)
 def rename(name: str, new_name: str) -> None:
     """Give a stopped instance a new name."""
     from roost.ops import instances

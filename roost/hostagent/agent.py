@@ -77,7 +77,7 @@ from roost.sshutil.config import guest_user, host_timezone, write_ssh_files
 from roost.sshutil.keys import ensure_host_key, ensure_user_key
 from roost.store.disks import Disk
 from roost.store.durable import write_atomic
-from roost.store.instance import Instance, pid_running
+from roost.store.instance import FORKED_FROM, Instance, pid_running
 from roost.store.paths import config_dir
 
 if TYPE_CHECKING:
@@ -191,7 +191,10 @@ class HostAgent:
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
         host_priv, host_pub = ensure_host_key(inst.host_key, inst.name)
-        new_seed = not self.attach_pid and not self.resume_state  # the guest has the old one
+        # A fork's saved guest has its source's seed: it gets its own, and on
+        # wake its own identity (checkpoint.Checkpoints.reidentify).
+        forked = bool(self.resume_state and self.resume_state.get(FORKED_FROM))
+        new_seed = forked or (not self.attach_pid and not self.resume_state)
         ident = GuestIdentity(
             instance_id=self.instance_id, hostname=inst.name, user=user, uid=uid,
             authorized_keys=[user_pub], host_private_key=host_priv, host_public_key=host_pub,
@@ -252,9 +255,24 @@ class HostAgent:
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
                       "dnsPort": self.dns_port,
                       "instanceId": self.instance_id, "startedAt": self.started_at},
-            stop=self._stop.set, wait_ssh=self._wait_ssh_again)
+            stop=self._stop.set, wait_ssh=self._wait_ssh_again,
+            fork_identity=self._fork_identity(ident) if forked else None)
         self.lifecycle = LifecyclePolicy(self.config.lifecycle, inst, self.events,
                                          suspend=self.checkpoints.suspend, stop=self._stop.set)
+
+    def _fork_identity(self, ident: GuestIdentity) -> dict[str, Any]:
+        """What a forked guest is told on wake: the fork's own host name, SSH
+        host key (OpenSSH's and dropbear's format) and MAC address."""
+        import base64
+
+        from roost.sshutil.dropbear import dropbear_ed25519_key
+
+        source = str(self.resume_state.get(FORKED_FROM)) if self.resume_state else ""
+        return {"hostname": ident.hostname, "hostKey": ident.host_private_key,
+                "hostKeyPublic": ident.host_public_key, "mac": ident.mac,
+                "sourceMac": mac_address(source) if source else "",
+                "dropbearKey": base64.b64encode(
+                    dropbear_ed25519_key(ident.host_private_key)).decode()}
 
     @property
     def dns_port(self) -> int:
@@ -632,6 +650,8 @@ class HostAgent:
         essential, optional, final = self.requirements(
             resumed=resumed, fresh_boot=not resumed and not self.attach_pid)
         self.cleanups.push("disconnect the guest agent", self.session.drop)
+        if woken is not None and self.checkpoints.forked:
+            await woken  # a fork's guest has its own SSH host key only once woken
         # The guest agent is independent of SSH: wait for both at once.
         optional_task = asyncio.ensure_future(self._run_list(optional))
         try:

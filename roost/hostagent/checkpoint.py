@@ -20,7 +20,7 @@ from roost.driver.base import Driver, Suspendable, VMSnapshots
 from roost.errors import RoostError, UsageError
 from roost.hostagent.errors import HostAgentError
 from roost.hostagent.events import EventEmitter, rfc3339_now
-from roost.hostagent.guestagent import GuestAgentError
+from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.mounts.manager import MountManager
 from roost.hostagent.session import GuestAgentSession
 from roost.hostagent.sshmaster import close_ssh_master
@@ -37,7 +37,8 @@ class Checkpoints:
     def __init__(self, inst: Instance, driver: Driver, session: GuestAgentSession,
                  mounts: MountManager, events: EventEmitter, *,
                  identity: dict[str, Any], stop: Callable[[], None],
-                 wait_ssh: Callable[[], Awaitable[None]]) -> None:
+                 wait_ssh: Callable[[], Awaitable[None]],
+                 fork_identity: dict[str, Any] | None = None) -> None:
         self.inst = inst
         self.driver = driver
         self.session = session
@@ -47,6 +48,7 @@ class Checkpoints:
         self._stop = stop  # ends the host agent (its cleanups quit the VM)
         self._wait_ssh = wait_ssh  # SSH answers again, as after a boot
         self.suspended = False  # the VM's state is saved: no guest shutdown, RAM file kept
+        self._fork_identity = fork_identity  # a fork's own, given to its guest on wake
 
     # -- suspend and resume -------------------------------------------------------
 
@@ -109,10 +111,33 @@ class Checkpoints:
                 await client.request("wake", timeout=WAKE_TIMEOUT, time=time.time())
         except GuestAgentError as e:
             self.events.add_error(f"the guest agent did not wake: {e}")
+        else:
+            if self._fork_identity is not None:
+                await self._reidentify(client)
         # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
         for error in (await self.mounts.reattach_static(mount_in_guest=False)
                       + await self.mounts.readd(saved.get("mounts", []))):
             self.events.add_error(f"after resume: {error}")
+
+    @property
+    def forked(self) -> bool:
+        """A fork's first start: its guest is re-identified on wake."""
+        return self._fork_identity is not None
+
+    async def _reidentify(self, client: GuestAgentClient) -> None:
+        """A fork's guest woke as its source: its host name, SSH host key and
+        MAC become the fork's before anything uses them (SSH pins the new key)."""
+        assert self._fork_identity is not None
+        try:
+            done = await client.request("reidentify", timeout=WAKE_TIMEOUT,
+                                        **self._fork_identity)
+        except GuestAgentError as e:
+            self.events.add_error(f"the fork's guest kept its source's identity: {e}")
+            return
+        for problem in done.get("problems", []):
+            self.events.add_error(f"giving the fork its identity: {problem}")
+        self.events.emit_transient(reidentified={k: done.get(k) for k in ("hostname", "ssh",
+                                                                          "mac")})
 
     # -- snapshots of the running VM ------------------------------------------------
 

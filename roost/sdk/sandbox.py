@@ -160,15 +160,17 @@ class AsyncSandbox:
     @classmethod
     async def fork(cls, source: str | AsyncSandbox, *, name: str | None = None,
                    start_timeout: float = START_TIMEOUT) -> AsyncSandbox:
-        """A new sandbox from a stopped one (`source`, or its name), started:
-        its configuration and a copy of its disk (copy-on-write over the
-        same base image, reflinked where the file system can), and a machine
-        identity of its own (instance-id, SSH host keys, MAC, host name).
-        The source is left as it was. It boots from the copied disk: what
-        the source had in memory is not carried over (see docs/sdk.md)."""
+        """A new sandbox from a suspended or stopped one (`source`, or its
+        name), started, with a machine identity of its own (instance-id, SSH
+        host keys, MAC, host name) and its own copy-on-write disk. From a
+        suspended source it runs on from the source's saved memory, in about
+        the time of a resume; from a stopped one it boots. The source is
+        left as it was (roost.ops.fork)."""
+        from roost.ops import fork as forking
+
         old = source.name if isinstance(source, AsyncSandbox) else validate_name(source)
         new = validate_name(name) if name else f"sb-{secrets.token_hex(4)}"
-        await asyncio.to_thread(instances.clone, old, new)
+        await asyncio.to_thread(forking.fork, old, new)
         try:
             await asyncio.to_thread(starting.start, new, None, start_timeout)
         except starting.StartFailed:

@@ -43,6 +43,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_SOCKET_PATH = 107
 
 
+# suspended.json's key naming the instance a fork was made from.
+FORKED_FROM = "forkedFrom"
+
+
 class Status(StrEnum):
     RUNNING = "Running"
     STARTING = "Starting"
@@ -123,7 +127,8 @@ class Instance:
     known_hosts = _InstanceFile("known_hosts")
     host_key = _InstanceFile("ssh_host_ed25519_key")
     runtime = _InstanceFile("runtime.json")
-    # A suspended VM: its saved state and what resume needs to rebuild it.
+    # A suspended VM: its saved state and what resume needs to rebuild it
+    # (with FORKED_FROM when it is a fork's, made by roost.ops.fork).
     suspended = _InstanceFile("suspended.json")
     vmstate = _InstanceFile("vmstate.bin")
     ram_file = _InstanceFile("ram.bin")

@@ -206,21 +206,36 @@ def test_pause_and_resume_keep_a_process(sb: Sandbox) -> None:
     again.commands.run(["kill", pid])
 
 
-def test_zz_a_fork_is_an_independent_copy(home: Roost, sb: Sandbox) -> None:
-    sb.commands.run("echo parent > /etc/sdk-mark; sync")
-    with pytest.raises(WrongState):
-        Sandbox.fork(sb)  # a running sandbox: stop or pause it first
-    sb.stop()
+def test_zz_a_fork_of_a_paused_sandbox_runs_on_as_a_new_machine(home: Roost,
+                                                                sb: Sandbox) -> None:
+    """Its memory (a tmpfs file, a process), its source's disk as a copy, and
+    an identity of its own: host name, MAC, SSH host key (roost shell pins
+    the fork's), instance-id; and what it writes is not in the source."""
+    sb.commands.run("echo parent > /etc/sdk-mark; echo in-ram > /run/sdk-fork-ram; sync")
+    pid = sb.commands.run("setsid sleep 3000 </dev/null >/dev/null 2>&1 & echo $!").text.strip()
+    mac = sb.commands.run(["cat", "/sys/class/net/eth0/address"]).text
+    with pytest.raises(WrongState, match="stopped or suspended"):
+        Sandbox.fork(sb)  # a running one
+    sb.pause()
+    started = time.monotonic()
     fork = Sandbox.fork(sb, name="sdk-fork", start_timeout=START_TIMEOUT)
     try:
-        assert fork.commands.run(["cat", "/etc/sdk-mark"]).text == "parent\n"
-        assert fork.commands.run(["hostname"]).text.strip() == "sdk-fork"
-        fork.commands.run("echo fork > /etc/sdk-only-in-fork; sync")
-        parent_id = Instance.at(NAME).cloud_instance_id()
-        assert Instance.at("sdk-fork").cloud_instance_id() != parent_id
-        parent = Sandbox.connect(NAME, start=True, start_timeout=START_TIMEOUT)
+        out = fork.commands.run("cat /run/sdk-fork-ram /etc/sdk-mark").text
+        print(f"fork of a paused sandbox to its first output: {time.monotonic() - started:.2f}s")
+        assert out == "in-ram\nparent\n"
+        assert fork.commands.run(["kill", "-0", pid]).ok
+        assert fork.commands.run(["hostname"]).text == "sdk-fork\n"
+        assert fork.commands.run(["cat", "/sys/class/net/eth0/address"]).text != mac
+        assert home.run("shell", "sdk-fork", "--", "hostname").stdout == "sdk-fork\n"
+        assert (home.home / "sdk-fork" / "ssh_host_ed25519_key.pub").read_text() != \
+            (home.home / NAME / "ssh_host_ed25519_key.pub").read_text()
+        assert Instance.at("sdk-fork").cloud_instance_id() != Instance.at(NAME).cloud_instance_id()
+        fork.files.write("/etc/sdk-only-in-fork", "fork\n")
+        parent = Sandbox.connect(NAME)  # the source resumes as it was
+        assert parent.commands.run(["hostname"]).text == f"{NAME}\n"
+        assert parent.files.read_text("/run/sdk-fork-ram") == "in-ram\n"
         assert not parent.files.exists("/etc/sdk-only-in-fork")
-        assert parent.files.exists("/etc/sdk-mark")
+        assert home.run("shell", NAME, "--", "hostname").stdout == f"{NAME}\n"
     finally:
         fork.kill()
     assert not Instance.at("sdk-fork").exists()

@@ -1,0 +1,119 @@
+"""Fork: a new instance from another, with a machine identity of its own.
+
+From a stopped instance it is a clone (roost.ops.instances.clone): the
+configuration and a copy of the disk, booted afresh.
+
+From a suspended one the fork also takes the saved memory and devices, so
+it runs on from where the source was, in about the time of a resume: the
+disk is copied (copy-on-write over the same base image, reflinked where
+the file system can), the saved state too, and suspended.json is written
+for the new directory: its paths, a new SSH port and instance-id, and
+"forkedFrom". Its host agent then gives the guest the fork's own identity
+on wake (roost.hostagent.checkpoint: host name, SSH host key, MAC), and a
+new seed for its later boots. The source is left as it was, still
+suspended.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+from roost.errors import AlreadyExists, RoostError, WrongState
+from roost.ops.instances import CLONED_FILES, clone, copy_disk
+from roost.store.durable import write_atomic
+from roost.store.instance import (
+    FORKED_FROM,
+    Instance,
+    Status,
+    create_instance_dir,
+    operation_lock,
+)
+
+
+def fork(old: str, new: str) -> Instance:
+    """NEW from OLD, stopped or suspended (see the module's docstring)."""
+    source = Instance.at(old).require()
+    status = source.status()
+    if status == Status.STOPPED:
+        return clone(old, new)
+    if status != Status.SUSPENDED:
+        raise WrongState(f"instance {old!r} is {status.value.lower()}; a fork is made from a "
+                         f"stopped or suspended instance: `roost suspend {old}` (to fork its "
+                         f"memory too) or `roost stop {old}` first", status.value)
+    from roost.config.loader import load_config
+
+    disks = [d.name for d in load_config(source.config).additional_disks]
+    if disks:
+        raise WrongState(f"instance {old!r} uses the disks {', '.join(disks)} "
+                         "(additionalDisks), which belong to one instance at a time; a fork "
+                         "of its memory would need them too. Stop it and clone it instead, "
+                         "then give the clone disks of its own", status.value)
+    target = Instance.at(new)
+    target.check_socket_paths()
+    if target.dir.exists() or target.dir.is_symlink():
+        raise AlreadyExists(f"an instance named {new!r} exists already; pick another name",
+                            usage=True)
+    with operation_lock(old, "fork it"), operation_lock(new, "create it"):
+        if source.status() != Status.SUSPENDED:
+            raise WrongState(f"instance {old!r} is no longer suspended", source.status().value)
+        saved = source.read_suspended()
+
+        def fill(tmp: Path) -> None:
+            for filename in (*CLONED_FILES, source.cidata.name):
+                if source.path(filename).exists():
+                    shutil.copy2(source.path(filename), tmp / filename)
+            copy_disk(source.disk, tmp / source.disk.name)
+            for state in (source.vmstate, source.ram_file):
+                if state.exists():
+                    _copy_sparse(state, tmp / state.name)
+            write_atomic(tmp / source.suspended.name,
+                         json.dumps(forked_state(saved, source, target)))
+
+        create_instance_dir(target, {"roost.yaml": source.config.read_text()}, fill)
+    return target
+
+
+def forked_state(saved: dict[str, Any], source: Instance, target: Instance) -> dict[str, Any]:
+    """suspended.json for the fork: every path in the source's directory
+    moved to the fork's, the machine named for it, a new SSH port and
+    instance-id; no runtime mounts (roost.yaml's shares come back as on
+    any resume)."""
+    old_dir, new_dir = str(source.dir), str(target.dir)
+
+    def moved(value: Any) -> Any:
+        if isinstance(value, str) and (value == old_dir or value.startswith(old_dir + "/")):
+            return new_dir + value[len(old_dir):]
+        if isinstance(value, dict):
+            return {k: moved(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [moved(v) for v in value]
+        return value
+
+    state: dict[str, Any] = moved(saved)
+    port = free_port()
+    for machine in (v for v in state.values() if isinstance(v, dict) and "ssh_port" in v):
+        machine["ssh_port"] = port
+        machine["name"] = target.name
+    state.update({"sshLocalPort": port, "instanceId": f"i-{uuid.uuid4().hex[:12]}",
+                  "mounts": [], FORKED_FROM: source.name})
+    return state
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _copy_sparse(src: Path, dst: Path) -> None:
+    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(src), str(dst)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RoostError(f"cannot copy {src}: {proc.stderr.strip()}")
