@@ -134,10 +134,12 @@ class Checkpoints:
         except GuestAgentError as e:
             self.events.add_error(f"the fork's guest kept its source's identity: {e}")
             return
-        for problem in done.get("problems", []):
-            self.events.add_error(f"giving the fork its identity: {problem}")
-        self.events.emit_transient(reidentified={k: done.get(k) for k in ("hostname", "ssh",
-                                                                          "mac")})
+        # The guest's words, bounded before they reach our events.
+        problems = done.get("problems")
+        for problem in problems[:10] if isinstance(problems, list) else []:
+            self.events.add_error(f"giving the fork its identity: {str(problem)[:300]}")
+        self.events.emit_transient(reidentified={k: str(done.get(k) or "")[:100]
+                                                 for k in ("hostname", "ssh", "mac")})
 
     # -- snapshots of the running VM ------------------------------------------------
 
