@@ -124,7 +124,7 @@ async def test_the_document_describes_inputs_from_the_models(api: Api) -> None:
     assert mount["properties"]["type"]["enum"] == ["", *get_args(MountType)]
     assert schemas["ExecRequest"]["properties"]["argv"]["minItems"] == 1
     assert list(schemas["ExecRequest"]["properties"]) == [
-        "argv", "timeout", "tty", "rows", "cols", "term"]
+        "argv", "timeout", "tty", "rows", "cols", "term", "env", "cwd"]
     assert schemas["ExecResize"]["properties"]["rows"]["maximum"] == 65535
     assert tuple(schemas["ExecSignal"]["properties"]["signal"]["enum"]) == EXEC_SIGNALS
     remove = api.doc["paths"]["/v1/mounts"]["delete"]
@@ -180,8 +180,10 @@ async def test_wrong_mount_bodies_are_refused_naming_the_field(
     ({"argv": ["sh"], "rows": 70000}, "rows: expected a number <= 65535, got 70000"),
     ({"argv": ["sh"], "cols": 1.5}, "cols: expected an integer, got 1.5"),
     ({"argv": ["sh"], "term": "x\u001b[2J"}, "term: expected a string matching"),
-    ({"argv": ["sh"], "env": {}},
-     "env: unknown field (known: argv, timeout, tty, rows, cols, term)"),
+    ({"argv": ["sh"], "user": "root"},
+     "user: unknown field (known: argv, timeout, tty, rows, cols, term, env, cwd)"),
+    ({"argv": ["sh"], "env": {"A": 1}}, "env.A: expected a string"),
+    ({"argv": ["sh"], "cwd": "tmp"}, "cwd: expected a string matching"),
     ([1], "the exec request must be a JSON object, got a list"),
     ('{"argv": [', "the exec request is not JSON ("),
     ('{"argv": ["true"], "timeout": NaN}', "timeout: expected a finite number"),
