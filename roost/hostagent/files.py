@@ -119,7 +119,7 @@ async def write(client: GuestAgentClient, path: str, mode: int | None,
 
 
 async def watch(client: GuestAgentClient, path: str, recursive: bool
-                ) -> tuple[dict[str, Any], AsyncIterator[dict[str, Any]]]:
+                ) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:
     """Changes under `path`: {"path", "kind"} as the guest sees them, and
     {"dropped": n} when a slow reader made the host drop n of them."""
     stream = client.new_stream()
@@ -147,7 +147,7 @@ async def watch(client: GuestAgentClient, path: str, recursive: bool
         await stream.reset("the watch was not started")
         raise
 
-    async def changes() -> AsyncIterator[dict[str, Any]]:
+    async def changes() -> AsyncGenerator[dict[str, Any], None]:
         nonlocal dropped
         closed: asyncio.Future[Any] = asyncio.ensure_future(client.closed.wait())
         try:
