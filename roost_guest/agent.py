@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
 import socket
 import sys
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
     from roost_guest import execute, files
 
-    StreamEnd = Union[tunnel.Stream, execute.Port, files.FileStream, files.Watch]
+    StreamEnd = Union[tunnel.Stream, execute.Port, files.FileStream, files.Watch,
+                      "ReservedStream"]
 
 if TYPE_CHECKING:
     Handler = Callable[["Connection", Dict[str, Any]], Dict[str, Any]]
@@ -40,6 +42,7 @@ _STARTED = time.monotonic()
 ANSWERED: Dict[str, Any] = {}
 HOOK_TIMEOUT = 30.0
 PART_ITEMS = 1000  # list items per "part" event: well under the frame limit
+PART_BYTES = 192 * 1024  # and at most this much of them (a frame holds 256 KiB)
 
 
 def log(msg: str) -> None:
@@ -100,7 +103,28 @@ def short(value: object) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+FILE_STREAMS = ("files-read", "files-write", "files-watch")
 BAD_STREAM = "bad or duplicate stream id %s (host streams are even, 1..2**32-1)"
+
+
+class ReservedStream:
+    """A host stream a files request names, until the request makes it."""
+
+    def __init__(self, stream_id: int) -> None:
+        self.id = stream_id
+        self.was_reset = False
+
+    def deliver(self, data: bytes) -> None:
+        pass
+
+    def grant(self, n: int) -> None:
+        pass
+
+    def eof(self) -> None:
+        pass
+
+    def reset(self) -> None:
+        self.was_reset = True
 
 
 class Connection:
@@ -280,13 +304,27 @@ class Connection:
         with self._streams_lock:
             self.streams.pop(stream_id, None)
 
-    def add_stream_end(self, end: StreamEnd) -> bool:
-        """Register a stream end of a files request; False if its id is taken."""
+    def reserve_stream(self, stream_id: int) -> None:
+        """A files request naming a new host stream was read: its id is held
+        (as a tunnel's is) so that a reset sent before it is made counts."""
         with self._streams_lock:
-            if end.id in self.streams:
+            if stream_id not in self.streams:
+                self.streams[stream_id] = ReservedStream(stream_id)
+
+    def claim_reserved(self, stream_id: int, end: StreamEnd) -> bool:
+        """The reserved id becomes `end`; False if it was reset meanwhile, or
+        is no reservation (a duplicate id)."""
+        with self._streams_lock:
+            held = self.streams.get(stream_id)
+            if not isinstance(held, ReservedStream) or held.was_reset:
                 return False
-            self.streams[end.id] = end
+            self.streams[stream_id] = end
         return True
+
+    def drop_reserved(self, stream_id: Any) -> None:
+        with self._streams_lock:
+            if isinstance(self.streams.get(stream_id), ReservedStream):
+                del self.streams[stream_id]
 
     def add_exec(self, run: execute.Exec) -> bool:
         """Register a command's streams; False if the host reused a stream id."""
@@ -586,12 +624,23 @@ class Agent:
             raise RequestError(str(e)) from None
 
     def files_stream(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
-        """read, write and watch: the reply, then the stream's data or events."""
-        files = self._files()
+        """read, write and watch: the reply, then the stream's data or events.
+        The stream id was reserved when the request was read (dispatch): a
+        reset the host sends meanwhile (it gave up waiting) ends it here."""
         stream_id = req.get("stream")
-        if not protocol.valid_stream_id(stream_id, parity=0) or stream_id in conn.streams:
+        try:
+            return self._files_stream(conn, req, stream_id)
+        finally:
+            conn.drop_reserved(stream_id)  # unless it became the stream
+
+    def _files_stream(self, conn: Connection, req: Dict[str, Any],
+                      stream_id: Any) -> Dict[str, Any]:
+        files = self._files()
+        if not protocol.valid_stream_id(stream_id, parity=0):
             raise RequestError(BAD_STREAM % short(stream_id))
         kind = req["type"]
+        fd = -1
+        target = None
         try:
             if kind == "files-watch":
                 end: Any = files.Watch(req, stream_id, conn.send, conn.stream_done)
@@ -605,12 +654,17 @@ class Agent:
                 result = {"path": target.path, "mode": target.mode}
         except files.FilesError as e:
             raise RequestError(str(e)) from None
-        if not conn.add_stream_end(end):
-            if kind == "files-read":
+
+        def undo() -> None:
+            if fd >= 0:
                 os.close(fd)
-            elif kind == "files-write":
+            if target is not None:
                 target.abandon()
-            raise RequestError(BAD_STREAM % short(stream_id))
+
+        if not conn.claim_reserved(stream_id, end):
+            undo()
+            raise RequestError("%s, or reset by the host while it opened"
+                               % (BAD_STREAM % short(stream_id)))
         conn.finish(req.get("id"))
         try:
             # Answered before the stream's first data or event can go out.
@@ -618,8 +672,7 @@ class Agent:
         except OSError:
             end.reset()
             conn.stream_done(stream_id)
-            if kind == "files-write":
-                target.abandon()
+            undo()
             return ANSWERED
         if kind == "files-watch":
             end.start()
@@ -734,6 +787,8 @@ class Agent:
         if kind == "tunnel" and protocol.valid_stream_id(req.get("stream"), parity=0):
             # Before the frames that follow it are read (see add_pending_tunnel).
             conn.add_pending_tunnel(req["stream"], req.get("proto") == "udp")
+        elif kind in FILE_STREAMS and protocol.valid_stream_id(req.get("stream"), parity=0):
+            conn.reserve_stream(req["stream"])
         threading.Thread(target=self.reply, args=(conn, req, handler, conn.generation),
                          daemon=True).start()
 
@@ -830,9 +885,18 @@ def send_parts(conn: Connection, req: Dict[str, Any], key: str,
     """A list of any length as `part` events that each fit a frame (a guest
     may listen on ten thousand ports), before the reply, which names the key
     the host puts them under."""
-    for i in range(0, len(items), PART_ITEMS):
-        conn.send({"event": "part", "id": req.get("id"), "key": key,
-                   "items": items[i : i + PART_ITEMS]})
+    part: List[Any] = []
+    size = 0
+    for item in items:
+        # As encode_json writes it; ensure_ascii: a non-ASCII character is six bytes.
+        n = len(json.dumps(item, separators=(",", ":"))) + 1
+        if part and (len(part) >= PART_ITEMS or size + n > PART_BYTES):
+            conn.send({"event": "part", "id": req.get("id"), "key": key, "items": part})
+            part, size = [], 0
+        part.append(item)
+        size += n
+    if part:
+        conn.send({"event": "part", "id": req.get("id"), "key": key, "items": part})
     return {"parts": key}
 
 

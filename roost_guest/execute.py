@@ -252,7 +252,9 @@ class Exec:
             child_out = child_err = child_in
             if spec.rows and spec.cols:
                 set_window_size(master, spec.rows, spec.cols)
-            env = dict(os.environ, TERM=spec.term or "dumb", **spec.env)
+            env = dict(os.environ)
+            env["TERM"] = spec.term or "dumb"
+            env.update(spec.env)  # the request's own TERM, if it has one, wins
             ours = [master]
         else:
             child_in, stdin_w = os.pipe()

@@ -123,7 +123,7 @@ def list_dir(req: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def _owner_of_parent(path: str) -> Tuple[int, int]:
-    st = os.stat(os.path.dirname(path) or "/")
+    st = os.stat(os.path.dirname(path.rstrip("/")) or "/")
     return st.st_uid, st.st_gid
 
 
@@ -156,7 +156,7 @@ def make_dir(req: Dict[str, Any]) -> Dict[str, Any]:
 
 def remove(req: Dict[str, Any]) -> Dict[str, Any]:
     path = check_path(req.get("path"))
-    if path.rstrip("/") == "":
+    if os.path.realpath(path) == "/":
         raise FilesError("refusing to remove /")
     recursive = req.get("recursive") is True
     try:
@@ -298,22 +298,28 @@ class FileStream:
             target.abandon()
             return  # the channel is gone
         finally:
+            with self._cond:
+                self._closed = True  # data still coming is dropped
             self._on_done(self.id)
         with contextlib.suppress(OSError):
             self._send_json(dict(result, event="files-written", stream=self.id))
+            if "error" in result:  # the host may still be sending: it stops now
+                self._send_json({"type": "reset", "stream": self.id, "error": result["error"]})
 
 
 def open_read(req: Dict[str, Any]) -> Tuple[int, Dict[str, Any]]:
     """The open file and what the reply says of it (size, mode...)."""
     path = check_path(req.get("path"))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # Non-blocking: a FIFO would block the open until a writer came.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise _failed(e, path) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise FilesError("%s is a %s, not a file" % (path, kind_of(st.st_mode)))
+    os.set_blocking(fd, True)
     return fd, describe(st)
 
 
@@ -337,8 +343,9 @@ class Write:
             # Kept from the file it replaces, as an editor would; else the directory's.
             self.owner = (old.st_uid, old.st_gid) if old else _owner_of_parent(self.path)
             self.mode = mode if mode >= 0 else (stat.S_IMODE(old.st_mode) if old else 0o644)
-            self.tmp = os.path.join(os.path.dirname(self.path), ".%s.roost-%d-%d" % (
-                os.path.basename(self.path)[:200], os.getpid(), threading.get_ident()))
+            # Not named after the file: a long (or multi-byte) name would not fit NAME_MAX.
+            self.tmp = os.path.join(os.path.dirname(self.path), ".roost-write-%d-%d.tmp" % (
+                os.getpid(), threading.get_ident()))
             self.fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                               0o600)
         except OSError as e:

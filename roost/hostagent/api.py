@@ -340,7 +340,7 @@ class ApiServer:
             answer = await files.request(client, "list", path=q.path)
         except GuestAgentError as e:
             raise _guest_refused(client, e) from None
-        return web.json_response(answer.get("entries", []))
+        return web.json_response(files.checked_entries(answer.get("entries")))
 
     async def _file_remove(self, request: web.Request, q: FileRemove) -> web.Response:
         return await self._file_call("remove", path=q.path, recursive=q.recursive)
@@ -357,26 +357,27 @@ class ApiServer:
 
         client = await self._files()
         try:
-            meta, chunks = await files.read(client, q.path)
+            opened = await files.read(client, q.path)
         except GuestAgentError as e:
             raise _guest_refused(client, e) from None
-        response = web.StreamResponse(headers={
-            "Content-Type": "application/octet-stream", "X-Roost-Mode": str(meta.get("mode")),
-            "X-Roost-Size": str(meta.get("size"))})
-        await response.prepare(request)
         try:
-            async with contextlib.aclosing(chunks):
-                async for data in chunks:
-                    await response.write(data)
+            response = web.StreamResponse(headers={
+                "Content-Type": "application/octet-stream",
+                "X-Roost-Mode": str(int(opened.meta["mode"])),
+                "X-Roost-Size": str(int(opened.meta["size"]))})
+            await response.prepare(request)
+            async for data in opened.items:
+                await response.write(data)
+            await response.write_eof()
         except (ConnectionResetError, OSError):
-            return response  # the client left; the guest's end is reset
+            pass  # the client left
         except GuestAgentError as e:
             # The status line has gone: the client sees a body cut short.
             log.warning("reading %s from the guest failed: %s", q.path, e)
             if request.transport is not None:
                 request.transport.close()
-            return response
-        await response.write_eof()
+        finally:
+            await opened.close()
         return response
 
     async def _file_write(self, request: web.Request, q: FileWrite) -> web.Response:
@@ -407,14 +408,14 @@ class ApiServer:
 
         client = await self._files()
         try:
-            _, changes = await files.watch(client, q.path, q.recursive)
+            opened = await files.watch(client, q.path, q.recursive)
         except GuestAgentError as e:
             raise _guest_refused(client, e) from None
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
 
         async def forward() -> None:
-            async for change in changes:
+            await response.prepare(request)
+            async for change in opened.items:
                 await response.write(json.dumps(change).encode() + b"\n")
 
         # Ends when the client leaves or the host agent closes, though nothing
@@ -430,6 +431,7 @@ class ApiServer:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionResetError, OSError):
                 await task
+            await opened.close()
         return response
 
     async def _get_openapi(self, request: web.Request, _: None) -> web.Response:

@@ -12,10 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
+from roost.hostagent.guestagent import (
+    GuestAgentClient,
+    GuestAgentError,
+    StreamReset,
+    TunnelStream,
+)
 from roost_guest import protocol
 
 REQUEST_TIMEOUT = 60.0  # a recursive remove of a large tree under TCG
@@ -49,31 +54,75 @@ def change_problem(event: dict[str, Any]) -> str:
     return ""
 
 
+ENTRY_TYPES = ("file", "dir", "symlink", "other")
+ENTRY_INTS = ("size", "mode", "uid", "gid")
+
+
+def checked_entries(entries: object) -> list[dict[str, Any]]:
+    """A listing from the guest, as the API documents it: entries of a
+    wrong shape are left out."""
+    out = []
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, dict):
+            continue
+        name, mtime = e.get("name"), e.get("mtime")
+        if not isinstance(name, str) or not name or "/" in name or len(name) > 1024 \
+                or e.get("type") not in ENTRY_TYPES \
+                or not all(protocol.is_int(e.get(k)) and e[k] >= 0 for k in ENTRY_INTS) \
+                or not isinstance(mtime, (int, float)) or isinstance(mtime, bool):
+            continue
+        out.append({"name": name, "type": e["type"], "mtime": mtime,
+                    **{k: e[k] for k in ENTRY_INTS}})
+    return out
+
+
 async def request(client: GuestAgentClient, kind: str, **params: Any) -> dict[str, Any]:
     """stat, list, mkdir, remove, rename: the guest's answer."""
     return await client.request(f"files-{kind}", timeout=REQUEST_TIMEOUT, **params)
 
 
-async def read(client: GuestAgentClient, path: str
-               ) -> tuple[dict[str, Any], AsyncGenerator[bytes, None]]:
+class Opened:
+    """A read or a watch the guest has started: its answer, what comes, and
+    close(), which ends it at both ends whether or not `items` was read."""
+
+    def __init__(self, client: GuestAgentClient, stream: TunnelStream,
+                 meta: dict[str, Any], items: AsyncIterator[Any]) -> None:
+        self.client = client
+        self.stream = stream
+        self.meta = meta
+        self.items = items
+
+    async def close(self) -> None:
+        self.client.unwatch_stream(self.stream.id)
+        await self.stream.reset("done")
+
+
+def meta_problem(meta: dict[str, Any]) -> str:
+    """What is wrong with a read's answer (its stat) from the guest."""
+    for key in ("size", "mode"):
+        if not protocol.is_int(meta.get(key)) or meta[key] < 0:
+            return f"{key} must be a non-negative integer, got {_short(meta.get(key))}"
+    return ""
+
+
+async def read(client: GuestAgentClient, path: str) -> Opened:
     """The file's stat (size, mode...) and its bytes as they come."""
     stream = client.new_stream()
     try:
         meta = await client.request("files-read", timeout=REQUEST_TIMEOUT, path=path,
                                     stream=stream.id)
+        if problem := meta_problem(meta):
+            raise GuestAgentError(f"the guest agent's answer to a read is malformed: {problem}")
     except BaseException:
         await stream.reset("the read was not started")
         raise
 
-    async def chunks() -> AsyncGenerator[bytes, None]:
-        try:
-            while (data := await stream.recv()) is not None:
-                yield data
-                await stream.ack(len(data))
-        finally:
-            await stream.reset("done")
+    async def chunks() -> AsyncIterator[bytes]:
+        while (data := await stream.recv()) is not None:
+            yield data
+            await stream.ack(len(data))
 
-    return meta, chunks()
+    return Opened(client, stream, meta, chunks())
 
 
 async def write(client: GuestAgentClient, path: str, mode: int | None,
@@ -90,7 +139,14 @@ async def write(client: GuestAgentClient, path: str, mode: int | None,
             return problem
         if not done.done():
             done.set_result(event)
+        if "error" in event:  # the guest takes no more: a send waiting for credit ends
+            stream.stop_sending(str(event["error"])[:2000])
         return ""
+
+    def failure() -> GuestAgentError | None:
+        if done.done() and "error" in done.result():
+            return GuestAgentError(str(done.result()["error"])[:2000])
+        return None
 
     client.watch_stream(stream.id, on_event)
     try:
@@ -98,9 +154,13 @@ async def write(client: GuestAgentClient, path: str, mode: int | None,
         if mode is not None:
             params["mode"] = mode
         meta = await client.request("files-write", timeout=REQUEST_TIMEOUT, **params)
-        async for chunk in chunks:
-            await stream.send(chunk)
-        await stream.send_eof()
+        try:
+            async for chunk in chunks:
+                await stream.send(chunk)
+            await stream.send_eof()
+        except StreamReset as e:
+            raise failure() or GuestAgentError(f"the guest ended the write of {path}: {e}"
+                                               ) from None
         closed: asyncio.Future[Any] = asyncio.ensure_future(client.closed.wait())
         try:
             await asyncio.wait([done, closed], timeout=WRITE_DONE_TIMEOUT,
@@ -109,17 +169,16 @@ async def write(client: GuestAgentClient, path: str, mode: int | None,
             closed.cancel()
         if not done.done():
             raise GuestAgentError(f"the guest agent did not confirm the write of {path}")
-        event = done.result()
-        if "error" in event:
-            raise GuestAgentError(str(event["error"])[:2000])
-        return {"path": meta.get("path", path), "mode": meta.get("mode"), "size": event["size"]}
+        if error := failure():
+            raise error
+        return {"path": meta.get("path", path), "mode": meta.get("mode"),
+                "size": done.result()["size"]}
     finally:
         client.unwatch_stream(stream.id)
         await stream.reset("done")
 
 
-async def watch(client: GuestAgentClient, path: str, recursive: bool
-                ) -> tuple[dict[str, Any], AsyncGenerator[dict[str, Any], None]]:
+async def watch(client: GuestAgentClient, path: str, recursive: bool) -> Opened:
     """Changes under `path`: {"path", "kind"} as the guest sees them, and
     {"dropped": n} when a slow reader made the host drop n of them."""
     stream = client.new_stream()
@@ -147,7 +206,7 @@ async def watch(client: GuestAgentClient, path: str, recursive: bool
         await stream.reset("the watch was not started")
         raise
 
-    async def changes() -> AsyncGenerator[dict[str, Any], None]:
+    async def changes() -> AsyncIterator[dict[str, Any]]:
         nonlocal dropped
         closed: asyncio.Future[Any] = asyncio.ensure_future(client.closed.wait())
         try:
@@ -165,7 +224,5 @@ async def watch(client: GuestAgentClient, path: str, recursive: bool
                 yield got.result()
         finally:
             closed.cancel()
-            client.unwatch_stream(stream.id)
-            await stream.reset("done")
 
-    return meta, changes()
+    return Opened(client, stream, meta, changes())

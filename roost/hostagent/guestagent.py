@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -48,6 +49,7 @@ EVENT_QUEUE = 256
 ACCEPT_BACKLOG = 64
 MAX_GUEST_STREAMS = 1024  # guest-initiated streams open at once; more are refused
 MAX_PART_ITEMS = 1_000_000  # items of one long answer (e.g. diff)
+MAX_PART_BYTES = 256 * 1024 * 1024  # and their JSON: what a guest can make the host hold
 # Frames the host writes without waiting (resets, refusals) are dropped once
 # this much is unread by the guest, beyond the one data frame each open
 # stream may have written before it waits (so a guest that is only busy
@@ -242,6 +244,7 @@ class GuestAgentClient:
         # Host streams whose events (a command's exit) go to their owner, not events().
         self._stream_events: dict[int, StreamWatcher] = {}
         self._parts: dict[int, list[Any]] = {}  # long answers, in parts before the reply
+        self._part_bytes: dict[int, int] = {}  # their size so far
         self._lost: str | None = None  # why the session is to end, set while routing
         self._heard = 0.0  # loop time of the last bytes from the guest
         self._streamed = 0.0  # loop time of the read that brought its last stream data or credit
@@ -477,12 +480,17 @@ class GuestAgentClient:
         if parts is None or not isinstance(items, list):
             self._complain(f"a part for {_short(req_id)} of a wrong shape or late")
             return
-        if len(parts) + len(items) > MAX_PART_ITEMS:
-            del self._parts[req_id]  # type: ignore[arg-type]
-            fut = self._pending.pop(req_id, None)  # type: ignore[arg-type]
+        assert isinstance(req_id, int)  # valid_id
+        size = self._part_bytes.get(req_id, 0) + len(json.dumps(items, separators=(",", ":")))
+        self._part_bytes[req_id] = size
+        if len(parts) + len(items) > MAX_PART_ITEMS or size > MAX_PART_BYTES:
+            self._part_bytes.pop(req_id, None)
+            del self._parts[req_id]
+            fut = self._pending.pop(req_id, None)
             if fut is not None and not fut.done():
                 fut.set_result({"id": req_id, "ok": False, "error":
-                                f"the guest agent sent more than {MAX_PART_ITEMS} items"})
+                                f"the guest agent sent more than {MAX_PART_ITEMS} items "
+                                f"or {MAX_PART_BYTES >> 20} MiB in one answer"})
             return
         parts.extend(items)
 
@@ -565,6 +573,7 @@ class GuestAgentClient:
         finally:
             self._pending.pop(req_id, None)
             parts = self._parts.pop(req_id, [])
+            self._part_bytes.pop(req_id, None)
         if reply.get("ok") is not True:
             raise GuestAgentError(str(reply.get("error", "request failed")))
         result: dict[str, Any] = reply.get("result") or {}  # a dict: see _reply_problem
@@ -601,6 +610,7 @@ class GuestAgentClient:
         except BaseException:
             self._pending.pop(req_id, None)
             self._parts.pop(req_id, None)
+            self._part_bytes.pop(req_id, None)
             raise
         return await self._answer(type_, req_id, fut, timeout)
 

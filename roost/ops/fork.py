@@ -17,12 +17,14 @@ suspended.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
+from roost.driver.qemu.machine import UEFI_VARS_FILE
 from roost.errors import AlreadyExists, RoostError, WrongState
 from roost.ops.instances import CLONED_FILES, clone, copy_disk
 from roost.store.durable import write_atomic
@@ -64,7 +66,7 @@ def fork(old: str, new: str) -> Instance:
         saved = source.read_suspended()
 
         def fill(tmp: Path) -> None:
-            for filename in (*CLONED_FILES, source.cidata.name):
+            for filename in (*CLONED_FILES, source.cidata.name, UEFI_VARS_FILE):
                 if source.path(filename).exists():
                     shutil.copy2(source.path(filename), tmp / filename)
             copy_disk(source.disk, tmp / source.disk.name)
@@ -83,11 +85,13 @@ def forked_state(saved: dict[str, Any], source: Instance, target: Instance) -> d
     moved to the fork's, the machine named for it, a new SSH port and
     instance-id; no runtime mounts (roost.yaml's shares come back as on
     any resume)."""
-    old_dir, new_dir = str(source.dir), str(target.dir)
+    old_dirs = {str(source.dir), os.path.realpath(source.dir)}  # as it may be spelled
+    new_dir = str(target.dir)
 
     def moved(value: Any) -> Any:
-        if isinstance(value, str) and (value == old_dir or value.startswith(old_dir + "/")):
-            return new_dir + value[len(old_dir):]
+        for old_dir in old_dirs:
+            if isinstance(value, str) and (value == old_dir or value.startswith(old_dir + "/")):
+                return new_dir + value[len(old_dir):]
         if isinstance(value, dict):
             return {k: moved(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -101,7 +105,23 @@ def forked_state(saved: dict[str, Any], source: Instance, target: Instance) -> d
         machine["name"] = target.name
     state.update({"sshLocalPort": port, "instanceId": f"i-{uuid.uuid4().hex[:12]}",
                   "mounts": [], FORKED_FROM: source.name})
+    # Nothing of the source may be left for the fork's QEMU to open.
+    left = [v for v in _strings(state) if any(d in v for d in old_dirs)]
+    if left:
+        raise RoostError(f"cannot fork {source.name}: its saved machine names "
+                         f"{left[0]!r}, which is not moved with it; stop it and fork the "
+                         "stopped instance instead")
     return state
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def free_port() -> int:

@@ -245,10 +245,20 @@ class Commands:
             raise
         handle = CommandHandle(ws, argv, int(message.get("pid") or 0),
                                int(message.get("window") or 0), on_stdout, on_stderr)
-        if stdin is not None:
-            await handle.send_stdin(stdin)
-        if not keep_stdin:
-            await handle.close_stdin()
+        try:
+            if stdin is not None:
+                await handle.send_stdin(stdin)
+            if not keep_stdin:
+                await handle.close_stdin()
+        except (CommandError, ConnectionError, aiohttp.ClientError):
+            # It exited before taking all of its stdin (`head -c1`, or 127):
+            # its result says how; anything else is raised by wait().
+            if not handle.exited:
+                await handle.close()
+                raise
+        except BaseException:
+            await handle.close()
+            raise
         return handle
 
     async def run(self, cmd: str | Sequence[str], *, stdin: bytes | str | None = None,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
-from roost.errors import UsageError, WrongState
+from roost.errors import AlreadyExists, UsageError, WrongState
 from roost.ops import instances, snapshots
 from roost.ops import start as starting
 from roost.sdk.commands import Commands
@@ -126,6 +126,9 @@ class AsyncSandbox:
         guest agent, so exec and files are allowed unless said otherwise.
         """
         name = validate_name(name) if name else f"sb-{secrets.token_hex(4)}"
+        if Instance.at(name).exists():
+            raise AlreadyExists(f"an instance named {name!r} exists already; "
+                                f"AsyncSandbox.connect({name!r}) attaches to it")
         all_sets = _creation_sets(env, timeout, timeout_action, allow_exec, allow_files,
                                   internet, sets)
         source = None if config_file else template
@@ -133,8 +136,9 @@ class AsyncSandbox:
             await asyncio.to_thread(
                 starting.start, name, config_file, start_timeout, template=source,
                 sets=all_sets, cpus=cpus, memory=memory, disk=disk)
-        except starting.StartFailed:
-            # Nothing half-made is left for the caller: it never had the sandbox.
+        except Exception:
+            # Nothing half-made is left for the caller: it never had the sandbox
+            # (made by this call: the name was free).
             await asyncio.to_thread(_delete_quietly, name)
             raise
         return cls(name)
@@ -173,7 +177,7 @@ class AsyncSandbox:
         await asyncio.to_thread(forking.fork, old, new)
         try:
             await asyncio.to_thread(starting.start, new, None, start_timeout)
-        except starting.StartFailed:
+        except Exception:
             await asyncio.to_thread(_delete_quietly, new)
             raise
         return cls(new)

@@ -165,3 +165,24 @@ async def test_a_guest_agent_without_allow_files_refuses(short_dir: Path, tmp_pa
             resp = await served.http.get("/v1/files/stat", params={"path": "/"})
             assert resp.status == 400
             assert "disabled in this guest" in (await resp.json())["error"]
+
+
+async def test_a_listing_larger_than_a_frame_comes_whole(api: aiohttp.ClientSession,
+                                                        tmp_path: Path) -> None:
+    """1,100 names of 80 CJK characters: 240 bytes each on disk, 480 in the
+    guest's JSON; a thousand of them would not fit one frame."""
+    d = tmp_path / "many"
+    d.mkdir()
+    names = [f"{i:04d}" + "漢" * 76 for i in range(1100)]
+    for name in names:
+        (d / name).touch()
+    resp = await api.get("/v1/files/list", params={"path": str(d)})
+    assert resp.status == 200, await resp.text()
+    assert [e["name"] for e in await resp.json()] == sorted(names)
+
+
+async def test_reading_a_fifo_does_not_block(api: aiohttp.ClientSession, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    resp = await asyncio.wait_for(api.get("/v1/files", params={"path": str(fifo)}), 10)
+    assert resp.status == 400 and "not a file" in (await resp.json())["error"]

@@ -248,7 +248,8 @@ async def test_a_watch_flood_and_bad_changes_are_bounded_and_dropped(
     started = asyncio.ensure_future(files.watch(client, "/w", False))
     req = await session.request("files-watch")
     session.send(frame({"id": req["id"], "ok": True, "result": {"path": "/w"}}))
-    _, changes = await started
+    opened = await started
+    changes = opened.items
     stream = req["stream"]
     for bad in ({"path": "relative", "kind": "created"}, {"path": 7, "kind": "created"},
                 {"path": "/" + "x" * 5000, "kind": "created"},
@@ -265,7 +266,7 @@ async def test_a_watch_flood_and_bad_changes_are_bounded_and_dropped(
     got = [await asyncio.wait_for(changes.__anext__(), 5) for _ in range(101)]
     assert got[0] == {"dropped": 4900}  # counted, not queued
     assert [c["path"] for c in got[1:]] == [f"/w/{i}" for i in range(100)]
-    await changes.aclose()
+    await opened.close()
     assert (await session.request("reset"))["stream"] == stream  # the guest's watch ends
     await client.close()
 
@@ -302,14 +303,51 @@ async def test_a_read_that_overruns_its_window_is_reset(guest: RawGuest) -> None
     started = asyncio.ensure_future(files.read(client, "/big"))
     req = await session.request("files-read")
     session.send(frame({"id": req["id"], "ok": True, "result": {"size": 1, "mode": 420}}))
-    _, chunks = await started
+    opened = await started
     chunk = b"x" * protocol.DATA_CHUNK
     for _ in range(protocol.WINDOW // len(chunk) + 2):  # more than the credit it was given
         session.send(protocol.encode_data(req["stream"], chunk))
     reset = await session.request("reset")
     assert reset["stream"] == req["stream"] and "overrun" in reset["error"]
     with pytest.raises(guestagent.StreamReset):
-        async for _ in chunks:
+        async for _ in opened.items:
             pass
+    await opened.close()
+    assert client.connected
+    await client.close()
+
+
+async def test_a_read_answer_that_would_forge_headers_is_refused(guest: RawGuest) -> None:
+    from roost.hostagent import files
+
+    client, session = await _connect(guest)
+    started = asyncio.ensure_future(files.read(client, "/f"))
+    req = await session.request("files-read")
+    session.send(frame({"id": req["id"], "ok": True,
+                        "result": {"size": "1\r\nX-Evil: 1", "mode": 420}}))
+    with pytest.raises(GuestAgentError, match="size must be a non-negative integer"):
+        await started
+    assert (await session.request("reset"))["stream"] == req["stream"]
+    await client.close()
+
+
+async def test_a_write_the_guest_fails_midway_stops_at_once(guest: RawGuest) -> None:
+    """The guest's disk fills after the first chunk: the host stops sending
+    (no wait for credit that never comes) and says why."""
+    from roost.hostagent import files
+
+    client, session = await _connect(guest)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(64):  # 8 MiB: far past the credit the guest granted
+            yield b"x" * (128 * 1024)
+
+    writing = asyncio.ensure_future(files.write(client, "/f", None, body()))
+    req = await session.request("files-write")
+    session.send(frame({"id": req["id"], "ok": True, "result": {"path": "/f", "mode": 420}}))
+    session.send(frame({"event": "files-written", "stream": req["stream"],
+                        "error": "/f: No space left on device (ENOSPC)"}))
+    with pytest.raises(GuestAgentError, match="ENOSPC"):
+        await asyncio.wait_for(writing, 10)
     assert client.connected
     await client.close()
