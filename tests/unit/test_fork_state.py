@@ -6,6 +6,7 @@ fork rather than leave the fork's QEMU to open the source's disk."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,9 +27,10 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Instance, Ins
 def test_every_path_moves_and_the_identity_is_new(pair: tuple[Instance, Instance]) -> None:
     src, kid = pair
     real_src = str(src.dir.resolve())
-    saved = {"qemu": {"name": "src", "ssh_port": 2222, "disk": f"{src.dir}/disk.qcow2",
-                      "incoming": f"{real_src}/vmstate.bin", "boot": {"kernel": "/cache/k",
-                      "uefi_vars": f"{src.dir}/uefi-vars.fd"}, "extra": []},
+    machine_saved = {"name": "src", "ssh_port": 2222, "disk": f"{src.dir}/disk.qcow2",
+                     "incoming": f"{real_src}/vmstate.bin", "extra": [],
+                     "boot": {"kernel": "/cache/k", "uefi_vars": f"{src.dir}/uefi-vars.fd"}}
+    saved: dict[str, Any] = {"qemu": machine_saved,
              "sshLocalPort": 2222, "instanceId": "i-old", "dnsPort": 5353,
              "mounts": [{"mountPoint": "/mnt/x"}], "configDigest": "d"}
     state = forked_state(saved, src, kid)
