@@ -106,7 +106,7 @@ def forked_state(saved: dict[str, Any], source: Instance, target: Instance) -> d
     state.update({"sshLocalPort": port, "instanceId": f"i-{uuid.uuid4().hex[:12]}",
                   "mounts": [], FORKED_FROM: source.name})
     # Nothing of the source may be left for the fork's QEMU to open.
-    left = [v for v in _strings(state) if any(d in v for d in old_dirs)]
+    left = [v for v in _strings(state) if any(v == d or f"{d}/" in v for d in old_dirs)]
     if left:
         raise RoostError(f"cannot fork {source.name}: its saved machine names "
                          f"{left[0]!r}, which is not moved with it; stop it and fork the "

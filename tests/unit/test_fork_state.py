@@ -21,7 +21,8 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Instance, Ins
     real.mkdir()
     (tmp_path / "home").symlink_to(real)  # ROOST_HOME through a symlink
     monkeypatch.setenv("ROOST_HOME", str(tmp_path / "home"))
-    return Instance.at("src"), Instance.at("kid")
+    # A fork's name may begin with its source's: sdk, sdk-fork.
+    return Instance.at("src"), Instance.at("src-fork")
 
 
 def test_every_path_moves_and_the_identity_is_new(pair: tuple[Instance, Instance]) -> None:
@@ -38,7 +39,7 @@ def test_every_path_moves_and_the_identity_is_new(pair: tuple[Instance, Instance
     assert machine["disk"] == f"{kid.dir}/disk.qcow2"
     assert machine["incoming"] == f"{kid.dir}/vmstate.bin"
     assert machine["boot"] == {"kernel": "/cache/k", "uefi_vars": f"{kid.dir}/uefi-vars.fd"}
-    assert machine["name"] == "kid" and machine["ssh_port"] == state["sshLocalPort"] != 2222
+    assert machine["name"] == "src-fork" and machine["ssh_port"] == state["sshLocalPort"] != 2222
     assert state["instanceId"] != "i-old" and state["mounts"] == []
     assert state[FORKED_FROM] == "src" and state["configDigest"] == "d"
     assert saved["qemu"]["disk"] == f"{src.dir}/disk.qcow2"  # the source's is untouched
