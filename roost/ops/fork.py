@@ -4,7 +4,7 @@ From a stopped instance it is a clone (roost.ops.instances.clone): the
 configuration and a copy of the disk, booted afresh.
 
 From a suspended one the fork also takes the saved memory and devices, so
-it runs on from where the source was, in about the time of a resume: the
+it runs on from where the source was, without a boot: the
 disk is copied (copy-on-write over the same base image, reflinked where
 the file system can), the saved state too, and suspended.json is written
 for the new directory: its paths, a new SSH port and instance-id, and
