@@ -167,8 +167,8 @@ class AsyncSandbox:
         """A new sandbox from a suspended or stopped one (`source`, or its
         name), started, with a machine identity of its own (instance-id, SSH
         host keys, MAC, host name) and its own copy-on-write disk. From a
-        suspended source it runs on from the source's saved memory, in about
-        the time of a resume; from a stopped one it boots. The source is
+        suspended source it runs on from the source's saved memory, without a
+        boot; from a stopped one it boots. The source is
         left as it was (roost.ops.fork)."""
         from roost.ops import fork as forking
 
