@@ -42,6 +42,15 @@ class DriverInfo:
     capabilities: list[str] = field(default_factory=list)
 
 
+def free_port() -> int:
+    """A TCP port free on the host's loopback now, for the guest's SSH forward."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def mac_address(name: str) -> str:
     """The guest NIC's MAC, whatever the driver: the cidata network config
     names it. Stable per instance, in the locally administered range Lima uses."""

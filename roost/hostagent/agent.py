@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from roost.driver.base import (
     Resettable,
     Suspendable,
     VMDescription,
+    free_port,
     mac_address,
 )
 from roost.driver.factory import create_driver
@@ -107,12 +107,6 @@ def _import_api_server() -> type[ApiServer]:
     from roost.hostagent.api import ApiServer
 
     return ApiServer
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class HostAgent:

@@ -19,14 +19,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
+from roost.driver.base import free_port
 from roost.driver.qemu.machine import UEFI_VARS_FILE
 from roost.errors import AlreadyExists, RoostError, WrongState
-from roost.ops.instances import CLONED_FILES, clone, copy_disk
+from roost.ops.instances import CLONED_FILES, clone, copy_disk, copy_sparse
 from roost.store.durable import write_atomic
 from roost.store.instance import (
     FORKED_FROM,
@@ -72,7 +72,7 @@ def fork(old: str, new: str) -> Instance:
             copy_disk(source.disk, tmp / source.disk.name)
             for state in (source.vmstate, source.ram_file):
                 if state.exists():
-                    _copy_sparse(state, tmp / state.name)
+                    copy_sparse(state, tmp / state.name)
             write_atomic(tmp / source.suspended.name,
                          json.dumps(forked_state(saved, source, target)))
 
@@ -124,16 +124,3 @@ def _strings(value: Any) -> list[str]:
     return []
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _copy_sparse(src: Path, dst: Path) -> None:
-    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(src), str(dst)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RoostError(f"cannot copy {src}: {proc.stderr.strip()}")

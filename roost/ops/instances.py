@@ -194,13 +194,19 @@ def clone(old: str, new: str) -> Instance:
     return target
 
 
-def copy_disk(src: Path, dst: Path) -> None:
-    """A qcow2 disk copied (its backing file shared, read-only), without its
-    internal snapshots: they hold the other machine's state."""
+def copy_sparse(src: Path, dst: Path) -> None:
+    """A copy that shares blocks where the file system can (reflink) and
+    keeps holes."""
     proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(src), str(dst)],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise RoostError(f"cannot copy {src}: {proc.stderr.strip()}")
+
+
+def copy_disk(src: Path, dst: Path) -> None:
+    """A qcow2 disk copied (its backing file shared, read-only), without its
+    internal snapshots: they hold the other machine's state."""
+    copy_sparse(src, dst)
     info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(dst)],
                           capture_output=True, text=True, check=False)
     if info.returncode != 0:
