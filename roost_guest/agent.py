@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import socket
 import sys
@@ -23,7 +22,7 @@ import time
 # execute, mounts and diff are imported where they are first used: under TCG
 # their imports (and signal's) cost tens of milliseconds before the first
 # answer, which the host waits for at every boot.
-from roost_guest import __version__, health, ports, protocol, tunnel, vsock, worker
+from roost_guest import __version__, compactjson, health, ports, protocol, tunnel, vsock, worker
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False
@@ -889,7 +888,7 @@ def send_parts(conn: Connection, req: Dict[str, Any], key: str,
     size = 0
     for item in items:
         # As encode_json writes it; ensure_ascii: a non-ASCII character is six bytes.
-        n = len(json.dumps(item, separators=(",", ":"))) + 1
+        n = len(compactjson.dumps(item)) + 1
         if part and (len(part) >= PART_ITEMS or size + n > PART_BYTES):
             conn.send({"event": "part", "id": req.get("id"), "key": key, "items": part})
             part, size = [], 0

@@ -18,10 +18,11 @@ Standard library only: runs in the guest.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
+
+from roost_guest import compactjson
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ class Probe(_Periodic):
             result["error"] = "timed out after %gs (killed)" % self.timeout
         elif self.format == "json":
             try:
-                result["output"] = json.loads(out)
+                result["output"] = compactjson.loads(out)
             except ValueError as e:
                 result["ok"] = False
                 result["error"] = "output is not JSON: %s" % e
@@ -199,7 +200,7 @@ def _load(directory: str, kind: Any) -> Tuple[Dict[str, Any], List[Dict[str, str
         path = os.path.join(directory, filename)
         try:
             with open(path) as f:
-                spec = json.load(f)
+                spec = compactjson.loads(f.read())
             if not isinstance(spec, dict):
                 raise ValueError("expected a JSON object")
             item = kind(path, spec)

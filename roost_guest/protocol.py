@@ -69,8 +69,9 @@ Standard library only, and Python 3.8 compatible: it runs in the guest.
 
 from __future__ import annotations
 
-import json
 import struct
+
+from roost_guest import compactjson
 
 TYPE_CHECKING = False  # typing costs ~70 ms of guest boot under TCG
 if TYPE_CHECKING:
@@ -225,7 +226,7 @@ def encode_json(obj: Dict[str, Any]) -> bytes:
     """The frame for `obj`; ProtocolError when it cannot be one (too large,
     too deep, not JSON): the sender answers that with an error instead."""
     try:
-        text = json.dumps(obj, separators=(",", ":"))
+        text = compactjson.dumps(obj)
     except (TypeError, ValueError, RecursionError) as e:
         raise ProtocolError("message cannot be encoded as JSON: %s" % e) from None
     body = KIND_JSON + text.encode("utf-8")
@@ -247,7 +248,7 @@ def encode_data(stream_id: int, data: bytes) -> bytes:
 
 def decode_json(payload: bytes) -> Union[JsonMessage, BadFrame]:
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj = compactjson.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         return BadFrame("malformed JSON frame: %s" % e)
     except RecursionError:
