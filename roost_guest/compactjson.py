@@ -44,13 +44,14 @@ class _ScanContext:
 
 
 def _c_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
-    import _json  # type: ignore[import-not-found,unused-ignore]
+    import _json
 
     # markers None: no check for cycles (a message is never cyclic, and one
     # recurses into RecursionError); ensure_ascii, allow_nan as json.dumps.
     encoder = _json.make_encoder(None, _not_serializable, _json.encode_basestring_ascii,
                                  None, ":", ",", False, False, True)
-    scanner = _json.make_scanner(_ScanContext())
+    # typeshed wants a scanner as the context; it reads a JSONDecoder's fields.
+    scanner = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]
 
     def dumps(obj: Any) -> str:
         return "".join(encoder(obj, 0))
