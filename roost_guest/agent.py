@@ -14,15 +14,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import socket
 import sys
 import threading
 import time
 
 # execute, mounts and diff are imported where they are first used: under TCG
 # their imports (and signal's) cost tens of milliseconds before the first
-# answer, which the host waits for at every boot.
+# answer, which the host waits for at every boot; `socket` and `json` are
+# replaced by lighter equivalents for the same reason.
 from roost_guest import __version__, compactjson, health, ports, protocol, tunnel, vsock, worker
+from roost_guest import lightsocket as socket
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
 TYPE_CHECKING = False

@@ -62,6 +62,13 @@ def _c_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
             obj, end = scanner(text, 0)
         except StopIteration as e:
             raise ValueError("Expecting value: char %d" % e.value) from None
+        except SystemError:
+            # The scanner raises most errors as json.decoder.JSONDecodeError,
+            # and fails this way when json.decoder is not loaded: load it
+            # (text that is not JSON is off the hot path) and say what json says.
+            import json
+
+            return json.loads(text)
         if end != len(text):
             raise ValueError("Extra data: char %d" % end)
         return obj

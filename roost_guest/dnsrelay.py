@@ -12,10 +12,11 @@ can flood it, and only slows its own DNS.
 
 import os
 import select
-import socket
 import struct
 import threading
 import time
+
+from roost_guest import lightsocket as socket
 
 TYPE_CHECKING = False  # typing costs boot time under TCG: annotations are strings
 if TYPE_CHECKING:

@@ -10,8 +10,9 @@ Standard library only: runs in the guest.
 from __future__ import annotations
 
 import os
-import socket
 import struct
+
+from roost_guest import lightsocket as socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

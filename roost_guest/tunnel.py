@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import socket
 import threading
 
+from roost_guest import lightsocket as socket
 from roost_guest import protocol
 
 TYPE_CHECKING = False

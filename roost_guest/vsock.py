@@ -9,7 +9,7 @@ reach the agent, which can mount, tunnel and (when allowed) run commands.
 
 from __future__ import annotations
 
-import socket
+from roost_guest import lightsocket as socket
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

@@ -77,6 +77,23 @@ def test_deep_nesting_is_a_recursion_error() -> None:
         compactjson.loads("[" * 100_000 + "]" * 100_000)
 
 
+def test_broken_json_is_a_value_error_before_json_is_loaded() -> None:
+    # _json reports errors inside a value through json.decoder, which the
+    # agent does not load: without it the scanner raises SystemError.
+    probe = ("import sys\n"
+             f"sys.path.insert(0, {str(ROOT)!r})\n"
+             "from roost_guest import compactjson\n"
+             "assert 'json.decoder' not in sys.modules\n"
+             "for text in ['\"\\\\x\"', '{\"a\" 1}', '[\"unterminated', '{\"a\":1,}']:\n"
+             "    try:\n"
+             "        compactjson.loads(text)\n"
+             "    except ValueError as e:\n"
+             "        print(type(e).__name__)\n")
+    out = subprocess.run([sys.executable, "-S", "-E", "-c", probe], capture_output=True,
+                         text=True, check=True, timeout=60).stdout.split()
+    assert out == ["JSONDecodeError"] * 4
+
+
 def test_without_the_accelerators_json_is_used() -> None:
     probe = ("import sys; sys.modules['_json'] = None\n"
              f"sys.path.insert(0, {str(ROOT)!r})\n"

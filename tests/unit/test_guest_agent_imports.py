@@ -11,9 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Needed only by requests that come later (exec, mounts, diff) or not at all.
 # `json` and `re` (which json loads, compiling its patterns): the wire
-# protocol encodes with the C accelerators instead (compactjson).
+# protocol encodes with the C accelerators instead (compactjson). `socket`
+# and `enum` (its IntEnums of every constant): lightsocket is `_socket`.
 DEFERRED = {"roost_guest.execute", "roost_guest.mounts", "roost_guest.diff",
-            "signal", "subprocess", "typing", "asyncio", "json", "re"}
+            "signal", "subprocess", "typing", "asyncio", "json", "re", "socket", "enum",
+            "selectors"}
 
 
 def test_starting_the_agent_loads_none_of_the_deferred_modules() -> None:
