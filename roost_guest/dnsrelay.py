@@ -84,24 +84,29 @@ class Relay:
         of the relay's own (clients' ids may collide), and its answer back
         to its client with the client's id. A thread and a socket per query
         cost 4 ms a lookup under TCG; this costs a dictionary entry."""
-        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        up.connect(self.upstream)
+        # Connected on the first query: the agent may serve before the
+        # guest has a route to the host (a query before then is dropped,
+        # and the client asks again or asks slirp's DNS).
+        up: "Optional[socket.socket]" = None
         pending: "Dict[int, Tuple[Tuple[str, int], bytes, float]]" = {}
         next_id = int.from_bytes(os.urandom(2), "big")
         swept = time.monotonic()
         while True:
             try:
-                ready, _, _ = select.select([self.udp, up], [], [], 1.0)
+                ready, _, _ = select.select([self.udp] if up is None else [self.udp, up],
+                                            [], [], 1.0)
                 now = time.monotonic()
                 if self.udp in ready:
                     packet, client = self.udp.recvfrom(65535)
+                    if up is None:
+                        up = self._upstream_udp()
                     if len(packet) >= 12 and len(pending) < MAX_PENDING:
                         while next_id in pending:
                             next_id = (next_id + 1) & 0xFFFF
                         pending[next_id] = (client, packet[:2], now)
                         up.send(struct.pack("!H", next_id) + packet[2:])
                         next_id = (next_id + 1) & 0xFFFF
-                if up in ready:
+                if up is not None and up in ready:
                     reply = up.recv(65535)
                     entry = pending.pop(struct.unpack("!H", reply[:2])[0], None) \
                         if len(reply) >= 12 else None
@@ -116,6 +121,15 @@ class Relay:
                     return  # closed
                 self.log("dns relay: %s" % e)  # e.g. the host refused: the client asks again
                 time.sleep(0.05)
+
+    def _upstream_udp(self) -> socket.socket:
+        up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            up.connect(self.upstream)
+        except OSError:
+            up.close()
+            raise
+        return up
 
     def _serve_tcp(self) -> None:
         while True:

@@ -42,7 +42,7 @@ from roost.driver.base import (
 )
 from roost.driver.factory import create_driver
 from roost.errors import RoostError
-from roost.hostagent import boothang, readiness
+from roost.hostagent import boothang, consolemark, readiness
 from roost.hostagent.apisocket import LazyApiSocket, Serving
 from roost.hostagent.boothang import BootHangWatch
 from roost.hostagent.checkpoint import Checkpoints
@@ -597,11 +597,17 @@ class HostAgent:
             except GuestAgentError:
                 return None
 
+        async def sshd_starting() -> None:
+            await consolemark.wait_for_line(self.inst.serial_log, consolemark.SSHD_STARTING)
+
         ctx = readiness.ReadinessContext(
             inst=self.inst, info=self.driver.info(), boot_id=self.instance_id,
             cloud_image=self.config.cloud_image(), run_ssh=ssh, ping_agent=ping_agent,
             emit=self.events.emit_transient, agent_boot_marker=agent_boot_marker,
-            sshd_listening=sshd_listening, boot_hang=self._boot_hang_watch(fresh_boot))
+            sshd_listening=sshd_listening,
+            # Only a fresh boot's console is new (QEMU truncates it at start).
+            sshd_starting=sshd_starting if fresh_boot else None,
+            boot_hang=self._boot_hang_watch(fresh_boot))
         return readiness.requirements(ctx, resumed)
 
     def _boot_hang_watch(self, fresh_boot: bool) -> BootHangWatch | None:

@@ -2,7 +2,10 @@
 
 Kept light on purpose. A resume starts QEMU loading the saved state first
 and only then imports the rest of the host agent (pydantic, aiohttp: about
-0.4 s here), so the two overlap instead of adding up.
+0.4 s here), so the two overlap instead of adding up. A cold start imports
+it while `roost start` prepares the disk, and waits for its go-ahead
+(roost.hostagent.handoff) before it touches the instance, its lock and
+logs included.
 
 The restored VM starts paused (-S). When roost.yaml is byte for byte the one
 the saved VM was started with, it runs at once: the guest (slow for a while
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from roost.driver.base import Driver, SuspendableDriver
 from roost.driver.factory import restore_driver
 from roost.errors import RoostError
+from roost.hostagent import handoff
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.store import agentlock
@@ -54,6 +58,12 @@ class _RotatingHandler(logging.StreamHandler[TextIO]):
 def main(name: str) -> int:
     """Runs until signalled or the VM exits; the exit status."""
     inst = Instance.at(name).require()
+    if handoff.awaits_go_ahead():
+        # `roost start` validates roost.yaml and prepares the disk meanwhile.
+        _import_host_agent()
+        if not handoff.wait_for_go_ahead():
+            return 0  # called off: nothing of the instance's was touched
+        handoff.take_logs(inst.ha_stdout, inst.ha_stderr)
     logging.basicConfig(
         level=logging.INFO, handlers=[_RotatingHandler(Rotation.of(sys.stderr, inst.ha_stderr))],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

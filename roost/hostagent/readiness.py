@@ -49,9 +49,11 @@ class ReadinessContext:
     # The boot-done marker's line from the guest agent; None without one.
     agent_boot_marker: Callable[[], Awaitable[str | None]]
     ssh_works: asyncio.Event = field(default_factory=asyncio.Event)
-    # Returns once the guest agent sees sshd listen (it needs no network);
-    # None where nothing can tell.
+    # Each returns once the guest says sshd is starting or listens: the guest
+    # agent sees it listen (it needs no network), the built-in image's sshd
+    # launcher says so on the console (consolemark). Kicks for the probe.
     sshd_listening: Callable[[], Awaitable[None]] | None = None
+    sshd_starting: Callable[[], Awaitable[None]] | None = None
     # Watches a fresh boot's console for a kernel hung before sshd; None after
     # a resume or a takeover, or where the VM cannot be reset.
     boot_hang: BootHangWatch | None = None
@@ -148,10 +150,10 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
 
     async def check_banner() -> None:
         kick = asyncio.Event()
-        listening = None
-        if ctx.sshd_listening is not None:
-            listening = asyncio.ensure_future(ctx.sshd_listening())
-            listening.add_done_callback(lambda t: _set_if_done(t, kick))
+        kickers = [asyncio.ensure_future(says())
+                   for says in (ctx.sshd_listening, ctx.sshd_starting) if says is not None]
+        for task in kickers:
+            task.add_done_callback(lambda t: _set_if_done(t, kick))
         hang = None if ctx.boot_hang is None else asyncio.ensure_future(ctx.boot_hang.run())
         try:
             await _banner_unless_hung(info, kick, hang)
@@ -160,9 +162,10 @@ def requirements(ctx: ReadinessContext, resumed: bool = False
         except BootHang as e:
             raise NotReady(str(e), fatal=True) from None
         finally:
-            for task in (listening, hang):
-                if task is not None:
-                    task.cancel()
+            for task in kickers:
+                task.cancel()
+            if hang is not None:
+                hang.cancel()
 
     async def check_ssh() -> None:
         status, out = await ctx.run_ssh(["true"], SSH_COMMAND_TIMEOUT)

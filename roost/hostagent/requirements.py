@@ -15,11 +15,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from roost.hostagent.handoff import START_DEADLINE_ENV
+
 Kind = Literal["essential", "optional", "final"]
 
-# `roost start --timeout`'s deadline, a time.monotonic() value (CLOCK_MONOTONIC,
-# one clock for every process on the host), given to the host agent it spawns.
-START_DEADLINE_ENV = "ROOST_START_DEADLINE"
 
 
 def start_deadline_from_env() -> float | None:

@@ -5,7 +5,7 @@ block in downloads, builds and locks that have no timeout of their own, so
 they are bounded with SIGALRM: its handler raises in the main thread, which
 ends a blocking system call there; `subprocess.run` kills its child on the
 way out, and every `finally`/`except BaseException` cleans up as for Ctrl-C.
-The host agent gets the same deadline (requirements.START_DEADLINE_ENV)
+The host agent gets the same deadline (handoff.START_DEADLINE_ENV)
 and fits its readiness waits into it.
 """
 

@@ -1,5 +1,6 @@
-"""Start an instance: prepare its disk, spawn the host agent, follow its
-events to Running (or to the reason it did not get there).
+"""Start an instance: spawn the host agent, prepare the disk while it
+imports, follow its events to Running (or to the reason it did not get
+there).
 
 A person watching sees the phases through a StartProgress; the outcome is
 a Started, or a StartFailed that carries what the host agent last reported
@@ -17,15 +18,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from roost.errors import RoostError, UsageError, WrongState
 from roost.ops.deadline import Deadline
 from roost.store import logfile
 from roost.store.instance import Instance, Status, operation_lock
 
+if TYPE_CHECKING:
+    from roost.hostagent.handoff import GoAhead
+
 POLL_SECONDS = 0.02
 SPAWN_SECONDS = 30.0
+# A host agent whose start was called off exits at once (it had not begun).
+CALLED_OFF_SECONDS = 30.0
 # The host agent's readiness ends this long before the start's deadline, so
 # its verdict (which requirement, what it last saw) reaches us in time.
 AGENT_MARGIN = 1.0
@@ -93,21 +99,74 @@ class StartFailed(RoostError):
                           if (tail := _tail(path))}
 
 
-def spawn_hostagent(inst: Instance, deadline: Deadline | None = None) -> subprocess.Popen[bytes]:
-    """The host agent runs detached: own session, output to the instance's logs."""
-    from roost.hostagent.requirements import START_DEADLINE_ENV
-
+def _clear_logs(inst: Instance) -> None:
     for log in (inst.ha_stdout, inst.ha_stderr):
         logfile.start_afresh(log)
+
+
+def spawn_hostagent(inst: Instance, deadline: Deadline | None = None,
+                    go_ahead: GoAhead | None = None) -> subprocess.Popen[bytes]:
+    """The host agent runs detached: own session, output to the instance's
+    logs. Given `go_ahead`, it waits for it before it touches the instance,
+    and opens its logs itself then (its output goes to go_ahead's until)."""
+    from roost.hostagent.handoff import START_DEADLINE_ENV
+
     env = dict(os.environ)
     if deadline is not None:
         env[START_DEADLINE_ENV] = repr(deadline.at - min(AGENT_MARGIN, deadline.seconds / 10))
-    with open(inst.ha_stdout, "wb") as out, open(inst.ha_stderr, "wb") as err:
-        return subprocess.Popen(
-            [sys.executable, "-m", "roost.hostagent", inst.name],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd="/",
-            start_new_session=True, close_fds=True, env=env,
-        )
+    argv = [sys.executable, "-m", "roost.hostagent", inst.name]
+    if go_ahead is None:
+        _clear_logs(inst)
+        with open(inst.ha_stdout, "wb") as out, open(inst.ha_stderr, "wb") as err:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                    cwd="/", start_new_session=True, close_fds=True, env=env)
+    env.update(go_ahead.child_env())
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=go_ahead.early_output,
+                                stderr=subprocess.STDOUT, cwd="/", start_new_session=True,
+                                close_fds=True, env=env, pass_fds=go_ahead.child_fds)
+    finally:
+        go_ahead.spawned()
+
+
+def _prepare_beside(inst: Instance, deadline: Deadline, shown: StartProgress
+                    ) -> subprocess.Popen[bytes]:
+    """A stopped instance: the host agent spawned first, so that its imports
+    run beside roost.yaml's validation and the disk's preparation here (on
+    another core), and told to go on once those are done. If they fail, it
+    is called off and waited for: it exits having changed nothing."""
+    from roost.hostagent.handoff import GoAhead
+
+    inst.remove_stale_runtime_files()  # before the new host agent writes its own
+    go_ahead = GoAhead()
+    proc = spawn_hostagent(inst, deadline, go_ahead)
+    try:
+        try:
+            # Imported after the spawn: pydantic alone is ~0.2 s (and a resume
+            # need not pay it at all).
+            from roost.config.loader import load_config
+            from roost.image.disk import prepare_disk
+
+            config = load_config(inst.config)  # validated before anything starts
+            with deadline.bounding("while preparing the image and the instance disk",
+                                   lambda: shown.last_step):
+                prepare_disk(inst, config, shown.step, shown.download)
+        except BaseException:
+            go_ahead.withdraw()
+            try:
+                proc.wait(timeout=CALLED_OFF_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()  # ours, by its pid: it had not begun
+                proc.wait()
+            raise
+        _clear_logs(inst)  # the last run's: the host agent opens new ones on GO
+        go_ahead.give()
+        if proc.poll() is not None:  # it never got as far as its own logs
+            raise StartFailed(inst, {}, f"the host agent exited with status {proc.returncode} "
+                                        f"before it began: {go_ahead.early_tail().strip()}")
+        return proc
+    finally:
+        go_ahead.close()
 
 
 class EventFollower:
@@ -228,18 +287,12 @@ def start(name: str, config_file: str | None = None, timeout: float = 600.0, *,
             shown.step("reattaching to the running VM")
         elif status == Status.SUSPENDED:
             shown.step("resuming from the saved state")
+        if status in (Status.BROKEN, Status.SUSPENDED):
+            shown.step("starting the host agent")
+            proc = spawn_hostagent(inst, deadline)
         else:
-            # Imported here: pydantic alone is ~0.2 s a resume need not pay.
-            from roost.config.loader import load_config
-            from roost.image.disk import prepare_disk
-
-            config = load_config(inst.config)  # validated before anything starts
-            inst.remove_stale_runtime_files()
-            with deadline.bounding("while preparing the image and the instance disk",
-                                   lambda: shown.last_step):
-                prepare_disk(inst, config, shown.step, shown.download)
-        shown.step("starting the host agent")
-        proc = spawn_hostagent(inst, deadline)
+            proc = _prepare_beside(inst, deadline, shown)
+            shown.step("starting the host agent")
         spawned_by = time.monotonic() + min(SPAWN_SECONDS, deadline.remaining())
         while not inst.hostagent_alive() and proc.poll() is None:
             if time.monotonic() > spawned_by:
