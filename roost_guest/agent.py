@@ -1284,8 +1284,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.log:
         redirect_stderr(args.log)
     agent = Agent(args)
-    if not (args.port or args.unix or args.vsock_port):
-        sys.exit("roost-guestagent: nothing to serve: give --port, --unix or --vsock-port")
     threads = []
 
     def serve(target: Callable[..., None], *targs: Any) -> None:
@@ -1310,6 +1308,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         vsock_sock = vsock.listener(args.vsock_port, log)
         if vsock_sock is not None:
             serve(serve_listener, agent, vsock_sock, "vsock", vsock.HostOnly(log))
+    if not threads:
+        sys.exit("roost-guestagent: nothing to serve: give --port, --unix or --vsock-port")
     log("serving (%s)" % ", ".join(x for x in (args.port, args.unix) if x))
     while any(t.is_alive() for t in threads):
         time.sleep(3600)

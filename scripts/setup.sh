@@ -95,5 +95,5 @@ extra=""
 # Byte-compiled now, as a regular install is: an editable one is not, and
 # where PYTHONDONTWRITEBYTECODE is set (as on CI machines) every `roost`
 # command and host agent would compile its modules afresh (~0.1-0.3 s).
-.venv/bin/python -m compileall -q roost roost_guest >/dev/null
+.venv/bin/python -m compileall -q roost roost_guest
 echo "setup: done; roost is .venv/bin/roost"

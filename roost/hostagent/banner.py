@@ -26,9 +26,10 @@ attempts cost the guest nothing but a SYN, so they are retried within
 `poll_interval`: the banner is seen that soon after sshd listens.
 
 The guest agent, which needs no network, often knows first that sshd
-listens: given a `kick` (an event set then), the probe starts a fresh
-attempt at once in place of the oldest parked one, whose SYN slirp would
-only re-send seconds later.
+listens, and the built-in image's sshd launcher says on the console that
+sshd starts: given a `kick` (an event set then, perhaps again later), the
+probe starts a fresh attempt at once in place of the oldest parked one,
+whose SYN slirp would only re-send seconds later.
 
 Each read has its own deadline, and the probe is an ordinary coroutine, so
 cancelling it stops it at once, also in the middle of a read.
@@ -287,7 +288,11 @@ async def wait_for_banner(
                 if banner is not None:
                     return banner
             if kicked is not None and kicked.done():
-                kicked = None
+                # Set again by a later sign (the console's, then the agent's):
+                # each is worth a fresh attempt while the guest has not answered.
+                assert kick is not None
+                kick.clear()
+                kicked = asyncio.ensure_future(kick.wait())
                 await prober.kicked(loop.time())
                 continue
             now = loop.time()

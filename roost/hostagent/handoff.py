@@ -19,8 +19,8 @@ Without the variable (a resume, a takeover) it does what it always did.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
-import tempfile
 from pathlib import Path
 from typing import BinaryIO
 
@@ -34,8 +34,10 @@ class GoAhead:
     and the unnamed file its output goes to until GO."""
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe()  # neither inheritable (PEP 446)
-        self.early_output: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
+        self._read, self._write = (_above_stdio(fd) for fd in os.pipe())
+        # No name, no directory needed: memory until the host agent takes its logs.
+        self.early_output: BinaryIO = open(  # noqa: SIM115 - closed by close()
+            os.memfd_create("roost-hostagent-early", os.MFD_CLOEXEC), "w+b")
 
     def child_env(self) -> dict[str, str]:
         return {GO_AHEAD_ENV: str(self._read)}
@@ -74,6 +76,17 @@ class GoAhead:
     def close(self) -> None:
         self.withdraw()
         self.early_output.close()
+
+
+def _above_stdio(fd: int) -> int:
+    """`fd` moved to 3 or above (non-inheritable): a `roost start` run with
+    its standard streams closed gets pipe ends numbered 0-2, which the
+    child's stdin, stdout and stderr would replace."""
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
 
 
 def awaits_go_ahead() -> bool:

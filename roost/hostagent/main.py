@@ -60,10 +60,16 @@ def main(name: str) -> int:
     inst = Instance.at(name).require()
     if handoff.awaits_go_ahead():
         # `roost start` validates roost.yaml and prepares the disk meanwhile.
-        _import_host_agent()
+        failed: Exception | None = None
+        try:
+            _import_host_agent()
+        except Exception as e:  # a broken installation: said in the log, after GO
+            failed = e
         if not handoff.wait_for_go_ahead():
             return 0  # called off: nothing of the instance's was touched
         handoff.take_logs(inst.ha_stdout, inst.ha_stderr)
+        if failed is not None:
+            raise failed
     logging.basicConfig(
         level=logging.INFO, handlers=[_RotatingHandler(Rotation.of(sys.stderr, inst.ha_stderr))],
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -30,8 +30,8 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 0.02
 SPAWN_SECONDS = 30.0
-# A host agent whose start was called off exits at once (it had not begun).
-CALLED_OFF_SECONDS = 30.0
+# A host agent whose start was called off exits once imported (it had not begun).
+CALLED_OFF_SECONDS = 10.0
 # The host agent's readiness ends this long before the start's deadline, so
 # its verdict (which requirement, what it last saw) reaches us in time.
 AGENT_MARGIN = 1.0
@@ -139,8 +139,8 @@ def _prepare_beside(inst: Instance, deadline: Deadline, shown: StartProgress
 
     inst.remove_stale_runtime_files()  # before the new host agent writes its own
     go_ahead = GoAhead()
-    proc = spawn_hostagent(inst, deadline, go_ahead)
     try:
+        proc = spawn_hostagent(inst, deadline, go_ahead)
         try:
             # Imported after the spawn: pydantic alone is ~0.2 s (and a resume
             # need not pay it at all).

@@ -87,3 +87,16 @@ def test_without_a_usable_go_ahead_it_just_goes_on(value: str,
 
     monkeypatch.setenv(handoff.GO_AHEAD_ENV, value)
     assert handoff.wait_for_go_ahead() is True
+
+
+def test_with_its_standard_streams_closed_the_pipe_keeps_clear_of_them() -> None:
+    # `roost start >&- 2>&-` (cron): os.pipe() would hand out fds 1 and 2,
+    # which the host agent's stdout and stderr then replace.
+    probe = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+             "import os\n"
+             "from roost.hostagent.handoff import GoAhead\n"
+             "os.close(1); os.close(2)\n"
+             "go = GoAhead()\n"
+             "assert min(go.child_fds) > 2, go.child_fds\n")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=30)
+    assert result.returncode == 0
