@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 POLL_SECONDS = 0.02
 SPAWN_SECONDS = 30.0
-# A host agent whose start was called off exits once imported (it had not begun).
+# A host agent whose start was called off is ended (it had not begun).
 CALLED_OFF_SECONDS = 10.0
 # The host agent's readiness ends this long before the start's deadline, so
 # its verdict (which requirement, what it last saw) reaches us in time.
@@ -152,11 +152,14 @@ def _prepare_beside(inst: Instance, deadline: Deadline, shown: StartProgress
                                    lambda: shown.last_step):
                 prepare_disk(inst, config, shown.step, shown.download)
         except BaseException:
+            # Called off. It has touched nothing yet, so it is ended at once
+            # (ours, by its pid) rather than after its imports.
             go_ahead.withdraw()
+            proc.terminate()
             try:
                 proc.wait(timeout=CALLED_OFF_SECONDS)
             except subprocess.TimeoutExpired:
-                proc.kill()  # ours, by its pid: it had not begun
+                proc.kill()
                 proc.wait()
             raise
         _clear_logs(inst)  # the last run's: the host agent opens new ones on GO
