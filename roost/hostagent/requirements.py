@@ -20,7 +20,6 @@ from roost.hostagent.handoff import START_DEADLINE_ENV
 Kind = Literal["essential", "optional", "final"]
 
 
-
 def start_deadline_from_env() -> float | None:
     """The start's deadline, taken out of the environment (the host agent's
     children have no use for it); None when there is none or it is not a time."""

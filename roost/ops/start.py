@@ -134,7 +134,7 @@ def _prepare_beside(inst: Instance, deadline: Deadline, shown: StartProgress
     """A stopped instance: the host agent spawned first, so that its imports
     run beside roost.yaml's validation and the disk's preparation here (on
     another core), and told to go on once those are done. If they fail, it
-    is called off and waited for: it exits having changed nothing."""
+    is called off and ended by its pid, having changed nothing."""
     from roost.hostagent.handoff import GoAhead
 
     inst.remove_stale_runtime_files()  # before the new host agent writes its own
