@@ -4,6 +4,13 @@
 * Idle: host agent RSS and CPU (share of one core) over --seconds with the
   guest idle, after a settle; QEMU's RSS against the guest's RAM in use
   (MemTotal - MemAvailable, read in the guest).
+* QEMU's CPU (share of one host core) with the guest quiet, against the
+  same VM while its guest agent's port watcher is active, which it is for
+  5 s after anything forks in the guest (the baseline: the watcher rescanned
+  ten times a second all the time before it learned to wait on process
+  events). Interleaved windows of 4 s, quiet ones after 7 s without a
+  command in the guest, active ones from 0.5 s after a `roost shell -- true`
+  returned; min/median/max of 3 each.
 * RAM backing: the guest writes 1 GiB into its RAM (a file in its tmpfs),
   once in roost's VM (memfd RAM, shared, as virtiofsd needs) and in the
   same machine started by the bench from the instance's own command line
@@ -24,6 +31,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -38,6 +46,7 @@ from common import (
     qemu_argv,
     roost,
     scratch_home,
+    summary,
 )
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -96,6 +105,29 @@ def idle_figures(home: Path, name: str, seconds: float) -> dict[str, Any]:
         "qemu_rss_over_guest_use_mb": round((_rss(qemu) - used) / 1e6, 1),
         "seconds_sampled": seconds,
     }
+
+
+def qemu_quiet_and_active(home: Path, name: str, rounds: int = 3,
+                          window: float = 4.0) -> dict[str, Any]:
+    """QEMU's CPU share in quiet and active windows, interleaved."""
+    qemu = int((home / name / "qemu.pid").read_text().split()[0])
+
+    def share() -> float:
+        cpu0, t0 = _cpu_seconds(qemu), time.monotonic()
+        time.sleep(window)
+        return (_cpu_seconds(qemu) - cpu0) / (time.monotonic() - t0)
+
+    quiet, active = [], []
+    for _ in range(rounds):
+        time.sleep(7)  # the watcher's 5 s of activity after the last command, and more
+        quiet.append(share())
+        roost(home, "shell", name, "--", "true")
+        time.sleep(0.5)  # the SSH session's own end
+        active.append(share())
+    return {"qemu_cpu_share_quiet": summary(quiet, 4),
+            "baseline_qemu_cpu_share_watcher_active": summary(active, 4),
+            "quiet_over_active": round(statistics.median(quiet) / statistics.median(active), 3),
+            "window_seconds": window}
 
 
 def write_ram(ssh: list[str], qemu: int, backing: Path | None) -> dict[str, Any]:
@@ -165,6 +197,7 @@ def main() -> None:
             roost(home, "create", name, "--memory", f"{MEMORY_MIB}MiB")
             roost(home, "start", name, "--timeout", "600")
             idle = idle_figures(home, name, args.seconds)
+            idle.update(qemu_quiet_and_active(home, name))
             qemu = int((home / name / "qemu.pid").read_text().split()[0])
             ssh = ["ssh", "-F", str(home / name / "ssh.config"), f"roost-{name}"]
             memfd = write_ram(ssh, qemu, None)

@@ -22,7 +22,18 @@ import time
 # their imports (and signal's) cost tens of milliseconds before the first
 # answer, which the host waits for at every boot; `socket` and `json` are
 # replaced by lighter equivalents for the same reason.
-from roost_guest import __version__, compactjson, health, ports, protocol, tunnel, vsock, worker
+from roost_guest import (
+    INTERPRETER_UP,
+    __version__,
+    compactjson,
+    health,
+    ports,
+    procevents,
+    protocol,
+    tunnel,
+    vsock,
+    worker,
+)
 from roost_guest import lightsocket as socket
 
 # typing costs ~70 ms of guest boot under TCG; annotations are strings here.
@@ -222,6 +233,7 @@ class Connection:
         elif isinstance(msg, protocol.StreamData):
             stream = self.streams.get(msg.stream_id)
             if stream is not None and msg.data:
+                self.agent.ports.poke()  # a forwarded connection's bytes
                 stream.deliver(msg.data)
         else:
             self.complain(msg.reason)
@@ -446,6 +458,7 @@ class Agent:
             "pid": os.getpid(),
             "epoch": self.epoch,
             "portScanner": self.ports.scanner_kind,
+            "portWatch": self.ports.state(),
             **send_parts(conn, req, "ports", ports.as_dicts(self.ports.current())),
         }
 
@@ -751,9 +764,15 @@ class Agent:
                 "files-stat", "files-list", "files-mkdir", "files-remove", "files-rename",
                 "files-read", "files-write", "files-watch", "reidentify")
 
+    # What the host asks of an idle guest too (heartbeats, status and health
+    # polls): everything else may start a listener, so the port watcher wakes.
+    UNEVENTFUL = ("ping", "info", "status", "health", "probes", "events", "boot-done")
+
     def dispatch(self, conn: Connection, req: Dict[str, Any]) -> None:
         """One JSON message from the host; every problem gets an error reply."""
         kind = req.get("type")
+        if kind not in self.UNEVENTFUL:
+            self.ports.poke()
         if kind in protocol.STREAM_CONTROL:
             self.stream_control(conn, req)
             return
@@ -901,17 +920,45 @@ def send_parts(conn: Connection, req: Dict[str, Any], key: str,
 
 
 class PortWatcher:
-    """Rescans listening sockets and reports changes, while anyone listens."""
+    """Rescans listening sockets and reports changes, while anyone listens:
+    every INTERVAL while the guest is active, and in a quiet guest once every
+    QUIET_INTERVAL or as soon as a process forks, execs or exits or the host
+    asks something of the agent (see procevents.py: polling at 10 Hz was
+    about 5 % of a host core per idle VM under TCG)."""
 
     INTERVAL = 0.1  # a new listener reaches the host well within 250 ms
+    QUIET_INTERVAL = 1.0  # what a listener of a process that stayed quiet waits at most
+    ACTIVE_FOR = 5.0  # seconds of rescans every INTERVAL after a sign of activity
 
     def __init__(self, on_change: Callable[[List[Any], List[Any]], None]) -> None:
         self.on_change = on_change
         self._lock = threading.Lock()
         self._started = False
+        self._stopped = False
         self._scanner = ports.make_scanner()
         self.scanner_kind = type(self._scanner).__name__
         self._current = self._scanner.scan()
+        self._active_until = 0.0  # CLOCK_MONOTONIC
+        self._events: Any = None  # procevents.ProcEvents, once the loop runs
+        self.wakeup = "polling"  # or "proc-events": how a quiet guest's watcher wakes
+
+    def poke(self) -> None:
+        """The host asked something of the guest: rescan often for a while.
+        Called for every frame of a forwarded connection: while active it
+        only moves a deadline; from quiet it also ends the wait (a wake-up
+        that comes just before the wait ends the wait)."""
+        now = time.monotonic()
+        was_quiet = now >= self._active_until
+        self._active_until = now + self.ACTIVE_FOR
+        events = self._events
+        if was_quiet and events is not None:
+            events.wake()
+
+    def state(self) -> Dict[str, Any]:
+        """For `info`: whether it watches, how it wakes, whether it is active."""
+        return {"scanner": self.scanner_kind, "wakeup": self.wakeup, "watching": self._started,
+                "active": self._started and (self._events is None
+                                             or time.monotonic() < self._active_until)}
 
     def current(self) -> Any:
         with self._lock:
@@ -927,9 +974,41 @@ class PortWatcher:
             self._current = self._scanner.scan()
         threading.Thread(target=self._loop, daemon=True).start()
 
-    def _loop(self) -> None:
-        while True:
+    def stop(self) -> None:
+        """Ends the loop after its current pause (for tests: the agent's runs
+        as long as the agent)."""
+        self._stopped = True
+        events = self._events
+        if events is not None:
+            events.wake()
+
+    def _pause(self, last_pid: int) -> int:
+        """Until the next rescan is due; the kernel's last pid then."""
+        pid, running = procevents.activity()
+        if pid != last_pid or running > 0:  # forked, or busy, since the last look
+            self._active_until = time.monotonic() + self.ACTIVE_FOR
+        if self._events is None or time.monotonic() < self._active_until:
             time.sleep(self.INTERVAL)
+            return pid
+        try:
+            if self._events.wait(self.QUIET_INTERVAL):
+                self._active_until = time.monotonic() + self.ACTIVE_FOR
+        except Exception as e:  # OSError, or a bug: poll from now on
+            log("process events failed (%r); polling every %gs" % (e, self.INTERVAL))
+            events, self._events, self.wakeup = self._events, None, "polling"
+            events.close()
+        return procevents.activity()[0]
+
+    def _loop(self) -> None:
+        self._events = procevents.ProcEvents.open()
+        if self._events is not None:
+            self.wakeup = "proc-events"
+        last_pid = procevents.activity()[0]
+        self._active_until = time.monotonic() + self.ACTIVE_FOR
+        while not self._stopped:
+            last_pid = self._pause(last_pid)
+            if self._stopped:
+                break
             try:
                 now = self._scanner.scan()
             except OSError as e:
@@ -944,7 +1023,10 @@ class PortWatcher:
             with self._lock:
                 before, self._current = self._current, now
             if now != before:
+                self._active_until = time.monotonic() + self.ACTIVE_FOR
                 self.on_change(sorted(now - before), sorted(before - now))
+        if self._events is not None:
+            self._events.close()
 
 
 def _uptime() -> float:
@@ -1134,6 +1216,8 @@ USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N
   --wait-for PATH  start serving once PATH exists (the agent was started
                    early in boot, before the file systems it serves on)
   --log PATH       append stderr to PATH (once PATH's directory exists)
+  --lock-fd N      descriptor N holds the launcher's lock for the agent's
+                   life: none of the commands it runs may inherit it
   --dns-relay HOST:PORT
                    relay DNS on 127.0.0.1:53 to HOST:PORT (hostResolver on
                    an image without netfilter)"""
@@ -1154,6 +1238,7 @@ class Options:
         self.wait_for = ""
         self.log = ""
         self.dns_relay = ""
+        self.lock_fd = -1
 
 
 def parse_args(argv: List[str]) -> Options:
@@ -1174,7 +1259,7 @@ def parse_args(argv: List[str]) -> Options:
         name, eq, value = flag.partition("=")
         if name not in ("--port", "--unix", "--vsock-port", "--busy-threshold",
                         "--sample-secs", "--audit-log", "--integrations-dir",
-                        "--probes-dir", "--wait-for", "--log", "--dns-relay"):
+                        "--probes-dir", "--wait-for", "--log", "--dns-relay", "--lock-fd"):
             sys.exit("roost-guestagent: unknown option %r\n%s" % (flag, USAGE))
         if not eq:
             if not args:
@@ -1189,10 +1274,13 @@ def parse_args(argv: List[str]) -> Options:
                 opts.sample_secs = max(number, 0.1)
             else:
                 opts.busy_threshold = number
-        elif name == "--vsock-port":
+        elif name in ("--vsock-port", "--lock-fd"):
             if not value.isdigit():
-                sys.exit("roost-guestagent: --vsock-port needs a number, got %r" % value)
-            opts.vsock_port = int(value)
+                sys.exit("roost-guestagent: %s needs a number, got %r" % (name, value))
+            if name == "--lock-fd":
+                opts.lock_fd = int(value)
+            else:
+                opts.vsock_port = int(value)
         elif name == "--port":
             opts.port = value
         elif name == "--audit-log":
@@ -1278,8 +1366,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     imported = time.monotonic()
     default_interrupt_signals()
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.lock_fd >= 0:  # the subprocess module closes it anyway; any fork must too
+        try:
+            os.set_inheritable(args.lock_fd, False)
+        except OSError as e:
+            log("--lock-fd %d: %s" % (args.lock_fd, e))
     if args.wait_for:
         wait_for_path(args.wait_for)
+        mark_boot_timeline("guest agent interpreter up", INTERPRETER_UP)
         mark_boot_timeline("guest agent imported", imported)
     if args.log:
         redirect_stderr(args.log)

@@ -27,6 +27,7 @@ from tests.e2e.conftest import (
     SOCKET_GUEST_PORT,
     STATIC_RW_GUEST,
     Roost,
+    as_guest_root,
     host_echo_socket,
     host_port_socket,
     host_reverse_socket,
@@ -62,6 +63,48 @@ def serve(c):
 while True:
     c, _ = s.accept()
     threading.Thread(target=serve, args=(c,), daemon=True).start()
+"""
+
+
+# In the guest, as root: after QUIET seconds without a fork, the guest agent's
+# port watch (over its Unix socket: `info` is no sign of activity); then a
+# listener of this process's own (no fork: only the watcher's once-a-second
+# rescan can find it) and how long until the forward's first connection.
+QUIET_LISTENER = r"""
+import json, socket, sys, time
+sys.path.insert(0, "/mnt/cidata/roost-guestagent.pyz")
+from roost_guest import protocol
+quiet, port, out = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+# Connected before the quiet time: the agent starts a thread per connection,
+# and a new thread is a fork to the kernel's process events.
+agent = socket.socket(socket.AF_UNIX)
+agent.connect("/run/roost/ga.sock")
+decoder = protocol.FrameDecoder()
+def info(req_id):
+    agent.sendall(protocol.encode_json({"type": "info", "id": req_id}))
+    while True:
+        data = agent.recv(65536)
+        if not data:
+            raise SystemExit("the guest agent closed the connection")
+        for msg in decoder.feed(data):
+            # (Its listeners come first, as "part" events with the same id.)
+            if isinstance(msg, protocol.JsonMessage) and msg.obj.get("id") == req_id \
+                    and "ok" in msg.obj:
+                return msg.obj["result"]
+info(1)
+time.sleep(quiet)
+watch = info(2)["portWatch"]
+server = socket.socket()
+server.bind(("127.0.0.1", port))
+server.listen(1)
+listened = time.monotonic()
+conn, _ = server.accept()
+accepted = time.monotonic()
+with open(out, "w") as f:
+    json.dump({"portWatch": watch, "listenToAccept": accepted - listened}, f)
+conn.close()
+agent.close()
+time.sleep(30)
 """
 
 
@@ -144,6 +187,33 @@ def test_http_server_on_guest_loopback_appears_and_goes(roost: Roost, vm: str) -
     assert any(f["hostAddr"] == f"127.0.0.1:{port}" for f in row["portForwards"])
     guest_kill(roost, vm, pid)
     wait_until(lambda: not port_open(port), 3, "the host port to close")
+
+
+def test_quiet_guest_agent_sleeps_and_still_finds_a_new_listener(roost: Roost, vm: str) -> None:
+    """A guest with nothing forking for a while: the agent's port watcher
+    waits on the kernel's process events instead of rescanning ten times a
+    second, and a listener opened then (by a process that neither forks nor
+    is new) still gets its forward from the once-a-second rescan."""
+    port, out = free_port(), "/tmp/roost-quiet-listener.json"
+    roost.run("shell", vm, "--", "sh", "-c", "cat > /tmp/quiet-listener.py",
+              input=QUIET_LISTENER)
+    pid = guest_background(roost, vm, " ".join(as_guest_root(
+        "python3", "/tmp/quiet-listener.py", "8", str(port), out)))
+    try:
+        # Nothing more in the guest until the forward is there: a `roost shell`
+        # would fork there and wake the watcher.
+        wait_until(lambda: port_open(port), 40, "the quiet guest's listener on the host")
+        # A connection the guest accepts: one closed at once may never reach it.
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as client:
+            client.sendall(b"x")
+            wait_until(lambda: roost.run("shell", vm, "--", "test", "-s", out,
+                                         check=False).returncode == 0, 20, "the guest's figures")
+        found = json.loads(roost.run("shell", vm, "--", "cat", out).stdout)
+    finally:
+        roost.run("shell", vm, "--", *as_guest_root("kill", str(pid)), check=False)
+    assert found["portWatch"]["wakeup"] == "proc-events", found
+    assert found["portWatch"]["active"] is False, found
+    assert found["listenToAccept"] < 3.0, found
 
 
 def test_listener_on_all_addresses(roost: Roost, vm: str, echo_script: str) -> None:
