@@ -940,6 +940,7 @@ class PortWatcher:
         self._current = self._scanner.scan()
         self._active_until = 0.0  # CLOCK_MONOTONIC
         self._events: Any = None  # procevents.ProcEvents, once the loop runs
+        self._activity = procevents.Activity()
         self.wakeup = "polling"  # or "proc-events": how a quiet guest's watcher wakes
 
     def poke(self) -> None:
@@ -955,8 +956,9 @@ class PortWatcher:
             events.wake()
 
     def state(self) -> Dict[str, Any]:
-        """For `info`: whether it watches, how it wakes, whether it is active."""
-        return {"scanner": self.scanner_kind, "wakeup": self.wakeup, "watching": self._started,
+        """For `info` (beside portScanner): whether it watches, how it wakes,
+        whether it is active."""
+        return {"wakeup": self.wakeup, "watching": self._started,
                 "active": self._started and (self._events is None
                                              or time.monotonic() < self._active_until)}
 
@@ -982,31 +984,31 @@ class PortWatcher:
         if events is not None:
             events.wake()
 
-    def _pause(self, last_pid: int) -> int:
-        """Until the next rescan is due; the kernel's last pid then."""
-        pid, running = procevents.activity()
-        if pid != last_pid or running > 0:  # forked, or busy, since the last look
-            self._active_until = time.monotonic() + self.ACTIVE_FOR
+    def _stay_active(self) -> None:
+        self._active_until = time.monotonic() + self.ACTIVE_FOR
+
+    def _pause(self) -> None:
+        """Until the next rescan is due."""
+        if self._activity.seen():
+            self._stay_active()
         if self._events is None or time.monotonic() < self._active_until:
             time.sleep(self.INTERVAL)
-            return pid
+            return
         try:
             if self._events.wait(self.QUIET_INTERVAL):
-                self._active_until = time.monotonic() + self.ACTIVE_FOR
+                self._stay_active()
         except Exception as e:  # OSError, or a bug: poll from now on
             log("process events failed (%r); polling every %gs" % (e, self.INTERVAL))
             events, self._events, self.wakeup = self._events, None, "polling"
             events.close()
-        return procevents.activity()[0]
 
     def _loop(self) -> None:
         self._events = procevents.ProcEvents.open()
         if self._events is not None:
             self.wakeup = "proc-events"
-        last_pid = procevents.activity()[0]
-        self._active_until = time.monotonic() + self.ACTIVE_FOR
+        self._stay_active()
         while not self._stopped:
-            last_pid = self._pause(last_pid)
+            self._pause()
             if self._stopped:
                 break
             try:
@@ -1023,7 +1025,7 @@ class PortWatcher:
             with self._lock:
                 before, self._current = self._current, now
             if now != before:
-                self._active_until = time.monotonic() + self.ACTIVE_FOR
+                self._stay_active()
                 self.on_change(sorted(now - before), sorted(before - now))
         if self._events is not None:
             self._events.close()

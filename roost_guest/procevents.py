@@ -77,17 +77,57 @@ def is_ack(message: bytes) -> bool:
     return event is not None and event[0] == PROC_EVENT_NONE
 
 
-def activity(path: str = "/proc/loadavg") -> Tuple[int, int]:
-    """(the pid the kernel handed out last, tasks running besides the
-    caller), from one read: the watcher stays active while the first moves
-    (anything forked, threads included) or the second is above 0 (a server
-    still importing its modules, say)."""
-    try:
-        with open(path, "rb") as f:
-            fields = f.read().split()
-        return int(fields[4]), int(fields[3].split(b"/")[0]) - 1
-    except (OSError, ValueError, IndexError):
-        return -1, 0
+class Activity:
+    """Signs of activity since the last look: the kernel's last pid moved
+    (anything forked, threads included), or tasks outside this process used
+    more than BUSY of a CPU over the last WINDOW or more (a server still
+    importing its modules, say). CPU time, not /proc/loadavg's running
+    count: that count catches a kernel thread or one of our own threads in
+    a few per cent of samples even in a quiet guest."""
+
+    BUSY = 0.1  # of one CPU; a quiet guest's others use about 0.01
+    WINDOW = 0.5  # seconds: CPU time counts in 10 ms ticks
+
+    def __init__(self, loadavg: str = "/proc/loadavg", stat: str = "/proc/stat",
+                 own_stat: str = "/proc/self/stat") -> None:
+        self._paths = loadavg, stat, own_stat
+        self._tick = 1.0 / os.sysconf("SC_CLK_TCK")
+        self._pid = self.last_pid()
+        self._since = time.monotonic()
+        self._others = self.others_cpu()
+
+    def last_pid(self) -> int:
+        """The pid the kernel handed out last; -1 if unreadable."""
+        try:
+            with open(self._paths[0], "rb") as f:
+                return int(f.read().split()[4])
+        except (OSError, ValueError, IndexError):
+            return -1
+
+    def others_cpu(self) -> float:
+        """CPU seconds the guest has spent outside this process, since boot
+        (user, nice, system, irq, softirq, steal: not idle or iowait)."""
+        try:
+            with open(self._paths[1], "rb") as f:
+                fields = f.readline().split()
+            with open(self._paths[2], "rb") as f:
+                own = f.read()
+            ticks = [int(fields[i]) for i in (1, 2, 3, 6, 7, 8)]
+            mine = own[own.rindex(b")") + 2:].split()
+            return (sum(ticks) - int(mine[11]) - int(mine[12])) * self._tick
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+    def seen(self) -> bool:
+        pid = self.last_pid()
+        moved, self._pid = pid != self._pid, pid
+        now = time.monotonic()
+        if now - self._since < self.WINDOW:
+            return moved
+        others = self.others_cpu()
+        busy = others - self._others > self.BUSY * (now - self._since)
+        self._since, self._others = now, others
+        return moved or busy
 
 
 class ProcEvents:

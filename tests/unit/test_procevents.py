@@ -24,8 +24,8 @@ from roost_guest.agent import PortWatcher
 from roost_guest.procevents import (
     PROC_CN_MCAST_IGNORE,
     PROC_CN_MCAST_LISTEN,
+    Activity,
     ProcEvents,
-    activity,
     control_message,
     is_ack,
 )
@@ -99,14 +99,24 @@ def fake_events() -> tuple[ProcEvents, FakeKernel]:
     return ProcEvents(kernel), kernel  # type: ignore[arg-type]
 
 
-def later(seconds: float, what: Any) -> threading.Thread:
-    def run() -> None:
-        time.sleep(seconds)
+# What one wait() does to the connector: join, subscribe, unsubscribe, leave.
+ONE_WAIT: list[int | str] = ["join", PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE, "leave"]
+
+
+def wait_while(events: ProcEvents, what: Any, timeout: float, after: float = 0.1
+               ) -> tuple[bool, float]:
+    """wait(timeout) while another thread does `what` after `after` seconds:
+    its result and how long it took."""
+    def later() -> None:
+        time.sleep(after)
         what()
 
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=later)
     thread.start()
-    return thread
+    start = time.monotonic()
+    result = events.wait(timeout)
+    thread.join()
+    return result, time.monotonic() - start
 
 
 def test_control_message_is_what_cn_proc_reads() -> None:
@@ -123,16 +133,50 @@ def test_an_acknowledgement_is_told_from_an_event() -> None:
     assert not is_ack(b"\0" * 20)  # too short to be either
 
 
-def test_activity_reads_last_pid_and_other_running_tasks(tmp_path: Path) -> None:
-    loadavg = tmp_path / "loadavg"
-    loadavg.write_text("0.28 0.09 0.03 1/81 313\n")
-    assert activity(str(loadavg)) == (313, 0)  # the reader itself is the one running
-    loadavg.write_text("1.00 0.50 0.10 3/90 4000\n")
-    assert activity(str(loadavg)) == (4000, 2)
-    loadavg.write_text("garbage\n")
-    assert activity(str(loadavg)) == (-1, 0)
-    pid, _ = activity()
-    assert pid > 0
+def write_counters(tmp_path: Path, last_pid: int, guest_ticks: int, own_ticks: int) -> None:
+    """/proc/loadavg, /proc/stat and /proc/self/stat as the kernel writes them
+    (the guest's busy ticks spread over user, system and softirq; this
+    process's over utime and stime)."""
+    (tmp_path / "loadavg").write_text(f"0.28 0.09 0.03 1/81 {last_pid}\n")
+    (tmp_path / "stat").write_text(
+        f"cpu  {guest_ticks - 3} 0 2 98765 40 0 1 0 0 0\ncpu0 1 0 0 1 0 0 0 0 0 0\n")
+    (tmp_path / "self-stat").write_text(
+        f"42 (python3 (agent)) S 1 42 42 0 -1 4194304 900 0 0 0 {own_ticks - 1} 1 0 0 20 0 5 0\n")
+
+
+def test_activity_is_a_fork_or_others_using_cpu(tmp_path: Path) -> None:
+    write_counters(tmp_path, last_pid=313, guest_ticks=100, own_ticks=40)
+    activity = Activity(*(str(tmp_path / n) for n in ("loadavg", "stat", "self-stat")))
+    activity.WINDOW = 0.05
+    busy_ticks = 50  # at 100 per second, all of a CPU over the window and much more
+    assert activity.seen() is False  # nothing since it was made
+    write_counters(tmp_path, last_pid=314, guest_ticks=100, own_ticks=40)
+    assert activity.seen() is True  # a fork (or a thread)
+    assert activity.seen() is False
+    time.sleep(activity.WINDOW)
+    # Busy, but all of it this process's own: the agent's threads are not a sign.
+    write_counters(tmp_path, last_pid=314, guest_ticks=100 + busy_ticks * 4,
+                   own_ticks=40 + busy_ticks * 4)
+    assert activity.seen() is False
+    # Others busy, but CPU counts only over a whole window (a tick of a
+    # kernel thread in 100 ms is not a busy guest): next time.
+    write_counters(tmp_path, last_pid=314, guest_ticks=100 + busy_ticks * 6,
+                   own_ticks=40 + busy_ticks * 4)
+    assert activity.seen() is False
+    time.sleep(activity.WINDOW)
+    assert activity.seen() is True
+    assert activity.seen() is False
+    (tmp_path / "stat").write_text("garbage\n")
+    (tmp_path / "loadavg").write_text("garbage\n")
+    assert activity.last_pid() == -1 and activity.others_cpu() == 0.0
+
+
+def test_activity_reads_this_kernel() -> None:
+    activity = Activity()
+    assert activity.last_pid() > 0
+    before = activity.others_cpu()
+    subprocess.run(["sh", "-c", "i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done"], check=True)
+    assert activity.others_cpu() > before  # the child's CPU is the guest's, not ours
 
 
 def test_wait_times_out_in_a_quiet_guest_and_unsubscribes() -> None:
@@ -140,49 +184,40 @@ def test_wait_times_out_in_a_quiet_guest_and_unsubscribes() -> None:
     start = time.monotonic()
     assert events.wait(0.2) is False
     assert time.monotonic() - start >= 0.2
-    assert kernel.ops == ["join", PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE, "leave"]
+    assert kernel.ops == ONE_WAIT
 
 
 def test_wait_ends_at_a_process_event() -> None:
     events, kernel = fake_events()
-    start = time.monotonic()
-    thread = later(0.1, kernel.event)
-    assert events.wait(10) is True
-    thread.join()
-    assert time.monotonic() - start < 5
-    assert kernel.ops == ["join", PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE, "leave"]
+    ended, seconds = wait_while(events, kernel.event, 10)
+    assert ended is True and seconds < 5
+    assert kernel.ops == ONE_WAIT
 
 
 def test_an_event_between_subscribing_and_waiting_is_not_lost() -> None:
     events, kernel = fake_events()
     kernel.events_on_listen = [event_message(PROC_EVENT_EXEC)]
     assert events.wait(10) is True
-    assert kernel.ops == ["join", PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE, "leave"]
+    assert kernel.ops == ONE_WAIT
 
 
 def test_other_subscribers_acknowledgements_do_not_end_the_wait() -> None:
     events, kernel = fake_events()
-    thread = later(0.05, kernel.ack)
-    start = time.monotonic()
-    assert events.wait(0.4) is False
-    thread.join()
-    assert time.monotonic() - start >= 0.4
+    ended, seconds = wait_while(events, kernel.ack, 0.4, after=0.05)
+    assert ended is False and seconds >= 0.4
 
 
 def test_events_while_not_waiting_never_reach_the_socket() -> None:
     events, kernel = fake_events()
     kernel.event()  # a busy guest's events while the watcher rescans: not queued
     assert events.wait(0.2) is False
-    assert kernel.ops == ["join", PROC_CN_MCAST_LISTEN, PROC_CN_MCAST_IGNORE, "leave"]
+    assert kernel.ops == ONE_WAIT
 
 
 def test_wake_ends_the_wait_from_another_thread() -> None:
     events, _kernel = fake_events()
-    thread = later(0.1, events.wake)
-    start = time.monotonic()
-    assert events.wait(10) is True
-    thread.join()
-    assert time.monotonic() - start < 5
+    ended, seconds = wait_while(events, events.wake, 10)
+    assert ended is True and seconds < 5
     assert events.wait(0.1) is False  # the wake-up was used up
 
 
@@ -252,15 +287,14 @@ def test_port_watcher_goes_quiet_and_the_host_wakes_it(monkeypatch: pytest.Monke
     watcher.INTERVAL, watcher.ACTIVE_FOR, watcher.QUIET_INTERVAL = 0.01, 0.2, 30.0
     events, kernel = fake_events()
     monkeypatch.setattr(procevents.ProcEvents, "open", classmethod(lambda cls: events))
-    monkeypatch.setattr(procevents, "activity", lambda path="/proc/loadavg": (1, 0))
+    monkeypatch.setattr(procevents.Activity, "seen", lambda self: False)
     assert watcher.state()["watching"] is False
     watcher.start()
     deadline = time.monotonic() + 10
     while not kernel.waiting:  # quiet: blocked in the connector, not rescanning
         assert time.monotonic() < deadline, "the watcher never went quiet"
         time.sleep(0.01)
-    assert watcher.state() == {"scanner": watcher.scanner_kind, "wakeup": "proc-events",
-                               "watching": True, "active": False}
+    assert watcher.state() == {"wakeup": "proc-events", "watching": True, "active": False}
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
