@@ -375,26 +375,33 @@ class Connection:
 
     def listen_unix(self, path: str) -> None:
         """Reverse forwarding: each connection to `path` becomes a stream to the host."""
-        sock = unix_listener(path, mode=0o666)
-        with self._streams_lock:
-            old = self.listeners.pop(path, None)
-            self.listeners[path] = sock
-        if old is not None:
-            close_listener(old, path)
-        threading.Thread(target=self._accept_loop, args=(sock, path), daemon=True).start()
+        self._listen(path, unix_listener(path, mode=0o666), {"path": path})
 
-    def _accept_loop(self, sock: socket.socket, path: str) -> None:
+    def listen_tcp(self, port: int) -> None:
+        """Each connection to 127.0.0.1:`port` becomes a stream to the host
+        (the egress proxy: the host reads the request and decides)."""
+        self._listen("tcp:%d" % port, tcp_loopback_listener(port), {"tcp": port})
+
+    def _listen(self, key: str, sock: socket.socket, event: Dict[str, Any]) -> None:
+        with self._streams_lock:
+            old = self.listeners.pop(key, None)
+            self.listeners[key] = sock
+        if old is not None:
+            close_listener(old, key)
+        threading.Thread(target=self._accept_loop, args=(sock, key, event), daemon=True).start()
+
+    def _accept_loop(self, sock: socket.socket, key: str, event: Dict[str, Any]) -> None:
         while True:
             try:
                 client, _ = sock.accept()
             except OSError:
                 return  # closed with the session
             try:
-                self.offer_stream(client, {"path": path})
+                self.offer_stream(client, event)
             except OSError:
                 return  # the host left
             except Exception as e:  # a bug: this connection is lost, the listener goes on
-                log("%s: offering a stream failed: %r" % (path, e))
+                log("%s: offering a stream failed: %r" % (key, e))
                 with contextlib.suppress(OSError):
                     client.close()
 
@@ -474,6 +481,18 @@ class Agent:
                 **send_parts(conn, req, "ports", ports.as_dicts(self.ports.current()))}
 
     def listen(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """A socket in the guest whose connections the host takes: {"path"}
+        (a Unix socket, reverse forwards) or {"tcp": port} (on loopback)."""
+        port = req.get("tcp")
+        if "tcp" in req:
+            if not protocol.is_int(port) or not 0 < port < 65536:
+                raise RequestError("listen: tcp needs a port number (1-65535)")
+            try:
+                conn.listen_tcp(port)
+            except OSError as e:
+                raise RequestError("cannot listen on 127.0.0.1:%d: %s"
+                                   % (port, e.strerror or e)) from None
+            return {"tcp": port}
         path = req.get("path")
         if not isinstance(path, str) or not path.startswith("/"):
             raise RequestError("listen needs an absolute socket path")
@@ -1195,13 +1214,27 @@ def unix_listener(path: str, mode: int = 0o600) -> socket.socket:
     return sock
 
 
-def close_listener(sock: socket.socket, path: str) -> None:
+def tcp_loopback_listener(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(64)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def close_listener(sock: socket.socket, key: str) -> None:
+    """`key`: the socket's path, or "tcp:PORT" (nothing to unlink)."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    if key.startswith("/"):
+        with contextlib.suppress(OSError):
+            os.unlink(key)
 
 
 USAGE = """usage: roost-guestagent [--port DEVICE] [--unix PATH] [--vsock-port N]

@@ -1,6 +1,7 @@
-"""The host's proxy settings for the guest (roost.yaml's propagateProxyEnv,
-as Lima's): a proxy on the host's loopback is reached from the guest at
-the host's address as the guest sees it."""
+"""Proxy variables for the guest: the host's proxy settings (roost.yaml's
+propagateProxyEnv, as Lima's), where a proxy on the host's loopback is
+reached at the host's address as the guest sees it; or, with
+network.allowOut, the egress proxy's."""
 
 from __future__ import annotations
 
@@ -37,4 +38,18 @@ def proxy_env(host_env: Mapping[str, str], host_addr: str) -> dict[str, str]:
         if not value:
             continue
         env[name] = value if name.lower() == "no_proxy" else guest_proxy_url(value, host_addr)
+    return env
+
+
+EGRESS_PROXY_PORT = 3128  # network.allowOut's proxy, on the guest's loopback
+
+
+def egress_proxy_env() -> dict[str, str]:
+    """With network.allowOut: the variables that send the guest's clients
+    through the egress proxy (roost.hostagent.egress), not for loopback."""
+    url = f"http://127.0.0.1:{EGRESS_PROXY_PORT}"
+    env = {}
+    for name in ("http_proxy", "https_proxy", "all_proxy"):
+        env[name] = env[name.upper()] = url
+    env["no_proxy"] = env["NO_PROXY"] = "localhost,127.0.0.1,::1"
     return env

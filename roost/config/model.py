@@ -501,9 +501,29 @@ class Network(_Model):
     """What the guest may reach. `internet: false` cuts it off: QEMU's user
     network (slirp) runs restricted, so nothing the guest sends leaves it:
     no host, no internet, no DNS. What the host opens still works (SSH,
-    port forwards, the guest agent's channel, mounts)."""
+    port forwards, the guest agent's channel, mounts).
+
+    `allowOut` (with `internet: false`) lets these destinations through the
+    host agent's egress proxy, which the guest's proxy variables name
+    (roost.config.allowout has the forms; see docs/network.md)."""
 
     internet: bool = True
+    allow_out: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_out")
+    @classmethod
+    def _check_allow_out(cls, v: list[str]) -> list[str]:
+        from roost.config.allowout import AllowList
+
+        AllowList.parse(v)
+        return v
+
+    @model_validator(mode="after")
+    def _allow_out_needs_cut_off(self) -> Network:
+        if self.allow_out and self.internet:
+            raise ValueError("allowOut is the exception to `internet: false`: "
+                             "set network.internet: false with it")
+        return self
 
 
 class TimeoutPolicy(_Model):

@@ -82,6 +82,7 @@ from roost.store.paths import config_dir
 
 if TYPE_CHECKING:
     from roost.hostagent.api import ApiServer
+    from roost.hostagent.egress import EgressProxy
     from roost.hostagent.main import Restore
 
 log = logging.getLogger("roost.hostagent")
@@ -240,10 +241,12 @@ class HostAgent:
                 self.mount_errors = True
         else:
             self.mounts.discard_saved()  # a VM of its own: none of its predecessor's mounts
+        self.egress = self._egress_proxy()
         self.port_forwarding = PortForwarding(inst, self._port_forwards(),
                                               self.session, self.events, self._runtime_changed,
                                               self.mounts.sftp.serve_guest_stream,
-                                              host_ssh_port=self.ssh_port or None)
+                                              host_ssh_port=self.ssh_port or None,
+                                              egress=self.egress.serve if self.egress else None)
         self.checkpoints = Checkpoints(
             inst, self.driver, self.session, self.mounts, self.events,
             identity={"configDigest": self.config_digest, "sshLocalPort": self.ssh_port,
@@ -515,12 +518,24 @@ class HostAgent:
         except ValueError as e:  # a file changed since roost.yaml was checked
             raise HostAgentError(f"caCerts.files: {e}") from None
 
+    def _egress_proxy(self) -> EgressProxy | None:
+        """network.allowOut's proxy, when there is a list (see egress.py)."""
+        if not self.config.network.allow_out:
+            return None
+        from roost.config.allowout import AllowList
+        from roost.hostagent.egress import EgressProxy
+
+        return EgressProxy(AllowList.parse(self.config.network.allow_out))
+
     def _guest_env(self) -> dict[str, Any]:
-        """roost.yaml's env, over the host's proxy settings (propagateProxyEnv)."""
-        from roost.cidata.proxyenv import proxy_env
+        """roost.yaml's env, over the proxy variables: the egress proxy's
+        with network.allowOut, else the host's (propagateProxyEnv)."""
+        from roost.cidata.proxyenv import egress_proxy_env, proxy_env
 
         env: dict[str, Any] = {}
-        if self.config.propagate_proxy_env:
+        if self.config.network.allow_out:
+            env.update(egress_proxy_env())
+        elif self.config.propagate_proxy_env:
             env.update(proxy_env(os.environ, HOST_ADDRESS))
         env.update(self.config.env)
         return env
@@ -553,6 +568,7 @@ class HostAgent:
             "hostagentPid": os.getpid(), "sshLocalPort": self.ssh_port,
             "hostResolver": ({"port": self.dns.port, "refused": self.dns.resolver.refused}
                              if self.dns else None),
+            "egressProxy": self.egress.info() if self.egress else None,
             "driver": {"name": d.name, "accel": d.accel, "pid": d.pid,
                        "sshAddress": f"{d.ssh.host}:{d.ssh.port}",
                        "guestAgent": d.guest_agent, "capabilities": d.capabilities},

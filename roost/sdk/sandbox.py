@@ -64,7 +64,8 @@ class Paused:
 
 def _creation_sets(env: Mapping[str, str] | None, timeout: float | None,
                    timeout_action: str, allow_exec: bool, allow_files: bool,
-                   internet: bool | None, sets: Sequence[str]) -> list[str]:
+                   internet: bool | None, allow_out: Sequence[str] | None,
+                   sets: Sequence[str]) -> list[str]:
     """roost.yaml keys the SDK's arguments set (--set syntax: YAML values)."""
     out = [f"guestAgent.allowExec={json.dumps(allow_exec)}",
            f"guestAgent.allowFiles={json.dumps(allow_files)}"]
@@ -72,6 +73,10 @@ def _creation_sets(env: Mapping[str, str] | None, timeout: float | None,
         out.append(f"env={json.dumps(dict(env))}")
     if timeout is not None:
         out.append(f"lifecycle.timeout={json.dumps({'after': timeout, 'action': timeout_action})}")
+    if allow_out is not None:
+        out.append(f"network.allowOut={json.dumps(list(allow_out))}")
+        if internet is None:
+            internet = False  # the list is the exception to being cut off
     if internet is not None:
         out.append(f"network.internet={json.dumps(internet)}")
     return [*out, *sets]
@@ -85,8 +90,18 @@ def _configured_env(inst: Instance) -> dict[str, str]:
         config = yaml.safe_load(inst.config.read_text()) or {}
     except (OSError, yaml.YAMLError):
         return {}
-    env = config.get("env") if isinstance(config, dict) else None
-    return {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else {}
+    if not isinstance(config, dict):
+        return {}
+    out: dict[str, str] = {}
+    network = config.get("network")
+    if isinstance(network, dict) and network.get("allowOut"):
+        from roost.cidata.proxyenv import egress_proxy_env
+
+        out.update(egress_proxy_env())  # as logins get it (HostAgent._guest_env)
+    env = config.get("env")
+    if isinstance(env, dict):
+        out.update({str(k): str(v) for k, v in env.items()})
+    return out
 
 
 class AsyncSandbox:
@@ -114,14 +129,18 @@ class AsyncSandbox:
                      timeout: float | None = None,
                      timeout_action: Literal["delete", "suspend", "stop"] = "delete",
                      allow_exec: bool = True, allow_files: bool = True,
-                     internet: bool | None = None, config_file: str | None = None,
+                     internet: bool | None = None, allow_out: Sequence[str] | None = None,
+                     config_file: str | None = None,
                      sets: Sequence[str] = (), start_timeout: float = START_TIMEOUT,
                      ) -> AsyncSandbox:
         """A new instance from `template` (or `config_file`), started.
 
         `env`: environment of its processes; `timeout`: seconds from Running
         until the host agent deletes it (or `timeout_action`); `internet`:
-        False cuts it off the network; `sets`: further roost.yaml keys
+        False cuts it off the network; `allow_out`: what it may still reach
+        through the egress proxy (network.allowOut: names, *.wildcards,
+        addresses, CIDRs; cuts it off unless `internet` says otherwise);
+        `sets`: further roost.yaml keys
         ("mounts[0].writable=true"). Commands and files go through the
         guest agent, so exec and files are allowed unless said otherwise.
         """
@@ -130,7 +149,7 @@ class AsyncSandbox:
             raise AlreadyExists(f"an instance named {name!r} exists already; "
                                 f"AsyncSandbox.connect({name!r}) attaches to it")
         all_sets = _creation_sets(env, timeout, timeout_action, allow_exec, allow_files,
-                                  internet, sets)
+                                  internet, allow_out, sets)
         source = None if config_file else template
         try:
             await asyncio.to_thread(

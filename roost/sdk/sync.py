@@ -211,13 +211,14 @@ class Sandbox:
                timeout: float | None = None,
                timeout_action: Literal["delete", "suspend", "stop"] = "delete",
                allow_exec: bool = True, allow_files: bool = True,
-               internet: bool | None = None, config_file: str | None = None,
+               internet: bool | None = None, allow_out: Sequence[str] | None = None,
+               config_file: str | None = None,
                sets: Sequence[str] = (), start_timeout: float = START_TIMEOUT) -> Sandbox:
         """As AsyncSandbox.create."""
         return cls(_run(AsyncSandbox.create(
             template, name=name, cpus=cpus, memory=memory, disk=disk, env=env, timeout=timeout,
             timeout_action=timeout_action, allow_exec=allow_exec, allow_files=allow_files,
-            internet=internet, config_file=config_file, sets=sets,
+            internet=internet, allow_out=allow_out, config_file=config_file, sets=sets,
             start_timeout=start_timeout)))
 
     @classmethod

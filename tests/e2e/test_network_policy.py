@@ -3,7 +3,8 @@ reach nothing outside it (the host's loopback through the gateway, the
 host's own address, DNS), while what the host opens still works (SSH, a
 port forward through the guest agent). The shared instance, which has the
 internet, is the positive control in the same run: it reaches the same
-host server."""
+host server. The cut-off instance allows one address (network.allowOut):
+through the egress proxy only that one answers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Roost, as_guest_root, small_vm
+from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, small_vm
 from tests.e2e.test_portfwd import free_port, guest_background, guest_wait_listening
 
 # Run as root in the guest: each target, and whether it answered.
@@ -74,8 +75,39 @@ def host_server() -> Iterator[int]:
 
 @pytest.fixture(scope="module")
 def offline(roost: Roost) -> Iterator[str]:
-    with small_vm(roost, "offline", "--set", "network.internet=false") as name:
+    """Cut off, with one exception through the egress proxy: the host's own
+    address (its loopback, where the same test server also listens, is not)."""
+    with small_vm(roost, "offline", "--set", "network.internet=false",
+                  "--set", f"network.allowOut=[{host_address()}]") as name:
         yield name
+
+
+# Run as root in the guest: CONNECT requests to the egress proxy, each
+# target's first line back and what its server then said.
+THROUGH_PROXY = r"""
+import json, socket, sys
+out = {}
+for target in sys.argv[1:]:
+    try:
+        with socket.create_connection(("127.0.0.1", 3128), timeout=20) as s:
+            s.sendall(("CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, target)).encode())
+            got = b""
+            while b"\r\n\r\n" not in got:
+                data = s.recv(4096)
+                if not data:
+                    break
+                got += data
+            head, _, rest = got.partition(b"\r\n\r\n")
+            s.settimeout(5)
+            try:
+                rest += s.recv(64)
+            except OSError:
+                pass
+            out[target] = [head.split(b"\r\n")[0].decode(), rest.decode(errors="replace")]
+    except OSError as e:
+        out[target] = ["no proxy: %s" % e, ""]
+print(json.dumps(out))
+"""
 
 
 def probe(roost: Roost, name: str, port: int) -> dict[str, str]:
@@ -95,6 +127,28 @@ def test_an_offline_guest_reaches_nothing_from_root(roost: Roost, vm: str, offli
     assert all(v.startswith("no answer") for v in cut_off.values()), cut_off
     info = json.loads(roost.run("info", offline, "--json").stdout)
     assert info["hostagent"]["hostResolver"] is None  # nothing the guest could reach
+
+
+def test_allow_out_lets_only_the_listed_address_through_the_proxy(
+        roost: Roost, offline: str, host_server: int) -> None:
+    """From guest root: the listed address answers through the egress proxy,
+    the host's loopback (unlisted) is refused there, and neither is reached
+    around the proxy (the test above). Logins are told of the proxy, and the
+    guest agent's listener for it is no port forward."""
+    allowed, unlisted = f"{host_address()}:{host_server}", f"127.0.0.1:{host_server}"
+    out = roost.run("shell", offline, "--", *as_guest_root("python3", "-", allowed, unlisted),
+                    input=THROUGH_PROXY, timeout=120)
+    got = json.loads(out.stdout)
+    assert got[allowed] == ["HTTP/1.1 200 Connection established", "host"], got
+    assert got[unlisted][0] == "HTTP/1.1 403 Forbidden", got
+    assert "127.0.0.1 is not in network.allowOut" in got[unlisted][1], got
+    env = roost.run("shell", offline, "--", "sh", "-c", "echo $https_proxy $no_proxy").stdout
+    assert env.split() == ["http://127.0.0.1:3128", "localhost,127.0.0.1,::1"], env
+    forwards = roost.ls()[offline]["portForwards"]
+    assert not any(f["guestAddr"].endswith(":3128") for f in forwards), forwards
+    proxy = json.loads(roost.run("info", offline, "--json").stdout)["hostagent"]["egressProxy"]
+    assert proxy["guestAddr"] == "127.0.0.1:3128" and proxy["passed"] >= 1 \
+        and proxy["refused"] >= 1, proxy
 
 
 def test_what_the_host_opens_still_works(roost: Roost, offline: str, tmp_path: Path) -> None:
@@ -126,3 +180,26 @@ def test_what_the_host_opens_still_works(roost: Roost, offline: str, tmp_path: P
         assert body.startswith(b"HTTP/1.0 200"), body
     finally:
         roost.run("shell", offline, "--", "kill", str(pid), check=False)
+
+
+def test_allow_out_on_debian(roost: Roost, host_server: int) -> None:
+    """The same on the real distribution (systemd, OpenSSH, cloud-init's
+    /etc/environment): the listed address through the proxy, nothing else."""
+    name = "deb-offline"
+    roost.run("create", name, "--template", "debian-12", "--set", "network.internet=false",
+              "--set", f"network.allowOut=[{host_address()}]", "--memory", "1GiB",
+              "--disk", "4GiB")
+    try:
+        roost.run("start", name, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+        allowed, unlisted = f"{host_address()}:{host_server}", f"127.0.0.1:{host_server}"
+        out = roost.run("shell", name, "--", *as_guest_root("python3", "-", allowed, unlisted),
+                        input=THROUGH_PROXY, timeout=120)
+        got = json.loads(out.stdout)
+        assert got[allowed] == ["HTTP/1.1 200 Connection established", "host"], got
+        assert got[unlisted][0] == "HTTP/1.1 403 Forbidden", got
+        direct = probe(roost, name, host_server)
+        assert all(v.startswith("no answer") for v in direct.values()), direct
+        env = roost.run("shell", name, "--", "sh", "-c", "echo $https_proxy").stdout
+        assert env.strip() == "http://127.0.0.1:3128", env
+    finally:
+        roost.run("delete", "--force", name, timeout=180, check=False)

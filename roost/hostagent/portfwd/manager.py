@@ -191,12 +191,24 @@ def listeners_from_event(items: object) -> list[Listener]:
 
 
 AcceptHandler = Callable[[dict[str, Any], TunnelStream], Awaitable[None]]
+StreamHandler = Callable[[TunnelStream], Awaitable[None]]
 
 
 async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
-                        emit: Emit, other: AcceptHandler | None = None) -> None:
+                        emit: Emit, other: AcceptHandler | None = None,
+                        tcp: dict[int, StreamHandler] | None = None) -> None:
     """Reverse forwards: guest sockets whose connections reach host sockets.
-    Other guest-initiated streams (e.g. reverse sshfs) go to `other`."""
+    `tcp`: guest loopback ports whose connections go to a handler here (the
+    egress proxy). Other guest-initiated streams (e.g. reverse sshfs) go to
+    `other`."""
+    tcp = tcp or {}
+    for port in list(tcp):
+        try:
+            await client.request("listen", tcp=port)
+            log.info("guest 127.0.0.1:%d: connections come to the host agent", port)
+        except GuestAgentError as e:
+            log.warning("guest 127.0.0.1:%d: %s", port, e)
+            tcp.pop(port)
     for guest_path, host_path in reverse.items():
         event = {"protocol": "unix", "guestAddr": guest_path, "hostAddr": host_path,
                  "reverse": True}
@@ -220,8 +232,12 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
         while True:
             event, stream = await client.accepted()
             target = reverse.get(str(event.get("path")))
+            guest_port = event.get("tcp")
+            handler = tcp.get(guest_port) if isinstance(guest_port, int) else None
             if target is not None:
                 task = asyncio.ensure_future(one(stream, target))
+            elif handler is not None:
+                task = asyncio.ensure_future(handler(stream))
             elif other is not None:
                 task = asyncio.ensure_future(other(event, stream))
             else:
@@ -237,7 +253,8 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
 async def follow_guest_agent(forwarder: PortForwarder, opener: Opener,
                              reverse: dict[str, str] | None = None,
                              other: AcceptHandler | None = None,
-                             on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                             on_event: Callable[[dict[str, Any]], None] | None = None,
+                             tcp: dict[int, StreamHandler] | None = None) -> None:
     """Subscribe to the guest agent's events until the session ends (then
     return): ports drive the forwards, the rest goes to `on_event`."""
     client = await opener()
@@ -247,7 +264,7 @@ async def follow_guest_agent(forwarder: PortForwarder, opener: Opener,
     if on_event is not None and "worker" in result:
         on_event({"event": "worker", **result["worker"]})
     reverse_task = asyncio.ensure_future(
-        serve_reverse(client, reverse or {}, forwarder.emit, other))
+        serve_reverse(client, reverse or {}, forwarder.emit, other, dict(tcp or {})))
     try:
         async for event in client.events():
             if event.get("event") == "ports":

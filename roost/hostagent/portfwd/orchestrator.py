@@ -17,12 +17,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from roost.cidata.proxyenv import EGRESS_PROXY_PORT as EGRESS_PORT
 from roost.config.model import PortForward
 from roost.hostagent.cleanup import CleanupStack
 from roost.hostagent.events import EventEmitter
 from roost.hostagent.guestagent import GuestAgentError
 from roost.hostagent.portfwd.forward import SSHForward, UnixForward
-from roost.hostagent.portfwd.manager import AcceptHandler, PortForwarder, follow_guest_agent
+from roost.hostagent.portfwd.manager import (
+    AcceptHandler,
+    PortForwarder,
+    StreamHandler,
+    follow_guest_agent,
+)
 from roost.hostagent.portfwd.rules import HostAddr, HostSocket, Listener
 from roost.hostagent.readiness import SSH_COMMAND_TIMEOUT
 from roost.hostagent.session import GuestAgentSession
@@ -48,11 +54,18 @@ class PortForwarding:
     def __init__(self, inst: Instance, rules: list[PortForward], session: GuestAgentSession,
                  events: EventEmitter, changed: Callable[[], None],
                  guest_streams: AcceptHandler | None = None,
-                 host_ssh_port: int | None = None) -> None:
+                 host_ssh_port: int | None = None,
+                 egress: StreamHandler | None = None) -> None:
         self.inst = inst
         self.host_ssh_port = host_ssh_port  # ssh.localPort: never forwarded from the guest
         # Streams the guest opens that are no reverse forward (reverse sshfs).
         self.guest_streams = guest_streams
+        # The egress proxy's guest port: its streams come here, and the
+        # guest agent's listener there is no service to forward to the host.
+        self.tcp_services = {EGRESS_PORT: egress} if egress is not None else {}
+        if egress is not None:
+            rules = [PortForward(guest_ip="127.0.0.1", guest_port=EGRESS_PORT, ignore=True),
+                     *rules]
         self.rules = rules
         self.session = session
         self.events = events
@@ -103,7 +116,8 @@ class PortForwarding:
         while True:
             try:
                 await follow_guest_agent(forwarder, self.session.open, reverse,
-                                         self.guest_streams, self.session.on_event)
+                                         self.guest_streams, self.session.on_event,
+                                         self.tcp_services)
                 unreachable_since = time.monotonic()
                 log.info("guest agent session ended; reconnecting")
             except (GuestAgentError, OSError) as e:
