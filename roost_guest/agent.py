@@ -373,19 +373,36 @@ class Connection:
         for path, sock in listeners:
             close_listener(sock, path)
 
-    def listen_unix(self, path: str) -> None:
+    def listen_unix(self, path: str, generation: int) -> None:
         """Reverse forwarding: each connection to `path` becomes a stream to the host."""
-        self._listen(path, unix_listener(path, mode=0o666), {"path": path})
+        self._drop_listener(path)
+        self._listen(path, unix_listener(path, mode=0o666), {"path": path}, generation)
 
-    def listen_tcp(self, port: int) -> None:
+    def listen_tcp(self, port: int, generation: int) -> None:
         """Each connection to 127.0.0.1:`port` becomes a stream to the host
         (the egress proxy: the host reads the request and decides)."""
-        self._listen("tcp:%d" % port, tcp_loopback_listener(port), {"tcp": port})
+        key = "tcp:%d" % port
+        self._drop_listener(key)  # first: the new one binds the same port
+        self._listen(key, tcp_loopback_listener(port), {"tcp": port}, generation)
 
-    def _listen(self, key: str, sock: socket.socket, event: Dict[str, Any]) -> None:
+    def _drop_listener(self, key: str) -> None:
         with self._streams_lock:
             old = self.listeners.pop(key, None)
-            self.listeners[key] = sock
+        if old is not None:
+            close_listener(old, key)
+
+    def _listen(self, key: str, sock: socket.socket, event: Dict[str, Any],
+                generation: int) -> None:
+        """Serve `sock` for the session that asked (`generation`); closed at
+        once if that session has ended meanwhile (its reset came first)."""
+        with self._streams_lock:
+            current = generation == self.generation
+            if current:
+                old = self.listeners.pop(key, None)
+                self.listeners[key] = sock
+        if not current:
+            close_listener(sock, key)
+            raise OSError(errno.ECONNRESET, "the session ended")
         if old is not None:
             close_listener(old, key)
         threading.Thread(target=self._accept_loop, args=(sock, key, event), daemon=True).start()
@@ -483,12 +500,13 @@ class Agent:
     def listen(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
         """A socket in the guest whose connections the host takes: {"path"}
         (a Unix socket, reverse forwards) or {"tcp": port} (on loopback)."""
+        generation = conn.generation  # the session asking, read before any reset
         port = req.get("tcp")
         if "tcp" in req:
             if not protocol.is_int(port) or not 0 < port < 65536:
                 raise RequestError("listen: tcp needs a port number (1-65535)")
             try:
-                conn.listen_tcp(port)
+                conn.listen_tcp(port, generation)
             except OSError as e:
                 raise RequestError("cannot listen on 127.0.0.1:%d: %s"
                                    % (port, e.strerror or e)) from None
@@ -497,7 +515,7 @@ class Agent:
         if not isinstance(path, str) or not path.startswith("/"):
             raise RequestError("listen needs an absolute socket path")
         try:
-            conn.listen_unix(path)
+            conn.listen_unix(path, generation)
         except OSError as e:
             raise RequestError("cannot listen on %s: %s" % (path, e.strerror or e)) from None
         return {"path": path}

@@ -3,7 +3,9 @@ still reach, through the host agent's egress proxy (roost.hostagent.egress).
 
 An entry is a host name (`example.com`: that name only), a wildcard
 (`*.example.com`: its subdomains, not the name itself), an IP address or a
-CIDR (`10.0.0.0/8`, `2001:db8::/32`). Any port. A request by name is
+CIDR (`10.0.0.0/8`, `2001:db8::/32`). Any port. The host's own addresses
+(loopback, link-local...) are reached only through an entry within them
+(`127.0.0.1`), never through a broad one (`0.0.0.0/0`) or a name. A request by name is
 checked against the names (and resolved by the host only when listed), one
 by address against the addresses and CIDRs.
 """
@@ -18,7 +20,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
-_NAME = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
 def normal_name(name: str) -> str:
@@ -27,7 +29,7 @@ def normal_name(name: str) -> str:
 
 
 def is_host_name(name: str) -> bool:
-    return len(name) <= 253 and _NAME.match(name) is not None
+    return len(name) <= 253 and _NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

@@ -339,6 +339,8 @@ class HostAgent:
         if self.dns is not None:  # answering before the guest's first query
             await self.dns.start()
             self.cleanups.push("stop the DNS server", self.dns.stop)
+        if self.egress is not None:
+            self.cleanups.push("stop the egress proxy's lookups", self.egress.close)
         if self.attach_pid:
             self.events.emit(phase="reattaching", sshLocalPort=self.ssh_port,
                              instanceId=self.instance_id)

@@ -20,7 +20,8 @@ import pytest
 from roost.cidata.proxyenv import egress_proxy_env
 from roost.config.allowout import AllowList
 from roost.driver.channel import UnixDialer
-from roost.hostagent.egress import MAX_HEAD, EgressProxy, Refused, parse_request
+from roost.hostagent import egress as egress_module
+from roost.hostagent.egress import MAX_HEAD, EgressProxy, Refused, parse_request, reachable
 from roost.hostagent.guestagent import GuestAgentClient, GuestAgentError
 from roost.hostagent.portfwd.manager import serve_reverse
 from tests.unit.guest_agent_process import guest_agent_on
@@ -254,3 +255,94 @@ def test_the_sdk_sets_the_list_and_gives_its_commands_the_proxy(
     env = _configured_env(inst)
     assert env["https_proxy"] == "http://127.0.0.1:3128"
     assert env["no_proxy"] == "pypi.org"  # roost.yaml's env has the last word, as for logins
+
+
+def test_what_a_request_head_may_not_hide() -> None:
+    for bad in (b"CONNECT a.com:\xb2 HTTP/1.1\r\n\r\n",  # latin-1 superscript two: a "digit"
+                b"GET http://a.com/ HTTP/1.1\nHost: evil\r\n\r\n",  # a bare LF
+                b"GET http://a.com/ HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+                b"GET http://a.com/ HTTP/1.10\r\n\r\n", b"CONNECT a.com:443 HTTP/2\r\n\r\n"):
+        with pytest.raises(Refused) as refused:
+            parse_request(bad)
+        assert refused.value.status == 400, bad
+    # The server hears of the host the proxy checked, whatever Host said.
+    r = parse_request(b"GET http://a.com:8080/x HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+    assert r.head == b"GET /x HTTP/1.1\r\nHost: a.com:8080\r\nConnection: close\r\n\r\n"
+    assert b"evil" not in parse_request(
+        b"GET http://[::1]/ HTTP/1.1\r\nhost: evil\r\n\r\n").head
+
+
+def test_the_host_itself_is_reached_only_through_an_entry_within_it() -> None:
+    broad = AllowList.parse(["0.0.0.0/0", "::/0"])
+    for local in ("127.0.0.1", "127.9.9.9", "::1", "::ffff:127.0.0.1", "0.0.0.0",
+                  "169.254.169.254", "fe80::1", "224.0.0.1"):
+        assert not reachable(broad, ipaddress.ip_address(local), by_name=False), local
+    assert reachable(broad, ipaddress.ip_address("203.0.113.9"), by_name=False)
+    narrow = AllowList.parse(["127.0.0.1"])
+    assert reachable(narrow, ipaddress.ip_address("127.0.0.1"), by_name=False)
+    assert reachable(narrow, ipaddress.ip_address("::ffff:127.0.0.1"), by_name=True)
+    assert not reachable(narrow, ipaddress.ip_address("127.0.0.2"), by_name=False)
+    assert not reachable(AllowList.parse([]), ipaddress.ip_address("127.0.0.1"), by_name=True)
+    assert reachable(AllowList.parse([]), ipaddress.ip_address("203.0.113.9"), by_name=True)
+
+
+async def test_a_listed_name_that_is_the_host_itself_is_refused() -> None:
+    egress = EgressProxy(AllowList.parse(["localhost"]))
+    try:
+        with pytest.raises(Refused, match="resolves only to the host's own addresses"):
+            await egress.destinations(parse_request(b"CONNECT localhost:22 HTTP/1.1\r\n\r\n"))
+    finally:
+        egress.close()
+
+
+async def test_connections_past_the_cap_are_turned_away(
+        proxy: tuple[int, EgressProxy], servers: dict[str, int],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    port, _ = proxy
+    monkeypatch.setattr(egress_module, "MAX_OPEN", 0)
+    got = await asyncio.to_thread(
+        _ask, port, f"CONNECT 127.0.0.1:{servers['allowed']} HTTP/1.1\r\n\r\n".encode())
+    assert got.startswith(b"HTTP/1.1 503"), got
+
+
+async def test_listening_again_on_the_same_port_replaces_the_listener(agent_sock: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = GuestAgentClient(UnixDialer(agent_sock))
+    await client.connect()
+    try:
+        assert await client.request("listen", tcp=port) == {"tcp": port}
+        assert await client.request("listen", tcp=port) == {"tcp": port}
+    finally:
+        await client.close()
+
+
+async def test_the_hosts_own_address_inside_a_listed_network_is_not_the_network(
+        agent_sock: str) -> None:
+    """A listed 0.0.0.0/0 (or the LAN's 10.0.0.0/8) holds this host's own
+    interface address, where its services listen: reached only when listed
+    by itself."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent: the route's source address
+        own = s.getsockname()[0]
+    if own.startswith("127."):
+        pytest.skip("this host has no address but loopback")
+    srv, port = _server("0.0.0.0")
+    try:
+        connect = parse_request(f"CONNECT {own}:{port} HTTP/1.1\r\n\r\n".encode())
+        for entries, status in ((["0.0.0.0/0"], 403), ([own], 200)):
+            egress = EgressProxy(AllowList.parse(entries))
+            try:
+                addresses = await egress.destinations(connect)
+                _, writer = await egress_module._connect(addresses, port, egress.allow)
+                writer.close()
+                got = 200
+            except Refused as refused:
+                got = refused.status
+                assert "this host's own address" in refused.text, refused.text
+            finally:
+                egress.close()
+            assert got == status, entries
+    finally:
+        srv.close()

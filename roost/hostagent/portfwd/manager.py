@@ -203,11 +203,13 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
     `other`."""
     tcp = tcp or {}
     for port in list(tcp):
+        service = {"protocol": "tcp", "guestAddr": f"127.0.0.1:{port}", "hostAgent": True}
         try:
             await client.request("listen", tcp=port)
             log.info("guest 127.0.0.1:%d: connections come to the host agent", port)
         except GuestAgentError as e:
             log.warning("guest 127.0.0.1:%d: %s", port, e)
+            emit({**service, "type": "failed", "error": str(e)})
             tcp.pop(port)
     for guest_path, host_path in reverse.items():
         event = {"protocol": "unix", "guestAddr": guest_path, "hostAddr": host_path,
@@ -238,6 +240,9 @@ async def serve_reverse(client: GuestAgentClient, reverse: dict[str, str],
                 task = asyncio.ensure_future(one(stream, target))
             elif handler is not None:
                 task = asyncio.ensure_future(handler(stream))
+            elif "tcp" in event:
+                await stream.reset("nothing on the host serves this port")
+                continue
             elif other is not None:
                 task = asyncio.ensure_future(other(event, stream))
             else:

@@ -64,8 +64,8 @@ class PortForwarding:
         # guest agent's listener there is no service to forward to the host.
         self.tcp_services = {EGRESS_PORT: egress} if egress is not None else {}
         if egress is not None:
-            rules = [PortForward(guest_ip="127.0.0.1", guest_port=EGRESS_PORT, ignore=True),
-                     *rules]
+            rules = [PortForward(guest_ip="127.0.0.1", guest_port=EGRESS_PORT, proto="tcp",
+                                 ignore=True), *rules]
         self.rules = rules
         self.session = session
         self.events = events
