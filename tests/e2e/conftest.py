@@ -234,6 +234,18 @@ def virtiofsd_pids(roost: Roost, name: str) -> list[int]:
     return out
 
 
+CLOCK_SLACK = 0.25  # seconds the guest's clock may be off the host's after a boot
+
+
+def assert_guest_clock_is_the_hosts(roost: Roost, name: str) -> None:
+    """The guest's wall clock, read between two of the host's, within CLOCK_SLACK."""
+    before = time.time()
+    guest = float(roost.run("shell", name, "--", "python3", "-c",
+                            "import time; print(time.time())").stdout)
+    after = time.time()
+    assert before - CLOCK_SLACK <= guest <= after + CLOCK_SLACK, (before, guest, after)
+
+
 @contextmanager
 def small_vm(roost: Roost, name: str, *create_args: str) -> Iterator[str]:
     """A second VM (512 MiB, 4 GiB disk) beside the shared one, started;

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e import test_hostile_guest as hostile
-from tests.e2e.conftest import START_TIMEOUT, Roost, wait_until
+from tests.e2e.conftest import START_TIMEOUT, Roost, assert_guest_clock_is_the_hosts, wait_until
 from tests.e2e.hostdns import (
     HOST_ADDRESS,
     HOSTS_ADDRESS,
@@ -373,3 +373,11 @@ def test_zz_a_failing_step_makes_it_degraded_with_the_reason(roost: Roost, debia
     assert "provisioning step" in started.stderr and "failed" in started.stderr
     row = roost.ls()[debian]
     assert row["status"] == "Degraded" and row["degradedBy"] == ["cloud-init"], row
+
+
+def test_the_guest_clock_is_the_hosts(roost: Roost, debian: str) -> None:
+    """The host agent sets the guest's clock when the guest agent first
+    answers: the RTC it booted from has whole seconds only, and no NTP
+    reaches it here (a certificate made on the host just now was "not yet
+    valid" in the guest)."""
+    assert_guest_clock_is_the_hosts(roost, debian)

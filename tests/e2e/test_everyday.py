@@ -14,6 +14,7 @@ from tests.e2e.conftest import (
     E2E_ENV_VALUE,
     Roost,
     as_guest_root,
+    assert_guest_clock_is_the_hosts,
     e2e_ca_cert,
     small_vm,
 )
@@ -77,6 +78,8 @@ def test_restart_boots_the_guest_again(roost: Roost, vm: str) -> None:
     roost.run("restart", vm, timeout=600)
     assert roost.ls()[vm]["status"] == "Running"
     assert roost.run("shell", vm, "--", "cat", boot_id).stdout != before
+    # Its clock is the host's again, not the RTC's whole second.
+    assert_guest_clock_is_the_hosts(roost, vm)
     # The additional disk is mounted again, with what was on it (not formatted).
     assert roost.run("shell", vm, "--", "cat", f"{DISK_MOUNT}/marker").stdout == "kept\n"
 
