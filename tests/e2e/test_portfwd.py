@@ -192,8 +192,10 @@ def test_http_server_on_guest_loopback_appears_and_goes(roost: Roost, vm: str) -
     assert elapsed < 5
     assert {"type": "forwarding", "protocol": "tcp", "guestAddr": f"127.0.0.1:{port}",
             "hostAddr": f"127.0.0.1:{port}"} in events(roost, vm)
-    row = roost.ls()[vm]
-    assert any(f["hostAddr"] == f"127.0.0.1:{port}" for f in row["portForwards"])
+    # `roost ls` reads runtime.json, which the host agent writes once per
+    # burst of changes (RUNTIME_WRITE_DELAY): soon, not with the event.
+    wait_until(lambda: any(f["hostAddr"] == f"127.0.0.1:{port}"
+                           for f in roost.ls()[vm]["portForwards"]), 3, "the forward in ls")
     guest_kill(roost, vm, pid)
     wait_until(lambda: not port_open(port), 3, "the host port to close")
 

@@ -273,7 +273,9 @@ async def test_nic_up_long_before_sshd_listens() -> None:
     async with CountingServer(model.behave) as server:
         await wait_for_banner("127.0.0.1", server.port, timeout=20, policy=FAST)
         latency = time.monotonic() - (model.origin + model.sshd_listens)
-    assert latency < LATENCY, latency
+    # Polled resets: well under the 0.6 s a parked attempt would wait for
+    # slirp's re-send (0.21 s seen on a loaded CI host, so not LATENCY).
+    assert latency < model.resend / 2, latency
     assert server.peak <= FAST.max_in_flight
     assert len(model.sessions) == 1  # sshd saw only the connection that won
 
