@@ -23,6 +23,13 @@ _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 _NAME = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 
 
+def unmapped(address: IPAddress) -> IPAddress:
+    """`::ffff:10.1.2.3` is `10.1.2.3`: what the list and the checks compare."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def normal_name(name: str) -> str:
     """A host name as compared: lower case, without the root's dot."""
     return name.lower().removesuffix(".")
@@ -67,6 +74,5 @@ class AllowList:
         return name in self.names or any(name.endswith(s) for s in self.suffixes)
 
     def allows_address(self, address: IPAddress) -> bool:
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # ::ffff:10.1.2.3 is 10.1.2.3
+        address = unmapped(address)
         return any(address in net for net in self.networks)

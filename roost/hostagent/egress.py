@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from roost.cidata.proxyenv import EGRESS_PROXY_PORT
-from roost.config.allowout import AllowList, IPAddress, IPNetwork, is_host_name, normal_name
+from roost.config.allowout import (
+    AllowList,
+    IPAddress,
+    IPNetwork,
+    is_host_name,
+    normal_name,
+    unmapped,
+)
 from roost.hostagent.guestagent import GuestAgentError, StreamReset, TunnelStream
 
 log = logging.getLogger("roost.hostagent")
@@ -138,8 +145,7 @@ def _literal(host: str) -> IPAddress | None:
 
 
 def host_local(address: IPAddress) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = unmapped(address)
     return any(address in net for net in _HOST_LOCAL)
 
 
@@ -147,8 +153,7 @@ def reachable(allow: AllowList, address: IPAddress, by_name: bool) -> bool:
     """Whether the proxy may connect to `address` (a listed name's, when
     `by_name`): a host-local one only inside a listed network that is
     itself host-local (`127.0.0.1`, not `0.0.0.0/0`)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = unmapped(address)
     if not host_local(address):
         return by_name or allow.allows_address(address)
     return any(address in net and any(_within(net, local) for local in _HOST_LOCAL)
@@ -334,8 +339,7 @@ def _to_itself(writer: asyncio.StreamWriter) -> bool:
 def listed_itself(allow: AllowList, address: IPAddress) -> bool:
     """Whether the list names `address` alone (a /32 or /128 entry), or a
     host-local network holding it (127.0.0.0/8)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = unmapped(address)
     return any(address in net and (net.num_addresses == 1 or any(
         _within(net, local) for local in _HOST_LOCAL)) for net in allow.networks)
 

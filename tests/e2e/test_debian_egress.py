@@ -5,10 +5,13 @@ debian-12 image build is not covered)."""
 
 from __future__ import annotations
 
-import json
-
-from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root
-from tests.e2e.test_network_policy import THROUGH_PROXY, host_address, probe, serving_host
+from tests.e2e.conftest import START_TIMEOUT, Roost
+from tests.e2e.test_network_policy import (
+    host_address,
+    only_listed_through_proxy,
+    probe,
+    serving_host,
+)
 
 
 def test_allow_out_on_debian(roost: Roost) -> None:
@@ -28,12 +31,7 @@ def test_allow_out_on_debian(roost: Roost) -> None:
 
 
 def check(roost: Roost, name: str, port: int) -> None:
-    allowed, unlisted = f"{host_address()}:{port}", f"127.0.0.1:{port}"
-    out = roost.run("shell", name, "--", *as_guest_root("python3", "-", allowed, unlisted),
-                    input=THROUGH_PROXY, timeout=120)
-    got = json.loads(out.stdout)
-    assert got[allowed] == ["HTTP/1.1 200 Connection established", "host"], got
-    assert got[unlisted][0] == "HTTP/1.1 403 Forbidden", got
+    only_listed_through_proxy(roost, name, port)
     direct = probe(roost, name, port)
     assert all(v.startswith("no answer") for v in direct.values()), direct
     env = roost.run("shell", name, "--", "sh", "-c", "echo $https_proxy").stdout

@@ -138,19 +138,26 @@ def test_an_offline_guest_reaches_nothing_from_root(roost: Roost, vm: str, offli
     assert info["hostagent"]["hostResolver"] is None  # nothing the guest could reach
 
 
+def only_listed_through_proxy(roost: Roost, name: str, port: int) -> str:
+    """From guest root, CONNECTs to the host's address (listed: its server
+    answers) and to its loopback (unlisted: 403); the refusal's text."""
+    allowed, unlisted = f"{host_address()}:{port}", f"127.0.0.1:{port}"
+    out = roost.run("shell", name, "--", *as_guest_root("python3", "-", allowed, unlisted),
+                    input=THROUGH_PROXY, timeout=120)
+    got = json.loads(out.stdout)
+    assert got[allowed] == ["HTTP/1.1 200 Connection established", "host"], got
+    assert got[unlisted][0] == "HTTP/1.1 403 Forbidden", got
+    return str(got[unlisted][1])
+
+
 def test_allow_out_lets_only_the_listed_address_through_the_proxy(
         roost: Roost, offline: str, host_server: int) -> None:
     """From guest root: the listed address answers through the egress proxy,
     the host's loopback (unlisted) is refused there, and neither is reached
     around the proxy (the test above). Logins are told of the proxy, and the
     guest agent's listener for it is no port forward."""
-    allowed, unlisted = f"{host_address()}:{host_server}", f"127.0.0.1:{host_server}"
-    out = roost.run("shell", offline, "--", *as_guest_root("python3", "-", allowed, unlisted),
-                    input=THROUGH_PROXY, timeout=120)
-    got = json.loads(out.stdout)
-    assert got[allowed] == ["HTTP/1.1 200 Connection established", "host"], got
-    assert got[unlisted][0] == "HTTP/1.1 403 Forbidden", got
-    assert "127.0.0.1 is not in network.allowOut" in got[unlisted][1], got
+    assert "127.0.0.1 is not in network.allowOut" in only_listed_through_proxy(
+        roost, offline, host_server)
     env = roost.run("shell", offline, "--", "sh", "-c", "echo $https_proxy $no_proxy").stdout
     assert env.split() == ["http://127.0.0.1:3128", "localhost,127.0.0.1,::1"], env
     forwards = roost.ls()[offline]["portForwards"]
