@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -129,9 +130,17 @@ def banner_seconds(port: int, proc: subprocess.Popen[bytes], start: float,
 def moved_argv(argv: list[str], inst_dir: str, floor_dir: str, port: int) -> list[str]:
     """An instance's QEMU command line on the files in `floor_dir`, its SSH
     forwarded from 127.0.0.1:port."""
-    argv = [a.replace(inst_dir, floor_dir) for a in argv]
+    argv = [_own_memfd(a.replace(inst_dir, floor_dir)) for a in argv]
     return [a.split("hostfwd=")[0] + f"hostfwd=tcp:127.0.0.1:{port}-:22"
             if "hostfwd=" in a else a for a in argv]
+
+
+def _own_memfd(arg: str) -> str:
+    """roost hands QEMU the guest RAM as its own memfd (a descriptor this
+    process does not have); the same backing, a shared memfd, made by QEMU."""
+    found = re.fullmatch(r"memory-backend-file,id=mem,size=(\d+M),share=on,"
+                         r"mem-path=/proc/self/fd/\d+", arg)
+    return f"memory-backend-memfd,id=mem,size={found[1]},share=on" if found else arg
 
 
 def machine_floor(home: Path, name: str, scratch: Path, timeout: float = 600) -> float:

@@ -71,8 +71,7 @@ class Checkpoints:
             # Durable too (write_atomic fsyncs): "suspended" is said only after.
             self._write_suspended(driver, hot, seconds)
         except (RoostError, OSError) as e:
-            self.inst.suspended.unlink(missing_ok=True)
-            self.inst.vmstate.unlink(missing_ok=True)
+            self.inst.drop_saved_state()
             with contextlib.suppress(RoostError):
                 await driver.continue_running()  # a failed migration may leave it paused
             for error in (await self.mounts.reattach_static(mount_in_guest=True)

@@ -73,6 +73,13 @@ def fork(old: str, new: str) -> Instance:
             for state in (source.vmstate, source.ram_file):
                 if state.exists():
                     copy_sparse(state, tmp / state.name)
+            if source.memory_image.exists():
+                # Read only, by either resume, and replaced (not rewritten) by
+                # a suspend: one file for both, where the file system allows.
+                try:
+                    os.link(source.memory_image, tmp / source.memory_image.name)
+                except OSError:
+                    copy_sparse(source.memory_image, tmp / source.memory_image.name)
             write_atomic(tmp / source.suspended.name,
                          json.dumps(forked_state(saved, source, target)))
 

@@ -132,6 +132,7 @@ class Instance:
     suspended = _InstanceFile("suspended.json")
     vmstate = _InstanceFile("vmstate.bin")
     ram_file = _InstanceFile("ram.bin")
+    memory_image = _InstanceFile("vmstate.ram")  # the guest RAM saved with vmstate
     # Present while `roost delete` must refuse the instance (as Lima's).
     protected = _InstanceFile("protected")
 
@@ -223,6 +224,7 @@ class Instance:
         matches it), or `stop --force` discarded it."""
         self.suspended.unlink(missing_ok=True)
         self.vmstate.unlink(missing_ok=True)
+        self.memory_image.unlink(missing_ok=True)
 
     def config_digest(self) -> str:
         """Identifies roost.yaml's exact text (a resume checks it is unchanged)."""

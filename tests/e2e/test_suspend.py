@@ -54,9 +54,13 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
     out = roost.run("suspend", sleeper, timeout=300).stdout
     assert "suspended" in out
     assert roost.ls()[sleeper]["status"] == "Suspended"
-    # The RAM in use is in the saved state (memfd RAM: no ram.bin any more).
-    assert (roost.home / sleeper / "vmstate.bin").stat().st_size > 16 << 20
-    assert not (roost.home / sleeper / "ram.bin").exists()
+    # Device state in vmstate.bin; the RAM in use beside it, sparse (no ram.bin any more).
+    inst = roost.home / sleeper
+    assert (inst / "vmstate.bin").stat().st_size < 8 << 20
+    image = (inst / "vmstate.ram").stat()
+    assert image.st_size == 512 << 20
+    assert 16 << 20 < image.st_blocks * 512 < 384 << 20
+    assert not (inst / "ram.bin").exists()
     assert not port_open()
     stop = roost.run("stop", sleeper, check=False)
     assert stop.returncode != 0 and "roost resume" in stop.stderr
@@ -68,10 +72,28 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
                      "kill -0 $(cat server.pid) && echo alive").stdout == "alive\n"
     assert roost.run("shell", sleeper, "--", "cat", "/mnt/s/f.txt").stdout == "shared\n"
     wait_until(port_open, 10, "the forward after resume")
-    assert not (roost.home / sleeper / "vmstate.bin").exists()
+    assert not (inst / "vmstate.bin").exists() and not (inst / "vmstate.ram").exists()
+    # Only the pages saved were given back to the guest: QEMU holds about as
+    # much guest RAM as before, not all 512 MiB of it.
+    shmem = qemu_status_kib(inst, "RssShmem") << 10
+    assert shmem < image.st_blocks * 512 + (64 << 20), shmem
+    # A snapshot of the resumed VM holds its RAM (the save's x-ignore-shared is off).
+    roost.run("mount", "remove", sleeper, "/mnt/s")  # virtiofs blocks saving VM state
+    roost.run("snapshot", "create", sleeper, "resumed", timeout=300)
+    snaps = json.loads(roost.run("snapshot", "list", sleeper, "--json").stdout)
+    assert next(s["vmStateSize"] for s in snaps if s["tag"] == "resumed") > 16 << 20
+    roost.run("snapshot", "delete", sleeper, "resumed", timeout=120)
     roost.run("stop", sleeper, timeout=120)
     assert not (roost.home / sleeper / "ram.bin").exists()  # a stopped VM keeps no RAM file
     roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+
+
+def qemu_status_kib(inst: Path, field: str) -> int:
+    pid = int((inst / "qemu.pid").read_text())
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in QEMU's /proc status")
 
 
 def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper: str) -> None:
@@ -86,6 +108,7 @@ def test_resume_with_a_broken_config_keeps_the_saved_state(roost: Roost, sleeper
         # The loaded VM never ran: the saved state is kept for another try.
         assert roost.ls()[sleeper]["status"] == "Suspended"
         assert (roost.home / sleeper / "vmstate.bin").exists()
+        assert (roost.home / sleeper / "vmstate.ram").exists()
         assert not (roost.home / sleeper / "qemu.pid").exists()
     finally:
         config.write_text(good)
@@ -100,7 +123,7 @@ def test_stop_force_drops_the_saved_state(roost: Roost, sleeper: str) -> None:
     assert "saved state dropped" in out
     assert roost.ls()[sleeper]["status"] == "Stopped"
     assert not any((roost.home / sleeper / f).exists()
-                   for f in ("ram.bin", "vmstate.bin", "suspended.json"))
+                   for f in ("ram.bin", "vmstate.bin", "vmstate.ram", "suspended.json"))
     roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
     assert roost.run("shell", sleeper, "--", "cat", "disk").stdout == "on-disk\n"
 

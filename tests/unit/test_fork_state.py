@@ -30,6 +30,7 @@ def test_every_path_moves_and_the_identity_is_new(pair: tuple[Instance, Instance
     real_src = str(src.dir.resolve())
     machine_saved = {"name": "src", "ssh_port": 2222, "disk": f"{src.dir}/disk.qcow2",
                      "incoming": f"{real_src}/vmstate.bin", "extra": [],
+                     "memory_image": f"{src.dir}/vmstate.ram",
                      "boot": {"kernel": "/cache/k", "uefi_vars": f"{src.dir}/uefi-vars.fd"}}
     saved: dict[str, Any] = {"qemu": machine_saved,
              "sshLocalPort": 2222, "instanceId": "i-old", "dnsPort": 5353,
@@ -38,6 +39,7 @@ def test_every_path_moves_and_the_identity_is_new(pair: tuple[Instance, Instance
     machine = state["qemu"]
     assert machine["disk"] == f"{kid.dir}/disk.qcow2"
     assert machine["incoming"] == f"{kid.dir}/vmstate.bin"
+    assert machine["memory_image"] == f"{kid.dir}/vmstate.ram"
     assert machine["boot"] == {"kernel": "/cache/k", "uefi_vars": f"{kid.dir}/uefi-vars.fd"}
     assert machine["name"] == "src-fork" and machine["ssh_port"] == state["sshLocalPort"] != 2222
     assert state["instanceId"] != "i-old" and state["mounts"] == []

@@ -29,6 +29,18 @@ def option(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
+def test_guest_ram_passed_as_a_memfd_of_the_drivers(tmp_path: Path) -> None:
+    # QEMU opens the descriptor it inherited as the backend's file: still
+    # shared memory (virtiofsd maps it), now also the host agent's to save.
+    argv = build_argv(spec(tmp_path), ram_fd=7)
+    assert option(argv, "-object") == [
+        "memory-backend-file,id=mem,size=1024M,share=on,mem-path=/proc/self/fd/7"]
+    # A RAM file of a VM an older roost suspended goes before it.
+    old = build_argv(dataclasses.replace(spec(tmp_path), ram_file=tmp_path / "ram.bin"), ram_fd=7)
+    assert option(old, "-object") == [
+        f"memory-backend-file,id=mem,size=1024M,share=on,mem-path={tmp_path}/ram.bin"]
+
+
 def test_tcg_command_line(tmp_path: Path) -> None:
     argv = build_argv(spec(tmp_path))
     assert option(argv, "-accel") == ["tcg,thread=multi,tb-size=512"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from roost.driver.base import GUEST_SSH_PORT, DataDisk, Share, mac_address
+from roost.driver.qemu import guestram
 from roost.driver.qemu.sandbox import sandbox_argv
 from roost.store.durable import write_atomic
 
@@ -69,8 +70,12 @@ class QemuSpec:
     # guest write to fresh memory twice as slow and the host write it all
     # back to disk (bench/idle.py: 1 GiB in 50 s against 24 s, 1.6 GB
     # written back), for a faster suspend. RAM is memfd now (shared, for
-    # virtiofsd), and suspend migrates the RAM in use into the saved state.
+    # virtiofsd): the driver's own, saved beside the state (memory_image),
+    # or, when the driver cannot reach it, migrated into the state.
     ram_file: Path | None = None
+    # The guest RAM a suspend saved beside `incoming` (guestram.py): the
+    # driver fills its memfd with it, and `incoming` holds device state only.
+    memory_image: Path | None = None
     # Resume: load the VM state saved in this file (-incoming defer, then
     # the driver passes it opened over QMP), then stay paused (-S) until
     # the host agent continues it.
@@ -133,10 +138,20 @@ def _data_disk_args(disks: tuple[DataDisk, ...]) -> list[str]:
     return args
 
 
-def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
+def build_argv(spec: QemuSpec, sandboxed: bool = True, ram_fd: int | None = None) -> list[str]:
     """`sandboxed`: with QEMU's seccomp sandbox (see sandbox.py); a launch
-    policy of the host, not part of the machine a suspend saves."""
+    policy of the host, not part of the machine a suspend saves. `ram_fd`:
+    the guest RAM is the driver's memfd, passed to QEMU as this descriptor
+    (guestram.py); else QEMU makes its own."""
     mem_mib = spec.memory // (1024**2)
+    if spec.ram_file is not None:
+        memory = (f"memory-backend-file,id=mem,size={mem_mib}M,share=on,"
+                  f"mem-path={_option_value(spec.ram_file)}")
+    elif ram_fd is not None:
+        memory = (f"memory-backend-file,id=mem,size={mem_mib}M,share=on,"
+                  f"mem-path={guestram.backend_path(ram_fd)}")
+    else:
+        memory = f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on"
     argv = [spec.qemu, *(sandbox_argv() if sandboxed else [])]
     argv += [
         "-name", f"roost-{spec.name},debug-threads=on",
@@ -151,10 +166,7 @@ def build_argv(spec: QemuSpec, sandboxed: bool = True) -> list[str]:
         "-smp", str(spec.cpus),
         "-m", f"{mem_mib}M",
         # Shareable RAM: vhost-user-fs (virtiofsd) needs it, also when hot-plugged.
-        "-object",
-        (f"memory-backend-file,id=mem,size={mem_mib}M,share=on,"
-         f"mem-path={_option_value(spec.ram_file)}") if spec.ram_file is not None
-        else f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
+        "-object", memory,
         "-rtc", "base=utc",
         "-no-reboot",
     ]

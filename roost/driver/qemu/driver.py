@@ -14,6 +14,7 @@ from typing import Any
 
 from roost.driver.base import DiskError, DriverError, DriverInfo, Share, SSHAddress
 from roost.driver.channel import Dialer, UnixDialer
+from roost.driver.qemu import guestram
 from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
 from roost.driver.qemu.machine import saved_entries
 from roost.driver.qemu.sandbox import use_sandbox
@@ -52,6 +53,10 @@ class QemuDriver:
         self._qmp: object | None = None  # qemu.qmp.QMPClient, imported lazily
         # QEMU's exit status; None when it was not our child (attached).
         self._exit: asyncio.Future[int | None] | None = None
+        # The guest RAM: our memfd, QEMU's backend (guestram.py); None when
+        # the RAM is a file (ram_file) or QEMU's own we could not reach.
+        self._ram: int | None = None
+        self._saved_image: Path | None = None  # the RAM the last save_state() wrote
 
     # -- Driver protocol ----------------------------------------------------
 
@@ -72,14 +77,28 @@ class QemuDriver:
         for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock,
                   self.spec.pidfile):
             p.unlink(missing_ok=True)
-        argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name))
-        log.info("starting %s", shlex.join(argv))  # as a shell takes it back
-        with open(self.log_path, "ab") as logf:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
-                # QEMU must not take our SIGINT/SIGTERM: we stop it in order.
-                start_new_session=True,
-            )
+        if self.spec.ram_file is None:
+            self._ram = guestram.create(self.spec.memory)
+        filled = self._fill_ram()
+        try:
+            argv = build_argv(self.spec, await use_sandbox(self.spec.qemu, self.spec.name),
+                              ram_fd=self._ram)
+            if filled is not None:
+                # Before QEMU runs: loading device state reads guest RAM
+                # (virtio's rings), as would a reset.
+                await filled
+            log.info("starting %s", shlex.join(argv))  # as a shell takes it back
+            with open(self.log_path, "ab") as logf:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=logf, stderr=logf,
+                    pass_fds=() if self._ram is None else (self._ram,),
+                    # QEMU must not take our SIGINT/SIGTERM: we stop it in order.
+                    start_new_session=True,
+                )
+        except BaseException:
+            await self._settle(filled)
+            self._release_ram()
+            raise
         self._pid = proc.pid
         self._exit = asyncio.ensure_future(_exit_status(proc))
         try:
@@ -90,8 +109,37 @@ class QemuDriver:
             await self._kill()
             raise
 
+    def _fill_ram(self) -> asyncio.Future[None] | None:
+        """A restore whose RAM was saved beside its state: our memfd filled
+        with it, in a thread."""
+        image, fd = self.spec.memory_image, self._ram
+        if image is None or fd is None:
+            return None
+
+        def fill() -> None:
+            try:
+                copied = guestram.load(image, fd, self.spec.memory)
+            except (OSError, ValueError) as e:
+                raise DriverError(f"cannot load the saved guest RAM: {e}") from None
+            log.info("guest RAM loaded: %d MiB", copied // 2**20)
+
+        return asyncio.ensure_future(asyncio.to_thread(fill))
+
+    @staticmethod
+    async def _settle(task: asyncio.Future[None] | None) -> None:
+        # A thread cannot be cancelled: it is let finish before its memfd closes.
+        if task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+
+    def _release_ram(self) -> None:
+        fd, self._ram = self._ram, None
+        if fd is not None:
+            os.close(fd)
+
     async def _load_state(self, path: Path) -> None:
-        await self._set_ignore_shared()
+        await self._set_ignore_shared(self.spec.ram_file is not None
+                                      or self.spec.memory_image is not None)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as e:
@@ -116,11 +164,11 @@ class QemuDriver:
                 await self._qmp_execute("closefd", {"fdname": STATE_FD_NAME})
             raise
 
-    async def _set_ignore_shared(self) -> None:
-        # Guest RAM lives in the shared RAM file; only device state is moved.
-        if self.spec.ram_file is not None:
-            await self._qmp_execute("migrate-set-capabilities", {"capabilities": [
-                {"capability": "x-ignore-shared", "state": True}]})
+    async def _set_ignore_shared(self, state: bool) -> None:
+        # The guest RAM is saved apart (RAM file, memory image): only device
+        # state moves. Off again after: a snapshot's savevm honours it too.
+        await self._qmp_execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "x-ignore-shared", "state": state}]})
 
     async def attach(self, pid: int) -> None:
         """Take over a QEMU that a previous host agent started and lost.
@@ -142,10 +190,13 @@ class QemuDriver:
 
         loop.add_reader(fd, exited)
         self._pid, self._exit = pid, exit_future
+        if self.spec.ram_file is None:
+            self._ram = guestram.find_in(pid)  # without it a suspend migrates the RAM
         try:
             await self._connect_qmp()
         except BaseException:
             await self._close_qmp()
+            self._release_ram()
             raise
 
     async def wait(self) -> int | None:
@@ -248,31 +299,56 @@ class QemuDriver:
         suspended) on disk; seconds taken."""
         loop = asyncio.get_running_loop()
         start = loop.time()
+        self._saved_image = None
+        ram_apart = self.spec.ram_file is not None or self._ram is not None
         await self._qmp_execute("migrate-set-parameters", {"max-bandwidth": 16 * 1024**3})
-        await self._set_ignore_shared()
-        # Paused first: the RAM is then saved as it stands, in one pass. A live
-        # save (the guest running, its dirty pages sent again) under
-        # multi-threaded TCG restored guests with a corrupted kernel.
-        await self._qmp_execute("stop")
+        await self._set_ignore_shared(ram_apart)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise DriverError(f"cannot write the VM state: {e}") from None
-        await self._migrate_through_fd("migrate", fd)
+            # Paused first: the RAM is then saved as it stands, in one pass. A
+            # live save (the guest running, its dirty pages sent again) under
+            # multi-threaded TCG restored guests with a corrupted kernel.
+            await self._qmp_execute("stop")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            except OSError as e:
+                raise DriverError(f"cannot write the VM state: {e}") from None
+            await self._migrate_through_fd("migrate", fd)
+            await self._migration_done(start, timeout)
+            # Paused now, so the guest dirties no more RAM: a saved state
+            # counts once a power loss cannot tear it.
+            if self._ram is not None:
+                self._saved_image = await asyncio.to_thread(self._save_ram, path)
+            await asyncio.to_thread(self._sync_saved_state, path)
+        except BaseException:
+            if ram_apart:  # the VM may run on: its snapshots must hold RAM again
+                with contextlib.suppress(DriverError):
+                    await self._set_ignore_shared(False)
+            raise
+        return loop.time() - start
+
+    async def _migration_done(self, start: float, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             info = await self._qmp_execute("query-migrate")
             status = info.get("status")
             if status == "completed":
-                # Paused now, so the guest dirties no more RAM: a saved state
-                # counts once a power loss cannot tear it.
-                await asyncio.to_thread(self._sync_saved_state, path)
-                return loop.time() - start
+                return
             if status in ("failed", "cancelled"):
                 raise DriverError(f"saving the VM state failed: {info.get('error-desc', status)}")
             if loop.time() - start > timeout:
                 await self._qmp_execute("migrate_cancel")
                 raise DriverError(f"saving the VM state took over {timeout:g}s")
             await asyncio.sleep(0.01)
+
+    def _save_ram(self, state: Path) -> Path:
+        assert self._ram is not None
+        image = guestram.image_for(state)
+        try:
+            written = guestram.save(self._ram, self.spec.memory, image)
+        except OSError as e:
+            raise DriverError(f"cannot write the guest RAM: {e}") from None
+        log.info("guest RAM saved: %d MiB in use", written // 2**20)
+        return image
 
     def _sync_saved_state(self, state: Path) -> None:
         """The device state and the file-backed guest RAM it goes with, and
@@ -289,7 +365,7 @@ class QemuDriver:
     def machine_as_saved(self, state: Path) -> dict[str, Any]:
         """suspended.json's entries from which this machine is built again
         to load `state` (what save_state() wrote)."""
-        return saved_entries(self.spec, state)
+        return saved_entries(self.spec, state, self._saved_image)
 
     async def continue_running(self) -> None:
         await self._qmp_execute("cont")
@@ -338,6 +414,7 @@ class QemuDriver:
         while True:
             status = (await self._qmp_execute("query-status")).get("status")
             if status in ("paused", "postmigrate"):
+                await self._set_ignore_shared(False)  # snapshots of it hold its RAM
                 await self._qmp_execute("cont")
                 return
             if status == "running":
@@ -451,11 +528,13 @@ class QemuDriver:
     async def _kill(self) -> None:
         await self._close_qmp()
         if self._pid is None or self._exit is None:
+            self._release_ram()
             return
         if not self._exit.done():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._pid, signal.SIGKILL)
             await asyncio.shield(self._exit)
+        self._release_ram()  # QEMU is gone: the guest's RAM goes with our descriptor
         self.spec.pidfile.unlink(missing_ok=True)
         for p in (self.spec.qmp_sock, self.spec.ga_sock, self.spec.serial_sock):
             p.unlink(missing_ok=True)

@@ -73,11 +73,13 @@ def boot_spec(vm: VMDescription) -> BootSpec:
     return BootSpec()  # SeaBIOS boots the disk
 
 
-def saved_entries(spec: QemuSpec, state: Path) -> dict[str, Any]:
-    """suspended.json's entries for a VM whose state was saved into `state`:
-    the same machine, loading that state, without virtiofs devices (a VM
-    with one cannot be saved)."""
-    saved = dataclasses.replace(spec, incoming=state, virtiofs_devices=False)
+def saved_entries(spec: QemuSpec, state: Path,
+                  memory_image: Path | None = None) -> dict[str, Any]:
+    """suspended.json's entries for a VM whose state was saved into `state`
+    (and its RAM into `memory_image`): the same machine, loading that state,
+    without virtiofs devices (a VM with one cannot be saved)."""
+    saved = dataclasses.replace(spec, incoming=state, memory_image=memory_image,
+                                virtiofs_devices=False)
     return {SAVED_MACHINE_KEY: spec_to_json(saved)}
 
 
