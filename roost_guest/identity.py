@@ -9,7 +9,7 @@ fork's (`reidentify`); here they are applied to whatever the guest runs:
 * the SSH host key: OpenSSH's /etc/ssh/ssh_host_ed25519_key (its other
   host keys, the source's, removed) and a SIGHUP to sshd, which then loads
   it; or, on the built-in image, dropbear's key in /run/roost, and the
-  dropbear listener ended for init to start again with it;
+  dropbear listener ended for its wrapper to start again with it;
 * the MAC: `ip link set dev IF address` of the interface that had the old
   one (virtio-net takes a new address while up).
 
@@ -105,17 +105,44 @@ def _pids_of(exe_name: str) -> List[int]:
 
 
 def _listening(port: int) -> bool:
-    """Whether a TCP socket listens on `port` (/proc/net/tcp, state 0A)."""
+    """Whether a TCP socket listens on `port`."""
+    return bool(_listening_sockets(port))
+
+
+def _listening_sockets(port: int) -> List[str]:
+    """The sockets (as /proc/PID/fd links name them) listening on TCP `port`."""
+    found = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(table) as f:
                 for line in f.readlines()[1:]:
                     fields = line.split()
                     if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                        return True
+                        found.append("socket:[%s]" % fields[9])
         except (OSError, IndexError, ValueError):
             continue
-    return False
+    return found
+
+
+def _listeners(pids: List[int], port: int) -> List[int]:
+    """Those of `pids` that hold a socket listening on `port`. Not the
+    oldest dropbear: a session the source's memory brought along, its
+    listener ended by an earlier fork, may be older than the listener."""
+    sockets = set(_listening_sockets(port))
+    holders = []
+    for pid in pids:
+        try:
+            fds = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in sockets:
+                    holders.append(pid)
+                    break
+            except OSError:
+                continue
+    return holders
 
 
 SSHD_PID_FILES = ("/run/sshd.pid", "/var/run/sshd.pid")
@@ -161,10 +188,10 @@ def set_host_key(private: str, public: str, dropbear_b64: str, problems: List[st
         except (OSError, ValueError) as e:
             problems.append("writing %s: %s" % (DROPBEAR_KEY, e))
             return ""
-        # The listener is the oldest; its sessions are children and stay.
-        # init starts it again, with the new key: answered once it listens,
-        # so that the host's first login meets the new key.
-        for pid in sorted(pids)[:1]:
+        # The listener's sessions are its children and stay. Its wrapper
+        # starts it again, with the new key: answered once it listens, so
+        # that the host's first login meets the new key.
+        for pid in _listeners(pids, 22)[:1]:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + RESTART_WAIT

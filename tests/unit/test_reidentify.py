@@ -11,6 +11,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -115,3 +116,22 @@ def test_bad_identity_requests_are_refused_by_field() -> None:
                          ("sourceMac", "zz"), ("hostKey", ""), ("dropbearKey", 3)):
         with pytest.raises(identity.IdentityError, match=field.rstrip("Key")[:4]):
             identity.reidentify({**good, field: value})
+
+
+def test_the_listener_is_the_dropbear_that_holds_the_listening_socket() -> None:
+    # A fork of a fork: a session the source's memory brought along, its
+    # listener ended by the first fork, is orphaned and may be older than
+    # the listener. Two real processes: one listens, the other does not.
+    listen = ("import socket, sys, time; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
+              "s.listen(); print(s.getsockname()[1], flush=True); time.sleep(30)")
+    listener = subprocess.Popen([sys.executable, "-c", listen], stdout=subprocess.PIPE)
+    session = subprocess.Popen(["sleep", "30"])
+    try:
+        assert listener.stdout is not None
+        port = int(listener.stdout.readline())
+        assert identity._listeners([session.pid, listener.pid], port) == [listener.pid]
+        assert identity._listeners([session.pid], port) == []
+    finally:
+        for proc in (listener, session):
+            proc.kill()
+            proc.wait()
