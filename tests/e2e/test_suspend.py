@@ -79,10 +79,10 @@ def test_suspend_resume_keeps_files_processes_mounts_and_ports(
     assert shmem < image.st_blocks * 512 + (64 << 20), shmem
     # A snapshot of the resumed VM holds its RAM (the save's x-ignore-shared is off).
     roost.run("mount", "remove", sleeper, "/mnt/s")  # virtiofs blocks saving VM state
-    roost.run("snapshot", "create", sleeper, "resumed", timeout=300)
+    roost.run("snapshot", "create", sleeper, "--tag", "resumed", timeout=300)
     snaps = json.loads(roost.run("snapshot", "list", sleeper, "--json").stdout)
     assert next(s["vmStateSize"] for s in snaps if s["tag"] == "resumed") > 16 << 20
-    roost.run("snapshot", "delete", sleeper, "resumed", timeout=120)
+    roost.run("snapshot", "delete", sleeper, "--tag", "resumed", timeout=120)
     roost.run("stop", sleeper, timeout=120)
     assert not (roost.home / sleeper / "ram.bin").exists()  # a stopped VM keeps no RAM file
     roost.run("start", sleeper, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
