@@ -38,6 +38,7 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 OPENSSH_DIR = "/etc/ssh"
 DROPBEAR_KEY = "/run/roost/dropbear_host_key"  # the built-in image's sshd prefers it
+SSHD_RESTART = "/run/roost/sshd-restart"  # usr/lib/roost/sshd: restart dropbear at once
 RESTART_WAIT = 10.0  # for dropbear to listen again
 
 
@@ -102,11 +103,6 @@ def _pids_of(exe_name: str) -> List[int]:
         if os.path.basename(argv0.decode(errors="replace")) == exe_name:
             pids.append(int(entry))
     return pids
-
-
-def _listening(port: int) -> bool:
-    """Whether a TCP socket listens on `port`."""
-    return bool(_listening_sockets(port))
 
 
 def _listening_sockets(port: int) -> List[str]:
@@ -191,12 +187,19 @@ def set_host_key(private: str, public: str, dropbear_b64: str, problems: List[st
         # The listener's sessions are its children and stay. Its wrapper
         # starts it again, with the new key: answered once it listens, so
         # that the host's first login meets the new key.
-        for pid in _listeners(pids, 22)[:1]:
+        listeners = _listeners(pids, 22)
+        if pids and not listeners:
+            problems.append("no dropbear listens on port 22: the new key is used from "
+                            "its next start")
+        for pid in listeners[:1]:
+            with contextlib.suppress(OSError):
+                open(SSHD_RESTART, "w").close()  # its wrapper: at once, not after a pause
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + RESTART_WAIT
             while time.monotonic() < deadline:
-                if set(_pids_of("dropbear")) - set(pids) and _listening(22):
+                now = _listeners(_pids_of("dropbear"), 22)
+                if now and pid not in now:
                     break
                 time.sleep(0.02)
             else:

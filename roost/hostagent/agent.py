@@ -284,7 +284,7 @@ class HostAgent:
             return
         if not await self.driver.resume_interrupted_save():
             return
-        self.inst.vmstate.unlink(missing_ok=True)  # never finished: no state to resume
+        self.inst.drop_saved_state()  # never finished: no state to resume
         errors = await self.mounts.reattach_static(mount_in_guest=True, all_static=True)
         for error in errors:
             self.events.add_error(f"after the interrupted suspend: {error}")

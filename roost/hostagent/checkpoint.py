@@ -53,7 +53,8 @@ class Checkpoints:
     # -- suspend and resume -------------------------------------------------------
 
     async def suspend(self) -> dict[str, Any]:
-        """Save the VM's state to vmstate.bin and end the VM; `roost resume` loads it."""
+        """Save the VM's state (vmstate.bin, its RAM beside it in vmstate.ram)
+        and end the VM; `roost resume` loads it."""
         if not isinstance(self.driver, Suspendable):
             raise UsageError("this instance's driver cannot suspend")
         driver: Suspendable = self.driver

@@ -73,7 +73,7 @@ def fork(old: str, new: str) -> Instance:
             for state in (source.vmstate, source.ram_file):
                 if state.exists():
                     copy_sparse(state, tmp / state.name)
-            if source.memory_image.exists():
+            if source.memory_image.exists() and _saved_image(saved):
                 # Read only, by either resume, and replaced (not rewritten) by
                 # a suspend: one file for both, where the file system allows.
                 try:
@@ -85,6 +85,11 @@ def fork(old: str, new: str) -> Instance:
 
         create_instance_dir(target, {"roost.yaml": source.config.read_text()}, fill)
     return target
+
+
+def _saved_image(saved: dict[str, Any]) -> bool:
+    """Whether the saved machine loads its RAM from an image (not one left over)."""
+    return any(isinstance(v, dict) and v.get("memory_image") for v in saved.values())
 
 
 def forked_state(saved: dict[str, Any], source: Instance, target: Instance) -> dict[str, Any]:

@@ -225,6 +225,8 @@ class Instance:
         self.suspended.unlink(missing_ok=True)
         self.vmstate.unlink(missing_ok=True)
         self.memory_image.unlink(missing_ok=True)
+        # One a save left half written (guestram.save writes it, then renames).
+        self.path(f".{self.memory_image.name}.tmp").unlink(missing_ok=True)
 
     def config_digest(self) -> str:
         """Identifies roost.yaml's exact text (a resume checks it is unchanged)."""

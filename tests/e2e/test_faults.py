@@ -638,7 +638,8 @@ def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
             started = run("start", "small", "--timeout", str(START_TIMEOUT))
             assert started.returncode == 0, started.stderr
             # Room for the guest's own writes (a full disk would pause it: see
-            # the next test), not for its RAM in use, which the saved state holds.
+            # the next test), not for its RAM in use, which the saved state holds
+            # (vmstate.ram).
             fill(leave=8 << 20)
             suspended = run("suspend", "small")
             d["message"] = suspended.stderr.strip().splitlines()[-2:]
@@ -648,7 +649,8 @@ def test_roost_home_on_a_full_file_system(roost: Roost, tmp_path: Path) -> None:
             d["ls"] = json.loads(ls.stdout)[0]["status"]
             assert d["ls"] == "Running"
             d["residue"] = [p.name for p in (fs / "home" / "small").iterdir()
-                            if p.name in ("vmstate.bin", "suspended.json")]
+                            if p.name in ("vmstate.bin", "vmstate.ram", ".vmstate.ram.tmp",
+                                          "suspended.json")]
             assert d["residue"] == []
             assert run("shell", "small", "--", "true").returncode == 0
         with fault("full-fs-create", "`roost create` on a file system with no room left",

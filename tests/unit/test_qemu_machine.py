@@ -121,7 +121,8 @@ def test_suspended_json_of_an_older_roost_still_loads(tmp_path: Path) -> None:
     assert loaded.shares == () and loaded.incoming == inst.vmstate
     new = machine_spec(describe(tmp_path, {"memory": "2GiB"}, restore=True))
     # The same machine ([0]: where QEMU is installed), but for its RAM: the
-    # old one resumes from its ram.bin, a new one's RAM is in vmstate.bin.
+    # old one resumes from its ram.bin, a new one's from vmstate.ram through
+    # the driver's memfd (QEMU's own here, built without one).
     old_argv, new_argv = build_argv(loaded)[1:], build_argv(new)[1:]
     ram = old_argv.index(f"memory-backend-file,id=mem,size=2048M,share=on,mem-path={d}/ram.bin")
     assert new_argv[ram] == "memory-backend-memfd,id=mem,size=2048M,share=on"

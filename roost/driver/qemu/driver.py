@@ -116,11 +116,16 @@ class QemuDriver:
         if image is None or fd is None:
             return None
 
+        # The thread's own descriptor: a cancelled start closes ours at once.
+        own = os.dup(fd)
+
         def fill() -> None:
             try:
-                copied = guestram.load(image, fd, self.spec.memory)
+                copied = guestram.load(image, own, self.spec.memory)
             except (OSError, ValueError) as e:
                 raise DriverError(f"cannot load the saved guest RAM: {e}") from None
+            finally:
+                os.close(own)
             log.info("guest RAM loaded: %d MiB", copied // 2**20)
 
         return asyncio.ensure_future(asyncio.to_thread(fill))
@@ -272,6 +277,8 @@ class QemuDriver:
         saving VM state (vhost-user-fs, a mounted 9p export): then only the
         disk is snapshotted, consistently, while the VM runs on.
         """
+        # A snapshot holds the RAM, whatever a failed suspend left set.
+        await self._set_ignore_shared(False)
         out = await self._hmp(f"savevm {tag}")
         if not out:
             return "vm"
@@ -282,6 +289,7 @@ class QemuDriver:
         raise DriverError(f"savevm {tag}: {out}")
 
     async def snapshot_load(self, tag: str) -> None:
+        await self._set_ignore_shared(False)
         out = await self._hmp(f"loadvm {tag}")
         if out:
             raise DriverError(f"loadvm {tag}: {out}")
@@ -294,9 +302,10 @@ class QemuDriver:
     # -- suspend and resume ---------------------------------------------------
 
     async def save_state(self, path: Path, timeout: float = 120.0) -> float:
-        """Migrate the VM's state, its RAM in use with it, into `path` (it ends
-        paused) and have it (and the RAM file of a VM an older roost
-        suspended) on disk; seconds taken."""
+        """Migrate the VM's device state into `path` and its RAM in use into
+        the image beside it (guestram.py; into `path` too when the RAM is
+        out of our reach), the VM left paused, and have them (and the RAM
+        file of a VM an older roost suspended) on disk; seconds taken."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         self._saved_image = None
@@ -317,11 +326,13 @@ class QemuDriver:
             # Paused now, so the guest dirties no more RAM: a saved state
             # counts once a power loss cannot tear it.
             if self._ram is not None:
-                self._saved_image = await asyncio.to_thread(self._save_ram, path)
+                self._saved_image = await asyncio.to_thread(self._save_ram,
+                                                            os.dup(self._ram), path)
             await asyncio.to_thread(self._sync_saved_state, path)
         except BaseException:
-            if ram_apart:  # the VM may run on: its snapshots must hold RAM again
+            if ram_apart:  # the VM may run on (continue_running() says so again)
                 with contextlib.suppress(DriverError):
+                    await self._migration_settled()  # a cancelled one refuses the change
                     await self._set_ignore_shared(False)
             raise
         return loop.time() - start
@@ -340,13 +351,22 @@ class QemuDriver:
                 raise DriverError(f"saving the VM state took over {timeout:g}s")
             await asyncio.sleep(0.01)
 
-    def _save_ram(self, state: Path) -> Path:
-        assert self._ram is not None
+    async def _migration_settled(self, timeout: float = 5.0) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (await self._qmp_execute("query-migrate")).get("status") in MIGRATING \
+                and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+
+    def _save_ram(self, fd: int, state: Path) -> Path:
+        """Guest RAM from `fd` (the thread's own: closed here) beside `state`."""
         image = guestram.image_for(state)
         try:
-            written = guestram.save(self._ram, self.spec.memory, image)
+            written = guestram.save(fd, os.fstat(fd).st_size, image)
         except OSError as e:
             raise DriverError(f"cannot write the guest RAM: {e}") from None
+        finally:
+            os.close(fd)
         log.info("guest RAM saved: %d MiB in use", written // 2**20)
         return image
 
@@ -368,6 +388,8 @@ class QemuDriver:
         return saved_entries(self.spec, state, self._saved_image)
 
     async def continue_running(self) -> None:
+        # A save that failed after it completed left x-ignore-shared on.
+        await self._set_ignore_shared(False)
         await self._qmp_execute("cont")
 
     async def resume_interrupted_save(self, timeout: float = 10.0) -> bool:
@@ -383,6 +405,7 @@ class QemuDriver:
             await asyncio.sleep(0.05)
         log.warning("the VM was %s by a save its host agent never finished; it runs on",
                     status)
+        await self._set_ignore_shared(False)  # the capability outlived that host agent
         await self._qmp_execute("cont")
         return True
 

@@ -110,7 +110,10 @@ def save(fd: int, size: int, image: Path) -> int:
         os.ftruncate(out, size)
         for start, end in extents(fd, size):
             for offset in range(start, end, CHUNK):
-                data = os.pread(fd, min(CHUNK, end - offset), offset)
+                want = min(CHUNK, end - offset)
+                data = os.pread(fd, want, offset)
+                if len(data) != want:  # shmem reads whole; a shrunk file is not RAM
+                    raise OSError(errno.EIO, "the guest RAM ended early")
                 if data == _ZERO_CHUNK[:len(data)]:
                     continue
                 view = memoryview(data)
