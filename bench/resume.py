@@ -9,7 +9,9 @@ passes SSH and the agent before Running; a resume declares Running after
 sshd's banner and the guest agent's `wake`, and its first SSH command makes
 a new login (the old connection went with the old QEMU). Reported apart:
 each to Running, and the restored guest agent's first answer after the
-resume command returned. Also `roost diff` over 10,000 changed files.
+resume command returned; QEMU's resident memory (RSS, and of it the guest
+RAM's shared pages) once the bar is passed, after each. Also `roost diff`
+over 10,000 changed files.
 
     .venv/bin/python bench/resume.py [--runs 5]      # prints JSON
 """
@@ -24,6 +26,14 @@ import time
 from pathlib import Path
 
 from common import host_facts, roost, scratch_home, summary
+
+
+def qemu_memory_mib(home: Path, name: str) -> tuple[float, float]:
+    """QEMU's (VmRSS, RssShmem) in MiB, from /proc."""
+    pid = int((home / name / "qemu.pid").read_text())
+    fields = dict(line.split(":", 1) for line in
+                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["RssShmem"].split()[0]) / 1024)
 
 
 def to_bar(home: Path, name: str, command: str) -> tuple[float, float, float]:
@@ -57,13 +67,17 @@ def main() -> None:
         cold: list[tuple[float, float, float]] = []
         warm: list[tuple[float, float, float]] = []
         suspends = []
+        cold_memory: list[tuple[float, float]] = []
+        warm_memory: list[tuple[float, float]] = []
         for _ in range(args.runs):  # cold, resume, cold, resume ...
             roost(home, "stop", name)
             cold.append(to_bar(home, name, "start"))
+            cold_memory.append(qemu_memory_mib(home, name))
             start = time.monotonic()
             roost(home, "suspend", name)
             suspends.append(time.monotonic() - start)
             warm.append(to_bar(home, name, "resume"))
+            warm_memory.append(qemu_memory_mib(home, name))
         script = (f"import os\nos.makedirs('/root/many', exist_ok=True)\n"
                   f"for i in range({args.files}):\n"
                   f"    open('/root/many/f%05d' % i, 'w').write('x')\n")
@@ -86,6 +100,11 @@ def main() -> None:
         "guest_agent_first_answer_after_resume_s": summary([r[2] for r in warm]),
         "guest_agent_answer_after_cold_start_s": summary([r[2] for r in cold]),
         "suspend_s": summary(suspends),
+        "guest_ram_mib": 1024,
+        "qemu_rss_mib_after_cold_start": summary([m[0] for m in cold_memory]),
+        "qemu_rss_mib_after_resume": summary([m[0] for m in warm_memory]),
+        "qemu_guest_ram_resident_mib_after_cold_start": summary([m[1] for m in cold_memory]),
+        "qemu_guest_ram_resident_mib_after_resume": summary([m[1] for m in warm_memory]),
         "diff_files_changed": args.files,
         "diff_entries_reported": len(changes),
         "diff_s": round(diff_seconds, 3),
