@@ -179,13 +179,16 @@ def clone(name: str, new_name: str) -> None:
 @cli.command()
 @NAME
 @click.argument("new_name", metavar="NEW_NAME", callback=_name)
-def fork(name: str, new_name: str) -> None:
+@click.option("--snapshot", "tag", metavar="TAG",
+              help="From NAME's snapshot TAG (NAME running, stopped or suspended): its disk "
+                   "as it was then, and its memory when the snapshot holds it.")
+def fork(name: str, new_name: str, tag: str | None) -> None:
     """A new instance from a suspended one that runs on from its saved memory
-    (`roost start NEW_NAME`), or from a stopped one (as clone), with a machine
-    identity of its own."""
+    (`roost start NEW_NAME`), or from a stopped one (as clone), or from a
+    snapshot (--snapshot), with a machine identity of its own."""
     from roost.ops import fork as forking
 
-    inst = forking.fork(name, new_name)
+    inst = forking.fork(name, new_name, tag)
     click.echo(f"forked {name} to {new_name} in {inst.dir}; `roost start {new_name}` runs it")
 
 

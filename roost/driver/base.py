@@ -150,6 +150,12 @@ class VMSnapshots(Protocol):
     async def snapshot_delete(self, tag: str) -> None:
         """Delete `tag`."""
 
+    def machine_at_snapshot(self, tag: str) -> dict[str, Any]:
+        """What builds this machine again to load `tag` (a fork from it), as JSON."""
+
+    async def copy_disk(self, dest: Path) -> None:
+        """A consistent copy of the VM's disk at `dest` while it runs."""
+
 
 @runtime_checkable
 class FileSystemHotplug(Protocol):

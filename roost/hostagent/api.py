@@ -25,6 +25,7 @@ from roost.hostagent.apiinput import InputError, field_names, from_json, from_st
 from roost.hostagent.apimodels import (
     ApiInput,
     DirCreate,
+    DiskCopy,
     FileRef,
     FileRemove,
     FileRename,
@@ -182,6 +183,8 @@ class Checkpoints(Protocol):
 
     async def snapshot_delete(self, tag: str) -> dict[str, Any]: ...
 
+    async def copy_disk(self, dest: str) -> dict[str, Any]: ...
+
 
 _OBJECT: dict[str, Any] = {"type": "object"}
 # Named answer schemas of the OpenAPI document (the inputs' come from apimodels).
@@ -262,6 +265,9 @@ class ApiServer:
                   self._snapshot_apply, {200: snapshot}, takes=SnapshotRef, takes_in="path"),
             Route("DELETE", "/v1/snapshots/{tag}", "Delete a snapshot.", self._snapshot_delete,
                   {200: snapshot}, takes=SnapshotRef, takes_in="path"),
+            Route("POST", "/v1/disk/copy", "Copy the VM's disk with its snapshots (the VM "
+                  "is paused for it): a fork from a snapshot starts from the copy.",
+                  self._copy_disk, {200: Reply("copied", _OBJECT)}, takes=DiskCopy),
             Route("GET", "/v1/exec", "Run a command in the guest (guestAgent.allowExec) "
                   "over a WebSocket: its stdin, output, signals and exit.", self._exec,
                   {101: Reply("switching to the WebSocket; its messages are in x-websocket",
@@ -451,6 +457,9 @@ class ApiServer:
 
     async def _snapshot_delete(self, request: web.Request, ref: SnapshotRef) -> web.Response:
         return web.json_response(await self._checkpoints.snapshot_delete(ref.tag))
+
+    async def _copy_disk(self, request: web.Request, body: DiskCopy) -> web.Response:
+        return web.json_response(await self._checkpoints.copy_disk(body.path))
 
     async def _get_guest(self, request: web.Request, _: None) -> web.Response:
         """/v1/guest/{status,health,probes,diff}: the guest agent's answer as it is."""

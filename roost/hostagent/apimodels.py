@@ -94,6 +94,14 @@ class SnapshotCreate(ApiInput):
 
 
 @dataclass(frozen=True, kw_only=True)
+class DiskCopy(ApiInput):
+    """Copy the running VM's disk, its snapshots too (POST /v1/disk/copy)."""
+
+    path: Annotated[str, Constraint(pattern=r"^/[^\x00]*$")]
+    """Where the copy goes: an absolute path, a new file in a directory that exists."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SnapshotRef(ApiInput):
     """A snapshot named in the path (/v1/snapshots/{tag})."""
 

@@ -14,6 +14,7 @@ import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from roost.driver.base import Driver, Suspendable, VMSnapshots
@@ -152,7 +153,16 @@ class Checkpoints:
         check_tag(tag)
         if snapshots.find(self.inst, tag) is not None:
             raise UsageError(f"snapshot {tag!r} already exists")
-        kind = await self._vm_snapshots().snapshot_save(tag)
+        driver = self._vm_snapshots()
+        kind = await driver.snapshot_save(tag)
+        record = self.inst.snapshot_machine(tag)
+        if kind == "vm":  # for a fork from it (roost.ops.fork)
+            record.parent.mkdir(exist_ok=True)
+            write_atomic(record, json.dumps({
+                "dir": str(self.inst.dir), "dnsPort": self._identity.get("dnsPort", 0),
+                **driver.machine_at_snapshot(tag)}))
+        else:
+            record.unlink(missing_ok=True)  # a deleted one's, of the same tag
         return {"tag": tag, "state": kind}
 
     async def snapshot_apply(self, tag: str) -> dict[str, Any]:
@@ -178,4 +188,18 @@ class Checkpoints:
         if snapshots.find(self.inst, check_tag(tag)) is None:
             raise UsageError(f"no snapshot {tag!r}")
         await self._vm_snapshots().snapshot_delete(tag)
+        self.inst.snapshot_machine(tag).unlink(missing_ok=True)
         return {"tag": tag, "deleted": True}
+
+    async def copy_disk(self, dest: str) -> dict[str, Any]:
+        """A whole copy of the running VM's disk, its snapshots too, at
+        `dest` (a new file): the VM is paused for it."""
+        path = Path(dest)
+        if not path.is_absolute() or not path.parent.is_dir():
+            raise UsageError(f"{dest!r}: the copy's path must be absolute, in a directory "
+                             "that exists")
+        if path.exists() or path.is_symlink():
+            raise UsageError(f"{dest!r} exists already; the copy is made as a new file")
+        started = time.monotonic()
+        await self._vm_snapshots().copy_disk(path)
+        return {"path": dest, "seconds": round(time.monotonic() - started, 3)}

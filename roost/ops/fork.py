@@ -12,21 +12,33 @@ for the new directory: its paths, a new SSH port and instance-id, and
 on wake (roost.hostagent.checkpoint: host name, SSH host key, MAC), and a
 new seed for its later boots. The source is left as it was, still
 suspended.
+
+From a snapshot (running, stopped or suspended source) the fork's disk is
+the source's as it was at the snapshot. When the snapshot holds the VM's
+state too, the fork runs on from there, as from a suspend: its
+suspended.json names the machine the snapshot was taken on (recorded
+beside it, Instance.snapshot_machine), which loads the snapshot from the
+fork's copy of the disk and then drops it there. A snapshot of the disk
+alone makes a stopped fork that boots that disk.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
 
 from roost.driver.base import free_port
 from roost.driver.qemu.machine import UEFI_VARS_FILE
-from roost.errors import AlreadyExists, RoostError, WrongState
-from roost.ops.instances import CLONED_FILES, clone, copy_disk, copy_sparse
+from roost.errors import AlreadyExists, RoostError, UsageError, WrongState
+from roost.ops import hostapi
+from roost.ops.instances import CLONED_FILES, clone, copy_disk, drop_snapshots
+from roost.store import snapshots
 from roost.store.durable import write_atomic
 from roost.store.instance import (
     FORKED_FROM,
@@ -35,10 +47,17 @@ from roost.store.instance import (
     create_instance_dir,
     operation_lock,
 )
+from roost.store.snapshots import check_tag
+from roost.store.sparse import copy_sparse
+
+COPY_TIMEOUT = 600.0  # the VM waits paused, as for savevm
 
 
-def fork(old: str, new: str) -> Instance:
-    """NEW from OLD, stopped or suspended (see the module's docstring)."""
+def fork(old: str, new: str, snapshot: str | None = None) -> Instance:
+    """NEW from OLD, stopped or suspended, or from OLD's snapshot (see the
+    module's docstring)."""
+    if snapshot is not None:
+        return fork_snapshot(old, new, snapshot)
     source = Instance.at(old).require()
     status = source.status()
     if status == Status.STOPPED:
@@ -55,11 +74,7 @@ def fork(old: str, new: str) -> Instance:
                          "(additionalDisks), which belong to one instance at a time; a fork "
                          "of its memory would need them too. Stop it and clone it instead, "
                          "then give the clone disks of its own", status.value)
-    target = Instance.at(new)
-    target.check_socket_paths()
-    if target.dir.exists() or target.dir.is_symlink():
-        raise AlreadyExists(f"an instance named {new!r} exists already; pick another name",
-                            usage=True)
+    target = _new_instance(new)
     with operation_lock(old, "fork it"), operation_lock(new, "create it"):
         if source.status() != Status.SUSPENDED:
             raise WrongState(f"instance {old!r} is no longer suspended", source.status().value)
@@ -87,17 +102,95 @@ def fork(old: str, new: str) -> Instance:
     return target
 
 
+def fork_snapshot(old: str, new: str, tag: str) -> Instance:
+    """NEW from snapshot TAG of OLD (see the module's docstring)."""
+    check_tag(tag)
+    source = Instance.at(old).require()
+    target = _new_instance(new)
+    with operation_lock(old, "fork it"), operation_lock(new, "create it"):
+        status = source.status()
+        if status not in (Status.RUNNING, Status.STOPPED, Status.SUSPENDED):
+            raise WrongState(f"instance {old!r} is {status.value.lower()}; a fork from its "
+                             "snapshot needs it running, stopped or suspended", status.value)
+        snap = snapshots.find(source, tag)
+        if snap is None:
+            raise UsageError(f"instance {old!r} has no snapshot {tag!r} (see `roost snapshot "
+                             f"list {old}`)")
+        machine = _snapshot_machine(source, tag) if snap["vmStateSize"] else None
+        running = status == Status.RUNNING
+
+        def fill(tmp: Path) -> None:
+            # The seed too: the saved machine opens it before the fork's own is written.
+            for filename in (*CLONED_FILES, source.cidata.name, UEFI_VARS_FILE):
+                if source.path(filename).exists():
+                    shutil.copy2(source.path(filename), tmp / filename)
+            disk = tmp / source.disk.name
+            if running:  # whole only with QEMU's writes flushed: its host agent copies it
+                hostapi.request(source.ha_sock, "POST", "/v1/disk/copy", {"path": str(disk)},
+                                timeout=COPY_TIMEOUT)
+            else:
+                copy_sparse(source.disk, disk)
+            if machine is None:
+                _qemu_img("snapshot", "-a", tag, str(disk))
+                drop_snapshots(disk)
+                return
+            drop_snapshots(disk, keep=tag)  # loaded by the fork, then dropped
+            taken_in = str(machine.pop("dir"))  # the source's directory then
+            state = forked_state(machine, source, target, also_moved=taken_in)
+            state["configDigest"] = hashlib.sha256(source.config.read_bytes()).hexdigest()
+            write_atomic(tmp / source.suspended.name, json.dumps(state))
+
+        create_instance_dir(target, {"roost.yaml": source.config.read_text()}, fill)
+    return target
+
+
+def _new_instance(name: str) -> Instance:
+    target = Instance.at(name)
+    target.check_socket_paths()
+    if target.dir.exists() or target.dir.is_symlink():
+        raise AlreadyExists(f"an instance named {name!r} exists already; pick another name",
+                            usage=True)
+    return target
+
+
+def _snapshot_machine(source: Instance, tag: str) -> dict[str, Any]:
+    """The machine snapshot `tag` was taken on, as its host agent recorded it."""
+    record = source.snapshot_machine(tag)
+    try:
+        machine: dict[str, Any] = json.loads(record.read_text())
+    except FileNotFoundError:
+        raise RoostError(f"snapshot {tag!r} of {source.name!r} holds the VM's state, but not "
+                         "which machine it was taken on (an older roost took it); a fork "
+                         "needs that machine to load it. Take a new snapshot") from None
+    except ValueError as e:
+        raise RoostError(f"{record} is damaged ({e}); take a new snapshot") from None
+    if any(isinstance(v, dict) and v.get("data_disks") for v in machine.values()):
+        raise WrongState(f"snapshot {tag!r} of {source.name!r} was taken with additionalDisks, "
+                         "which belong to one instance at a time; a fork of its memory would "
+                         "need them too", source.status().value)
+    return machine
+
+
+def _qemu_img(*args: str) -> None:
+    proc = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RoostError(f"qemu-img {args[0]}: {proc.stderr.strip()}")
+
+
 def _saved_image(saved: dict[str, Any]) -> bool:
     """Whether the saved machine loads its RAM from an image (not one left over)."""
     return any(isinstance(v, dict) and v.get("memory_image") for v in saved.values())
 
 
-def forked_state(saved: dict[str, Any], source: Instance, target: Instance) -> dict[str, Any]:
+def forked_state(saved: dict[str, Any], source: Instance, target: Instance,
+                 also_moved: str | None = None) -> dict[str, Any]:
     """suspended.json for the fork: every path in the source's directory
-    moved to the fork's, the machine named for it, a new SSH port and
-    instance-id; no runtime mounts (roost.yaml's shares come back as on
-    any resume)."""
+    (or in `also_moved`, where it was) moved to the fork's, the machine
+    named for it, a new SSH port and instance-id; no runtime mounts
+    (roost.yaml's shares come back as on any resume)."""
     old_dirs = {str(source.dir), os.path.realpath(source.dir)}  # as it may be spelled
+    if also_moved:
+        old_dirs.add(also_moved)
     new_dir = str(target.dir)
 
     def moved(value: Any) -> Any:

@@ -35,6 +35,7 @@ from roost.store.instance import (
     operation_lock,
     pid_running,
 )
+from roost.store.sparse import copy_sparse
 
 HOSTAGENT_KILL_SECONDS = 5.0
 
@@ -194,29 +195,27 @@ def clone(old: str, new: str) -> Instance:
     return target
 
 
-def copy_sparse(src: Path, dst: Path) -> None:
-    """A copy that shares blocks where the file system can (reflink) and
-    keeps holes."""
-    proc = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(src), str(dst)],
-                          capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RoostError(f"cannot copy {src}: {proc.stderr.strip()}")
-
-
 def copy_disk(src: Path, dst: Path) -> None:
     """A qcow2 disk copied (its backing file shared, read-only), without its
     internal snapshots: they hold the other machine's state."""
     copy_sparse(src, dst)
-    info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(dst)],
+    drop_snapshots(dst)
+
+
+def drop_snapshots(disk: Path, keep: str | None = None) -> None:
+    """The internal snapshots of a disk just copied, but `keep`, deleted."""
+    info = subprocess.run(["qemu-img", "info", "--output=json", "-U", str(disk)],
                           capture_output=True, text=True, check=False)
     if info.returncode != 0:
-        raise RoostError(f"{src} is not a disk qemu-img can read: {info.stderr.strip()}")
+        raise RoostError(f"{disk} is not a disk qemu-img can read: {info.stderr.strip()}")
     for snap in json.loads(info.stdout).get("snapshots") or []:
-        drop = subprocess.run(["qemu-img", "snapshot", "-d", str(snap["name"]), str(dst)],
+        if snap["name"] == keep:
+            continue
+        drop = subprocess.run(["qemu-img", "snapshot", "-d", str(snap["name"]), str(disk)],
                               capture_output=True, text=True, check=False)
         if drop.returncode != 0:
-            raise RoostError(f"cannot drop snapshot {snap['name']!r} from the copy of "
-                             f"{src}: {drop.stderr.strip()}")
+            raise RoostError(f"cannot drop snapshot {snap['name']!r} from the copied disk "
+                             f"{disk}: {drop.stderr.strip()}")
 
 
 KEPT_BY_FACTORY_RESET = ("roost.yaml", "protected")

@@ -181,19 +181,23 @@ class AsyncSandbox:
         return cls(name)
 
     @classmethod
-    async def fork(cls, source: str | AsyncSandbox, *, name: str | None = None,
+    async def fork(cls, source: str | AsyncSandbox | Snapshot, *, name: str | None = None,
                    start_timeout: float = START_TIMEOUT) -> AsyncSandbox:
         """A new sandbox from a suspended or stopped one (`source`, or its
-        name), started, with a machine identity of its own (instance-id, SSH
-        host keys, MAC, host name) and its own copy-on-write disk. From a
-        suspended source it runs on from the source's saved memory, without a
-        boot; from a stopped one it boots. The source is
-        left as it was (roost.ops.fork)."""
+        name), or from a snapshot of one, started, with a machine identity of
+        its own (instance-id, SSH host keys, MAC, host name) and its own
+        copy-on-write disk. From a suspended source, or a snapshot taken
+        while it ran, it runs on from the saved memory, without a boot; from
+        a stopped one, or a snapshot of the disk alone, it boots. The source
+        is left as it was (roost.ops.fork); a snapshot's source may be
+        running (it is paused while its disk is copied)."""
         from roost.ops import fork as forking
 
-        old = source.name if isinstance(source, AsyncSandbox) else validate_name(source)
+        tag = source.tag if isinstance(source, Snapshot) else None
+        old = source.name if isinstance(source, AsyncSandbox) else \
+            source.sandbox if isinstance(source, Snapshot) else validate_name(source)
         new = validate_name(name) if name else f"sb-{secrets.token_hex(4)}"
-        await asyncio.to_thread(forking.fork, old, new)
+        await asyncio.to_thread(forking.fork, old, new, tag)
         try:
             await asyncio.to_thread(starting.start, new, None, start_timeout)
         except Exception:

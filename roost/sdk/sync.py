@@ -228,7 +228,7 @@ class Sandbox:
                                              start_timeout=start_timeout)))
 
     @classmethod
-    def fork(cls, source: str | Sandbox, *, name: str | None = None,
+    def fork(cls, source: str | Sandbox | Snapshot, *, name: str | None = None,
              start_timeout: float = START_TIMEOUT) -> Sandbox:
         src = source.name if isinstance(source, Sandbox) else source
         return cls(_run(AsyncSandbox.fork(src, name=name, start_timeout=start_timeout)))

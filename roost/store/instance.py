@@ -108,6 +108,11 @@ class Instance:
     def path(self, filename: str) -> Path:
         return self.dir / filename
 
+    def snapshot_machine(self, tag: str) -> Path:
+        """The machine snapshot `tag` (one with VM state) was taken on: a
+        fork from the snapshot starts that machine to load it."""
+        return self.dir / "snapshots" / f"{tag}.json"
+
     config = _InstanceFile("roost.yaml")
     disk = _InstanceFile("disk.qcow2")
     cidata = _InstanceFile("cidata.iso")

@@ -48,6 +48,7 @@ def create_offline(inst: Instance, tag: str) -> None:
     if find(inst, tag) is not None:
         raise UsageError(f"snapshot {tag!r} already exists")
     _qemu_img("snapshot", "-c", tag, str(inst.disk))
+    inst.snapshot_machine(tag).unlink(missing_ok=True)  # a deleted one's, of the same tag
 
 
 def apply_offline(inst: Instance, tag: str) -> None:
@@ -60,3 +61,4 @@ def delete_offline(inst: Instance, tag: str) -> None:
     if find(inst, tag) is None:
         raise UsageError(f"no snapshot {tag!r} (see roost snapshot list {inst.name})")
     _qemu_img("snapshot", "-d", tag, str(inst.disk))
+    inst.snapshot_machine(tag).unlink(missing_ok=True)

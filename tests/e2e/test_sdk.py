@@ -206,6 +206,40 @@ def test_pause_and_resume_keep_a_process(sb: Sandbox) -> None:
     again.commands.run(["kill", pid])
 
 
+def test_zy_a_fork_of_a_snapshot_runs_on_from_it_as_a_new_machine(home: Roost,
+                                                                  sb: Sandbox) -> None:
+    """Taken while the sandbox runs, a snapshot holds its memory: the fork
+    runs on from there (a tmpfs file, a process), with the disk as it was
+    then and an identity of its own, while the source runs on; the fork's
+    disk does not keep the source's snapshot."""
+    sb.commands.run("echo then > /etc/sdk-snap; echo in-ram > /run/sdk-snap-ram; sync")
+    pid = sb.commands.run("setsid sleep 3000 </dev/null >/dev/null 2>&1 & echo $!").text.strip()
+    snap = sb.snapshot("fork-me")
+    assert snap.kind == "vm"
+    sb.commands.run("echo later > /etc/sdk-snap-later; rm /run/sdk-snap-ram; sync")
+    started = time.monotonic()
+    fork = Sandbox.fork(snap, name="sdk-snapfork", start_timeout=START_TIMEOUT)
+    try:
+        out = fork.commands.run("cat /run/sdk-snap-ram /etc/sdk-snap").text
+        print(f"fork of a snapshot to its first output: {time.monotonic() - started:.2f}s")
+        assert out == "in-ram\nthen\n"
+        assert not fork.files.exists("/etc/sdk-snap-later")
+        assert fork.commands.run(["kill", "-0", pid]).ok
+        assert fork.commands.run(["hostname"]).text == "sdk-snapfork\n"
+        assert home.run("shell", "sdk-snapfork", "--", "hostname").stdout == "sdk-snapfork\n"
+        assert "fork-me" not in home.run("snapshot", "list", "sdk-snapfork").stdout
+        fork.files.write("/etc/sdk-only-in-snapfork", "fork\n")
+        assert sb.status() == Status.RUNNING
+        assert sb.files.read_text("/etc/sdk-snap-later") == "later\n"
+        assert not sb.files.exists("/etc/sdk-only-in-snapfork")
+        assert sb.commands.run(["hostname"]).text == f"{NAME}\n"
+    finally:
+        fork.kill()
+        sb.commands.run(["kill", pid])
+        home.run("snapshot", "delete", NAME, "--tag", "fork-me", timeout=120)
+    assert not Instance.at("sdk-snapfork").exists()
+
+
 def test_zz_a_fork_of_a_paused_sandbox_runs_on_as_a_new_machine(home: Roost,
                                                                 sb: Sandbox) -> None:
     """Its memory (a tmpfs file, a process), its source's disk as a copy, and

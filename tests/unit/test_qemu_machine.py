@@ -12,7 +12,12 @@ import pytest
 from roost.config.loader import parse_config
 from roost.driver.base import Share, VMDescription
 from roost.driver.qemu.cmdline import build_argv, spec_from_json
-from roost.driver.qemu.machine import machine_spec, saved_entries, saved_spec
+from roost.driver.qemu.machine import (
+    machine_spec,
+    saved_entries,
+    saved_spec,
+    snapshot_entries,
+)
 from roost.image.disk import PinnedImage
 from roost.store.instance import Instance
 
@@ -98,6 +103,28 @@ def test_machine_as_saved_is_the_restore_machine(tmp_path: Path) -> None:
     assert not any("vhost-user-fs" in d for d in option(argv, "-device"))
     assert argv[argv.index("-S"):][:3] == ["-S", "-incoming", "defer"]
     assert saved_spec({"sshLocalPort": 40022}) is None  # predates saved machines
+
+
+def test_the_machine_at_a_snapshot_loads_it_paused(tmp_path: Path) -> None:
+    """What a fork from a snapshot starts: the same machine, paused (-S)
+    with nothing incoming (loadvm comes over QMP), RAM in a memfd; and a
+    suspend of that fork saves a machine that no longer loads the snapshot."""
+    vm = describe(tmp_path, with_shares=False)
+    spec = machine_spec(vm)
+    entries = json.loads(json.dumps(snapshot_entries(spec, "s1")))
+    at_snapshot = saved_spec(entries)
+    assert at_snapshot is not None and at_snapshot.loadvm == "s1"
+    assert at_snapshot.incoming is None and at_snapshot.ram_file is None
+    argv = build_argv(at_snapshot, ram_fd=7)
+    assert "-S" in argv and "-incoming" not in argv and "-loadvm" not in argv
+    assert build_argv(spec, ram_fd=7) == [a for a in argv if a != "-S"]
+    suspended = saved_spec(saved_entries(at_snapshot, vm.inst.vmstate))
+    assert suspended is not None and suspended.loadvm is None
+    assert argv_tail(build_argv(suspended)) == ["-S", "-incoming", "defer"]
+
+
+def argv_tail(argv: list[str]) -> list[str]:
+    return argv[argv.index("-S"):][:3]
 
 
 def test_suspended_json_of_an_older_roost_still_loads(tmp_path: Path) -> None:

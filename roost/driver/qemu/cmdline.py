@@ -80,6 +80,10 @@ class QemuSpec:
     # the driver passes it opened over QMP), then stay paused (-S) until
     # the host agent continues it.
     incoming: Path | None = None
+    # A fork from a snapshot: load the VM state of the disk's internal
+    # snapshot of this tag (-S, then loadvm over QMP), paused until the
+    # host agent continues it, as after -incoming.
+    loadvm: str | None = None
     cpu_type: str | None = None  # under TCG; None: TCG_CPU
     # False: slirp restricted (roost.yaml's network.internet): the guest's
     # packets reach nothing outside; hostfwd (SSH) still comes in.
@@ -211,6 +215,8 @@ def build_argv(spec: QemuSpec, sandboxed: bool = True, ram_fd: int | None = None
         argv += ["-device", f"pcie-root-port,id={slot},bus=pcie.0,chassis={i + 1}"]
     if spec.incoming is not None:
         argv += ["-S", "-incoming", "defer"]
+    elif spec.loadvm is not None:
+        argv += ["-S"]
     return argv + share_argv(spec.shares, spec.virtiofs_devices) + list(spec.extra)
 
 

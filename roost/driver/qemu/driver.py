@@ -8,6 +8,7 @@ import logging
 import os
 import shlex
 import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ from roost.driver.base import DiskError, DriverError, DriverInfo, Share, SSHAddr
 from roost.driver.channel import Dialer, UnixDialer
 from roost.driver.qemu import guestram
 from roost.driver.qemu.cmdline import HOTPLUG_SLOTS, QemuSpec, build_argv
-from roost.driver.qemu.machine import saved_entries
+from roost.driver.qemu.machine import saved_entries, snapshot_entries
 from roost.driver.qemu.sandbox import use_sandbox
 from roost.store.durable import fsync_dir, fsync_path
+from roost.store.sparse import copy_sparse
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,11 @@ class QemuDriver:
             await self._connect_qmp()
             if self.spec.incoming is not None:
                 await self._load_state(self.spec.incoming)
+            elif self.spec.loadvm is not None:
+                started = time.monotonic()
+                await self.snapshot_load(self.spec.loadvm)
+                log.info("snapshot %s loaded in %.3fs", self.spec.loadvm,
+                         time.monotonic() - started)
         except BaseException:
             await self._kill()
             raise
@@ -294,6 +301,18 @@ class QemuDriver:
         if out:
             raise DriverError(f"loadvm {tag}: {out}")
 
+    async def copy_disk(self, dest: Path) -> None:
+        """Paused for the copy: `stop` drains QEMU's writes and flushes
+        them, qcow2's cached tables too, so the file copied is whole."""
+        running = (await self._qmp_execute("query-status")).get("status") == "running"
+        if running:
+            await self._qmp_execute("stop")
+        try:
+            await asyncio.to_thread(copy_sparse, self.spec.disk, dest)
+        finally:
+            if running:
+                await self._qmp_execute("cont")
+
     async def snapshot_delete(self, tag: str) -> None:
         out = await self._hmp(f"delvm {tag}")
         if out:
@@ -382,6 +401,10 @@ class QemuDriver:
         except OSError as e:
             raise DriverError(f"cannot write the saved VM state to disk: {e}") from None
 
+    def machine_at_snapshot(self, tag: str) -> dict[str, Any]:
+        """The entries from which a machine is built to load snapshot `tag`."""
+        return snapshot_entries(self.spec, tag)
+
     def machine_as_saved(self, state: Path) -> dict[str, Any]:
         """suspended.json's entries from which this machine is built again
         to load `state` (what save_state() wrote)."""
@@ -431,14 +454,18 @@ class QemuDriver:
             self.spec.ram_file.unlink(missing_ok=True)
 
     async def run_loaded(self, timeout: float = 120.0) -> None:
-        """After -incoming (with -S): once the state is loaded, let the VM run."""
+        """After -incoming or loadvm (with -S): once the state is loaded, let the VM run."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             status = (await self._qmp_execute("query-status")).get("status")
-            if status in ("paused", "postmigrate"):
+            # loadvm before the first `cont` leaves the VM where -S had it.
+            loaded = ("paused", "postmigrate", *(("prelaunch",) if self.spec.loadvm else ()))
+            if status in loaded:
                 await self._set_ignore_shared(False)  # snapshots of it hold its RAM
                 await self._qmp_execute("cont")
+                if self.spec.loadvm:
+                    await self._drop_loaded_snapshot(self.spec.loadvm)
                 return
             if status == "running":
                 return
@@ -447,6 +474,17 @@ class QemuDriver:
                 raise DriverError(f"loading the saved VM state failed (the VM is {status}"
                                   f"): {info.get('error-desc', info.get('status', '?'))}")
             await asyncio.sleep(0.01)
+
+    async def _drop_loaded_snapshot(self, tag: str) -> None:
+        """A fork's disk came with its source's snapshot: loaded, it only
+        takes space (and holds the source's identity)."""
+        started = time.monotonic()
+        try:
+            await self.snapshot_delete(tag)
+        except DriverError as e:
+            log.warning("the fork's copy of snapshot %s stays on its disk: %s", tag, e)
+        else:
+            log.info("snapshot %s dropped in %.3fs", tag, time.monotonic() - started)
 
     async def reset(self) -> None:
         # -no-reboot makes a reset end the VM (a guest's `reboot` stops it),

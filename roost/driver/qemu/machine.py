@@ -79,8 +79,18 @@ def saved_entries(spec: QemuSpec, state: Path,
     (and its RAM into `memory_image`): the same machine, loading that state,
     without virtiofs devices (a VM with one cannot be saved)."""
     saved = dataclasses.replace(spec, incoming=state, memory_image=memory_image,
-                                virtiofs_devices=False)
+                                loadvm=None, virtiofs_devices=False)
     return {SAVED_MACHINE_KEY: spec_to_json(saved)}
+
+
+def snapshot_entries(spec: QemuSpec, tag: str) -> dict[str, Any]:
+    """The machine that loads snapshot `tag` of this one (a fork from the
+    snapshot starts it): the same devices, the state from the disk's
+    snapshot, RAM in a memfd of its own. A VM with virtiofs devices cannot
+    be saved, so a snapshot with state has none."""
+    machine = dataclasses.replace(spec, incoming=None, memory_image=None, ram_file=None,
+                                  loadvm=tag, virtiofs_devices=False)
+    return {SAVED_MACHINE_KEY: spec_to_json(machine)}
 
 
 def saved_spec(saved: dict[str, Any]) -> QemuSpec | None:
