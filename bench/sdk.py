@@ -5,7 +5,9 @@ baseline measured in the same run, runs interleaved (A B A B):
 * create: `Sandbox.create()` to the first command's output, against the
   CLI doing the same (`roost start NEW` then `roost exec NEW -- echo`);
 * fork: `Sandbox.fork(paused)` to the first output, against resuming that
-  same paused source to its first output (and against `create`);
+  same paused source to its first output (and against `create`); and
+  `Sandbox.fork(snapshot)` of the running source (a snapshot with its
+  memory) to the fork's first output, against the same two;
 * pause and resume: `sb.pause()`, and `Sandbox.connect()` (auto-resume) to
   the first output, against a cold `sb.stop()` + `Sandbox.connect(start=True)`
   to the first output;
@@ -68,7 +70,7 @@ def main() -> None:
 
         Sandbox.create(name="warm", memory=MEMORY).kill()  # the image built, caches warm
 
-        create_s, cli_s, fork_s, fork_resume_s = [], [], [], []
+        create_s, cli_s, fork_s, fork_resume_s, snap_fork_s = [], [], [], [], []
         for i in range(args.runs):  # SDK create, CLI, fork, ...
             start = time.monotonic()
             sb = Sandbox.create(name=f"c{i}", memory=MEMORY)
@@ -83,6 +85,13 @@ def main() -> None:
             assert out == "ready\n"
             cli_s.append(time.monotonic() - start)
             roost(home, "delete", "--force", f"k{i}")
+
+            snap = sb.snapshot(f"s{i}")
+            start = time.monotonic()
+            kid = Sandbox.fork(snap, name=f"s{i}")
+            first_output(kid)
+            snap_fork_s.append(time.monotonic() - start)
+            kid.kill()
 
             sb.pause()
             start = time.monotonic()
@@ -183,6 +192,9 @@ def main() -> None:
         "baseline_resume_of_the_source_to_first_output_s": summary(fork_resume_s),
         "fork_vs_resume": ratio(fork_s, fork_resume_s),
         "fork_vs_create": ratio(fork_s, create_s),
+        "fork_of_running_snapshot_to_first_output_s": summary(snap_fork_s),
+        "snapshot_fork_vs_resume": ratio(snap_fork_s, fork_resume_s),
+        "snapshot_fork_vs_fork_of_paused": ratio(snap_fork_s, fork_s),
         "pause_s": summary(pause_s),
         "resume_to_first_output_s": summary(resume_s),
         "baseline_cold_start_to_first_output_s": summary(cold_s),
