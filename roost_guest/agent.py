@@ -41,7 +41,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Dict, List, Optional, Set, Union
 
-    from roost_guest import execute, files
+    from roost_guest import dnsrelay, execute, files
 
     StreamEnd = Union[tunnel.Stream, execute.Port, files.FileStream, files.Watch,
                       "ReservedStream"]
@@ -456,7 +456,9 @@ class Agent:
             "files-write": self.files_stream,
             "files-watch": self.files_stream,
             "reidentify": self.reidentify,
+            "dns-port": self.move_dns,
         }
+        self.dns_relay: Optional[dnsrelay.Relay] = None  # hostResolver's, when it runs
         self._sshfs: Dict[str, Any] = {}  # mount point -> sshfs process
         self.ports = PortWatcher(self.ports_changed)
         self._subscribers: List[Connection] = []
@@ -602,6 +604,21 @@ class Agent:
         from roost_guest import identity
         try:
             return identity.reidentify(req)
+        except identity.IdentityError as e:
+            raise RequestError(str(e)) from None
+
+    def move_dns(self, conn: Connection, req: Dict[str, Any]) -> Dict[str, Any]:
+        """hostResolver moved to another port on the host (a restored guest,
+        a fork above all, whose source holds the one it was saved with)."""
+        port = req.get("port")
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 < port < 65536:
+            raise RequestError("dns-port needs port: 1-65535")
+        if self.dns_relay is not None:
+            self.dns_relay.move(port)
+            return {"dns": "relay %s:%d" % self.dns_relay.upstream}
+        from roost_guest import identity
+        try:
+            return {"dns": identity.redirect_dns(port)}
         except identity.IdentityError as e:
             raise RequestError(str(e)) from None
 
@@ -799,7 +816,7 @@ class Agent:
     # channel's other requests and streams must not wait for them.
     THREADED = ("tunnel", "mount", "umount", "exec", "diff", "sleep-prep", "wake",
                 "files-stat", "files-list", "files-mkdir", "files-remove", "files-rename",
-                "files-read", "files-write", "files-watch", "reidentify")
+                "files-read", "files-write", "files-watch", "reidentify", "dns-port")
 
     # What the host asks of an idle guest too (heartbeats, status and health
     # polls): everything else may start a listener, so the port watcher wakes.
@@ -1448,7 +1465,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     if args.dns_relay:
         from roost_guest import dnsrelay
 
-        dnsrelay.Relay(dnsrelay.parse_upstream(args.dns_relay), log).start()
+        relay = dnsrelay.Relay(dnsrelay.parse_upstream(args.dns_relay), log)
+        if relay.start():
+            agent.dns_relay = relay
     if args.unix:
         serve(serve_listener, agent, unix_listener(args.unix), args.unix)
     if args.vsock_port:

@@ -48,6 +48,12 @@ class Relay:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
 
+    def move(self, port: int) -> None:
+        """Ask roost's server at another port from now on (a restored guest,
+        whose host agent serves elsewhere): queries still unanswered by the
+        old one are dropped, and their clients ask again."""
+        self.upstream = (self.upstream[0], port)
+
     def start(self) -> bool:
         """Bind and serve on daemon threads; False (logged) if it cannot bind."""
         try:
@@ -88,6 +94,7 @@ class Relay:
         # guest has a route to the host (a query before then is dropped,
         # and the client asks again or asks slirp's DNS).
         up: "Optional[socket.socket]" = None
+        up_to = self.upstream
         pending: "Dict[int, Tuple[Tuple[str, int], bytes, float]]" = {}
         next_id = int.from_bytes(os.urandom(2), "big")
         swept = time.monotonic()
@@ -98,8 +105,12 @@ class Relay:
                 now = time.monotonic()
                 if self.udp in ready:
                     packet, client = self.udp.recvfrom(65535)
+                    if up is not None and up_to != self.upstream:
+                        up.close()  # moved (move()): its pending answers are lost
+                        up, pending = None, {}
                     if up is None:
-                        up = self._upstream_udp()
+                        up_to = self.upstream
+                        up = self._upstream_udp(up_to)
                     if len(packet) >= 12 and len(pending) < MAX_PENDING:
                         while next_id in pending:
                             next_id = (next_id + 1) & 0xFFFF
@@ -122,10 +133,10 @@ class Relay:
                 self.log("dns relay: %s" % e)  # e.g. the host refused: the client asks again
                 time.sleep(0.05)
 
-    def _upstream_udp(self) -> socket.socket:
+    def _upstream_udp(self, upstream: "Tuple[str, int]") -> socket.socket:
         up = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            up.connect(self.upstream)
+            up.connect(upstream)
         except OSError:
             up.close()
             raise

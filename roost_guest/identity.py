@@ -38,6 +38,10 @@ HOSTNAME_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 MAC_RE = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 OPENSSH_DIR = "/etc/ssh"
 DROPBEAR_KEY = "/run/roost/dropbear_host_key"  # the built-in image's sshd prefers it
+# roost-dns keeps itself there at boot; run by sh, for /run is noexec on
+# images that boot through initramfs-tools.
+DNS_MOVE = ("/bin/sh", "/run/roost/roost-dns", "--move")
+DNS_STATE = "/run/roost/dns"  # roost-dns: how the guest's DNS reaches hostResolver
 SSHD_RESTART = "/run/roost/sshd-restart"  # usr/lib/roost/sshd: restart dropbear at once
 RESTART_WAIT = 10.0  # for dropbear to listen again
 
@@ -256,6 +260,28 @@ def announce(interface: str, problems: List[str]) -> None:
         return
     with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(b"", (gateway, 9))  # the discard port: only the ARP matters
+
+
+def redirect_dns(port: int) -> str:
+    """The guest's DNS redirect (roost-dns's DNAT) to hostResolver at
+    another port; what /run/roost/dns says after."""
+    if not os.path.exists(DNS_MOVE[1]):
+        raise IdentityError("%s is missing: this guest's DNS was not redirected by roost-dns "
+                            "at boot, so there is nothing to move" % DNS_MOVE[1])
+    try:
+        done = subprocess.run([*DNS_MOVE, str(port)], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise IdentityError("roost-dns --move %d: %s" % (port, e)) from None
+    try:
+        with open(DNS_STATE) as f:
+            how = f.read(300).strip()
+    except OSError:
+        how = ""
+    if done.returncode != 0:
+        raise IdentityError("roost-dns --move %d failed: %s" % (
+            port, done.stdout.decode(errors="replace").strip()[-300:] or how))
+    return how
 
 
 def reidentify(req: Dict[str, Any]) -> Dict[str, Any]:

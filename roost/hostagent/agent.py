@@ -182,6 +182,9 @@ class HostAgent:
             self.dns = DNSServer(Resolver(HOST_ADDRESS, hosts=self.config.host_resolver.hosts,
                                           ipv6=self.config.host_resolver.ipv6))
             self.dns.bind(int(runtime.get("dnsPort") or 0))
+        # A restored guest names the port it was saved with; a fork's source
+        # (or anything else) may hold it: the guest is moved to ours on wake.
+        saved_dns_port = int(runtime.get("dnsPort") or 0) if self.resume_state else 0
         self.started_at = str(runtime.get("startedAt") or self.started_at)
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
@@ -253,7 +256,8 @@ class HostAgent:
                       "dnsPort": self.dns_port,
                       "instanceId": self.instance_id, "startedAt": self.started_at},
             stop=self._stop.set, wait_ssh=self._wait_ssh_again,
-            fork_identity=self._fork_identity(ident) if forked else None)
+            fork_identity=self._fork_identity(ident) if forked else None,
+            dns_port_moved=self.dns_port if saved_dns_port not in (0, self.dns_port) else 0)
         self.lifecycle = LifecyclePolicy(self.config.lifecycle, inst, self.events,
                                          suspend=self.checkpoints.suspend, stop=self._stop.set)
 

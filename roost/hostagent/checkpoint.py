@@ -10,12 +10,14 @@ the clock set to now. What the driver can do is asked with isinstance()
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from roost.driver.base import Driver, Suspendable, VMSnapshots
 from roost.errors import RoostError, UsageError
@@ -33,13 +35,29 @@ from roost.store.snapshots import check_tag
 SLEEP_PREP_TIMEOUT = 120.0
 WAKE_TIMEOUT = 60.0
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _exclusive(method: Callable[Concatenate[Checkpoints, P], Coroutine[Any, Any, R]]
+               ) -> Callable[Concatenate[Checkpoints, P], Coroutine[Any, Any, R]]:
+    """One at a time: each pauses, saves or copies the VM, and one in the
+    middle of another would resume a VM the other is saving or copying (a
+    suspend's RAM then older than its disk, a torn copy for a fork)."""
+    @functools.wraps(method)
+    async def run(self: Checkpoints, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        async with self._busy:
+            return await method(self, *args, **kwargs)
+    return run
+
 
 class Checkpoints:
     def __init__(self, inst: Instance, driver: Driver, session: GuestAgentSession,
                  mounts: MountManager, events: EventEmitter, *,
                  identity: dict[str, Any], stop: Callable[[], None],
                  wait_ssh: Callable[[], Awaitable[None]],
-                 fork_identity: dict[str, Any] | None = None) -> None:
+                 fork_identity: dict[str, Any] | None = None,
+                 dns_port_moved: int = 0) -> None:
         self.inst = inst
         self.driver = driver
         self.session = session
@@ -50,9 +68,14 @@ class Checkpoints:
         self._wait_ssh = wait_ssh  # SSH answers again, as after a boot
         self.suspended = False  # the VM's state is saved: no guest shutdown, RAM file kept
         self._fork_identity = fork_identity  # a fork's own, given to its guest on wake
+        # hostResolver's port, when it is not the one the restored guest was
+        # saved with (a fork's source holds that one): the guest is told on wake.
+        self._dns_port_moved = dns_port_moved
+        self._busy = asyncio.Lock()  # see _exclusive
 
     # -- suspend and resume -------------------------------------------------------
 
+    @_exclusive
     async def suspend(self) -> dict[str, Any]:
         """Save the VM's state (vmstate.bin, its RAM beside it in vmstate.ram)
         and end the VM; `roost resume` loads it."""
@@ -115,6 +138,8 @@ class Checkpoints:
         else:
             if self._fork_identity is not None:
                 await self._reidentify(client)
+            if self._dns_port_moved:
+                await self._move_dns(client, self._dns_port_moved)
         # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
         for error in (await self.mounts.reattach_static(mount_in_guest=False)
                       + await self.mounts.readd(saved.get("mounts", []))):
@@ -142,6 +167,17 @@ class Checkpoints:
         self.events.emit_transient(reidentified={k: str(done.get(k) or "")[:100]
                                                  for k in ("hostname", "ssh", "mac")})
 
+    async def _move_dns(self, client: GuestAgentClient, port: int) -> None:
+        """The restored guest's DNS redirect (or relay) names the port of the
+        resolver it was saved with; it is pointed at this host agent's."""
+        try:
+            done = await client.request("dns-port", timeout=WAKE_TIMEOUT, port=port)
+        except GuestAgentError as e:
+            self.events.add_error(f"the guest's DNS still goes to the port it was saved "
+                                  f"with, not {port}: {e}")
+            return
+        self.events.emit_transient(dnsMoved=str(done.get("dns") or "")[:100])
+
     # -- snapshots of the running VM ------------------------------------------------
 
     def _vm_snapshots(self) -> VMSnapshots:
@@ -149,6 +185,7 @@ class Checkpoints:
             raise UsageError("this instance's driver cannot snapshot a running VM; stop it first")
         return self.driver
 
+    @_exclusive
     async def snapshot_create(self, tag: str) -> dict[str, Any]:
         check_tag(tag)
         if snapshots.find(self.inst, tag) is not None:
@@ -160,11 +197,14 @@ class Checkpoints:
             record.parent.mkdir(exist_ok=True)
             write_atomic(record, json.dumps({
                 "dir": str(self.inst.dir), "dnsPort": self._identity.get("dnsPort", 0),
+                # A fork loads it only on this machine: roost.yaml unchanged since.
+                "configDigest": self._identity.get("configDigest", ""),
                 **driver.machine_at_snapshot(tag)}))
         else:
             record.unlink(missing_ok=True)  # a deleted one's, of the same tag
         return {"tag": tag, "state": kind}
 
+    @_exclusive
     async def snapshot_apply(self, tag: str) -> dict[str, Any]:
         snap = snapshots.find(self.inst, check_tag(tag))
         if snap is None:
@@ -181,9 +221,22 @@ class Checkpoints:
         with contextlib.suppress(GuestAgentError):
             client = await self.session.open()
             await client.request("set-clock", time=time.time())
+            # A snapshot of an earlier run names that run's resolver port.
+            port = int(self._identity.get("dnsPort") or 0)
+            if port and self._recorded(tag).get("dnsPort") != port:
+                await self._move_dns(client, port)
         await self._wait_ssh()
         return {"tag": tag, "applied": True}
 
+    def _recorded(self, tag: str) -> dict[str, Any]:
+        """snapshot_create's record of the machine (none for an older roost's)."""
+        try:
+            record = json.loads(self.inst.snapshot_machine(tag).read_text())
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
+
+    @_exclusive
     async def snapshot_delete(self, tag: str) -> dict[str, Any]:
         if snapshots.find(self.inst, check_tag(tag)) is None:
             raise UsageError(f"no snapshot {tag!r}")
@@ -191,6 +244,7 @@ class Checkpoints:
         self.inst.snapshot_machine(tag).unlink(missing_ok=True)
         return {"tag": tag, "deleted": True}
 
+    @_exclusive
     async def copy_disk(self, dest: str) -> dict[str, Any]:
         """A whole copy of the running VM's disk, its snapshots too, at
         `dest` (a new file): the VM is paused for it."""

@@ -311,8 +311,8 @@ class DNSServer:
                 udp.close()
                 tcp.close()
                 if port == want and want:
-                    log.warning("hostResolver: port %d is taken; the guest's DNS redirect "
-                                "names it until the next start", want)
+                    log.warning("hostResolver: port %d is taken; serving on another, "
+                                "which a restored guest is told of on wake", want)
                 continue
             tcp.listen(16)
             self._udp, self._tcp, self.port = udp, tcp, udp.getsockname()[1]

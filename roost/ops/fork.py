@@ -24,7 +24,6 @@ alone makes a stopped fork that boots that disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -137,7 +136,7 @@ def fork_snapshot(old: str, new: str, tag: str) -> Instance:
             drop_snapshots(disk, keep=tag)  # loaded by the fork, then dropped
             taken_in = str(machine.pop("dir"))  # the source's directory then
             state = forked_state(machine, source, target, also_moved=taken_in)
-            state["configDigest"] = hashlib.sha256(source.config.read_bytes()).hexdigest()
+            state["configDigest"] = source.config_digest()  # the snapshot's (checked)
             write_atomic(tmp / source.suspended.name, json.dumps(state))
 
         create_instance_dir(target, {"roost.yaml": source.config.read_text()}, fill)
@@ -164,6 +163,15 @@ def _snapshot_machine(source: Instance, tag: str) -> dict[str, Any]:
                          "needs that machine to load it. Take a new snapshot") from None
     except ValueError as e:
         raise RoostError(f"{record} is damaged ({e}); take a new snapshot") from None
+    # The machine is roost.yaml's of then (network, shares, devices): loaded
+    # under a roost.yaml that says otherwise, the guest would keep what the
+    # edit took away. (An older record says nothing: refused too.)
+    if machine.pop("configDigest", None) != source.config_digest():
+        raise WrongState(f"roost.yaml of {source.name!r} has changed since snapshot {tag!r} "
+                         "was taken, and the machine saved with its memory is the old "
+                         "roost.yaml's; a fork of it would not be what roost.yaml says. Start "
+                         f"{source.name!r}, take a new snapshot and fork from that",
+                         source.status().value)
     if any(isinstance(v, dict) and v.get("data_disks") for v in machine.values()):
         raise WrongState(f"snapshot {tag!r} of {source.name!r} was taken with additionalDisks, "
                          "which belong to one instance at a time; a fork of its memory would "

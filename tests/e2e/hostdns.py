@@ -4,8 +4,11 @@ only the host knows (its own host name, from its /etc/hosts or nsswitch)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,3 +51,36 @@ def resolver_port(roost: Roost, name: str) -> int:
     port = ((info.get("hostagent") or {}).get("hostResolver") or {}).get("port")
     assert isinstance(port, int) and port > 0, f"no hostResolver port in info: {info}"
     return port
+
+
+@contextlib.contextmanager
+def stand_in_resolver(address: str) -> Iterator[int]:
+    """A DNS server on the host's loopback (UDP) that answers every A
+    question with `address`; yields its port."""
+    from dnslib import QTYPE, RR, A, DNSRecord  # type: ignore[import-untyped]
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                packet, client = sock.recvfrom(4096)
+                query = DNSRecord.parse(packet)
+            except (TimeoutError, OSError, ValueError):
+                continue
+            reply = query.reply()
+            if query.q.qtype == QTYPE.A:
+                reply.add_answer(RR(query.q.qname, QTYPE.A, rdata=A(address), ttl=0))
+            sock.sendto(reply.pack(), client)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        done.set()
+        thread.join()
+        sock.close()

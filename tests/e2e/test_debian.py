@@ -27,6 +27,8 @@ from tests.e2e.hostdns import (
     guest_getent,
     guest_query,
     host_only_name,
+    resolver_port,
+    stand_in_resolver,
 )
 from tests.e2e.test_copy import guest_digests, make_tree
 from tests.e2e.tls import CA, GUEST_SEES_HOST, https_server, make_ca, server_certificate
@@ -114,6 +116,28 @@ def test_the_guest_resolves_as_the_host_does(roost: Roost, debian: str) -> None:
     for proto in ("udp", "tcp"):
         assert guest_query(roost, debian, HOSTS_NAME, "192.168.5.3", "53", proto) == {
             "rcode": 0, "a": [HOSTS_ADDRESS]}
+
+
+def test_a_restored_guest_s_dns_moves_to_another_port(roost: Roost, debian: str) -> None:
+    """What a fork's guest (or one resumed while its resolver's port is
+    taken) is asked on wake: identity.redirect_dns re-runs roost-dns's nft
+    DNAT to the port given, here a stand-in resolver's, then back."""
+    move = ("sudo python3 -S -c 'import sys; sys.path.insert(0, "
+            "\"/usr/local/lib/roost/roost-guestagent.pyz\"); from roost_guest import identity; "
+            "print(identity.redirect_dns(int(sys.argv[1])))' ")
+    port = resolver_port(roost, debian)
+    with stand_in_resolver("10.77.0.1") as stand_in:
+        try:
+            assert sh(roost, move + str(stand_in)) == f"nft {HOST_ADDRESS}:{stand_in}\n"
+            rules = sh(roost, "sudo nft list table ip roost_dns")
+            assert f"dnat to {HOST_ADDRESS}:{stand_in}" in rules
+            assert guest_getent(roost, debian, HOSTS_NAME) == ["10.77.0.1"]
+        finally:
+            assert sh(roost, move + str(port)) == f"nft {HOST_ADDRESS}:{port}\n"
+    assert guest_getent(roost, debian, HOSTS_NAME) == [HOSTS_ADDRESS]
+    assert "not redirected" in sh(roost, "sudo mv /run/roost/roost-dns /run/roost/roost-dns.away; "
+                                  + move + "1 2>&1; sudo mv /run/roost/roost-dns.away "
+                                  "/run/roost/roost-dns", check=False)
 
 
 def test_rsync_and_ansible_through_the_ssh_config(roost: Roost, debian: str,

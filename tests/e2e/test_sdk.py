@@ -28,11 +28,15 @@ from roost.sdk import (
 )
 from roost.store.instance import Instance, Status
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, wait_until
+from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME
 
 NAME = "sdk"
 LISTEN_18777 = ("import socket, time\ns = socket.socket()\n"
                 "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                 "s.bind(('0.0.0.0', 18777))\ns.listen()\ntime.sleep(600)\n")
+# A name only hostResolver knows: slirp's DNS, the guest's fallback, does not.
+RESOLVE = ["python3", "-c", "import socket, sys; print(socket.gethostbyname(sys.argv[1]))",
+           HOSTS_NAME]
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +57,7 @@ def home(roost: Roost) -> Iterator[Roost]:
 def sb(home: Roost) -> Iterator[Sandbox]:
     sandbox = Sandbox.create(name=NAME, memory="512MiB", disk="4GiB",
                              env={"GREETING": "hello from the sdk"},
+                             sets=[f"hostResolver.hosts={{{HOSTS_NAME}: {HOSTS_ADDRESS}}}"],
                              start_timeout=START_TIMEOUT)
     try:
         yield sandbox
@@ -233,6 +238,14 @@ def test_zy_a_fork_of_a_snapshot_runs_on_from_it_as_a_new_machine(home: Roost,
         assert sb.files.read_text("/etc/sdk-snap-later") == "later\n"
         assert not sb.files.exists("/etc/sdk-only-in-snapfork")
         assert sb.commands.run(["hostname"]).text == f"{NAME}\n"
+        # The source holds the resolver port the snapshot's guest names: the
+        # fork's guest was moved to its own host agent's, which answers
+        # with the source gone.
+        sb.pause()
+        try:
+            assert fork.commands.run(RESOLVE).text == f"{HOSTS_ADDRESS}\n"
+        finally:
+            sb.resume(start_timeout=START_TIMEOUT)
     finally:
         fork.kill()
         sb.commands.run(["kill", pid])
@@ -273,6 +286,9 @@ def test_zz_a_fork_of_a_paused_sandbox_runs_on_as_a_new_machine(home: Roost,
     finally:
         fork.kill()
     assert not Instance.at("sdk-fork").exists()
+    # The fork took the resolver port both guests were saved with; the
+    # source, resumed after it, was moved to another, which still answers.
+    assert parent.commands.run(RESOLVE).text == f"{HOSTS_ADDRESS}\n"
 
 
 # -- sandboxes of their own --------------------------------------------------------

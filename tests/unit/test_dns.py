@@ -18,7 +18,10 @@ from dnslib import QTYPE, RCODE, RR, TXT, DNSRecord  # type: ignore[import-untyp
 
 from roost.hostagent import dns
 from roost.hostagent.dns import DNSServer, Resolver
+from roost_guest import agent as guest
+from roost_guest import identity
 from roost_guest.dnsrelay import Relay
+from tests.unit.guest_harness import harmless_agent
 
 HOST = "192.168.5.2"
 
@@ -250,6 +253,52 @@ async def test_the_guest_relay_carries_udp_and_tcp(server: DNSServer) -> None:
         second = Relay(("127.0.0.1", server.port), logged.append, listen=("127.0.0.1", port))
         assert not second.start()
         assert f"cannot listen on 127.0.0.1:{port}" in logged[0]
+    finally:
+        relay.udp.close()
+        relay.tcp.close()
+
+
+async def test_the_relay_moves_to_another_port(server: DNSServer) -> None:
+    """A restored guest's relay, told where its host agent's server is now
+    (dns-port): UDP and TCP go there from then on, none to the old one."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    moved = DNSServer(Resolver(HOST, hosts={"db.test": "10.9.9.9"}))
+    await moved.start()
+    relay = Relay(("127.0.0.1", server.port), print, listen=("127.0.0.1", port))
+    assert relay.start()
+    try:
+        assert answers(await udp_query(port, ask("db.test"))) == (0, ["10.1.2.3"])
+        relay.move(moved.port)
+        assert relay.upstream == ("127.0.0.1", moved.port)
+        for query in (udp_query, tcp_query):
+            assert answers(await query(port, ask("db.test"))) == (0, ["10.9.9.9"])
+        await server.stop()  # the old one gone: nothing depends on it
+        assert answers(await udp_query(port, ask("db.test"))) == (0, ["10.9.9.9"])
+    finally:
+        relay.udp.close()
+        relay.tcp.close()
+        await moved.stop()
+
+
+def test_dns_port_requests_are_checked(tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The guest agent's dns-port: a port, or a clear error; a guest with
+    neither the relay nor roost-dns's redirect says there is nothing to move."""
+    agent = harmless_agent(str(tmp_path))
+    for bad in (None, "53", 0, 65536, True, 5.5):
+        with pytest.raises(guest.RequestError, match="dns-port needs port"):
+            agent.move_dns(None, {"port": bad})  # type: ignore[arg-type]
+    monkeypatch.setattr(identity, "DNS_MOVE", ("/bin/sh", str(tmp_path / "roost-dns"), "--move"))
+    with pytest.raises(guest.RequestError, match="not redirected by roost-dns"):
+        agent.move_dns(None, {"port": 5353})  # type: ignore[arg-type]
+    relay = Relay(("10.0.2.2", 40000), print)
+    try:
+        agent.dns_relay = relay
+        assert agent.move_dns(None, {"port": 5353}) == {  # type: ignore[arg-type]
+            "dns": "relay 10.0.2.2:5353"}
     finally:
         relay.udp.close()
         relay.tcp.close()

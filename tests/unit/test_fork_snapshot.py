@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from roost.ops.fork import forked_state
+from roost.errors import WrongState
+from roost.ops.fork import _snapshot_machine, forked_state
 from roost.store.instance import Instance
 
 
@@ -84,3 +85,23 @@ def test_the_machine_recorded_at_a_snapshot_moves_from_where_it_was(
     assert state["qemu"]["qmp_sock"] == f"{kid.dir}/qmp.sock"
     assert state["qemu"]["loadvm"] == "s1" and state["qemu"]["name"] == "kid"
     assert state["forkedFrom"] == "renamed" and state["dnsPort"] == 9
+
+
+def test_a_snapshot_of_an_older_roost_yaml_is_not_forked_with_its_memory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its machine (network, shares) is roost.yaml's at the snapshot: once
+    roost.yaml changed, a fork of its memory is refused, and said why."""
+    monkeypatch.setenv("ROOST_HOME", str(tmp_path))
+    assert roost(tmp_path, "create", "src", "--cpus", "1").returncode == 0
+    src = Instance.at("src")
+    record = src.snapshot_machine("s1")
+    record.parent.mkdir()
+    machine = {"dir": str(src.dir), "dnsPort": 9, "qemu": {"name": "src"}}
+    record.write_text(json.dumps({**machine, "configDigest": src.config_digest()}))
+    assert _snapshot_machine(src, "s1") == machine
+    src.config.write_text(src.config.read_text() + "# edited: network.internet: false\n")
+    with pytest.raises(WrongState, match=r"roost\.yaml of 'src' has changed since snapshot 's1'"):
+        _snapshot_machine(src, "s1")
+    record.write_text(json.dumps(machine))  # an older roost's record: no digest
+    with pytest.raises(WrongState, match="take a new snapshot"):
+        _snapshot_machine(src, "s1")
