@@ -182,9 +182,9 @@ class HostAgent:
             self.dns = DNSServer(Resolver(HOST_ADDRESS, hosts=self.config.host_resolver.hosts,
                                           ipv6=self.config.host_resolver.ipv6))
             self.dns.bind(int(runtime.get("dnsPort") or 0))
-        # A restored guest names the port it was saved with; a fork's source
-        # (or anything else) may hold it: the guest is moved to ours on wake.
-        saved_dns_port = int(runtime.get("dnsPort") or 0) if self.resume_state else 0
+        # A restored or taken-over guest names the port it had; a fork's
+        # source (or anything else) may hold it: the guest is moved to ours.
+        saved_dns_port = int(runtime.get("dnsPort") or 0)
         self.started_at = str(runtime.get("startedAt") or self.started_at)
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
@@ -705,6 +705,8 @@ class HostAgent:
             results += await optional_task
             if woken is not None:
                 await woken
+            if self.attach_pid:  # (a restored guest is moved on wake)
+                await self.checkpoints.move_dns()
             # Taken over, the VM kept running with roost.yaml's shares mounted.
             if all(r.ok for r in results if r.requirement.kind == "essential") \
                     and not self.attach_pid:

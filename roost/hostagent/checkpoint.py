@@ -138,8 +138,7 @@ class Checkpoints:
         else:
             if self._fork_identity is not None:
                 await self._reidentify(client)
-            if self._dns_port_moved:
-                await self._move_dns(client, self._dns_port_moved)
+            await self.move_dns(client)
         # roost.yaml's shares: devices now, guest mounts with mount_static() as after a boot.
         for error in (await self.mounts.reattach_static(mount_in_guest=False)
                       + await self.mounts.readd(saved.get("mounts", []))):
@@ -166,6 +165,20 @@ class Checkpoints:
             self.events.add_error(f"giving the fork its identity: {str(problem)[:300]}")
         self.events.emit_transient(reidentified={k: str(done.get(k) or "")[:100]
                                                  for k in ("hostname", "ssh", "mac")})
+
+    async def move_dns(self, client: GuestAgentClient | None = None) -> None:
+        """If the guest had another resolver port than this host agent's
+        (restored or taken over), it is told of ours."""
+        if not self._dns_port_moved:
+            return
+        if client is None:
+            try:
+                client = await self.session.open()
+            except GuestAgentError as e:
+                self.events.add_error(f"the guest's DNS still goes to the port it had, not "
+                                      f"{self._dns_port_moved}: {e}")
+                return
+        await self._move_dns(client, self._dns_port_moved)
 
     async def _move_dns(self, client: GuestAgentClient, port: int) -> None:
         """The restored guest's DNS redirect (or relay) names the port of the

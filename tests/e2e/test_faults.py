@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import yaml
 
 from roost.image.cpio import NewcWriter
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, pid_running, wait_until
+from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME
 from tests.e2e.test_portfwd import free_port, guest_background, guest_kill, port_open
 from tests.unit.imageserver import serving, sha256
 
@@ -225,7 +227,8 @@ def start_while(roost: Roost, inject: Callable[[], None]) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def flt(roost: Roost, vm: str) -> Iterator[str]:
-    roost.run("create", NAME, "--memory", "512MiB", "--disk", "4GiB")
+    roost.run("create", NAME, "--memory", "512MiB", "--disk", "4GiB",
+              "--set", f"hostResolver.hosts={{{HOSTS_NAME}: {HOSTS_ADDRESS}}}")
     try:
         start(roost)
         yield NAME
@@ -265,11 +268,23 @@ def test_host_agent_killed_while_running(roost: Roost, flt: str) -> None:
         wait_until(lambda: not pid_running(ha), 10, "the host agent to die")
         d["ls"] = status(roost)
         assert d["ls"] == "Broken"
-        out = start(roost)
-        d["message"] = out.stderr.strip().splitlines()[:3]
-        assert "reattaching" in out.stderr
-        assert roost.pid(NAME, "qemu.pid") == qemu and pid_running(qemu)
-        assert status(roost) == "Running"
+        # Its resolver's port taken meanwhile: the new host agent serves on
+        # another and points the guest's DNS there.
+        dns_port = json.loads((roost.home / NAME / "runtime.json").read_text())["dnsPort"]
+        with contextlib.ExitStack() as held:
+            for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                sock = held.enter_context(socket.socket(socket.AF_INET, kind))
+                sock.bind(("127.0.0.1", dns_port))
+            out = start(roost)
+            d["message"] = out.stderr.strip().splitlines()[:3]
+            assert "reattaching" in out.stderr
+            assert roost.pid(NAME, "qemu.pid") == qemu and pid_running(qemu)
+            assert status(roost) == "Running"
+            resolved = roost.run("shell", NAME, "--", "python3", "-c",
+                                 "import socket, sys; print(socket.gethostbyname(sys.argv[1]))",
+                                 HOSTS_NAME, check=False)
+            d["dnsMovedFrom"] = dns_port
+            assert resolved.stdout == f"{HOSTS_ADDRESS}\n", resolved
         wait_until(lambda: port_open(port), 30, "the forward to be back after the takeover")
         d["forwardBack"] = True
         guest_kill(roost, NAME, server)
