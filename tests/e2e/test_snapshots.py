@@ -10,11 +10,13 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import START_TIMEOUT, Roost, small_vm
+from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME, resolver_port
 
 
 @pytest.fixture(scope="module")
 def small(roost: Roost, vm: str) -> Iterator[str]:
-    with small_vm(roost, "snap") as name:
+    with small_vm(roost, "snap", "--set",
+                  f"hostResolver.hosts={{{HOSTS_NAME}: {HOSTS_ADDRESS}}}") as name:
         yield name
 
 
@@ -36,6 +38,23 @@ def test_running_snapshot_restores_files_and_processes(roost: Roost, small: str)
     assert roost.ls()[small]["status"] == "Running"
     roost.run("snapshot", "delete", small, "--tag", "live", timeout=120)
     assert "live" not in snaps(roost, small)
+
+
+def test_a_snapshot_of_an_earlier_run_resolves_through_this_one(roost: Roost,
+                                                                small: str) -> None:
+    """Each start serves hostResolver on a new port; the guest a snapshot of
+    an earlier run brings back names that run's, and is moved to this one's."""
+    roost.run("snapshot", "create", small, "--tag", "earlier", timeout=300)
+    earlier = resolver_port(roost, small)
+    roost.run("stop", small, timeout=120)
+    roost.run("start", small, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
+    assert resolver_port(roost, small) != earlier
+    roost.run("snapshot", "apply", small, "--tag", "earlier", timeout=300)
+    resolved = roost.run("shell", small, "--", "python3", "-c",
+                         "import socket, sys; print(socket.gethostbyname(sys.argv[1]))",
+                         HOSTS_NAME, check=False)
+    assert resolved.stdout == f"{HOSTS_ADDRESS}\n", resolved
+    roost.run("snapshot", "delete", small, "--tag", "earlier", timeout=120)
 
 
 def test_stopped_snapshot_apply(roost: Roost, small: str) -> None:
