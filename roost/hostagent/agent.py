@@ -174,17 +174,16 @@ class HostAgent:
         self.ssh_port = int(runtime.get("sshLocalPort") or 0) or (
             self.config.ssh.local_port or free_port())
         self.instance_id = str(runtime.get("instanceId") or f"i-{uuid.uuid4().hex[:12]}")
-        # hostResolver: bound now, for its port is in the seed (a resumed or
-        # taken-over guest redirects DNS to the port it had).
+        # hostResolver: bound now, for its port is in the seed. A resumed or
+        # taken-over guest redirects DNS to the port it had: that one again
+        # if it is free, else (a fork's source holds it) the guest is moved.
+        had_dns_port = int(runtime.get("dnsPort") or 0)
         self.dns: DNSServer | None = None
         # Cut off from the internet, the guest cannot reach it either.
         if self.config.host_resolver.enabled and self.config.network.internet:
             self.dns = DNSServer(Resolver(HOST_ADDRESS, hosts=self.config.host_resolver.hosts,
                                           ipv6=self.config.host_resolver.ipv6))
-            self.dns.bind(int(runtime.get("dnsPort") or 0))
-        # A restored or taken-over guest names the port it had; a fork's
-        # source (or anything else) may hold it: the guest is moved to ours.
-        saved_dns_port = int(runtime.get("dnsPort") or 0)
+            self.dns.bind(had_dns_port)
         self.started_at = str(runtime.get("startedAt") or self.started_at)
         user, uid = guest_user()
         identity, user_pub = ensure_user_key(config_dir())
@@ -257,7 +256,7 @@ class HostAgent:
                       "instanceId": self.instance_id, "startedAt": self.started_at},
             stop=self._stop.set, wait_ssh=self._wait_ssh_again,
             fork_identity=self._fork_identity(ident) if forked else None,
-            dns_port_moved=self.dns_port if saved_dns_port not in (0, self.dns_port) else 0)
+            dns_moved=had_dns_port not in (0, self.dns_port))
         self.lifecycle = LifecyclePolicy(self.config.lifecycle, inst, self.events,
                                          suspend=self.checkpoints.suspend, stop=self._stop.set)
 

@@ -57,7 +57,7 @@ class Checkpoints:
                  identity: dict[str, Any], stop: Callable[[], None],
                  wait_ssh: Callable[[], Awaitable[None]],
                  fork_identity: dict[str, Any] | None = None,
-                 dns_port_moved: int = 0) -> None:
+                 dns_moved: bool = False) -> None:
         self.inst = inst
         self.driver = driver
         self.session = session
@@ -68,9 +68,9 @@ class Checkpoints:
         self._wait_ssh = wait_ssh  # SSH answers again, as after a boot
         self.suspended = False  # the VM's state is saved: no guest shutdown, RAM file kept
         self._fork_identity = fork_identity  # a fork's own, given to its guest on wake
-        # hostResolver's port, when it is not the one the restored guest was
-        # saved with (a fork's source holds that one): the guest is told on wake.
-        self._dns_port_moved = dns_port_moved
+        # hostResolver (identity's dnsPort) is not at the port the restored or
+        # taken-over guest had (a fork's source holds that one): it is told.
+        self._dns_moved = dns_moved
         self._busy = asyncio.Lock()  # see _exclusive
 
     # -- suspend and resume -------------------------------------------------------
@@ -169,25 +169,19 @@ class Checkpoints:
     async def move_dns(self, client: GuestAgentClient | None = None) -> None:
         """If the guest had another resolver port than this host agent's
         (restored or taken over), it is told of ours."""
-        if not self._dns_port_moved:
-            return
-        if client is None:
-            try:
-                client = await self.session.open()
-            except GuestAgentError as e:
-                self.events.add_error(f"the guest's DNS still goes to the port it had, not "
-                                      f"{self._dns_port_moved}: {e}")
-                return
-        await self._move_dns(client, self._dns_port_moved)
+        if self._dns_moved:
+            await self._point_dns(client)
 
-    async def _move_dns(self, client: GuestAgentClient, port: int) -> None:
-        """The restored guest's DNS redirect (or relay) names the port of the
-        resolver it was saved with; it is pointed at this host agent's."""
+    async def _point_dns(self, client: GuestAgentClient | None = None) -> None:
+        """The guest's DNS redirect (or relay) pointed at this host agent's
+        resolver port."""
+        port = int(self._identity.get("dnsPort") or 0)
         try:
+            client = client or await self.session.open()
             done = await client.request("dns-port", timeout=WAKE_TIMEOUT, port=port)
         except GuestAgentError as e:
-            self.events.add_error(f"the guest's DNS still goes to the port it was saved "
-                                  f"with, not {port}: {e}")
+            self.events.add_error(f"the guest's DNS still goes to the port it had, "
+                                  f"not {port}: {e}")
             return
         self.events.emit_transient(dnsMoved=str(done.get("dns") or "")[:100])
 
@@ -237,7 +231,7 @@ class Checkpoints:
             # A snapshot of an earlier run names that run's resolver port.
             port = int(self._identity.get("dnsPort") or 0)
             if port and self._recorded(tag).get("dnsPort") != port:
-                await self._move_dns(client, port)
+                await self._point_dns(client)
         await self._wait_ssh()
         return {"tag": tag, "applied": True}
 

@@ -28,15 +28,12 @@ from roost.sdk import (
 )
 from roost.store.instance import Instance, Status
 from tests.e2e.conftest import START_TIMEOUT, Roost, as_guest_root, wait_until
-from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME
+from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME, guest_getent
 
 NAME = "sdk"
 LISTEN_18777 = ("import socket, time\ns = socket.socket()\n"
                 "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
                 "s.bind(('0.0.0.0', 18777))\ns.listen()\ntime.sleep(600)\n")
-# A name only hostResolver knows: slirp's DNS, the guest's fallback, does not.
-RESOLVE = ["python3", "-c", "import socket, sys; print(socket.gethostbyname(sys.argv[1]))",
-           HOSTS_NAME]
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +240,8 @@ def test_zy_a_fork_of_a_snapshot_runs_on_from_it_as_a_new_machine(home: Roost,
         # with the source gone.
         sb.pause()
         try:
-            assert fork.commands.run(RESOLVE).text == f"{HOSTS_ADDRESS}\n"
+            # A name only hostResolver knows (slirp's DNS, the fallback, does not).
+            assert guest_getent(home, "sdk-snapfork", HOSTS_NAME) == [HOSTS_ADDRESS]
         finally:
             sb.resume(start_timeout=START_TIMEOUT)
     finally:
@@ -288,7 +286,7 @@ def test_zz_a_fork_of_a_paused_sandbox_runs_on_as_a_new_machine(home: Roost,
     assert not Instance.at("sdk-fork").exists()
     # The fork took the resolver port both guests were saved with; the
     # source, resumed after it, was moved to another, which still answers.
-    assert parent.commands.run(RESOLVE).text == f"{HOSTS_ADDRESS}\n"
+    assert guest_getent(home, NAME, HOSTS_NAME) == [HOSTS_ADDRESS]
 
 
 # -- sandboxes of their own --------------------------------------------------------

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e.conftest import START_TIMEOUT, Roost, small_vm
-from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME, resolver_port
+from tests.e2e.hostdns import HOSTS_ADDRESS, HOSTS_NAME, guest_getent, resolver_port
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +50,7 @@ def test_a_snapshot_of_an_earlier_run_resolves_through_this_one(roost: Roost,
     roost.run("start", small, "--timeout", str(START_TIMEOUT), timeout=START_TIMEOUT + 30)
     assert resolver_port(roost, small) != earlier
     roost.run("snapshot", "apply", small, "--tag", "earlier", timeout=300)
-    resolved = roost.run("shell", small, "--", "python3", "-c",
-                         "import socket, sys; print(socket.gethostbyname(sys.argv[1]))",
-                         HOSTS_NAME, check=False)
-    assert resolved.stdout == f"{HOSTS_ADDRESS}\n", resolved
+    assert guest_getent(roost, small, HOSTS_NAME) == [HOSTS_ADDRESS]
     roost.run("snapshot", "delete", small, "--tag", "earlier", timeout=120)
 
 
